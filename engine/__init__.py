@@ -1,0 +1,1 @@
+"""The query side of stratum: settings, metric registry, queries, planning, execution."""

@@ -1,0 +1,70 @@
+"""One error root for stratum. The API maps these to HTTP once (api/errors.py)."""
+
+from __future__ import annotations
+
+
+class StratumError(Exception):
+    """Base of every error stratum reports to a user. `code` is stable and machine-readable."""
+
+    code = "stratum_error"
+
+    def __init__(self, message: str, *, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.parameter = parameter
+
+
+class InvalidParameter(StratumError):
+    """A request or command parameter is not acceptable; the message says what is allowed."""
+
+    code = "invalid_parameter"
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message, parameter=parameter)
+
+
+class IngestRejected(StratumError):
+    """An input file was refused whole; nothing of it was written."""
+
+    code = "ingest_rejected"
+
+    def __init__(self, file: str, row: int | None, reason: str) -> None:
+        where = f"{file}" if row is None else f"{file}, row {row}"
+        super().__init__(f"{where}: {reason}", parameter="file")
+        self.file = file
+        self.row = row
+        self.reason = reason
+
+
+class Unavailable(StratumError):
+    """A resource needed for the answer is busy or down; retrying later may succeed."""
+
+    code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class BudgetExhausted(Unavailable):
+    """Admitting the query would exceed the memory budget."""
+
+    code = "budget_exhausted"
+
+
+class WarmStoreUnavailable(Unavailable):
+    """The warm store (PostgreSQL) cannot be reached and the answer needs it."""
+
+    code = "warm_store_unavailable"
+
+
+class SyncFailed(StratumError):
+    """A sync run could not complete (verification mismatch, lock held, ...)."""
+
+    code = "sync_failed"
+
+
+class ConfigurationError(StratumError):
+    """A STRATUM_* setting is malformed."""
+
+    code = "configuration_error"

@@ -1,0 +1,1 @@
+"""The write side of stratum: warm-store schema, ingest, rollups, lake sync, tiering, jobs."""

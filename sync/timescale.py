@@ -1,0 +1,71 @@
+"""Every TimescaleDB-specific statement stratum runs, in one place.
+
+The warm store works on plain PostgreSQL (tests, quick start). When the `timescaledb`
+extension is available (production, docker compose) raw_data and data_1m become
+hypertables and tiering drops whole chunks. The SQL follows TimescaleDB 2.x documentation:
+create_hypertable with the by_range dimension builder (2.13+), show_chunks, drop_chunks.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import psycopg
+
+HYPERTABLES = ("raw_data", "data_1m")
+
+
+def extension_available(conn: psycopg.Connection) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+    ).fetchone()
+    return row is not None
+
+
+def enabled(conn: psycopg.Connection) -> bool:
+    """True when the extension is installed in this database."""
+    row = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+    return row is not None
+
+
+def enable(conn: psycopg.Connection, chunk_interval: str) -> None:
+    """Create the extension and turn raw_data and data_1m into hypertables (idempotent)."""
+    conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    for table in HYPERTABLES:
+        # Table names are our constants; the interval is a bound parameter.
+        conn.execute(
+            f"SELECT create_hypertable('{table}', by_range('ts', %s::interval), "
+            "if_not_exists => TRUE, migrate_data => TRUE)",
+            (chunk_interval,),
+        )
+
+
+def hypertable_names(conn: psycopg.Connection) -> list[str]:
+    rows = conn.execute(
+        "SELECT hypertable_name FROM timescaledb_information.hypertables ORDER BY 1"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def chunk_ranges(
+    conn: psycopg.Connection, table: str, older_than: datetime
+) -> list[tuple[str, datetime, datetime]]:
+    """(chunk, range_start, range_end) of every chunk of `table` ending before older_than."""
+    rows = conn.execute(
+        "SELECT format('%%I.%%I', chunk_schema, chunk_name), range_start, range_end "
+        "FROM timescaledb_information.chunks "
+        "WHERE hypertable_name = %s AND range_end <= %s ORDER BY range_start",
+        (table, older_than),
+    ).fetchall()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def drop_chunks_between(
+    conn: psycopg.Connection, table: str, newer_than: datetime, older_than: datetime
+) -> int:
+    """Drop the chunks of `table` lying wholly inside [newer_than, older_than)."""
+    rows = conn.execute(
+        f"SELECT drop_chunks('{table}', older_than => %s, newer_than => %s)",
+        (older_than, newer_than),
+    ).fetchall()
+    return len(rows)

@@ -118,7 +118,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     home = Path(env.get("STRATUM_HOME") or ".stratum").resolve()
     ram_cap = int(physical_ram_bytes() * MAX_RAM_SHARE)
     budget_raw = env.get("STRATUM_MEMORY_BUDGET")
-    budget = parse_size(budget_raw, "STRATUM_MEMORY_BUDGET") if budget_raw else DEFAULT_MEMORY_BUDGET
+    budget = (
+        parse_size(budget_raw, "STRATUM_MEMORY_BUDGET") if budget_raw else DEFAULT_MEMORY_BUDGET
+    )
     return Settings(
         database=DatabaseSettings(
             url=env.get("STRATUM_DATABASE_URL") or None,

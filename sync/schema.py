@@ -50,7 +50,7 @@ def init_schema(url: str, chunk_interval: str = "1 day") -> InitResult:
                 if version in done:
                     continue
                 with conn.transaction():
-                    conn.execute(sql)  # type: ignore[arg-type]  # our own shipped file
+                    conn.execute(sql.encode())  # our own shipped file, not user text
                     conn.execute(
                         "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                         (version, name),
@@ -75,5 +75,8 @@ def _seed_metrics(conn: psycopg.Connection) -> None:
             "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
             "unit = EXCLUDED.unit, native_interval_s = EXCLUDED.native_interval_s, "
             "rollup = EXCLUDED.rollup, description = EXCLUDED.description",
-            [(m.name, m.unit, m.native_interval_s, m.rollup, m.description) for m in METRICS.values()],
+            [
+                (m.name, m.unit, m.native_interval_s, m.rollup, m.description)
+                for m in METRICS.values()
+            ],
         )

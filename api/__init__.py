@@ -1,0 +1,1 @@
+"""Interfaces: the Litestar app and the `stratum` CLI. Parses input, renders results."""

@@ -1,0 +1,130 @@
+"""The `stratum` command line: parses arguments into calls on engine and sync, renders results."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import date
+from pathlib import Path
+
+from rich.console import Console
+
+from api import commands
+from engine.errors import InvalidParameter, StratumError
+from engine.settings import load_settings
+
+err_console = Console(stderr=True)
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def _metrics(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stratum",
+        description="Hybrid Parquet lakehouse query engine for participant time series.",
+    )
+    parser.add_argument("--debug", action="store_true", help="log debug output and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    db = sub.add_parser("db", help="manage the warm store (PostgreSQL/TimescaleDB)")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser("init", help="create or migrate the schema (idempotent)").set_defaults(
+        run=commands.db_init
+    )
+    db_sub.add_parser(
+        "url", help="print the database URL (starts the private server)"
+    ).set_defaults(run=commands.db_url)
+    db_sub.add_parser("stop", help="stop the private PostgreSQL, if one runs").set_defaults(
+        run=commands.db_stop
+    )
+
+    ingest = sub.add_parser("ingest", help="load CSV, Parquet or NDJSON files into raw_data")
+    ingest.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    ingest.set_defaults(run=commands.ingest)
+
+    sub.add_parser("aggregate", help="refresh the 1m/1h/1d rollups of changed days").set_defaults(
+        run=commands.aggregate
+    )
+
+    generate = sub.add_parser("generate", help="generate a synthetic cohort")
+    generate.add_argument("--users", type=_positive, required=True)
+    generate.add_argument("--days", type=_positive, required=True)
+    generate.add_argument(
+        "--start",
+        type=_date,
+        default=None,
+        help="first day (default: so the cohort ends yesterday)",
+    )
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--metrics", type=_metrics, default=None, help="comma-separated names")
+    generate.add_argument(
+        "--every", type=_positive, default=None, metavar="SECONDS",
+        help="sample every N seconds instead of each metric's native interval",
+    )  # fmt: skip
+    generate.add_argument("--first-user", type=int, default=1, help="first user id")
+    generate.add_argument(
+        "--out", type=Path, default=None, help="write a .csv/.parquet/.ndjson file instead"
+    )
+    generate.set_defaults(run=commands.generate)
+
+    sub.add_parser("status", help="rows per tier and pending work").set_defaults(
+        run=commands.status
+    )
+
+    demo = sub.add_parser("demo", help="set up a small cohort end to end and summarise it")
+    demo.add_argument("--users", type=_positive, default=5)
+    demo.add_argument("--days", type=_positive, default=30)
+    demo.set_defaults(run=commands.demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    run: Callable[[argparse.Namespace, commands.Context], int] = args.run
+    try:
+        return run(args, commands.Context(load_settings()))
+    except InvalidParameter as exc:
+        err_console.print(f"[red]error:[/red] {exc.parameter}: {exc.message}")
+        return 2
+    except StratumError as exc:
+        err_console.print(f"[red]error:[/red] {exc.message}")
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    except Exception as exc:  # never a stack trace for the user unless asked
+        if args.debug:
+            raise
+        err_console.print(f"[red]unexpected error:[/red] {type(exc).__name__}: {exc}")
+        err_console.print("run again with --debug for the traceback")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Settings come from STRATUM_* variables, each documented in the README."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from engine import settings as settings_module
+from engine.errors import ConfigurationError
+from engine.settings import GiB, load_settings, parse_size
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_setting_read_is_documented_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    sources = [ROOT / "engine" / "settings.py", ROOT / "sync" / "localdb.py"]
+    read = set()
+    for source in sources:
+        read |= set(re.findall(r'"(STRATUM_[A-Z_]+)"', source.read_text()))
+    assert read, "no settings found: the pattern is stale"
+    missing = sorted(name for name in read if f"`{name}`" not in readme)
+    assert missing == []
+
+
+def test_defaults(tmp_path: Path) -> None:
+    s = load_settings({"STRATUM_HOME": str(tmp_path)})
+    assert s.database.url is None
+    assert s.lake.path == tmp_path / "lake"
+    assert s.lake.sync_grace_days == 1
+    assert s.query.max_points == 10_000
+    expected = min(128 * GiB, int(settings_module.physical_ram_bytes() * 0.8))
+    assert s.memory.budget_bytes == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("1024", 1024), ("512MiB", 512 * 1024**2), ("8G", 8 * GiB), ("1.5GiB", int(1.5 * GiB))],
+)
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text, "X") == size
+
+
+def test_budget_is_capped_to_ram_share() -> None:
+    s = load_settings({"STRATUM_MEMORY_BUDGET": "100TiB"})
+    assert s.memory.budget_bytes == int(settings_module.physical_ram_bytes() * 0.8)
+    assert load_settings({"STRATUM_MEMORY_BUDGET": "1GiB"}).memory.budget_bytes == GiB
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("STRATUM_MEMORY_BUDGET", "lots"), ("STRATUM_PORT", "http"), ("STRATUM_MAX_POINTS", "0")],
+)
+def test_malformed_settings_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings({name: value})
+    assert caught.value.parameter == name

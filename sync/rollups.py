@@ -39,6 +39,15 @@ CROSS JOIN metrics AS m
 
 _IN_WINDOW = "s.user_id = w.user_id AND s.metric = w.metric AND s.ts >= w.lo AND s.ts < w.hi"
 
+_DAY_COUNTS = f"""
+INSERT INTO day_counts (user_id, metric, day, rows_raw, rows_1m, rows_1h)
+SELECT w.user_id, w.metric, w.day, d.count,
+       (SELECT count(*) FROM data_1m s WHERE {_IN_WINDOW}),
+       (SELECT count(*) FROM data_1h s WHERE {_IN_WINDOW})
+FROM refresh_window w
+JOIN data_1d d ON d.user_id = w.user_id AND d.metric = w.metric AND d.ts = w.lo
+"""  # noqa: S608 (constants only)
+
 # (target, source, select list over the source rows `s`). Tables are our constants.
 _STEPS = (
     ("data_1m", "raw_data",
@@ -111,8 +120,19 @@ def _refresh_batch(conn: psycopg.Connection, batch_days: int) -> tuple[int, dict
             log.debug(
                 "refresh %s: %d rows in %.2fs", target, cur.rowcount, time.perf_counter() - t0
             )
+        _refresh_day_counts(conn)
+        conn.execute("SELECT nextval('catalog_seq')")  # the router's coverage changed
         conn.execute(
             "UPDATE day_state d SET refreshed_seq = w.change_seq FROM refresh_window w "
             "WHERE d.user_id = w.user_id AND d.day = w.day AND d.refreshed_seq < w.change_seq"
         )
         return int(count[0]), written
+
+
+def _refresh_day_counts(conn: psycopg.Connection) -> None:
+    """Rows per (user, metric, day) at each resolution, for the windows just rebuilt."""
+    conn.execute(
+        "DELETE FROM day_counts c USING refresh_window w "
+        "WHERE c.user_id = w.user_id AND c.metric = w.metric AND c.day = w.day"
+    )
+    conn.execute(_DAY_COUNTS)

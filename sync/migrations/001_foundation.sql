@@ -14,7 +14,7 @@ CREATE TABLE metrics (
 CREATE TABLE raw_data (
     ts      timestamptz      NOT NULL,
     user_id integer          NOT NULL,
-    metric  text             NOT NULL,
+    metric  text COLLATE "C" NOT NULL,  -- byte order: the lake and DuckDB sort the same way
     value   double precision NOT NULL,
     PRIMARY KEY (user_id, metric, ts)
 );
@@ -24,7 +24,7 @@ CREATE TABLE raw_data (
 CREATE TABLE data_1m (
     ts      timestamptz      NOT NULL,
     user_id integer          NOT NULL,
-    metric  text             NOT NULL,
+    metric  text COLLATE "C" NOT NULL,  -- byte order: the lake and DuckDB sort the same way
     count   bigint           NOT NULL,
     sum     double precision NOT NULL,
     min     double precision NOT NULL,

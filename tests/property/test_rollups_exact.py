@@ -67,6 +67,18 @@ def assert_same(actual: dict, expected: dict) -> None:
         assert math.isclose(got[1], total, rel_tol=1e-9, abs_tol=1e-6), key
 
 
+def assert_day_counts(conn: psycopg.Connection, raw: dict) -> None:
+    expected: dict[tuple, list[set]] = defaultdict(lambda: [[], set(), set()])
+    for user, metric, ts in raw:
+        entry = expected[(user, metric, ts.date())]
+        entry[0].append(ts)
+        entry[1].add(ts.replace(second=0))
+        entry[2].add(ts.replace(minute=0, second=0))
+    rows = conn.execute("SELECT user_id, metric, day, rows_raw, rows_1m, rows_1h FROM day_counts")
+    actual = {(u, m, d): (r, a, b) for u, m, d, r, a, b in rows}
+    assert actual == {k: (len(v[0]), len(v[1]), len(v[2])) for k, v in expected.items()}
+
+
 @settings(
     max_examples=40,
     deadline=None,
@@ -77,7 +89,7 @@ def test_rollups_equal_direct_buckets(
     warm_url: str, batches: list[list[tuple]], refresh_between: list[bool]
 ) -> None:
     with psycopg.connect(warm_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE raw_data, data_1m, data_1h, data_1d, day_state")
+        conn.execute("TRUNCATE raw_data, data_1m, data_1h, data_1d, day_state, day_counts")
         conn.execute("SET timezone = 'UTC'")
         truth: dict[tuple[int, str, datetime], float] = {}
         for batch, refresh in zip(batches, refresh_between, strict=False):
@@ -90,6 +102,7 @@ def test_rollups_equal_direct_buckets(
         assert_same(stored(conn, "data_1m"), expected_buckets(truth, "minute"))
         assert_same(stored(conn, "data_1h"), expected_buckets(truth, "hour"))
         assert_same(stored(conn, "data_1d"), expected_buckets(truth, "day"))
+        assert_day_counts(conn, truth)
         pending = conn.execute(
             "SELECT count(*) FROM day_state WHERE change_seq > refreshed_seq"
         ).fetchone()

@@ -1,0 +1,75 @@
+"""Admission control: concurrent queries share the memory budget instead of crashing.
+
+DuckDB enforces its own share of the budget (memory_limit, spilling to disk beyond it);
+this accountant covers the rest: Arrow batches in flight and pages being rendered. A query
+reserves its estimate before it starts and releases it when its stream ends; one that
+does not fit after a short wait is refused (503 + Retry-After at the API).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from engine.errors import BudgetExhausted
+
+QUERY_OVERHEAD_BYTES = 16 * 2**20  # a query's fixed cost: plans, buffers, the interpreter
+
+
+class MemoryBudget:
+    def __init__(self, budget_bytes: int, wait_s: float = 2.0) -> None:
+        self.budget_bytes = budget_bytes
+        self.wait_s = wait_s
+        self._in_use = 0
+        self._peak = 0
+        self._admitted = 0
+        self._refused = 0
+        self._cond = threading.Condition()
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "budget_bytes": self.budget_bytes,
+            "in_use_bytes": self._in_use,
+            "peak_bytes": self._peak,
+            "admitted": self._admitted,
+            "refused": self._refused,
+        }
+
+    def reserve(self, nbytes: int) -> int:
+        """Reserve `nbytes` (capped to the whole budget) or raise BudgetExhausted."""
+        nbytes = min(max(nbytes, 1), self.budget_bytes)
+        deadline = time.monotonic() + self.wait_s
+        with self._cond:
+            while self._in_use + nbytes > self.budget_bytes:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._refused += 1
+                    raise BudgetExhausted(
+                        f"memory budget in use ({self._in_use:,} of {self.budget_bytes:,} "
+                        f"bytes); this query needs {nbytes:,}. Retry shortly.",
+                        retry_after_s=2,
+                    )
+                self._cond.wait(remaining)
+            self._in_use += nbytes
+            self._admitted += 1
+            self._peak = max(self._peak, self._in_use)
+            return nbytes
+
+    def release(self, nbytes: int) -> None:
+        with self._cond:
+            self._in_use -= nbytes
+            self._cond.notify_all()
+
+    @contextmanager
+    def admitted(self, nbytes: int) -> Iterator[int]:
+        reserved = self.reserve(nbytes)
+        try:
+            yield reserved
+        finally:
+            self.release(reserved)

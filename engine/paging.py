@@ -1,0 +1,62 @@
+"""Deep pages without reading every earlier row.
+
+Page N of size S starts at row offset (N-1)*S. Walking the answer's series in order
+(user_id, metric) and each series' days, whole days are skipped using the row counts the
+rollup refresh keeps (day_counts); the page then starts at the first day that holds the
+offset, and only rows inside that one day are read and discarded. A day whose count is not
+known exactly (a partial first/last day of the span, or a day whose rollups lag its raw
+rows) stops the skipping there: the rest is skipped row by row, still correct.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime, time, timedelta
+
+from engine.catalog import Coverage
+from engine.query import DataQuery, Key, to_us
+
+DayCounts = Mapping[tuple[int, str], Sequence[tuple[date, int]]]  # (user, metric) -> days
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+def uncertain_days(query: DataQuery, user_id: int, stale: Coverage) -> list[date]:
+    """Days of this user's span whose row count day_counts cannot give exactly."""
+    first = query.start.date()
+    last = (query.end - timedelta(microseconds=1)).date()
+    days = set()
+    if query.start != _midnight(first):
+        days.add(first)
+    if query.end != _midnight(last + timedelta(days=1)):
+        days.add(last)
+    for lo, hi in stale.of(user_id):
+        day = max(lo, first)
+        while day <= min(hi, last):
+            days.add(day)
+            day += timedelta(days=1)
+    return sorted(days)
+
+
+def locate(
+    query: DataQuery, offset: int, counts: DayCounts, stale: Coverage
+) -> tuple[Key | None, int]:
+    """(after, skip): start streaming after `after`, then drop `skip` rows, to reach offset."""
+    if offset <= 0:
+        return None, 0
+    skipped = 0
+    for user_id in query.users:
+        uncertain = uncertain_days(query, user_id, stale)
+        for metric in query.metrics:
+            known = {day: n for day, n in counts.get((user_id, metric), ()) if day not in uncertain}
+            events = sorted({*known, *uncertain})
+            for day in events:
+                rows = known.get(day)
+                if rows is None or skipped + rows > offset:
+                    before_day = to_us(max(query.start, _midnight(day))) - 1
+                    return Key(user_id, metric, before_day), offset - skipped
+                skipped += rows
+    # The offset lies past the end of the answer: start after the last possible key.
+    return Key(query.users[-1], query.metrics[-1], to_us(query.end)), 0

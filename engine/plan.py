@@ -1,0 +1,73 @@
+"""Plan: pure data describing where each part of an answer comes from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Literal
+
+from engine.query import DataQuery, describe
+from engine.resolution import Resolution
+from lake import LakeFile
+
+Backend = Literal["lake", "warm"]
+DayRange = tuple[date, date]  # inclusive first and last day
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One backend's share of the answer: these users, this time range, one source."""
+
+    backend: Backend
+    resolution: Resolution  # the shape of the rows it yields
+    source: str  # warm table or lake tier it reads
+    users: tuple[int, ...]
+    start: datetime  # inclusive, UTC
+    end: datetime  # exclusive, UTC
+    rollup_from_raw: bool = False  # warm only: rollup computed on the fly (not refreshed yet)
+    files: tuple[LakeFile, ...] = ()  # lake only: exact file list of the pinned version
+    lake_version: int | None = None
+    estimated_rows: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "resolution": self.resolution,
+            "source": self.source,
+            "users": list(self.users),
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "rollup_from_raw": self.rollup_from_raw,
+            "files": len(self.files),
+            "lake_version": self.lake_version,
+            "estimated_rows": self.estimated_rows,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    query: DataQuery
+    segments: tuple[Segment, ...]
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def resolution(self) -> Resolution:
+        return self.query.resolution
+
+    @property
+    def needs_warm(self) -> bool:
+        return any(s.backend == "warm" for s in self.segments)
+
+    @property
+    def sources(self) -> list[str]:
+        """Distinct backends in plan order, e.g. ["lake", "warm"]."""
+        return list(dict.fromkeys(s.backend for s in self.segments))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "query": describe(self.query),
+            "resolution": self.resolution,
+            "sources": self.sources,
+            "segments": [s.describe() for s in self.segments],
+            "notes": list(self.notes),
+        }

@@ -1,0 +1,125 @@
+"""plan(query, catalog) -> Plan. Pure: no I/O beyond the catalog it is handed.
+
+Per user, each day of the span is served from exactly one place:
+- the lake, when that (user, day) is synced, verified and unchanged since (catalog.lake_days);
+- otherwise the warm store: its rollup table, or, while the day's rollups lag its raw rows,
+  a rollup computed from raw on the fly, so the answer is never stale.
+Users whose days fall the same way share segments.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, date, datetime, time, timedelta
+
+from engine.catalog import Catalog, Coverage
+from engine.plan import DayRange, Plan, Segment
+from engine.query import DataQuery
+from engine.resolution import TIERS
+
+ONE_DAY = timedelta(days=1)
+
+
+def _day_start(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+def _clip(ranges: tuple[DayRange, ...], first: date, last: date) -> list[DayRange]:
+    out = []
+    for lo, hi in ranges:
+        lo, hi = max(lo, first), min(hi, last)
+        if lo <= hi:
+            out.append((lo, hi))
+    return out
+
+
+def _label_days(
+    first: date, last: date, layers: list[tuple[str, list[DayRange]]], default: str
+) -> list[tuple[str, date, date]]:
+    """Cover [first, last] with labelled runs; earlier layers win where they overlap."""
+    runs: list[tuple[str, date, date]] = [(default, first, last)]
+    for label, ranges in reversed(layers):  # later layers first, so earlier ones overwrite
+        for lo, hi in ranges:
+            updated = []
+            for run_label, a, b in runs:
+                if b < lo or a > hi:
+                    updated.append((run_label, a, b))
+                    continue
+                if a < lo:
+                    updated.append((run_label, a, lo - ONE_DAY))
+                updated.append((label, max(a, lo), min(b, hi)))
+                if b > hi:
+                    updated.append((run_label, hi + ONE_DAY, b))
+            runs = updated
+    runs.sort(key=lambda r: r[1])
+    merged: list[tuple[str, date, date]] = []
+    for label, a, b in runs:
+        if merged and merged[-1][0] == label and merged[-1][2] + ONE_DAY == a:
+            merged[-1] = (label, merged[-1][1], b)
+        else:
+            merged.append((label, a, b))
+    return merged
+
+
+def _user_runs(
+    query: DataQuery, user_id: int, lake: Coverage, stale: Coverage
+) -> list[tuple[str, datetime, datetime]]:
+    first = query.start.date()
+    last = (query.end - timedelta(microseconds=1)).date()
+    layers = [("lake", _clip(lake.of(user_id), first, last))]
+    if query.resolution != "raw":
+        layers.append(("warm_from_raw", _clip(stale.of(user_id), first, last)))
+    runs = []
+    for label, a, b in _label_days(first, last, layers, "warm"):
+        start = max(query.start, _day_start(a))
+        end = min(query.end, _day_start(b + ONE_DAY))
+        runs.append((label, start, end))
+    return runs
+
+
+def plan(query: DataQuery, catalog: Catalog) -> Plan:
+    tier = TIERS[query.resolution]
+    lake_coverage = catalog.lake_days.get(tier.lake_tier, Coverage())
+    version = catalog.lake_versions.get(tier.lake_tier)
+    if version is None:
+        lake_coverage = Coverage()  # nothing verified can be read without a table
+    # Group users by identical runs so one segment serves all of them.
+    shared: dict[tuple[str, datetime, datetime], list[int]] = defaultdict(list)
+    for user_id in query.users:
+        for run in _user_runs(query, user_id, lake_coverage, catalog.stale_rollups):
+            shared[run].append(user_id)
+    segments = []
+    for (label, start, end), users in sorted(shared.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        if label == "lake":
+            files = catalog.list_files(tier.lake_tier, users, start, end, version)
+            segments.append(
+                Segment(
+                    "lake",
+                    query.resolution,
+                    tier.lake_tier,
+                    tuple(users),
+                    start,
+                    end,
+                    files=files,
+                    lake_version=version,
+                    estimated_rows=sum(f.rows for f in files),
+                )  # fmt: skip
+            )
+        else:
+            from_raw = label == "warm_from_raw"
+            source = "raw_data" if from_raw else tier.warm_table
+            segments.append(
+                Segment(
+                    "warm",
+                    query.resolution,
+                    source,
+                    tuple(users),
+                    start,
+                    end,
+                    rollup_from_raw=from_raw,
+                )  # fmt: skip
+            )
+    notes = []
+    if not catalog.warm_available:
+        notes.append("warm store unreachable: coverage as of the last successful contact")
+    return Plan(query, tuple(segments), tuple(notes))

@@ -1,0 +1,230 @@
+"""DataQuery: a validated request. Parsing from strings lives here so HTTP and CLI agree."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, cast
+
+from engine.errors import InvalidParameter
+from engine.registry import METRICS, metric_names
+from engine.resolution import RESOLUTIONS, Resolution, choose_resolution
+from engine.settings import QuerySettings
+
+RESOLUTION_CHOICES = ("auto", *RESOLUTIONS)
+MAX_POINTS_LIMIT = 10_000_000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, order=True)
+class Key:
+    """A row's position in the answer's order (user_id, metric, ts in µs since the epoch)."""
+
+    user_id: int
+    metric: str
+    ts_us: int
+
+
+@dataclass(frozen=True)
+class DataQuery:
+    users: tuple[int, ...]  # sorted, unique
+    metrics: tuple[str, ...]  # sorted, unique, all in the registry
+    start: datetime  # UTC, inclusive
+    end: datetime  # UTC, exclusive
+    resolution: Resolution  # resolved: `auto` is decided when the query is built
+    requested_resolution: str  # what was asked ("auto" or a resolution)
+    max_points: int
+    page_size: int  # 0: the whole answer
+    page_number: int  # 1-based
+    after: Key | None = None  # from a cursor: answer rows strictly after this key
+
+    @property
+    def offset(self) -> int:
+        """Rows before this page (page_number paging; 0 with a cursor)."""
+        return 0 if self.after is not None else (self.page_number - 1) * self.page_size
+
+    def fingerprint(self) -> str:
+        """Identifies the answer a cursor walks through (not the page)."""
+        text = json.dumps(
+            [self.users, self.metrics, to_us(self.start), to_us(self.end), self.resolution]
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def cursor_after(self, key: Key) -> str:
+        payload = {"f": self.fingerprint(), "u": key.user_id, "m": key.metric, "t": key.ts_us}
+        raw = json.dumps(payload, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    def with_page(
+        self, page_size: int, page_number: int = 1, after: Key | None = None
+    ) -> DataQuery:
+        return replace(self, page_size=page_size, page_number=page_number, after=after)
+
+
+def to_us(ts: datetime) -> int:
+    delta = ts - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(ts_us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=ts_us)
+
+
+def parse_time(parameter: str, text: str) -> datetime:
+    """ISO 8601 date or date-time; without a zone it is taken as UTC."""
+    text = text.strip()
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            return datetime(day.year, day.month, day.day, tzinfo=UTC)
+        parsed = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        raise InvalidParameter(
+            parameter,
+            f"{parameter}={text!r} is not an ISO 8601 date or date-time "
+            "(e.g. 2024-01-01 or 2024-01-01T06:00:00Z)",
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _int(parameter: str, text: str, minimum: int, maximum: int) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise InvalidParameter(parameter, f"{parameter}={text!r} is not an integer") from None
+    if not minimum <= value <= maximum:
+        raise InvalidParameter(
+            parameter, f"{parameter}={value} is out of range; allowed: {minimum}..{maximum}"
+        )
+    return value
+
+
+def _split(values: Iterable[str]) -> list[str]:
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def parse_users(values: Iterable[str], max_users: int) -> tuple[int, ...]:
+    parts = _split(values)
+    if not parts:
+        raise InvalidParameter("user_id", "user_id is required, e.g. user_id=1&user_id=2 or 1,2")
+    users = sorted({_int("user_id", p, 0, 2**31 - 1) for p in parts})
+    if len(users) > max_users:
+        raise InvalidParameter(
+            "user_id", f"{len(users)} participants requested; at most {max_users} per request"
+        )
+    return tuple(users)
+
+
+def parse_metrics(values: Iterable[str]) -> tuple[str, ...]:
+    names = _split(values)
+    if not names:
+        raise InvalidParameter("metric", f"metric is required; valid: {', '.join(metric_names())}")
+    unknown = sorted({n for n in names if n not in METRICS})
+    if unknown:
+        raise InvalidParameter(
+            "metric",
+            f"unknown metric {', '.join(map(repr, unknown))}; valid: {', '.join(metric_names())}",
+        )
+    return tuple(sorted(set(names)))
+
+
+def decode_cursor(text: str, query: DataQuery) -> Key:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        payload = json.loads(raw)
+        fingerprint, key = (
+            payload["f"],
+            Key(int(payload["u"]), str(payload["m"]), int(payload["t"])),
+        )
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise InvalidParameter(
+            "cursor", "cursor is malformed; pass back the `next` value of a previous page"
+        ) from None
+    if fingerprint != query.fingerprint():
+        raise InvalidParameter(
+            "cursor",
+            "cursor belongs to a different query (users, metrics, span or resolution changed)",
+        )
+    return key
+
+
+def build_query(params: Mapping[str, Sequence[str]], settings: QuerySettings) -> DataQuery:
+    """Validate request parameters (each a list of strings, as in a query string)."""
+
+    def one(name: str) -> str | None:
+        values = params.get(name) or []
+        return values[-1] if values else None
+
+    users = parse_users(params.get("user_id") or [], settings.max_users)
+    metrics = parse_metrics(params.get("metric") or [])
+    start_text, end_text = one("start"), one("end")
+    if start_text is None:
+        raise InvalidParameter("start", "start is required (ISO 8601, e.g. 2024-01-01)")
+    if end_text is None:
+        raise InvalidParameter("end", "end is required (ISO 8601, exclusive, e.g. 2024-02-01)")
+    start, end = parse_time("start", start_text), parse_time("end", end_text)
+    if start >= end:
+        raise InvalidParameter(
+            "end", f"end ({end.isoformat()}) must be after start ({start.isoformat()})"
+        )
+    requested = (one("resolution") or "auto").lower()
+    if requested not in RESOLUTION_CHOICES:
+        raise InvalidParameter(
+            "resolution", f"resolution={requested!r}; allowed: {', '.join(RESOLUTION_CHOICES)}"
+        )
+    max_points_text = one("max_points")
+    max_points = (
+        settings.max_points
+        if max_points_text is None
+        else _int("max_points", max_points_text, 1, MAX_POINTS_LIMIT)
+    )
+    resolution = (
+        choose_resolution(metrics, start, end, max_points)
+        if requested == "auto"
+        else cast(Resolution, requested)
+    )
+    size_text, number_text, cursor_text = one("page_size"), one("page_number"), one("cursor")
+    page_size = (
+        settings.default_page_size
+        if size_text is None
+        else _int("page_size", size_text, 0, settings.max_page_size)
+    )
+    page_number = 1 if number_text is None else _int("page_number", number_text, 1, 2**31 - 1)
+    if page_size == 0 and page_number > 1:
+        raise InvalidParameter("page_number", "page_size=0 returns the whole answer: no pages")
+    query = DataQuery(
+        users=users,
+        metrics=metrics,
+        start=start,
+        end=end,
+        resolution=resolution,
+        requested_resolution=requested,
+        max_points=max_points,
+        page_size=page_size,
+        page_number=page_number,
+    )
+    if cursor_text:
+        if number_text is not None:
+            raise InvalidParameter("cursor", "use either cursor or page_number, not both")
+        query = replace(query, after=decode_cursor(cursor_text, query))
+    return query
+
+
+def describe(query: DataQuery) -> dict[str, Any]:
+    """The query as plain data (for logs, /plan and meta)."""
+    return {
+        "users": list(query.users),
+        "metrics": list(query.metrics),
+        "start": query.start.isoformat(),
+        "end": query.end.isoformat(),
+        "resolution": query.resolution,
+        "requested_resolution": query.requested_resolution,
+        "max_points": query.max_points,
+        "page_size": query.page_size,
+        "page_number": query.page_number,
+    }

@@ -1,0 +1,232 @@
+"""The pipeline in one place: engine.run(query) = plan(query, catalog) → execute(plan) → Arrow.
+
+catalog = catalogs.load(conn)           # the only I/O of planning (cached per generation)
+plan    = planner.plan(query, catalog)  # pure
+after, skip = paging.locate(...)        # deep pages skip whole days by their counts
+streams = [warm | lake executor per segment]
+answer  = take(merge_sorted(streams), skip, limit)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import psycopg_pool
+import pyarrow as pa
+
+from engine import paging, planner
+from engine.budget import QUERY_OVERHEAD_BYTES, MemoryBudget
+from engine.catalog import Catalog, CatalogSource
+from engine.errors import WarmStoreUnavailable
+from engine.lakeexec import BATCH_ROWS, DUCKDB_BUDGET_SHARE, connect_duckdb, stream_lake
+from engine.merge import merge_sorted, take
+from engine.plan import Plan, Segment
+from engine.query import DataQuery, Key
+from engine.settings import Settings
+from engine.shapes import row_bytes, schema_for
+from engine.warm import CHUNK_ROWS, WarmPool, stream_warm
+from lake import Lake
+
+log = logging.getLogger(__name__)
+
+_COUNT_COLUMN = {"raw": "rows_raw", "1m": "rows_1m", "1h": "rows_1h", "1d": "1"}
+
+
+@dataclass
+class Answer:
+    plan: Plan
+    schema: pa.Schema
+    batches: Iterator[pa.RecordBatch]  # a page (already read) or, for page_size=0, a stream
+    has_more: bool
+    next_cursor: str | None
+    rows: int | None  # known for pages; None while a whole-answer stream is unread
+
+
+class Engine:
+    """Owns the long-lived parts: DuckDB, warm-store pools, catalog cache, memory budget."""
+
+    def __init__(self, settings: Settings, database_url: str | None) -> None:
+        self.settings = settings
+        self.lake = Lake(settings.lake.path)
+        self.duck = connect_duckdb(settings.memory)
+        admission_bytes = int(settings.memory.budget_bytes * (1 - DUCKDB_BUDGET_SHARE))
+        self.budget = MemoryBudget(admission_bytes)
+        self.catalogs = CatalogSource(self.lake)
+        self.database_url = database_url
+        self._warm: WarmPool | None = None
+        self._pool: psycopg_pool.ConnectionPool | None = None
+        self._lock = threading.Lock()
+
+    # -- warm-store connections ------------------------------------------------------------
+
+    def _small_queries(self) -> psycopg_pool.ConnectionPool:
+        with self._lock:
+            if self._pool is None:
+                if self.database_url is None:
+                    raise WarmStoreUnavailable("no warm store configured")
+                self._pool = psycopg_pool.ConnectionPool(
+                    self.database_url,
+                    min_size=0,
+                    max_size=self.settings.database.pool_size,
+                    open=True,
+                    kwargs={"autocommit": True, "connect_timeout": 3},
+                )
+            return self._pool
+
+    def _warm_pool(self) -> WarmPool:
+        with self._lock:
+            if self._warm is None:
+                if self.database_url is None:
+                    raise WarmStoreUnavailable("no warm store configured")
+                self._warm = WarmPool(self.database_url, self.settings.database.pool_size)
+            return self._warm
+
+    def _connection(self) -> AbstractContextManager[psycopg.Connection | None]:
+        try:
+            return self._small_queries().connection(timeout=3)
+        except WarmStoreUnavailable:
+            return nullcontext(None)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        if self._warm is not None:
+            self._warm.close()
+        self.duck.close()
+
+    # -- the pipeline ------------------------------------------------------------------------
+
+    def catalog(self) -> Catalog:
+        try:
+            with self._connection() as conn:
+                return self.catalogs.load(conn)
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            log.warning("warm store unreachable, planning from the cached catalog: %s", exc)
+            return self.catalogs.load(None)
+
+    def plan(self, query: DataQuery, catalog: Catalog | None = None) -> Plan:
+        started = time.perf_counter()
+        result = planner.plan(query, catalog or self.catalog())
+        log.debug("planned %d segments in %.1f ms", len(result.segments),
+                  (time.perf_counter() - started) * 1e3)  # fmt: skip
+        return result
+
+    def run(self, query: DataQuery) -> Answer:
+        catalog = self.catalog()
+        plan = self.plan(query, catalog)
+        if plan.needs_warm and not self._warm_reachable(plan):
+            raise WarmStoreUnavailable(
+                "the warm store is unreachable and this span needs it; spans already in "
+                "the lake are still served",
+                retry_after_s=10,
+            )
+        reservation = self.budget.reserve(self._estimate(plan))
+        try:
+            after, skip = self._start(plan, catalog)
+            if query.page_size == 0:
+                stream = self._stream(plan, after, skip, None)
+                return Answer(plan, schema_for(plan.resolution),
+                              self._released(stream, reservation), False, None, None)  # fmt: skip
+            page = list(self._stream(plan, after, skip, query.page_size + 1))
+        except BaseException:
+            self.budget.release(reservation)
+            raise
+        self.budget.release(reservation)
+        return self._paged(plan, page)
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def _warm_reachable(self, plan: Plan) -> bool:
+        try:
+            with self._connection() as conn:
+                if conn is None:
+                    return False
+                conn.execute("SELECT 1")
+                return True
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
+            return False
+
+    def _estimate(self, plan: Plan) -> int:
+        """Bytes this query holds outside DuckDB: batches in flight, and the page itself."""
+        width = row_bytes(plan.resolution)
+        in_flight = len(plan.segments) * max(CHUNK_ROWS, BATCH_ROWS) * width
+        page = plan.query.page_size * width * 3  # rows, then their rendering
+        return QUERY_OVERHEAD_BYTES + in_flight + page
+
+    def _start(self, plan: Plan, catalog: Catalog) -> tuple[Key | None, int]:
+        query = plan.query
+        if query.after is not None or query.offset == 0:
+            return query.after, 0
+        try:
+            counts = self._day_counts(query)
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout, WarmStoreUnavailable):
+            return None, query.offset  # no counts: skip row by row
+        return paging.locate(query, query.offset, counts, catalog.stale_rollups)
+
+    def _day_counts(self, query: DataQuery) -> paging.DayCounts:
+        column = _COUNT_COLUMN[query.resolution]  # from our own table, never from input
+        first = query.start.date()
+        last = (query.end - timedelta(microseconds=1)).date()
+        counts: dict[tuple[int, str], list[Any]] = {}
+        with self._connection() as conn:
+            if conn is None:
+                raise WarmStoreUnavailable("no warm store")
+            rows = conn.execute(
+                f"SELECT user_id, metric, day, {column} FROM day_counts "  # noqa: S608
+                "WHERE user_id = ANY(%s) AND metric = ANY(%s) AND day BETWEEN %s AND %s "
+                "ORDER BY user_id, metric, day",
+                (list(query.users), list(query.metrics), first, last),
+            )
+            for user_id, metric, day, n in rows:
+                counts.setdefault((user_id, metric), []).append((day, int(n)))
+        return counts
+
+    def _segment_stream(
+        self, segment: Segment, metrics: tuple[str, ...], after: Key | None, limit: int | None
+    ) -> Iterator[pa.RecordBatch]:
+        if segment.backend == "lake":
+            return stream_lake(self.duck, segment, metrics, after, limit)
+        return stream_warm(self._warm_pool(), segment, metrics, after, limit)
+
+    def _stream(
+        self, plan: Plan, after: Key | None, skip: int, limit: int | None
+    ) -> Iterator[pa.RecordBatch]:
+        per_segment = None if limit is None else skip + limit
+        streams = [
+            self._segment_stream(s, plan.query.metrics, after, per_segment) for s in plan.segments
+        ]
+        return take(merge_sorted(streams, plan.query.metrics), skip, limit)
+
+    def _released(
+        self, stream: Iterator[pa.RecordBatch], reservation: int
+    ) -> Iterator[pa.RecordBatch]:
+        try:
+            yield from stream
+        finally:
+            self.budget.release(reservation)
+
+    def _paged(self, plan: Plan, batches: list[pa.RecordBatch]) -> Answer:
+        query = plan.query
+        schema = schema_for(plan.resolution)
+        table = pa.Table.from_batches(batches, schema=schema)
+        has_more = table.num_rows > query.page_size
+        if has_more:
+            table = table.slice(0, query.page_size)
+        next_cursor = None
+        if has_more:
+            last = table.slice(table.num_rows - 1).to_pylist()[0]
+            key = Key(last["user_id"], last["metric"], _ts_us(table))
+            next_cursor = query.cursor_after(key)
+        return Answer(plan, schema, iter(table.to_batches()), has_more, next_cursor, table.num_rows)
+
+
+def _ts_us(table: pa.Table) -> int:
+    return int(table.column("ts").cast(pa.int64())[table.num_rows - 1].as_py())

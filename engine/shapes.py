@@ -1,0 +1,49 @@
+"""The Arrow shapes of answers: raw rows and rollup rows, identical from every backend."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from engine.resolution import Resolution
+
+TS = pa.timestamp("us", tz="UTC")
+
+RAW = pa.schema(
+    [
+        ("user_id", pa.int32()),
+        ("metric", pa.string()),
+        ("ts", TS),
+        ("value", pa.float64()),
+    ]
+)
+ROLLUP = pa.schema(
+    [
+        ("user_id", pa.int32()),
+        ("metric", pa.string()),
+        ("ts", TS),
+        ("count", pa.int64()),
+        ("sum", pa.float64()),
+        ("min", pa.float64()),
+        ("max", pa.float64()),
+        ("avg", pa.float64()),  # sum / count, computed the same way by every backend
+    ]
+)
+
+# Rough in-memory bytes per row, for the memory budget's admission estimates.
+ROW_BYTES = {"raw": 48, "rollup": 80}
+
+
+def schema_for(resolution: Resolution) -> pa.Schema:
+    return RAW if resolution == "raw" else ROLLUP
+
+
+def row_bytes(resolution: Resolution) -> int:
+    return ROW_BYTES["raw" if resolution == "raw" else "rollup"]
+
+
+def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """Cast a backend's batch to the answer schema (drops driver field metadata too)."""
+    if batch.schema.equals(schema, check_metadata=True):
+        return batch
+    arrays = [batch.column(i).cast(field.type) for i, field in enumerate(schema)]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)

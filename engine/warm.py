@@ -1,0 +1,149 @@
+"""Warm-store executor: PostgreSQL → Arrow via ADBC, streamed in keyset chunks.
+
+ADBC materialises a parameterised result whole, so a segment is read as a series of
+`ORDER BY user_id, metric, ts LIMIT n` queries, each resuming after the last key of the
+previous one (the primary key's order, so every chunk is an index range scan). Memory per
+segment is one chunk, however long the span.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import timedelta
+from typing import Any
+
+import adbc_driver_manager
+import adbc_driver_postgresql.dbapi as adbc
+import pyarrow as pa
+
+from engine.errors import WarmStoreUnavailable
+from engine.plan import Segment
+from engine.query import Key, from_us, to_us
+from engine.resolution import TIERS
+from engine.shapes import conform, schema_for
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 262_144
+
+
+class WarmPool:
+    """A small pool of autocommit ADBC connections (each used by one thread at a time)."""
+
+    def __init__(self, url: str, size: int) -> None:
+        self.url = url
+        self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(size)
+
+    def _connect(self) -> Any:
+        try:
+            conn = adbc.connect(self.url, autocommit=True)
+        except adbc_driver_manager.Error as exc:
+            raise WarmStoreUnavailable(f"warm store unreachable: {exc}") from None
+        with conn.cursor() as cur:
+            cur.execute("SET timezone = 'UTC'")  # date_trunc buckets in UTC
+        return conn
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        if not self._slots.acquire(timeout=30):
+            raise WarmStoreUnavailable("all warm-store connections are busy", retry_after_s=2)
+        conn = None
+        try:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                conn = self._connect()
+            yield conn
+            self._idle.put(conn)
+            conn = None
+        except adbc_driver_manager.OperationalError as exc:
+            raise WarmStoreUnavailable(f"warm store unreachable: {exc}") from None
+        finally:
+            if conn is not None:  # broken or interrupted mid-use: never reuse it
+                with suppress(adbc_driver_manager.Error):
+                    conn.close()
+            self._slots.release()
+
+    def close(self) -> None:
+        while not self._idle.empty():
+            self._idle.get_nowait().close()
+
+
+def _placeholders(start: int, count: int) -> str:
+    return ", ".join(f"${i}" for i in range(start, start + count))
+
+
+def _sql(segment: Segment, metrics: tuple[str, ...], inclusive: bool) -> str:
+    users = _placeholders(1, len(segment.users))
+    n = len(segment.users) + 1
+    names = _placeholders(n, len(metrics))
+    n += len(metrics)
+    span = f"ts >= ${n} AND ts < ${n + 1}"
+    after = f"(user_id, metric, ts) {'>=' if inclusive else '>'} (${n + 2}, ${n + 3}, ${n + 4})"
+    limit = f"${n + 5}"
+    where = f"user_id IN ({users}) AND metric IN ({names}) AND {span} AND {after}"
+    # Table names and bucket units come from engine.resolution.TIERS, never from a request.
+    if segment.resolution == "raw":
+        return (
+            f"SELECT user_id, metric, ts, value FROM raw_data WHERE {where} "  # noqa: S608
+            f"ORDER BY user_id, metric, ts LIMIT {limit}"
+        )
+    if segment.rollup_from_raw:
+        unit = TIERS[segment.resolution].bucket_unit
+        return (
+            f"SELECT user_id, metric, date_trunc('{unit}', ts) AS bucket, count(*), "  # noqa: S608
+            f"sum(value), min(value), max(value), sum(value) / count(*) FROM raw_data "
+            f"WHERE {where} GROUP BY user_id, metric, bucket "
+            f"ORDER BY user_id, metric, bucket LIMIT {limit}"
+        )
+    table = TIERS[segment.resolution].warm_table
+    return (
+        f"SELECT user_id, metric, ts, count, sum, min, max, sum / count FROM {table} "  # noqa: S608
+        f"WHERE {where} ORDER BY user_id, metric, ts LIMIT {limit}"
+    )
+
+
+def stream_warm(
+    pool: WarmPool,
+    segment: Segment,
+    metrics: tuple[str, ...],
+    after: Key | None,
+    limit: int | None,
+) -> Iterator[pa.RecordBatch]:
+    """Rows of `segment` after `after`, in (user_id, metric, ts) order, at most `limit`."""
+    schema = schema_for(segment.resolution)
+    bucket = timedelta(seconds=TIERS[segment.resolution].bucket_s)
+    # With no `after`, start before every key: user ids are >= 0.
+    position = after or Key(-1, "", to_us(segment.start))
+    remaining = limit
+    while remaining is None or remaining > 0:
+        chunk = CHUNK_ROWS if remaining is None else min(CHUNK_ROWS, remaining)
+        # A bucket computed from raw covers [start, start + bucket): resume at the next one.
+        inclusive = segment.rollup_from_raw and position.user_id >= 0
+        resume_ts = from_us(position.ts_us) + (bucket if inclusive else timedelta(0))
+        params = (
+            *segment.users, *metrics, segment.start, segment.end,
+            position.user_id, position.metric, resume_ts, chunk,
+        )  # fmt: skip
+        with pool.connection() as conn, conn.cursor() as cur:
+            cur.execute(_sql(segment, metrics, inclusive), params)
+            table = cur.fetch_arrow_table()
+        if table.num_rows == 0:
+            return
+        for batch in table.to_batches():
+            yield conform(batch, schema)
+        last = table.slice(table.num_rows - 1)
+        position = Key(
+            int(last.column(0)[0].as_py()),
+            str(last.column(1)[0].as_py()),
+            int(last.column(2).cast(pa.int64())[0].as_py()),
+        )
+        if remaining is not None:
+            remaining -= table.num_rows
+        if table.num_rows < chunk:
+            return

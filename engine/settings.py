@@ -141,7 +141,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             spill_path=Path(env.get("STRATUM_SPILL_PATH") or home / "spill").resolve(),
         ),
         query=QuerySettings(
-            max_points=_int(env, "STRATUM_MAX_POINTS", 10_000, minimum=1),
+            max_points=_int(env, "STRATUM_MAX_POINTS", 5_000, minimum=1),
             default_page_size=_int(env, "STRATUM_DEFAULT_PAGE_SIZE", 10_000, minimum=1),
             max_page_size=_int(env, "STRATUM_MAX_PAGE_SIZE", 1_000_000, minimum=1),
             max_users=_int(env, "STRATUM_MAX_USERS", 1_000, minimum=1),

@@ -30,7 +30,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert s.database.url is None
     assert s.lake.path == tmp_path / "lake"
     assert s.lake.sync_grace_days == 1
-    assert s.query.max_points == 10_000
+    assert s.query.max_points == 5_000
     expected = min(128 * GiB, int(settings_module.physical_ram_bytes() * 0.8))
     assert s.memory.budget_bytes == expected
 

@@ -1,0 +1,135 @@
+"""Routing as plain tables: which store and tier serve which part of a span."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from engine.catalog import Catalog, Coverage
+from engine.planner import plan
+from engine.query import DataQuery
+from engine.resolution import choose_resolution
+from lake import LakeFile
+
+
+def q(start: str, end: str, resolution: str = "raw", users: tuple[int, ...] = (1,)) -> DataQuery:
+    return DataQuery(
+        users=users, metrics=("heart_rate",),
+        start=datetime.fromisoformat(start).replace(tzinfo=UTC),
+        end=datetime.fromisoformat(end).replace(tzinfo=UTC),
+        resolution=resolution, requested_resolution=resolution,  # type: ignore[arg-type]
+        max_points=10_000, page_size=100, page_number=1,
+    )  # fmt: skip
+
+
+def d(text: str) -> date:
+    return date.fromisoformat(text)
+
+
+def fake_files(tier, users, start, end, version):  # type: ignore[no-untyped-def]
+    return tuple(
+        LakeFile(f"/lake/{tier}/{u}/{start.date()}", u, start.date(), end.date(), 10, 100)
+        for u in users
+    )
+
+
+Spec = dict[int, list[tuple[str, str]]]
+
+
+def catalog(lake: Spec, stale: Spec | None = None, tier: str = "raw") -> Catalog:
+    def cov(spec: Spec) -> Coverage:
+        return Coverage({u: tuple((d(a), d(b)) for a, b in r) for u, r in spec.items()})
+
+    tiers = ("raw", "agg_1m", "agg_1h", "agg_1d")
+    lake_days = {t: cov(lake) if t == tier else Coverage() for t in tiers}
+    return Catalog(lake_days, cov(stale or {}), dict.fromkeys(tiers, 3), fake_files)
+
+
+def layout(p) -> list[tuple[str, str, str, str, tuple[int, ...]]]:  # type: ignore[no-untyped-def]
+    return [
+        (s.backend, s.source, s.start.isoformat()[:16], s.end.isoformat()[:16], s.users)
+        for s in p.segments
+    ]
+
+
+@pytest.mark.parametrize(
+    ("lake", "start", "end", "expected"),
+    [
+        # nothing synced: all warm
+        ({}, "2024-01-01", "2024-01-03",
+         [("warm", "raw_data", "2024-01-01T00:00", "2024-01-03T00:00", (1,))]),
+        # synced through Jan 1: lake then warm, seam at midnight
+        ({1: [("2023-12-01", "2024-01-01")]}, "2024-01-01T06:00", "2024-01-03",
+         [("lake", "raw", "2024-01-01T06:00", "2024-01-02T00:00", (1,)),
+          ("warm", "raw_data", "2024-01-02T00:00", "2024-01-03T00:00", (1,))]),
+        # a changed day inside the synced range comes from the warm store
+        ({1: [("2024-01-01", "2024-01-01"), ("2024-01-03", "2024-01-04")]},
+         "2024-01-01", "2024-01-05",
+         [("lake", "raw", "2024-01-01T00:00", "2024-01-02T00:00", (1,)),
+          ("warm", "raw_data", "2024-01-02T00:00", "2024-01-03T00:00", (1,)),
+          ("lake", "raw", "2024-01-03T00:00", "2024-01-05T00:00", (1,))]),
+        # span entirely in the lake
+        ({1: [("2020-01-01", "2024-12-31")]}, "2022-01-01", "2023-01-01",
+         [("lake", "raw", "2022-01-01T00:00", "2023-01-01T00:00", (1,))]),
+    ],
+)  # fmt: skip
+def test_split_at_the_lake_watermark(lake, start, end, expected) -> None:  # type: ignore[no-untyped-def]
+    assert layout(plan(q(start, end), catalog(lake))) == expected
+
+
+def test_users_with_the_same_watermark_share_segments() -> None:
+    lake = {1: [("2024-01-01", "2024-01-01")], 2: [("2024-01-01", "2024-01-01")],
+            3: [("2024-01-01", "2024-01-02")]}  # fmt: skip
+    got = layout(plan(q("2024-01-01", "2024-01-03", users=(1, 2, 3)), catalog(lake)))
+    assert got == [
+        ("lake", "raw", "2024-01-01T00:00", "2024-01-02T00:00", (1, 2)),
+        ("lake", "raw", "2024-01-01T00:00", "2024-01-03T00:00", (3,)),
+        ("warm", "raw_data", "2024-01-02T00:00", "2024-01-03T00:00", (1, 2)),
+    ]
+
+
+def test_stale_rollups_are_computed_from_raw() -> None:
+    lake = {1: [("2024-01-01", "2024-01-01")]}
+    stale = {1: [("2024-01-03", "2024-01-03")]}
+    got = plan(q("2024-01-01", "2024-01-04", "1h"), catalog(lake, stale, tier="agg_1h"))
+    assert [(s.backend, s.source, s.rollup_from_raw) for s in got.segments] == [
+        ("lake", "agg_1h", False),
+        ("warm", "data_1h", False),
+        ("warm", "raw_data", True),
+    ]
+
+
+def test_raw_resolution_ignores_rollup_staleness() -> None:
+    got = plan(q("2024-01-01", "2024-01-02"), catalog({}, {1: [("2024-01-01", "2024-01-01")]}))
+    assert [(s.source, s.rollup_from_raw) for s in got.segments] == [("raw_data", False)]
+
+
+def test_lake_days_of_another_tier_are_not_used() -> None:
+    got = plan(q("2024-01-01", "2024-01-02", "1d"), catalog({1: [("2024-01-01", "2024-01-01")]}))
+    assert got.sources == ["warm"]
+
+
+def test_lake_segment_carries_pinned_files() -> None:
+    got = plan(q("2024-01-01", "2024-01-02"), catalog({1: [("2024-01-01", "2024-01-01")]}))
+    (segment,) = got.segments
+    assert segment.lake_version == 3 and segment.files and segment.estimated_rows == 10
+
+
+@pytest.mark.parametrize(
+    ("metrics", "days", "expected"),
+    [
+        (("heart_rate",), 0.05, "raw"),  # 4,320 points
+        (("heart_rate",), 1, "1m"),  # 86,400 raw points > 5,000
+        (("steps",), 1, "raw"),  # native 60 s: 1,440
+        (("heart_rate", "steps"), 1, "1m"),
+        (("heart_rate",), 7, "1h"),  # 10,080 minutes > 5,000
+        (("heart_rate",), 30, "1h"),
+        (("heart_rate",), 365, "1d"),  # 8,760 hours > 5,000
+        (("hrv",), 14, "raw"),  # native 300 s: 4,032
+        (("heart_rate",), 365 * 40, "1d"),  # floor
+    ],
+)
+def test_auto_resolution(metrics: tuple[str, ...], days: float, expected: str) -> None:
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    assert choose_resolution(metrics, start, start + timedelta(days=days), 5_000) == expected

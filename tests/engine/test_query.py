@@ -1,0 +1,71 @@
+"""Request validation: every bad parameter is named with what is allowed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from engine.errors import InvalidParameter
+from engine.query import Key, build_query, decode_cursor
+from engine.settings import QuerySettings
+
+SETTINGS = QuerySettings(max_points=5000, default_page_size=100, max_page_size=1000, max_users=3)
+GOOD = {
+    "user_id": ["1,2"],
+    "metric": ["heart_rate"],
+    "start": ["2024-01-01"],
+    "end": ["2024-01-02"],
+}
+
+
+def build(**changes: list[str]):  # type: ignore[no-untyped-def]
+    params = {**GOOD, **changes}
+    return build_query({k: v for k, v in params.items() if v}, SETTINGS)
+
+
+def test_defaults_and_normalisation() -> None:
+    q = build(
+        user_id=["2", "1,2"], metric=["steps,heart_rate"], start=["2024-01-01T01:00:00+01:00"]
+    )
+    assert q.users == (1, 2) and q.metrics == ("heart_rate", "steps")
+    assert q.start == datetime(2024, 1, 1, tzinfo=UTC)
+    assert q.resolution == "1m" and q.requested_resolution == "auto"
+    assert (q.page_size, q.page_number, q.offset) == (100, 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("changes", "parameter", "fragment"),
+    [
+        ({"user_id": []}, "user_id", "required"),
+        ({"user_id": ["x"]}, "user_id", "not an integer"),
+        ({"user_id": ["1,2,3,4"]}, "user_id", "at most 3"),
+        ({"metric": []}, "metric", "required"),
+        ({"metric": ["pulse"]}, "metric", "valid: heart_rate"),
+        ({"start": []}, "start", "required"),
+        ({"end": ["tomorrow"]}, "end", "ISO 8601"),
+        ({"end": ["2024-01-01"]}, "end", "must be after start"),
+        ({"resolution": ["5m"]}, "resolution", "auto, raw, 1m, 1h, 1d"),
+        ({"max_points": ["0"]}, "max_points", "out of range"),
+        ({"page_size": ["1001"]}, "page_size", "0..1000"),
+        ({"page_number": ["0"]}, "page_number", "out of range"),
+        ({"page_size": ["0"], "page_number": ["2"]}, "page_number", "no pages"),
+        ({"cursor": ["%%%"]}, "cursor", "malformed"),
+    ],
+)
+def test_invalid_parameters(changes: dict, parameter: str, fragment: str) -> None:
+    with pytest.raises(InvalidParameter) as caught:
+        build(**changes)
+    assert caught.value.parameter == parameter
+    assert fragment in caught.value.message
+
+
+def test_cursor_round_trip_and_binding() -> None:
+    q = build()
+    cursor = q.cursor_after(Key(1, "heart_rate", 123))
+    assert decode_cursor(cursor, q) == Key(1, "heart_rate", 123)
+    assert build(cursor=[cursor]).after == Key(1, "heart_rate", 123)
+    with pytest.raises(InvalidParameter, match="different query"):
+        build(metric=["steps"], cursor=[cursor])
+    with pytest.raises(InvalidParameter, match="not both"):
+        build(cursor=[cursor], page_number=["2"])

@@ -1,0 +1,23 @@
+"""The historic store: Delta Lake tables per tier (storage format only; imports nothing of ours)."""
+
+from lake.checksum import day_checksums
+from lake.duck import lake_relation, scan_sql
+from lake.layout import TIERS, partition_columns, partition_of, tier_schema
+from lake.maintenance import CompactResult, VacuumResult
+from lake.snapshot import LakeFile, LakeFiles
+from lake.store import Lake
+
+__all__ = [
+    "TIERS",
+    "CompactResult",
+    "Lake",
+    "LakeFile",
+    "LakeFiles",
+    "VacuumResult",
+    "day_checksums",
+    "lake_relation",
+    "partition_columns",
+    "partition_of",
+    "scan_sql",
+    "tier_schema",
+]

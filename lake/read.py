@@ -1,0 +1,30 @@
+"""Read lake files back into Arrow tables of the tier's data schema."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lake.layout import PartitionKey, data_schema, file_schema
+
+
+def read_partition_file(tier: str, path: str, partition: PartitionKey) -> pa.Table:
+    """One file with its partition columns restored from the key (Delta keeps them in the path).
+
+    ``ParquetFile`` rather than ``pq.read_table``: the latter would also infer hive columns
+    from the path, with its own types.
+    """
+    stored = file_schema(tier)
+    raw = pq.ParquetFile(path).read(columns=stored.names)
+    rows = raw.num_rows
+    columns: dict[str, pa.Array | pa.ChunkedArray] = {
+        name: raw.column(name).cast(stored.field(name).type) for name in stored.names
+    }
+    columns["user_id"] = pa.repeat(pa.scalar(partition[0], pa.int32()), rows)
+    label = partition[1]
+    if isinstance(label, date):  # fine tiers: the day is the partition
+        columns["date"] = pa.repeat(pa.scalar(label, pa.date32()), rows)
+    schema = data_schema(tier)
+    return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)

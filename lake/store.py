@@ -1,0 +1,319 @@
+"""The lake: one Delta table per tier, atomic partition replacement and cached file listing."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties
+from deltalake.exceptions import TableNotFoundError
+from deltalake.transaction import AddAction, RemoveAction
+
+from lake.checksum import DayKey, DayStat, day_checksums, merge_checksums
+from lake.deltalog import log_entry, read_commits
+from lake.layout import (
+    TIERS,
+    PartitionKey,
+    check_tier,
+    partition_columns,
+    partition_of,
+    tier_schema,
+)
+from lake.locking import writer_lock
+from lake.maintenance import CompactResult, VacuumResult, compact_partitions
+from lake.prepare import sort_rows, split_partitions
+from lake.read import read_partition_file
+from lake.snapshot import LakeFiles, Snapshot
+from lake.writer import remove_action, write_file
+
+# Table properties set at creation. A checkpoint every 50 commits keeps loading a table with
+# thousands of commits to one parquet checkpoint plus at most 49 JSON files.
+TABLE_CONFIGURATION = {"delta.checkpointInterval": "50"}
+_PINNED_CACHE = 16  # parsed snapshots kept per Lake, for readers pinned at older versions
+_IO_THREADS = min(4, os.cpu_count() or 1)
+
+
+def _pairs(days: Iterable[tuple[int, date]]) -> set[DayKey]:
+    pairs: set[DayKey] = set()
+    for user_id, day in days:
+        if isinstance(day, datetime) or not isinstance(day, date):
+            raise TypeError(f"day must be a datetime.date, got {day!r}")
+        pairs.add((int(user_id), day))
+    return pairs
+
+
+def _utc_day(moment: datetime, name: str) -> date:
+    if moment.tzinfo is None:
+        raise ValueError(f"{name} must be timezone-aware (UTC), got naive {moment!r}")
+    return moment.astimezone(UTC).date()
+
+
+class Lake:
+    """The historic store under ``root``: ``<root>/raw``, ``<root>/agg_1m``, ...
+
+    Thread-safe. Writers (replace_days, compact, vacuum) serialize per tier through an
+    advisory file lock, so several processes on one host may share a root.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).absolute()
+        if "=" in str(self.root):
+            # DuckDB's hive_partitioning parses every `key=value` folder of a path.
+            raise ValueError(f"lake root must not contain '=': {self.root}")
+        self._lock = threading.Lock()
+        self._latest: dict[str, Snapshot] = {}
+        self._snapshots: OrderedDict[tuple[str, int], Snapshot] = OrderedDict()
+
+    def table_dir(self, tier: str) -> Path:
+        return self.root / check_tier(tier)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def version(self, tier: str) -> int | None:
+        """Latest committed version of a tier's table, None if it does not exist yet."""
+        snapshot = self._latest_snapshot(tier)
+        return None if snapshot is None else snapshot.version
+
+    def files(
+        self,
+        tier: str,
+        user_ids: Sequence[int] | None,
+        start: datetime,
+        end: datetime,
+        version: int | None = None,
+    ) -> LakeFiles:
+        """Files of a pinned version (latest if None) for those users (None: all) whose days
+        overlap [start, end) (UTC, end exclusive)."""
+        first_day = _utc_day(start, "start")
+        last_day = _utc_day(end - timedelta(microseconds=1), "end")
+        snapshot = self._snapshot(tier, version)
+        if snapshot is None:
+            return LakeFiles(tier, None, ())
+        if end <= start:
+            return LakeFiles(tier, snapshot.version, ())
+        return LakeFiles(tier, snapshot.version, snapshot.select(user_ids, first_day, last_day))
+
+    def day_stats(
+        self, tier: str, pairs: Iterable[tuple[int, date]], version: int | None = None
+    ) -> dict[DayKey, DayStat]:
+        """(rows, checksum) per requested (user_id, day), read back from the lake files.
+
+        Days without rows in the lake report (0, 0).
+        """
+        wanted = _pairs(pairs)
+        snapshot = self._snapshot(tier, version)
+        jobs: list[tuple[str, PartitionKey]] = []
+        if snapshot is not None:
+            for key in sorted({partition_of(tier, u, d) for u, d in wanted}, key=str):
+                jobs.extend((e.file.path, key) for e in snapshot.by_partition.get(key, ()))
+
+        def stats_of(job: tuple[str, PartitionKey]) -> dict[DayKey, DayStat]:
+            table = read_partition_file(tier, job[0], job[1])
+            return {k: v for k, v in day_checksums(tier, table).items() if k in wanted}
+
+        with ThreadPoolExecutor(_IO_THREADS) as pool:
+            merged = merge_checksums(pool.map(stats_of, jobs))
+        return {pair: merged.get(pair, (0, 0)) for pair in sorted(wanted)}
+
+    def total_bytes(self, tier: str | None = None) -> int:
+        """Bytes of the files in the latest version of one tier (None: all tiers)."""
+        total = 0
+        for name in TIERS if tier is None else (check_tier(tier),):
+            snapshot = self._latest_snapshot(name)
+            total += 0 if snapshot is None else snapshot.total_bytes
+        return total
+
+    # -- snapshot cache ------------------------------------------------------------------
+
+    def _remember(self, snapshot: Snapshot) -> Snapshot:
+        key = (snapshot.tier, snapshot.version)
+        self._snapshots[key] = snapshot
+        self._snapshots.move_to_end(key)
+        while len(self._snapshots) > _PINNED_CACHE:
+            self._snapshots.popitem(last=False)
+        return snapshot
+
+    def _latest_snapshot(self, tier: str) -> Snapshot | None:
+        table_dir = self.table_dir(tier)
+        with self._lock:
+            current = self._latest.get(tier)
+            if current is not None:
+                # A commit is one atomically created JSON file: one stat tells whether the
+                # cached snapshot is still the latest, and the new commits move it forward.
+                if not log_entry(table_dir, current.version + 1).exists():
+                    return current
+                delta = read_commits(table_dir, current.version)
+                if delta is not None:
+                    snapshot = self._snapshots.get((tier, delta.version))
+                    snapshot = snapshot or current.advance(table_dir, delta)
+                    self._latest[tier] = self._remember(snapshot)
+                    return snapshot
+            if not (table_dir / "_delta_log").is_dir():
+                return None
+            try:
+                table = DeltaTable(str(table_dir))
+            except TableNotFoundError:  # being created right now
+                return None
+            snapshot = self._snapshots.get((tier, table.version())) or self._build(tier, table)
+            self._latest[tier] = self._remember(snapshot)
+            return snapshot
+
+    def _snapshot(self, tier: str, version: int | None) -> Snapshot | None:
+        latest = self._latest_snapshot(tier)
+        if version is None:
+            return latest
+        if latest is None or not 0 <= version <= latest.version:
+            newest = None if latest is None else latest.version
+            raise ValueError(f"{tier}: version {version} does not exist (latest: {newest})")
+        with self._lock:
+            cached = self._snapshots.get((tier, version))
+            if cached is not None:
+                self._snapshots.move_to_end((tier, version))
+                return cached
+        # Load outside the lock: reconstructing an old version may take a moment.
+        snapshot = self._build(tier, DeltaTable(str(self.table_dir(tier)), version=version))
+        with self._lock:
+            return self._remember(snapshot)
+
+    def _build(self, tier: str, table: DeltaTable) -> Snapshot:
+        actions = pa.table(table.get_add_actions(flatten=True))
+        return Snapshot.from_add_actions(tier, table.version(), self.table_dir(tier), actions)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _open_for_write(self, tier: str) -> DeltaTable:
+        """The table at its latest version, created if missing (caller holds the writer lock)."""
+        table_dir = self.table_dir(tier)
+        if (table_dir / "_delta_log").is_dir():
+            try:
+                return DeltaTable(str(table_dir))
+            except TableNotFoundError:  # a creation was interrupted before its first commit
+                pass
+        table_dir.mkdir(parents=True, exist_ok=True)
+        return DeltaTable.create(
+            str(table_dir),
+            schema=tier_schema(tier),
+            mode="ignore",
+            partition_by=list(partition_columns(tier)),
+            configuration=TABLE_CONFIGURATION,
+        )
+
+    def _writer_snapshot(self, tier: str, table: DeltaTable) -> Snapshot:
+        """The snapshot of the writer's table version (normally the cached latest one)."""
+        latest = self._latest_snapshot(tier)
+        if latest is not None and latest.version == table.version():
+            return latest
+        snapshot = self._build(tier, table)
+        with self._lock:
+            return self._remember(snapshot)
+
+    def _commit(
+        self, tier: str, table: DeltaTable, actions: list[AddAction | RemoveAction], operation: str
+    ) -> int:
+        read_version = table.version()
+        table.create_write_transaction(
+            actions,
+            "append",  # with explicit removes: the only mode that takes exact file actions
+            tier_schema(tier),
+            partition_by=list(partition_columns(tier)),
+            # No retries: the file lock makes us the only writer; a conflict means someone
+            # bypassed it, and rebasing our removes onto their commit could duplicate rows.
+            commit_properties=CommitProperties(
+                custom_metadata={"stratum.operation": operation}, max_commit_retries=0
+            ),
+            post_commithook_properties=PostCommitHookProperties(create_checkpoint=True),
+        )
+        # Without retries the commit can only have landed right after the version we read.
+        return read_version + 1
+
+    def replace_days(self, tier: str, data: pa.Table, days: Iterable[tuple[int, date]]) -> int:
+        """Replace every partition holding one of ``days`` with the rows of ``data``, in one
+        Delta commit, and return the new version.
+
+        ``data`` must hold all rows of those partitions (for agg_1h/agg_1d: the user's whole
+        month/year) and nothing outside them. Removed files stay on disk for older readers.
+        """
+        check_tier(tier)
+        targets = {partition_of(tier, u, d) for u, d in _pairs(days)}
+        partitions = split_partitions(tier, data)
+        strays = sorted({str(key) for key, _ in partitions if key not in targets})
+        if strays:
+            raise ValueError(f"{tier}: data has rows outside the replaced partitions: {strays}")
+        with writer_lock(self.root, tier):
+            table = self._open_for_write(tier)
+            snapshot = self._writer_snapshot(tier, table)
+            now_ms = int(time.time() * 1000)
+            removes: list[AddAction | RemoveAction] = [
+                remove_action(tier, entry, now_ms)
+                for key in targets
+                for entry in snapshot.by_partition.get(key, ())
+            ]
+            table_dir = self.table_dir(tier)
+
+            def write(partition: tuple[PartitionKey, pa.Table]) -> AddAction:
+                return write_file(table_dir, tier, partition[0], sort_rows(partition[1]))
+
+            with ThreadPoolExecutor(_IO_THREADS) as pool:
+                adds = list(pool.map(write, partitions))
+            if not adds and not removes:
+                return table.version()
+            return self._commit(tier, table, [*adds, *removes], "replace_days")
+
+    def compact(self, tier: str) -> CompactResult:
+        """Merge every partition holding more than one file into one file (one commit)."""
+        started = time.perf_counter()
+        with writer_lock(self.root, check_tier(tier)):
+            if not DeltaTable.is_deltatable(str(self.table_dir(tier))):
+                return CompactResult(tier, None, 0, 0, 0, 0, 0, time.perf_counter() - started)
+            table = self._open_for_write(tier)
+            snapshot = self._writer_snapshot(tier, table)
+            crowded = {k: v for k, v in snapshot.by_partition.items() if len(v) > 1}
+            if not crowded:
+                return CompactResult(
+                    tier, snapshot.version, 0, 0, 0, 0, 0, time.perf_counter() - started
+                )
+            actions, added, bytes_before, bytes_after = compact_partitions(
+                tier, self.table_dir(tier), crowded, int(time.time() * 1000)
+            )
+            removed = sum(len(entries) for entries in crowded.values())
+            version = self._commit(tier, table, actions, "compact")
+            return CompactResult(
+                tier,
+                version,
+                len(crowded),
+                removed,
+                added,
+                bytes_before,
+                bytes_after,
+                time.perf_counter() - started,
+            )
+
+    def vacuum(self, retention_hours: int) -> VacuumResult:
+        """Delete files no version younger than ``retention_hours`` references, in all tiers:
+        files removed longer ago than that, and orphans (crashed writes) older than that."""
+        if retention_hours < 0:
+            raise ValueError("retention_hours must be >= 0")
+        started = time.perf_counter()
+        deleted: dict[str, int] = {}
+        for tier in TIERS:
+            with writer_lock(self.root, tier):
+                table_dir = self.table_dir(tier)
+                if not DeltaTable.is_deltatable(str(table_dir)):
+                    continue
+                table = DeltaTable(str(table_dir))
+                # full=True also reclaims never-committed files left by killed writers.
+                paths = table.vacuum(
+                    retention_hours=retention_hours,
+                    dry_run=False,
+                    enforce_retention_duration=False,
+                    full=True,
+                )
+                deleted[tier] = len(paths)
+        return VacuumResult(deleted, time.perf_counter() - started)

@@ -1,0 +1,72 @@
+"""DuckDB reads a LakeFiles list with the tier's column names, order and types."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from lake import TIERS, Lake, LakeFiles, lake_relation, scan_sql
+from lake.duck import duckdb_types
+from lake.layout import partition_columns, tier_schema
+from tests.lake.builders import ALL_TIME, JAN1, days_from, tier_rows
+
+EXPECTED_TYPES = {
+    "raw": ["INTEGER", "DATE", "VARCHAR", "TIMESTAMP WITH TIME ZONE", "DOUBLE"],
+    "agg_1m": ["INTEGER", "DATE", "VARCHAR", "TIMESTAMP WITH TIME ZONE"]
+    + ["BIGINT", "DOUBLE", "DOUBLE", "DOUBLE"],
+}
+EXPECTED_TYPES["agg_1h"] = [*EXPECTED_TYPES["agg_1m"], "VARCHAR"]
+EXPECTED_TYPES["agg_1d"] = EXPECTED_TYPES["agg_1h"]
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_relation_has_tier_schema_types(lake: Lake, tier: str) -> None:
+    pairs = [(12, d) for d in days_from(date(2023, 12, 31), 2)]
+    lake.replace_days(tier, tier_rows(tier, pairs), pairs)
+    files = lake.files(tier, None, *ALL_TIME)
+    with duckdb.connect() as conn:
+        relation = lake_relation(conn, files)
+        assert relation.columns == tier_schema(tier).names
+        assert [str(t) for t in relation.types] == EXPECTED_TYPES[tier]
+        label = partition_columns(tier)[1]
+        summary = relation.aggregate(f'min(user_id), min(date), max(date), min("{label}")')
+        first = date(2023, 12, 31)
+        expected_label = {"raw": first, "agg_1m": first, "agg_1h": "2023-12", "agg_1d": "2023"}
+        assert summary.fetchall() == [(12, first, JAN1, expected_label[tier])]
+
+
+def test_empty_file_list_gives_an_empty_typed_relation() -> None:
+    empty = LakeFiles("agg_1h", 3, ())
+    sql, params = scan_sql(empty)
+    assert params == {}
+    with duckdb.connect() as conn:
+        relation = lake_relation(conn, empty)
+        assert relation.columns == tier_schema("agg_1h").names
+        assert relation.fetchall() == []
+        assert conn.execute(f"SELECT count(*) FROM {sql}").fetchone() == (0,)
+
+
+def test_scan_composes_with_other_named_parameters(tmp_path: Path) -> None:
+    # A quote and a space in the root: paths are bound, never spliced into the SQL.
+    lake = Lake(tmp_path / "it's a lake")
+    pairs = [(1, JAN1), (2, JAN1)]
+    lake.replace_days("raw", tier_rows("raw", pairs), pairs)
+    sql, params = scan_sql(lake.files("raw", None, *ALL_TIME), param="raw_files")
+    assert "it's" not in sql
+    query = f"SELECT user_id, count(*) FROM {sql} WHERE metric = $metric GROUP BY 1 ORDER BY 1"
+    with duckdb.connect() as conn:
+        rows = conn.execute(query, {**params, "metric": "hr"}).fetchall()
+    assert rows == [(1, 1440), (2, 1440)]
+
+
+def test_parameter_name_must_be_an_identifier() -> None:
+    with pytest.raises(ValueError, match="identifier"):
+        scan_sql(LakeFiles("raw", 1, ()), param="x; DROP TABLE t")
+
+
+def test_duckdb_types_cover_every_column() -> None:
+    for tier in TIERS:
+        assert list(duckdb_types(tier)) == tier_schema(tier).names

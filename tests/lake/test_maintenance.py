@@ -1,0 +1,74 @@
+"""Compaction of crowded partitions and vacuum of unreferenced files."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from deltalake import write_deltalake
+
+from lake import Lake
+from tests.lake.builders import ALL_TIME, JAN1, days_from, read_all, read_files, tier_rows
+
+
+def test_compact_merges_partitions_holding_several_files(lake: Lake) -> None:
+    pairs = [(1, d) for d in days_from(JAN1, 2)]
+    lake.replace_days("raw", tier_rows("raw", pairs, metrics=("hr",)), pairs)
+    # A second file in one partition, as another Delta writer (delta-rs itself) would add it.
+    extra = tier_rows("raw", pairs[:1], metrics=("spo2",))
+    write_deltalake(str(lake.table_dir("raw")), extra, mode="append")
+    before = lake.files("raw", None, *ALL_TIME)
+    stats_before = lake.day_stats("raw", pairs)
+    assert len(before.files) == 3
+
+    result = lake.compact("raw")
+
+    after = lake.files("raw", None, *ALL_TIME)
+    assert (result.partitions, result.files_removed, result.files_added) == (1, 2, 1)
+    assert before.version is not None
+    assert result.version == after.version == before.version + 1
+    assert len(after.files) == 2
+    assert lake.day_stats("raw", pairs) == stats_before
+    assert all(Path(p).exists() for p in before.paths)  # the old version stays readable
+    assert read_files(before).num_rows == read_all(lake, "raw").num_rows
+    assert lake.compact("raw").version == after.version  # nothing left to do: no commit
+
+
+def test_compact_of_missing_table_does_nothing(lake: Lake) -> None:
+    assert lake.compact("agg_1h").version is None
+
+
+def _age(path: Path, hours: float) -> None:
+    moment = time.time() - hours * 3600
+    os.utime(path, (moment, moment))
+
+
+def test_vacuum_respects_retention_and_the_current_version(lake: Lake) -> None:
+    pairs = [(1, d) for d in days_from(JAN1, 2)]
+    v1 = lake.replace_days("raw", tier_rows("raw", pairs, seed=1), pairs)
+    pinned = lake.files("raw", None, *ALL_TIME)
+    lake.replace_days("raw", tier_rows("raw", pairs[:1], seed=2), pairs[:1])
+    current = lake.files("raw", None, *ALL_TIME)
+    for path in current.paths:
+        _age(Path(path), 5)  # old but referenced: must survive any retention
+    partition = lake.table_dir("raw") / "user_id=1" / f"date={JAN1}"
+    old_orphan, new_orphan = partition / "old-orphan.parquet", partition / "new-orphan.parquet"
+    old_orphan.write_bytes(b"left by a killed writer")
+    new_orphan.write_bytes(b"being written right now")
+    _age(old_orphan, 3)
+
+    kept = lake.vacuum(retention_hours=1)
+
+    assert kept.files_deleted["raw"] == 1 and not old_orphan.exists()
+    assert new_orphan.exists()
+    assert all(Path(p).exists() for p in pinned.paths)  # removed less than an hour ago
+    rows_v1 = read_files(lake.files("raw", None, *ALL_TIME, version=v1)).num_rows
+    assert rows_v1 == read_files(pinned).num_rows
+
+    swept = lake.vacuum(retention_hours=0)
+
+    assert swept.total_deleted == 2  # the replaced file and the young orphan
+    assert not new_orphan.exists()
+    assert all(Path(p).exists() for p in lake.files("raw", None, *ALL_TIME).paths)
+    assert read_all(lake, "raw").num_rows == current.rows

@@ -7,6 +7,7 @@ stream in batches, so a file larger than memory is still checked row by row.
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,8 +68,8 @@ def _require_columns(names: list[str], file: str) -> None:
 
 
 def _csv_batches(path: Path) -> Iterator[pa.RecordBatch]:
-    with path.open("rb") as handle:
-        header = handle.readline().decode("utf-8", errors="replace").strip().split(",")
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        header = next(csv.reader(handle), [])
     _require_columns([h.strip() for h in header], str(path))
     # Everything as text: we convert and report errors ourselves, with the row number.
     reader = pa_csv.open_csv(

@@ -75,6 +75,13 @@ def test_redelivery_replaces_and_never_duplicates(warm_url: str, tmp_path: Path)
     ]
 
 
+def test_quoted_csv_header_and_fields(warm_url: str, tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "q.csv", '"ts","user_id","metric","value"\n"2024-01-01T00:00:00Z",1,"steps",3\n'
+    )
+    assert ingest_files(warm_url, [path]).rows == 1
+
+
 def test_parquet_and_ndjson_are_accepted(warm_url: str, tmp_path: Path) -> None:
     table = pa.table(
         {

@@ -96,6 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--users", type=_positive, default=5)
     demo.add_argument("--days", type=_positive, default=30)
     demo.set_defaults(run=commands.demo)
+    bench = sub.add_parser(
+        "bench", help="compare the backends on a dataset preset (see benchmarks/)"
+    )
+    bench.add_argument(
+        "--scale", choices=commands.BENCH_SCALES, default="ci",
+        help="ci (< 2 min), small (< 5 min), medium (< 20 min on 2 cores), large (big servers)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--out", type=Path, default=None,
+        help="results folder (default: benchmarks/results/<date>-<scale>)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--rebuild", action="store_true", help="rebuild the dataset even if its fingerprint matches"
+    )
+    bench.set_defaults(run=commands.bench)
     return parser
 
 

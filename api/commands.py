@@ -160,3 +160,18 @@ def demo(args: argparse.Namespace, ctx: Context) -> int:
     aggregate(args, ctx)
     status(args, ctx)
     return 0
+
+
+# -- `stratum bench` -------------------------------------------------------------------------
+
+BENCH_SCALES = ("ci", "small", "medium", "large")  # benchmarks.presets.PRESETS (a test checks)
+
+
+def bench(args: argparse.Namespace, ctx: Context) -> int:
+    # benchmarks imports every package, the HTTP app included: load it only when asked for.
+    from benchmarks.suite import run_suite
+
+    out = run_suite(args.scale, ctx.settings, out_dir=args.out, rebuild=args.rebuild,
+                    console=console)  # fmt: skip
+    console.print(f"report: {out / 'report.md'}")
+    return 0

@@ -1,0 +1,283 @@
+"""The backends compared. Each turns a Case into a timed callable returning the rows it read.
+
+`prepare(case)` does the untimed set-up (file listing for bare DuckDB, URL building) and
+raises NotApplicable when the backend cannot answer that case (e.g. warm rollups for raw rows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import duckdb
+import httpx
+import psycopg
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from benchmarks.dataset import Dataset
+from benchmarks.workloads import Case
+from engine.query import build_query
+from engine.resolution import TIERS
+from engine.run import Engine
+from lake import Lake, scan_sql
+
+Timed = Callable[[], int]
+
+
+class NotApplicable(Exception):
+    """This backend does not answer this case; the message says why."""
+
+
+class Backend:
+    key = ""
+    label = ""
+    description = ""
+    reference = False  # bare DuckDB: the practical limit
+
+    def prepare(self, case: Case) -> Timed:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        return None
+
+
+# --- warm store (psycopg, row fetch as the original design did) --------------------------
+
+
+class _Warm(Backend):
+    def __init__(self, dataset: Dataset) -> None:
+        self.conn = psycopg.connect(dataset.url, autocommit=True)
+        self.conn.execute("SET timezone = 'UTC'")  # date_trunc buckets in UTC
+
+    def _timed(self, sql: str, params: list[Any]) -> Timed:
+        def run() -> int:
+            with self.conn.cursor() as cur:
+                cur.execute(sql.encode(), params)
+                return len(cur.fetchall())
+
+        return run
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+_WARM_WHERE = "user_id = ANY(%s) AND metric = ANY(%s) AND ts >= %s AND ts < %s"
+_ORDER = " ORDER BY user_id, metric, ts"
+
+
+def _pg_paging(case: Case) -> tuple[str, list[Any]]:
+    if case.page_size == 0:
+        return "", []
+    return " LIMIT %s OFFSET %s", [case.page_size, (case.page_number - 1) * case.page_size]
+
+
+class WarmRaw(_Warm):
+    key = "warm_raw"
+    label = "warm raw"
+    description = "psycopg fetchall over raw_data (rollups computed from raw with GROUP BY)"
+
+    def prepare(self, case: Case) -> Timed:
+        base = [list(case.users), list(case.metrics), case.start, case.end]
+        page, page_params = _pg_paging(case)
+        if case.resolution == "raw":
+            sql = f"SELECT user_id, metric, ts, value FROM raw_data WHERE {_WARM_WHERE}"  # noqa: S608
+            return self._timed(sql + _ORDER + page, base + page_params)
+        unit = TIERS[case.resolution].bucket_unit  # our constant, never input
+        sql = (
+            f"SELECT user_id, metric, date_trunc('{unit}', ts) AS ts, count(*), sum(value), "  # noqa: S608
+            f"min(value), max(value), sum(value) / count(*) FROM raw_data WHERE "
+            f"{_WARM_WHERE} GROUP BY 1, 2, 3"
+        )
+        return self._timed(sql + _ORDER + page, base + page_params)
+
+
+class WarmRollups(_Warm):
+    key = "warm_rollups"
+    label = "warm rollups"
+    description = "psycopg fetchall over data_1m / data_1h / data_1d"
+
+    def prepare(self, case: Case) -> Timed:
+        if case.resolution == "raw":
+            raise NotApplicable("raw rows: no rollup tier")
+        table = TIERS[case.resolution].warm_table
+        sql = (
+            f"SELECT user_id, metric, ts, count, sum, min, max, sum / count FROM {table} "  # noqa: S608
+            f"WHERE {_WARM_WHERE}"
+        )
+        page, page_params = _pg_paging(case)
+        base = [list(case.users), list(case.metrics), case.start, case.end]
+        return self._timed(sql + _ORDER + page, base + page_params)
+
+
+# --- bare DuckDB over the lake's exact file list -----------------------------------------
+
+
+class _Lake(Backend):
+    reference = True
+
+    def __init__(self, dataset: Dataset) -> None:
+        if not dataset.lake_synced:
+            raise NotApplicable(dataset.sync_note or "the lake is empty")
+        self.lake = Lake(dataset.lake_path)
+        self.duck = duckdb.connect()
+        self.duck.execute("SET TimeZone = 'UTC'")
+        self.lake_end = dataset.lake_end
+
+    def _files(self, tier: str, case: Case) -> tuple[str, dict[str, Any]]:
+        if case.end > self.lake_end:
+            raise NotApplicable("span not in the lake (warm-only days)")
+        files = self.lake.files(tier, list(case.users), case.start, case.end)
+        return scan_sql(files)
+
+    def _timed(self, sql: str, params: dict[str, Any]) -> Timed:
+        def run() -> int:
+            cursor = self.duck.cursor()
+            try:
+                return int(cursor.sql(sql, params=params).to_arrow_table().num_rows)
+            finally:
+                cursor.close()
+
+        return run
+
+    def _where(self, case: Case, params: dict[str, Any]) -> str:
+        params.update({f"u{i}": u for i, u in enumerate(case.users)})
+        params.update({f"m{i}": m for i, m in enumerate(case.metrics)})
+        params.update({"start": case.start, "end": case.end})
+        users = ", ".join(f"$u{i}" for i in range(len(case.users)))
+        metrics = ", ".join(f"$m{i}" for i in range(len(case.metrics)))
+        return f"user_id IN ({users}) AND metric IN ({metrics}) AND ts >= $start AND ts < $end"
+
+    def _order_page(self, case: Case, params: dict[str, Any]) -> str:
+        # Whole answers are read as they lie (file order is answer order for one metric);
+        # a page needs the answer's order to be well defined.
+        if case.page_size == 0:
+            return ""
+        params.update({"limit": case.page_size, "offset": (case.page_number - 1) * case.page_size})
+        return f"{_ORDER} LIMIT $limit OFFSET $offset"
+
+    def close(self) -> None:
+        self.duck.close()
+
+
+class LakeRaw(_Lake):
+    key = "lake_raw"
+    label = "lake raw (DuckDB)"
+    description = "bare DuckDB over the raw tier's file list (rollups by GROUP BY)"
+
+    def prepare(self, case: Case) -> Timed:
+        scan, params = self._files("raw", case)
+        where = self._where(case, params)
+        if case.resolution == "raw":
+            sql = f"SELECT user_id, metric, ts, value FROM {scan} AS lake WHERE {where}"  # noqa: S608
+        else:
+            unit = TIERS[case.resolution].bucket_unit
+            sql = (
+                f"SELECT user_id, metric, date_trunc('{unit}', ts) AS ts, count(*) AS count, "  # noqa: S608
+                f"sum(value) AS sum, min(value) AS min, max(value) AS max, "
+                f"sum(value) / count(*) AS avg FROM {scan} AS lake WHERE {where} "
+                "GROUP BY ALL"
+            )
+        return self._timed(sql + self._order_page(case, params), params)
+
+
+class LakeRollups(_Lake):
+    key = "lake_rollups"
+    label = "lake rollups (DuckDB)"
+    description = "bare DuckDB over the agg_1m / agg_1h / agg_1d file list"
+
+    def prepare(self, case: Case) -> Timed:
+        if case.resolution == "raw":
+            raise NotApplicable("raw rows: no rollup tier")
+        scan, params = self._files(TIERS[case.resolution].lake_tier, case)
+        where = self._where(case, params)
+        sql = (
+            f"SELECT user_id, metric, ts, count, sum, min, max, sum / count AS avg "  # noqa: S608
+            f"FROM {scan} AS lake WHERE {where}"
+        )
+        return self._timed(sql + self._order_page(case, params), params)
+
+
+# --- the engine, in process --------------------------------------------------------------
+
+
+class InProcessEngine(Backend):
+    key = "engine"
+    label = "engine"
+    description = "Engine.run in process (auto routing), Arrow batches consumed"
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.engine = Engine(dataset.settings(), dataset.url)
+
+    def prepare(self, case: Case) -> Timed:
+        params = case.params()
+        settings = self.engine.settings.query
+
+        def run() -> int:
+            answer = self.engine.run(build_query(params, settings))
+            return sum(batch.num_rows for batch in answer.batches)
+
+        return run
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+# --- the HTTP API over loopback ----------------------------------------------------------
+
+
+class _Http(Backend):
+    def __init__(self, base_url: str, json_page_size: int) -> None:
+        self.client = httpx.Client(base_url=base_url, timeout=600.0)
+        self.json_page_size = json_page_size
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class HttpJson(_Http):
+    key = "http_json"
+    label = "/data JSON pages"
+    description = "GET /data format=json, following the cursor page by page"
+
+    def prepare(self, case: Case) -> Timed:
+        size = case.page_size or self.json_page_size
+        params = case.params(format="json", page_size=str(size))
+
+        def run() -> int:
+            rows = 0
+            query: dict[str, list[str]] = params
+            while True:
+                response = self.client.get("/data", params=query)
+                response.raise_for_status()
+                body = response.json()
+                rows += len(body["data"])
+                cursor = next_cursor(body)
+                if case.page_size or not cursor:
+                    return rows
+                query = {**case.params(format="json", page_size=str(size)), "cursor": [cursor]}
+
+        return run
+
+
+def next_cursor(body: dict[str, Any]) -> str | None:
+    """The cursor of the next page: {"data": [...], "meta": {"next": ...}}."""
+    value = (body.get("meta") or {}).get("next")
+    return value if isinstance(value, str) and value else None
+
+
+class HttpArrow(_Http):
+    key = "http_arrow"
+    label = "/data Arrow stream"
+    description = "GET /data format=arrow page_size=0: one Arrow IPC stream"
+
+    def prepare(self, case: Case) -> Timed:
+        params = case.params(format="arrow")
+
+        def run() -> int:
+            with self.client.stream("GET", "/data", params=params) as response:
+                response.raise_for_status()
+                reader = ipc.open_stream(pa.py_buffer(response.read()))
+                return sum(batch.num_rows for batch in reader)
+
+        return run

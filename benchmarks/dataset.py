@@ -1,0 +1,258 @@
+"""Build, or reuse, a preset's dataset in its own private PostgreSQL and lake.
+
+Layout under the bench home (``$STRATUM_HOME/bench-<scale>``): ``pg/`` the private server,
+``lake/`` the Delta tables, ``dataset.json`` the fingerprint and build record. A home whose
+fingerprint matches is reused as it is; anything else is rebuilt from scratch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+from rich.progress import Progress, TaskID
+
+from benchmarks import lakesync
+from benchmarks.presets import Cohort, Preset
+from engine.settings import Settings, load_settings
+from sync.generate import generate_cohort, write_cohort
+from sync.ingest import ingest_tables
+from sync.localdb import DB_NAME, ensure_local_postgres
+from sync.rollups import refresh_rollups
+from sync.schema import init_schema
+
+META_FILE = "dataset.json"
+RAW_TABLES = ("raw_data", "data_1m", "data_1h", "data_1d")
+
+
+@dataclass
+class Dataset:
+    preset: Preset
+    home: Path
+    url: str  # the bench database
+    lake_path: Path
+    lake_synced: bool  # the lake holds every day but the last `warm_days`
+    sync_note: str  # why the lake is empty, when it is
+    build: dict[str, Any] = field(default_factory=dict)  # what building it took
+    reused: bool = False
+
+    @property
+    def main_users(self) -> tuple[int, ...]:
+        return self.preset.main.user_ids
+
+    @property
+    def high_rate_users(self) -> tuple[int, ...]:
+        return () if self.preset.high_rate is None else self.preset.high_rate.user_ids
+
+    @property
+    def lake_end(self) -> datetime:
+        """Exclusive end of the days synced to the lake (the warm-only tail starts here)."""
+        return midnight(self.preset.end) - timedelta(days=self.preset.warm_days - 1)
+
+    def server_url(self, database: str) -> str:
+        return self.url.rsplit("/", 1)[0] + f"/{database}"
+
+    def settings(self, **env: str) -> Settings:
+        base = {
+            "STRATUM_HOME": str(self.home),
+            "STRATUM_DATABASE_URL": self.url,
+            "STRATUM_LAKE_PATH": str(self.lake_path),
+        }
+        return load_settings({**base, **env})
+
+
+def midnight(day: date) -> datetime:
+    return datetime.combine(day, dtime.min, tzinfo=UTC)
+
+
+def bench_home(settings: Settings, scale: str) -> Path:
+    return settings.database.home / f"bench-{scale}"
+
+
+def open_dataset(preset: Preset, home: Path, progress: Progress, rebuild: bool = False) -> Dataset:
+    home.mkdir(parents=True, exist_ok=True)
+    server = ensure_local_postgres(home)
+    lake_path = home / "lake"
+    meta_path = home / META_FILE
+    fingerprint = f"{preset.dataset_fingerprint()}-{lakesync.available_marker()}"
+    if not rebuild and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("fingerprint") == fingerprint and _has_rows(server.url):
+            return Dataset(
+                preset,
+                home,
+                server.url,
+                lake_path,
+                meta["lake_synced"],
+                meta["sync_note"],
+                meta["build"],
+                reused=True,
+            )
+    meta_path.unlink(missing_ok=True)
+    _recreate_database(server.url)
+    shutil.rmtree(lake_path, ignore_errors=True)
+    dataset = _build(preset, home, server.url, lake_path, progress)
+    meta_path.write_text(
+        json.dumps(
+            {
+                "fingerprint": fingerprint,
+                "lake_synced": dataset.lake_synced,
+                "sync_note": dataset.sync_note,
+                "build": dataset.build,
+            },
+            indent=2,
+        )
+    )
+    return dataset
+
+
+def _has_rows(url: str) -> bool:
+    try:
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT EXISTS (SELECT 1 FROM raw_data)").fetchone()
+            return bool(row and row[0])
+    except psycopg.Error:
+        return False
+
+
+def _recreate_database(url: str, name: str = DB_NAME) -> None:
+    admin = url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def drop_database(url: str, name: str) -> None:
+    admin = url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def cohort_tables(preset: Preset, cohort: Cohort) -> Iterator[pa.Table]:
+    start = date.fromordinal(preset.end.toordinal() - cohort.days + 1)
+    return generate_cohort(
+        cohort.users,
+        cohort.days,
+        start,
+        seed=preset.seed,
+        every_s=cohort.every_s,
+        first_user_id=cohort.first_user_id,
+    )
+
+
+def _ahead(tables: Iterator[pa.Table], depth: int = 8) -> Iterator[pa.Table]:
+    """Generate on a worker thread while the caller ingests (numpy releases the GIL)."""
+    slot: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for table in tables:
+                if stop.is_set():
+                    return
+                slot.put(("table", table))
+            slot.put(("done", None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            slot.put(("error", exc))
+
+    worker = threading.Thread(target=work, daemon=True, name="generate-ahead")
+    worker.start()
+    try:
+        while True:
+            kind, item = slot.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a worker waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                slot.get(timeout=0.1)
+
+
+def _counted(
+    tables: Iterable[pa.Table], progress: Progress, task: TaskID, rows: list[int]
+) -> Iterator[pa.Table]:
+    for table in tables:
+        rows[0] += table.num_rows
+        progress.update(task, advance=1, rows=rows[0])
+        yield table
+
+
+def _build(preset: Preset, home: Path, url: str, lake_path: Path, progress: Progress) -> Dataset:
+    build: dict[str, Any] = {"built_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    init_schema(url)
+    cohorts = [c for c in (preset.main, preset.high_rate) if c is not None]
+    total_days = sum(c.users * c.days for c in cohorts)
+    task = progress.add_task("generate + ingest", total=total_days, rows=0)
+    started = time.perf_counter()
+    rows = [0]
+    tables = itertools.chain.from_iterable(cohort_tables(preset, c) for c in cohorts)
+    result = ingest_tables(url, _counted(_ahead(tables), progress, task, rows))
+    build["ingest"] = {"rows": result.rows, "seconds": round(time.perf_counter() - started, 2)}
+
+    task = progress.add_task("refresh rollups", total=None, rows=0)
+    refreshed = refresh_rollups(url)
+    progress.update(task, total=1, completed=1, rows=sum(refreshed.rows.values()))
+    build["rollups"] = {"rows": refreshed.rows, "seconds": round(refreshed.seconds, 2)}
+
+    task = progress.add_task("sync to lake", total=None, rows=0)
+    settings = load_settings(
+        {
+            "STRATUM_HOME": str(home),
+            "STRATUM_DATABASE_URL": url,
+            "STRATUM_LAKE_PATH": str(lake_path),
+        }
+    )
+    until = preset.end - timedelta(days=preset.warm_days)
+    synced = lakesync.sync_until(settings, url, until)
+    progress.update(task, total=1, completed=1, rows=synced.rows if synced.ok else 0)
+    build["sync"] = synced.record()
+
+    task = progress.add_task("vacuum analyze", total=None, rows=0)
+    started = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in RAW_TABLES:
+            conn.execute(f"VACUUM (ANALYZE) {table}")
+    build["vacuum_seconds"] = round(time.perf_counter() - started, 2)
+    progress.update(task, total=1, completed=1)
+    return Dataset(preset, home, url, lake_path, synced.ok, synced.note, build)
+
+
+def ingest_file(preset: Preset, home: Path) -> tuple[Path, int]:
+    """A generated Parquet file of about `ingest_rows_target` rows (cached in the home)."""
+    path = home / f"ingest-{preset.seed}-{preset.ingest_rows_target}.parquet"
+    if path.exists():
+        import pyarrow.parquet as pq
+
+        return path, pq.ParquetFile(path).metadata.num_rows
+    # Participants no preset uses, so the file never overlaps the dataset.
+    tables = generate_cohort(
+        1000, 400, preset.start, seed=preset.seed + 1, every_s=60, first_user_id=50_001
+    )
+
+    def until_target() -> Iterator[pa.Table]:
+        rows = 0
+        for table in tables:
+            yield table
+            rows += table.num_rows
+            if rows >= preset.ingest_rows_target:
+                return
+
+    rows = write_cohort(path, until_target())
+    return path, rows

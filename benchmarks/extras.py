@@ -1,0 +1,244 @@
+"""Workloads that are not one query: concurrency, ingest/sync throughput, storage, budget."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+from benchmarks import lakesync
+from benchmarks.backends import Backend, Timed
+from benchmarks.dataset import RAW_TABLES, Dataset, drop_database, ingest_file
+from benchmarks.measure import percentile
+from benchmarks.server import RssSampler, ServerProcess
+from benchmarks.workloads import METRIC, Case
+from engine.registry import METRICS
+from lake import TIERS, Lake
+from sync.ingest import ingest_files
+from sync.rollups import refresh_rollups
+from sync.schema import init_schema
+
+
+def _status_of(exc: BaseException) -> str:
+    if isinstance(exc, httpx.HTTPStatusError):
+        return str(exc.response.status_code)
+    return type(exc).__name__
+
+
+def concurrent_load(
+    make_backend: Callable[[], Backend],
+    mix: list[Case],
+    threads: int,
+    requests: int,
+    sampler: RssSampler | None,
+) -> dict[str, Any]:
+    """`threads` analysts issue `requests` requests in all, cycling through `mix`."""
+    local = threading.local()
+    made: list[Backend] = []
+    made_lock = threading.Lock()
+
+    def one(i: int) -> tuple[float, str, int]:
+        backend = getattr(local, "backend", None)
+        if backend is None:
+            backend = local.backend = make_backend()
+            local.prepared = {}
+            with made_lock:
+                made.append(backend)
+        case = mix[i % len(mix)]
+        run: Timed = local.prepared.get(case.id) or backend.prepare(case)
+        local.prepared[case.id] = run
+        started = time.perf_counter()
+        try:
+            rows = run()
+            return time.perf_counter() - started, "ok", rows
+        except Exception as exc:
+            return time.perf_counter() - started, _status_of(exc), 0
+
+    window = sampler.window() if sampler is not None else None
+    peak = window.__enter__() if window is not None else [0]
+    started = time.perf_counter()
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            outcomes = list(pool.map(one, range(requests)))
+    finally:
+        wall = time.perf_counter() - started
+        if window is not None:
+            window.__exit__(None, None, None)
+        for backend in {id(b): b for b in made}.values():
+            backend.close()
+    latencies = [t for t, status, _ in outcomes if status == "ok"]
+    statuses = Counter(status for _, status, _ in outcomes)
+    return {
+        "threads": threads,
+        "requests": requests,
+        "ok": statuses.get("ok", 0),
+        "statuses": dict(statuses),
+        "wall_s": wall,
+        "throughput_rps": statuses.get("ok", 0) / wall if wall else None,
+        "rows": sum(rows for _, _, rows in outcomes),
+        "median_s": percentile(latencies, 50) if latencies else None,
+        "p95_s": percentile(latencies, 95) if latencies else None,
+        "server_peak_rss_bytes": peak[0] if sampler is not None else None,
+    }
+
+
+def ingest_and_sync(dataset: Dataset) -> dict[str, Any]:
+    """Ingest a generated Parquet file into a scratch database, roll it up, sync it."""
+    path, rows = ingest_file(dataset.preset, dataset.home)
+    name = "bench_scratch"
+    drop_database(dataset.url, name)
+    admin = dataset.server_url("postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = dataset.server_url(name)
+    lake_path = dataset.home / "scratch-lake"
+    shutil.rmtree(lake_path, ignore_errors=True)
+    out: dict[str, Any] = {"file": path.name, "file_rows": rows, "file_bytes": path.stat().st_size}
+    try:
+        init_schema(url)
+        ingested = ingest_files(url, [path])
+        out["ingest"] = {
+            "rows": ingested.rows,
+            "seconds": ingested.seconds,
+            "rows_per_s": ingested.rows_per_s,
+        }
+        refreshed = refresh_rollups(url)
+        out["rollups"] = {
+            "rows": refreshed.rows,
+            "seconds": refreshed.seconds,
+            "raw_rows_per_s": ingested.rows / refreshed.seconds if refreshed.seconds else None,
+        }
+        settings = dataset.settings(STRATUM_DATABASE_URL=url, STRATUM_LAKE_PATH=str(lake_path))
+        until = dataset.preset.end + timedelta(days=400)
+        synced = lakesync.sync_until(settings, url, until)
+        out["sync"] = {**synced.record(), "rows_per_s": synced.rows_per_s if synced.ok else None}
+    finally:
+        drop_database(dataset.url, name)
+        shutil.rmtree(lake_path, ignore_errors=True)
+    return out
+
+
+def storage(dataset: Dataset) -> dict[str, Any]:
+    """Bytes of the warm store's tables and of the lake's tiers, and their rows."""
+    warm: dict[str, dict[str, int]] = {}
+    with psycopg.connect(dataset.url) as conn:
+        timescale = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')"
+        ).fetchone()
+        for table in RAW_TABLES:
+            size_sql = "pg_total_relation_size(%s::regclass)"
+            if timescale and timescale[0]:
+                hyper = conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM timescaledb_information.hypertables "
+                    "WHERE hypertable_name = %s)",
+                    (table,),
+                ).fetchone()
+                if hyper and hyper[0]:
+                    size_sql = "hypertable_size(%s::regclass)"
+            size = conn.execute(f"SELECT {size_sql}", (table,)).fetchone()  # noqa: S608
+            count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
+            warm[table] = {
+                "bytes": int(size[0]) if size else 0,
+                "rows": int(count[0]) if count else 0,
+            }
+    lake: dict[str, dict[str, int]] = {}
+    if dataset.lake_synced:
+        store = Lake(dataset.lake_path)
+        first = dataset.lake_end - timedelta(days=dataset.preset.main.days + 1)
+        for tier in TIERS:
+            files = store.files(tier, None, first, dataset.lake_end + timedelta(days=2))
+            lake[tier] = {
+                "bytes": store.total_bytes(tier),
+                "rows": files.rows,
+                "files": len(files.files),
+            }
+    return {"warm": warm, "lake": lake}
+
+
+def budget_proof(dataset: Dataset, out_dir: Path) -> dict[str, Any]:
+    """A server with a small STRATUM_MEMORY_BUDGET: a full-lake scan, then 8 concurrent
+    multi-year queries. Records peak RSS against the budget (reported, never asserted)."""
+    preset = dataset.preset
+    if not dataset.lake_synced:
+        return {"status": "not available", "note": dataset.sync_note}
+    from benchmarks.backends import HttpArrow
+    from engine.settings import parse_size
+
+    budget = parse_size(preset.memory_budget, "STRATUM_MEMORY_BUDGET")
+    server = ServerProcess(
+        dataset, out_dir / "server-budget.log", STRATUM_MEMORY_BUDGET=preset.memory_budget
+    )
+    result: dict[str, Any] = {"budget": preset.memory_budget, "budget_bytes": budget}
+    try:
+        sampler = server.sampler
+        result["idle_rss_bytes"] = sampler.now()
+        start = dataset.lake_end - timedelta(days=preset.lake_days)
+        everyone = dataset.main_users + dataset.high_rate_users
+        scan = Case(
+            "budget",
+            f"{preset.lake_days} days",
+            f"all ({len(everyone)})",
+            everyone,
+            tuple(sorted(METRICS)),
+            start,
+            dataset.lake_end,
+            "raw",
+            "raw",
+        )
+        client = HttpArrow(server.base_url, preset.page_size)
+        try:
+            run = client.prepare(scan)
+            with sampler.window() as peak:
+                started = time.perf_counter()
+                try:
+                    rows, status = run(), "ok"
+                except Exception as exc:
+                    rows, status = 0, _status_of(exc)
+                seconds = time.perf_counter() - started
+        finally:
+            client.close()
+        result["full_scan"] = {
+            "rows": rows,
+            "status": status,
+            "seconds": seconds,
+            "peak_rss_bytes": peak[0],
+            "metrics": len(METRICS),
+            "users": len(everyone),
+            "days": preset.lake_days,
+        }
+        longest = Case(
+            "budget",
+            f"{preset.lake_days} days",
+            f"all ({len(dataset.main_users)})",
+            dataset.main_users,
+            (METRIC,),
+            start,
+            dataset.lake_end,
+            "raw",
+            "raw",
+        )
+        concurrent = concurrent_load(
+            lambda: HttpArrow(server.base_url, preset.page_size), [longest], 8, 8, sampler
+        )
+        result["concurrent"] = concurrent
+        result["server_alive"] = server.alive
+        result["peak_rss_bytes"] = sampler.high_water()
+        result["lake_bytes"] = Lake(dataset.lake_path).total_bytes()
+        result["passed"] = bool(server.alive and result["peak_rss_bytes"] <= budget)
+        result["status"] = "ok"
+    except Exception as exc:
+        result["status"] = "error"
+        result["note"] = f"{type(exc).__name__}: {exc}"
+        result["passed"] = False
+    finally:
+        server.stop()
+    return result

@@ -1,0 +1,160 @@
+"""Timing: warm-up, interleaved repetitions, statistics."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmarks.backends import Backend, NotApplicable, Timed
+from benchmarks.presets import Preset
+from benchmarks.server import RssSampler
+from benchmarks.workloads import Case
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (with few samples p95 is the slowest run)."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class Measurement:
+    backend: str
+    status: str  # ok | n/a | not available | error
+    note: str = ""
+    times_s: list[float] = field(default_factory=list)
+    rows: int | None = None
+
+    @property
+    def median_s(self) -> float | None:
+        return statistics.median(self.times_s) if self.times_s else None
+
+    @property
+    def p95_s(self) -> float | None:
+        return percentile(self.times_s, 95) if self.times_s else None
+
+    @property
+    def rows_per_s(self) -> float | None:
+        median = self.median_s
+        return self.rows / median if median and self.rows is not None else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "status": self.status,
+            "note": self.note,
+            "runs": len(self.times_s),
+            "times_s": [round(t, 6) for t in self.times_s],
+            "median_s": self.median_s,
+            "p95_s": self.p95_s,
+            "min_s": min(self.times_s) if self.times_s else None,
+            "rows": self.rows,
+            "rows_per_s": self.rows_per_s,
+        }
+
+
+@dataclass
+class CaseResult:
+    case: Case
+    results: dict[str, Measurement]
+    server_peak_rss: int | None  # max VmRSS of the serving process while the case ran
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.case
+        return {
+            "id": c.id,
+            "group": c.group,
+            "span": c.span,
+            "span_days": c.span_days,
+            "users": c.users_label,
+            "user_ids": list(c.users),
+            "metrics": list(c.metrics),
+            "start": c.start.isoformat(),
+            "end": c.end.isoformat(),
+            "requested": c.requested,
+            "resolution": c.resolution,
+            "page_size": c.page_size,
+            "page_number": c.page_number,
+            "server_peak_rss_bytes": self.server_peak_rss,
+            "results": {k: m.to_json() for k, m in self.results.items()},
+        }
+
+
+def _error_note(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) < 300 else text[:297] + "..."
+
+
+def run_case(
+    case: Case,
+    backends: Mapping[str, Backend | str],
+    preset: Preset,
+    sampler: RssSampler | None,
+) -> CaseResult:
+    """Warm up every backend, then repeat them interleaved (A B C A B C ...)."""
+    results: dict[str, Measurement] = {}
+    ready: dict[str, Timed] = {}
+    for key, backend in backends.items():
+        if isinstance(backend, str):
+            results[key] = Measurement(key, "not available", backend)
+            continue
+        try:
+            ready[key] = backend.prepare(case)
+            results[key] = Measurement(key, "ok")
+        except NotApplicable as exc:
+            results[key] = Measurement(key, "n/a", str(exc))
+        except Exception as exc:  # a broken backend must not stop the suite
+            results[key] = Measurement(key, "error", _error_note(exc))
+
+    def timed(key: str) -> float | None:
+        try:
+            started = time.perf_counter()
+            rows = ready[key]()
+            elapsed = time.perf_counter() - started
+        except Exception as exc:
+            results[key] = Measurement(key, "error", _error_note(exc))
+            del ready[key]
+            return None
+        results[key].rows = rows
+        return elapsed
+
+    peak = [0]
+    window = sampler.window() if sampler is not None else None
+    if window is not None:
+        peak = window.__enter__()
+    try:
+        slow: set[str] = set()
+        for key in list(ready):
+            for _ in range(preset.warmup):
+                elapsed = timed(key)
+                if elapsed is None:
+                    break
+                if elapsed > preset.cell_budget_s:
+                    slow.add(key)  # one timed run is all such a backend gets
+        spent = dict.fromkeys(ready, 0.0)
+        for _ in range(preset.max_repetitions):
+            for key in list(ready):
+                if key not in ready:
+                    continue
+                done = len(results[key].times_s)
+                enough = done >= preset.min_repetitions and spent[key] >= preset.cell_budget_s
+                if enough or (key in slow and done >= 1):
+                    continue
+                elapsed = timed(key)
+                if elapsed is not None:
+                    results[key].times_s.append(elapsed)
+                    spent[key] += elapsed
+    finally:
+        if window is not None:
+            window.__exit__(None, None, None)
+    rows = {m.rows for m in results.values() if m.status == "ok" and m.rows is not None}
+    if len(rows) > 1:
+        for m in results.values():
+            if m.status == "ok":
+                m.note = (m.note + "; " if m.note else "") + "row counts differ between backends"
+    return CaseResult(case, results, peak[0] if sampler is not None else None)

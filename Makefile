@@ -21,7 +21,7 @@ postgres:
 	       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
 demo: install
-	$(BIN)/stratum demo
+	$(BIN)/stratum demo --serve
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -95,7 +95,35 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="set up a small cohort end to end and summarise it")
     demo.add_argument("--users", type=_positive, default=5)
     demo.add_argument("--days", type=_positive, default=30)
+    demo.add_argument(
+        "--serve", action="store_true", help="then serve the API and print example requests"
+    )
+    _server_options(demo)
     demo.set_defaults(run=commands.demo)
+
+    serve = sub.add_parser("serve", help="serve the HTTP API (uvicorn)")
+    _server_options(serve)
+    serve.set_defaults(run=commands.serve)
+
+    query = sub.add_parser(
+        "query", help="rows for users x metrics x span, as /data answers them",
+        description="Run a /data query in-process. Options take the same values as the "
+        "HTTP parameters; --user and --metric repeat or take comma-separated lists.",
+    )  # fmt: skip
+    query.add_argument("--user", action="append", required=True, metavar="ID[,ID...]")
+    query.add_argument("--metric", action="append", required=True, metavar="NAME[,NAME...]")
+    query.add_argument("--start", required=True, help="ISO 8601 date or date-time (inclusive)")
+    query.add_argument("--end", required=True, help="ISO 8601 date or date-time (exclusive)")
+    query.add_argument("--resolution", default=None, help="auto (default), raw, 1m, 1h or 1d")
+    query.add_argument("--max-points", default=None, help="points per series for auto")
+    query.add_argument("--page-size", default=None, help="rows per page; 0: the whole answer")
+    query.add_argument("--page-number", default=None)
+    query.add_argument("--cursor", default=None, help="the cursor a previous page printed")
+    query.add_argument("--format", choices=commands.QUERY_FORMATS, default="table")
+    query.add_argument(
+        "--out", type=Path, default=None, help="write csv/parquet/arrow here (else stdout)"
+    )
+    query.set_defaults(run=commands.query)
     bench = sub.add_parser(
         "bench", help="compare the backends on a dataset preset (see benchmarks/)"
     )
@@ -112,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.set_defaults(run=commands.bench)
     return parser
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=None, help="bind address (default $STRATUM_HOST)")
+    parser.add_argument("--port", type=_positive, default=None, help="port (default $STRATUM_PORT)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import psycopg
 import pyarrow as pa
@@ -21,6 +24,7 @@ from sync.rollups import pending_refresh_days, refresh_rollups
 from sync.schema import init_schema
 
 console = Console()
+err_console = Console(stderr=True)
 
 
 @dataclass
@@ -159,6 +163,18 @@ def demo(args: argparse.Namespace, ctx: Context) -> int:
     generate(gen_args, ctx)
     aggregate(args, ctx)
     status(args, ctx)
+    if getattr(args, "serve", False):
+        server = ctx.settings.server
+        host = args.host or server.host
+        port = args.port or server.port
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        console.rule(f"serving the API on http://{shown}:{port} (Ctrl-C stops)")
+        for example in demo_requests(f"http://{shown}:{port}", args.users,
+                                     default_start(args.days), args.days):  # fmt: skip
+            console.print(example, soft_wrap=True, highlight=False, markup=False)
+        console.print(f"OpenAPI: http://{shown}:{port}/schema  catalog: "
+                      f"http://{shown}:{port}/catalog", highlight=False)  # fmt: skip
+        return serve(args, ctx)
     return 0
 
 
@@ -175,3 +191,126 @@ def bench(args: argparse.Namespace, ctx: Context) -> int:
                     console=console)  # fmt: skip
     console.print(f"report: {out / 'report.md'}")
     return 0
+
+
+# -- the query side: `stratum query`, `stratum serve`, the end of `stratum demo` -----------
+
+QUERY_FORMATS = ("table", "csv", "parquet", "arrow")
+
+
+def query_params(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The /data parameters from `stratum query` options (validated by the engine)."""
+    params: dict[str, list[str]] = {
+        "user_id": list(args.user or []),
+        "metric": list(args.metric or []),
+    }
+    single = {
+        "start": args.start, "end": args.end, "resolution": args.resolution,
+        "max_points": args.max_points, "page_size": args.page_size,
+        "page_number": args.page_number, "cursor": args.cursor,
+    }  # fmt: skip
+    params.update({k: [str(v)] for k, v in single.items() if v is not None})
+    return params
+
+
+def _answer_table(answer: Any, rows: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"{answer.plan.resolution} rows from {', '.join(answer.plan.sources)}")
+    for field_ in answer.schema:
+        numeric = pa.types.is_integer(field_.type) or pa.types.is_floating(field_.type)
+        key = field_.name in ("user_id", "metric", "ts")  # keep whole; squeeze the numbers
+        table.add_column(field_.name, justify="right" if numeric else "left", no_wrap=key)
+    for row in rows:
+        table.add_row(*(_cell(v) for v in row.values()))
+    return table
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, float):
+        return f"{value:.6g}"  # for reading; csv/parquet/arrow carry full precision
+    return str(value)
+
+
+def query(args: argparse.Namespace, ctx: Context) -> int:
+    from api import render  # the API's renderers: CLI and HTTP files are byte-identical
+    from engine.errors import InvalidParameter
+    from engine.query import build_query
+    from engine.run import Engine
+
+    data_query = build_query(query_params(args), ctx.settings.query)
+    binary = args.format in ("parquet", "arrow")
+    if data_query.page_size == 0 and args.format == "table":
+        raise InvalidParameter("page_size", "page_size 0 (the whole answer) needs --format csv, "
+                               "parquet or arrow")  # fmt: skip
+    if binary and args.out is None and sys.stdout.isatty():
+        raise InvalidParameter("out", f"--format {args.format} is binary: pass --out FILE "
+                               "or redirect stdout")  # fmt: skip
+    engine = Engine(ctx.settings, ctx.url)
+    try:
+        answer = engine.run(data_query)
+        if args.format == "table":
+            rows = pa.Table.from_batches(list(answer.batches), schema=answer.schema).to_pylist()
+            console.print(_answer_table(answer, rows))
+            console.file.flush()
+        else:
+            chunks = render.stream(args.format, answer.batches, answer.schema)
+            if args.out is None:
+                for chunk in chunks:
+                    sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+            else:
+                tmp = args.out.with_name(args.out.name + ".part")
+                with open(tmp, "wb") as out:
+                    for chunk in chunks:
+                        out.write(chunk)
+                tmp.replace(args.out)  # whole or not at all
+        if args.format == "table" or args.out is not None:
+            more = f"; next page: --cursor {answer.next_cursor}" if answer.has_more else ""
+            written = f" to {args.out}" if args.out is not None else ""
+            rows_text = "" if answer.rows is None else f"{answer.rows:,} rows"
+            sources = ", ".join(answer.plan.sources) or "nowhere"
+            err_console.print(
+                f"{rows_text}{written} ({answer.plan.resolution}, from {sources}){more}",
+                soft_wrap=True,  # a cursor must stay on one line to be copied
+                highlight=False,
+            )
+    finally:
+        engine.close()
+    return 0
+
+
+def serve(args: argparse.Namespace, ctx: Context) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    server = ctx.settings.server
+    host = args.host or server.host
+    port = args.port or server.port
+    logging.getLogger().setLevel(server.log_level.upper())
+    app = create_app(ctx.settings, ctx.url)
+    uvicorn.run(app, host=host, port=port, log_level=server.log_level)
+    return 0
+
+
+def demo_requests(base: str, users: int, start: date, days: int) -> list[str]:
+    """Three example requests against the demo cohort."""
+    first, last = start.isoformat(), (start + timedelta(days=days)).isoformat()
+    hour = f"{(start + timedelta(days=days - 1)).isoformat()}T12:00:00Z"
+    hour_end = f"{(start + timedelta(days=days - 1)).isoformat()}T13:00:00Z"
+    cohort = ",".join(str(u) for u in range(1, min(users, 3) + 1))
+    return [
+        f"curl '{base}/data?user_id=1&metric=heart_rate&start={hour}&end={hour_end}&page_size=5'",
+        f"curl '{base}/data?user_id={cohort}&metric=steps,heart_rate&start={first}&end={last}"
+        "&resolution=1d&format=csv'",
+        f"curl -o cohort.parquet '{base}/data?user_id={cohort}&metric=heart_rate"
+        f"&start={first}&end={last}&resolution=1m&page_size=0&format=parquet'",
+    ]
+
+
+# -- `stratum bench` -------------------------------------------------------------------------
+
+BENCH_SCALES = ("ci", "small", "medium", "large")  # benchmarks.presets.PRESETS (a test checks)

@@ -1,0 +1,464 @@
+"""The HTTP API: Litestar over one Engine. Parses requests into engine objects, renders answers.
+
+GET /data     rows for users x metrics x span, paged (JSON) or streamed (NDJSON/CSV/Arrow/Parquet)
+GET /plan     where the answer would come from, for humans
+GET /catalog  participants, metrics, coverage per store, lake versions, last sync
+GET /health   liveness (+ readiness with ?ready=1, or GET /ready)
+GET /metrics  Prometheus text
+GET /schema   OpenAPI
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+import anyio
+import psycopg
+import pyarrow as pa
+from litestar import Litestar, Request, Response, get
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Example
+from litestar.params import QueryParameter
+from litestar.response import Stream
+
+from api import render
+from api.errors import EXCEPTION_HANDLERS
+from api.metrics import Metrics
+from engine import overview
+from engine.errors import InvalidParameter
+from engine.query import RESOLUTION_CHOICES, DataQuery, build_query
+from engine.registry import METRICS, metric_names
+from engine.run import Answer, Engine
+from engine.settings import Settings
+from lake import TIERS as LAKE_TIERS
+
+log = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT_S = 2
+
+
+class Service:
+    """What the handlers share: settings, metrics, and one Engine per app lifespan (created
+    on first use, closed at shutdown, so an app may be started again, as test clients do)."""
+
+    def __init__(self, settings: Settings, database_url: str | None) -> None:
+        self.settings = settings
+        self.database_url = database_url
+        self.metrics = Metrics()
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                self._engine = Engine(self.settings, self.database_url)
+            return self._engine
+
+    def close(self) -> None:
+        with self._lock:
+            engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close()
+
+
+def _service(state: State) -> Service:
+    service: Service = state.service
+    return service
+
+
+# -- request parameters (documented once, shared by /data and /plan) ---------------------
+
+
+def _examples(*values: Any) -> list[Example]:
+    return [Example(summary=repr(v), value=v) for v in values]
+
+
+UserParam = Annotated[
+    list[str] | None,
+    QueryParameter(
+        description="Participant ids (required): repeat (user_id=1&user_id=2) or comma-separate.",
+        examples=_examples(["1"], ["1,2"]),
+    ),
+]
+MetricParam = Annotated[
+    list[str] | None,
+    QueryParameter(
+        description="Metrics (required): repeat or comma-separate; one of "
+        f"{', '.join(metric_names())}.",
+        examples=_examples(["heart_rate"], ["heart_rate,steps"]),
+    ),
+]
+StartParam = Annotated[
+    str | None,
+    QueryParameter(
+        description="Start, inclusive (required): ISO 8601 date or date-time; no zone means UTC.",
+        examples=_examples("2024-01-01", "2024-01-01T06:00:00Z"),
+    ),
+]
+EndParam = Annotated[
+    str | None,
+    QueryParameter(
+        description="End, exclusive (required), after start.",
+        examples=_examples("2024-01-02", "2024-01-01T07:00:00Z"),
+    ),
+]
+ResolutionParam = Annotated[
+    str | None,
+    QueryParameter(
+        description="auto (default: the finest that keeps each series under max_points), "
+        "raw, 1m, 1h or 1d.",
+        examples=_examples(*RESOLUTION_CHOICES),
+    ),
+]
+MaxPointsParam = Annotated[
+    str | None,
+    QueryParameter(description="Points per series that auto aims for.", examples=_examples("1000")),
+]
+PageSizeParam = Annotated[
+    str | None,
+    QueryParameter(
+        description="Rows per page (default STRATUM_DEFAULT_PAGE_SIZE, at most "
+        "STRATUM_MAX_PAGE_SIZE); 0 streams the whole answer (streaming formats only).",
+        examples=_examples("1000", "0"),
+    ),
+]
+PageNumberParam = Annotated[
+    str | None, QueryParameter(description="1-based page number.", examples=_examples("2"))
+]
+CursorParam = Annotated[
+    str | None,
+    QueryParameter(
+        description="The `next` value of a previous page: the page after it (faster than "
+        "page_number for deep pages).",
+    ),
+]
+FormatParam = Annotated[
+    str | None,
+    QueryParameter(
+        name="format",
+        description="json (default), ndjson, csv, arrow or parquet; wins over Accept.",
+        examples=_examples(*render.FORMATS),
+    ),
+]
+
+
+def _query_params(
+    request: Request[Any, Any, Any],
+    user_id: UserParam = None,
+    metric: MetricParam = None,
+    start: StartParam = None,
+    end: EndParam = None,
+    resolution: ResolutionParam = None,
+    max_points: MaxPointsParam = None,
+    page_size: PageSizeParam = None,
+    page_number: PageNumberParam = None,
+    cursor: CursorParam = None,
+    format_: FormatParam = None,
+) -> dict[str, list[str]]:
+    # The declarations above document the parameters; the engine validates the raw strings.
+    return {key: [str(v) for v in values] for key, values in request.query_params.dict().items()}
+
+
+QUERY_DEPENDENCIES = {"params": Provide(_query_params, sync_to_thread=False)}
+
+
+def _last(values: list[str] | None) -> str | None:
+    return values[-1] if values else None
+
+
+# -- /data -------------------------------------------------------------------------------
+
+
+def _next_url(request: Request[Any, Any, Any], params: dict[str, list[str]], cursor: str) -> str:
+    kept = [(k, v) for k, values in params.items() if k not in ("cursor", "page_number")
+            for v in values]  # fmt: skip
+    query = urlencode([*kept, ("cursor", cursor)])
+    return str(request.url.with_replacements(query=query))
+
+
+def _meta(answer: Answer, query: DataQuery) -> dict[str, Any]:
+    return {
+        "resolution": answer.plan.resolution,
+        "requested_resolution": query.requested_resolution,
+        "page_number": None if query.after is not None else query.page_number,
+        "page_size": query.page_size,
+        "rows": answer.rows,
+        "has_more": answer.has_more,
+        "next": answer.next_cursor,
+        "sources": answer.plan.sources,
+    }
+
+
+def _meta_headers(meta: dict[str, Any], next_url: str | None) -> dict[str, str]:
+    headers = {
+        "X-Stratum-Resolution": str(meta["resolution"]),
+        "X-Stratum-Has-More": "true" if meta["has_more"] else "false",
+        "X-Stratum-Sources": ",".join(meta["sources"]),
+        "X-Stratum-Page-Size": str(meta["page_size"]),
+    }
+    if meta["page_number"] is not None:
+        headers["X-Stratum-Page-Number"] = str(meta["page_number"])
+    if meta["rows"] is not None:
+        headers["X-Stratum-Rows"] = str(meta["rows"])
+    if meta["next"] is not None and next_url is not None:
+        headers["X-Stratum-Next"] = meta["next"]
+        headers["Link"] = f'<{next_url}>; rel="next"'
+    return headers
+
+
+def _counted(
+    batches: Iterator[pa.RecordBatch], metrics: Metrics, format_name: str
+) -> Iterator[pa.RecordBatch]:
+    """The engine's batches, counting rows served; peeks the first batch eagerly so errors
+    at the start of execution still become a proper HTTP status."""
+    first = next(batches, None)
+
+    def rest() -> Iterator[pa.RecordBatch]:
+        try:
+            if first is not None:
+                metrics.add_rows(format_name, first.num_rows)
+                yield first
+            for batch in batches:
+                metrics.add_rows(format_name, batch.num_rows)
+                yield batch
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # releases the engine's memory reservation now, not at GC
+
+    return rest()
+
+
+async def _iterate_in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """Pull each chunk in a worker thread: the engine and the renderers block."""
+    try:
+        while True:
+            chunk = await anyio.to_thread.run_sync(next, chunks, None)
+            if chunk is None:
+                return
+            yield chunk
+    except Exception:
+        # Headers are gone: the connection is aborted so the client sees a truncated body,
+        # never a silently short one.
+        log.exception("stream failed after the response started")
+        raise
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(close)
+
+
+@get(
+    "/data",
+    sync_to_thread=True,
+    dependencies=QUERY_DEPENDENCIES,
+    summary="Time series rows",
+    description=(
+        "Rows for these participants, metrics and span, at the requested (or automatic) "
+        "resolution. JSON pages carry `meta`; streaming formats carry it in X-Stratum-* "
+        "headers and a Link rel=next header. Format by `format` or Accept."
+    ),
+)
+def data(
+    request: Request[Any, Any, Any], state: State, params: NamedDependency[dict[str, list[str]]]
+) -> Response[Any]:
+    service = _service(state)
+    format_name = render.choose_format(_last(params.get("format")), request.headers.get("accept"))
+    query = build_query(params, service.settings.query)
+    if query.page_size == 0 and format_name not in render.STREAMING_FORMATS:
+        raise InvalidParameter(
+            "page_size",
+            "page_size=0 (the whole answer) needs a streaming format: "
+            f"{', '.join(render.STREAMING_FORMATS)}; JSON answers are paged",
+        )
+    answer = service.engine.run(query)
+    meta = _meta(answer, query)
+    next_url = _next_url(request, params, answer.next_cursor) if answer.next_cursor else None
+    headers = _meta_headers(meta, next_url)
+    media_type = render.MEDIA_TYPES[format_name]
+    if format_name == "json":
+        body = render.json_page(answer.batches, meta)
+        service.metrics.add_rows("json", answer.rows or 0)
+        return Response(body, media_type=media_type, headers=headers)
+    batches = _counted(answer.batches, service.metrics, format_name)
+    chunks = render.stream(format_name, batches, answer.schema)
+    return Stream(_iterate_in_thread(chunks), media_type=media_type, headers=headers)
+
+
+# -- /plan, /catalog ---------------------------------------------------------------------
+
+
+@get(
+    "/plan",
+    sync_to_thread=True,
+    dependencies=QUERY_DEPENDENCIES,
+    summary="How /data would answer",
+    description="Segments per store and tier, users, time ranges, lake files and estimated rows.",
+)
+def plan(state: State, params: NamedDependency[dict[str, list[str]]]) -> dict[str, Any]:
+    service = _service(state)
+    query = build_query(params, service.settings.query)
+    return service.engine.plan(query).describe()
+
+
+def _lake_versions(service: Service) -> dict[str, int | None]:
+    versions: dict[str, int | None] = {}
+    for tier in LAKE_TIERS:
+        try:
+            versions[tier] = service.engine.lake.version(tier)
+        except Exception:  # an unreadable table is reported, not fatal
+            log.warning("lake tier %s unreadable", tier, exc_info=True)
+            versions[tier] = None
+    return versions
+
+
+@get(
+    "/catalog",
+    sync_to_thread=True,
+    summary="What can be asked",
+    description="Metrics with units, participants, coverage per store, lake versions, last sync.",
+)
+def catalog(state: State) -> dict[str, Any]:
+    service = _service(state)
+    body: dict[str, Any] = {
+        "metrics": [
+            {
+                "name": m.name,
+                "unit": m.unit,
+                "native_interval_s": m.native_interval_s,
+                "rollup": m.rollup,
+                "description": m.description,
+            }
+            for m in (METRICS[name] for name in metric_names())
+        ],  # fmt: skip
+        "users": None,
+        "coverage": None,
+        "lake": {"versions": _lake_versions(service)},
+        "last_sync": None,
+        "last_runs": None,
+        "warm_store": False,
+    }
+    if service.database_url is None:
+        return body
+    try:
+        with psycopg.connect(
+            service.database_url, connect_timeout=HEALTH_TIMEOUT_S, autocommit=True
+        ) as conn:
+            coverage = overview.coverage(conn)
+            runs = overview.last_runs(conn)
+    except psycopg.OperationalError as exc:
+        log.warning("catalog without the warm store: %s", exc)
+        return body
+    body.update(
+        users=[c["user_id"] for c in coverage],
+        coverage=coverage,
+        last_sync=(runs or {}).get("sync"),
+        last_runs=runs,
+        warm_store=True,
+    )
+    return body
+
+
+# -- /health, /ready, /metrics -----------------------------------------------------------
+
+
+def _warm_store_ok(url: str | None) -> bool:
+    if url is None:
+        return False
+    try:
+        with psycopg.connect(url, connect_timeout=HEALTH_TIMEOUT_S, autocommit=True) as conn:
+            overview.ping(conn)
+        return True
+    except psycopg.Error:
+        return False
+
+
+def _lake_ok(service: Service) -> bool:
+    try:
+        for tier in LAKE_TIERS:
+            service.engine.lake.version(tier)
+        return True
+    except Exception:
+        log.warning("lake unreadable", exc_info=True)
+        return False
+
+
+def _health(service: Service, ready: bool) -> Response[dict[str, Any]]:
+    warm, lake = _warm_store_ok(service.database_url), _lake_ok(service)
+    body = {"status": "ok" if warm and lake else "degraded", "warm_store": warm, "lake": lake}
+    if ready and not warm:
+        return Response(body, status_code=503, headers={"Retry-After": "5"})
+    return Response(body)
+
+
+@get(
+    "/health",
+    sync_to_thread=True,
+    summary="Liveness; readiness with ?ready=1",
+    description="200 while the process is alive; with ready=1, 503 when the warm store is down.",
+)
+def health(
+    state: State,
+    ready: Annotated[
+        str | None, QueryParameter(description="1: answer 503 unless ready to serve.")
+    ] = None,
+) -> Response[dict[str, Any]]:
+    return _health(_service(state), ready not in (None, "", "0", "false"))
+
+
+@get("/ready", sync_to_thread=True, summary="Readiness: 503 when the warm store is down")
+def ready(state: State) -> Response[dict[str, Any]]:
+    return _health(_service(state), True)
+
+
+@get("/metrics", sync_to_thread=False, summary="Prometheus metrics", media_type="text/plain")
+def metrics(state: State) -> Response[str]:
+    service = _service(state)
+    text = service.metrics.render(service.engine.budget.stats())
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+# -- the app -----------------------------------------------------------------------------
+
+
+def create_app(settings: Settings, database_url: str | None) -> Litestar:
+    """One Engine for the app's lifetime; the catalog is loaded at startup so lake-only spans
+    keep working if the warm store goes down later."""
+    service = Service(settings, database_url)
+
+    async def load_catalog() -> None:
+        await anyio.to_thread.run_sync(lambda: service.engine.catalog())
+
+    async def close_engine() -> None:
+        await anyio.to_thread.run_sync(service.close)
+
+    app = Litestar(
+        route_handlers=[data, plan, catalog, health, ready, metrics],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        state=State({"service": service}),
+        on_startup=[load_catalog],
+        on_shutdown=[close_engine],
+        openapi_config=OpenAPIConfig(
+            title="stratum",
+            version="0.1.0",
+            description="Participant time series from a hybrid PostgreSQL + Delta Lake store.",
+            path="/schema",
+            render_plugins=[
+                JsonRenderPlugin(path=["/", "/openapi.json"]),
+                SwaggerRenderPlugin(path="/swagger"),
+            ],
+        ),
+        logging_config=None,
+    )
+    # Outermost, so 404s and errors raised before routing are counted too.
+    app.asgi_handler = service.metrics.wrap(app.asgi_handler)
+    return app

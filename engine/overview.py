@@ -1,0 +1,63 @@
+"""Read-only summaries of the warm store for /catalog and /health: plain dicts, no writes.
+
+Kept apart from the router catalog (engine.catalog), which is shaped for planning; this is
+shaped for people: which participants exist, which days each store holds, the last sync.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import psycopg
+
+_WARM_DAYS = (
+    "SELECT user_id, min(day), max(day), count(*) FROM day_state GROUP BY user_id ORDER BY user_id"
+)
+# A lake day counts only while it is verified and unchanged since (what the router serves).
+_LAKE_DAYS = (
+    "SELECT l.user_id, l.tier, min(l.day), max(l.day), count(*) FROM lake_days l "
+    "JOIN day_state s ON s.user_id = l.user_id AND s.day = l.day "
+    "AND s.change_seq = l.change_seq GROUP BY l.user_id, l.tier ORDER BY l.user_id, l.tier"
+)
+_COLUMNS = (
+    "SELECT column_name FROM information_schema.columns "
+    "WHERE table_schema = current_schema() AND table_name = 'sync_runs'"
+)
+# The newest run of each job (sync, tier, maintain, refresh, nightly).
+_LAST_RUNS = (
+    "SELECT DISTINCT ON (job) job, to_jsonb(r) - 'backend_pid' FROM sync_runs r "
+    "ORDER BY job, started_at DESC, id DESC"
+)
+
+
+def ping(conn: psycopg.Connection) -> None:
+    """Raises if the warm store does not answer."""
+    conn.execute("SELECT 1")
+
+
+def _span(first: date, last: date, days: int) -> dict[str, Any]:
+    return {"first_day": first.isoformat(), "last_day": last.isoformat(), "days": int(days)}
+
+
+def coverage(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Per user: days in the warm store, verified lake days per tier, and the lake watermark
+    (the latest lake day of any tier)."""
+    users: dict[int, dict[str, Any]] = {}
+    for user_id, first, last, days in conn.execute(_WARM_DAYS):
+        users[user_id] = {"user_id": user_id, "warm": _span(first, last, days), "lake": {}}
+    for user_id, tier, first, last, days in conn.execute(_LAKE_DAYS):
+        entry = users.setdefault(user_id, {"user_id": user_id, "warm": None, "lake": {}})
+        entry["lake"][tier] = _span(first, last, days)
+    for entry in users.values():
+        lasts = [span["last_day"] for span in entry["lake"].values()]
+        entry["lake_watermark"] = max(lasts) if lasts else None
+    return [users[u] for u in sorted(users)]
+
+
+def last_runs(conn: psycopg.Connection) -> dict[str, dict[str, Any]] | None:
+    """The newest sync_runs row per job, or None while the table does not exist."""
+    columns = {row[0] for row in conn.execute(_COLUMNS)}
+    if not {"id", "job", "started_at"} <= columns:
+        return None
+    return {job: dict(row) for job, row in conn.execute(_LAST_RUNS)}

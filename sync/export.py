@@ -1,0 +1,474 @@
+"""Export completed, changed days from the warm store to the lake (`stratum sync`).
+
+A (user, day) is exported once it is complete (older than the grace period), changed since
+its last sync (change_seq > synced_seq), rolled up (refreshed_seq = change_seq) and still in
+the warm store (not tiered). Days go in batches; per batch:
+
+1. one REPEATABLE READ snapshot reads the batch's day_state change numbers and every tier's
+   rows, as Arrow (ADBC, one array per (user, metric, window) so PostgreSQL ships a few
+   hundred rows instead of millions);
+2. each tier gets one Delta commit replacing exactly the batch's partitions (agg_1h/agg_1d:
+   the users' whole months/years, rebuilt from the warm store, which keeps them forever);
+3. the commit is read back and compared, per (user, day), with the source rows (count and
+   checksum); only then are lake_days and synced_seq written, with the change number read in
+   the snapshot. A write landing meanwhile has a newer number, so its day stays pending and
+   the router keeps reading it from the warm store.
+
+A mismatch writes nothing for that (user, day, tier) - any older lake_days row for it is
+deleted, as its partition was just replaced - and the run raises VerificationFailed once the
+other batches are done. The next batch is read while the current one is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, TypeVar
+
+import adbc_driver_postgresql.dbapi as adbc
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine.errors import SyncFailed
+from lake import TIERS, Lake, day_checksums, partition_of
+from lake.layout import PartitionKey, data_schema, partition_days, value_columns
+from sync.runs import SYNC_LOCK, advisory_lock
+
+log = logging.getLogger(__name__)
+
+Pair = tuple[int, date]
+Stat = tuple[int, int]
+T = TypeVar("T")
+S = TypeVar("S")
+
+SOURCES = {"raw": "raw_data", "agg_1m": "data_1m", "agg_1h": "data_1h", "agg_1d": "data_1d"}
+_MICROS_PER_DAY = 86_400_000_000
+
+# Days to export, oldest first within each user. Tiered days are never exported: the warm
+# store no longer holds their raw rows, and the lake must not be overwritten with less.
+_PENDING = """
+SELECT user_id, day FROM day_state
+WHERE day < %s AND change_seq > synced_seq AND refreshed_seq = change_seq
+  AND tiered_seq IS NULL
+ORDER BY user_id, day
+"""
+_STALE = """
+SELECT count(*) FROM day_state
+WHERE day < %s AND change_seq > synced_seq AND refreshed_seq <> change_seq
+"""
+# The same conditions again, inside the batch's snapshot: a write or a refresh since the
+# candidate list was made is seen here together with the rows.
+_KEPT = """
+SELECT e.user_id, e.day, d.change_seq
+FROM stratum_export_days e JOIN day_state d USING (user_id, day)
+WHERE d.change_seq > d.synced_seq AND d.refreshed_seq = d.change_seq AND d.tiered_seq IS NULL
+ORDER BY e.user_id, e.day
+"""
+
+
+class VerificationFailed(SyncFailed):
+    """Some exported days did not read back equal to their source; they stay unsynced."""
+
+    def __init__(self, message: str, result: SyncResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    days: int  # (user, day) pairs exported and verified in every tier
+    failed: list[tuple[int, date, str]]  # (user, day, tier) whose read-back did not match
+    skipped_stale: int  # pending days left for later: their rollups are not fresh
+    rows: dict[str, int]  # rows exported per tier
+    bytes: int  # bytes of the files written
+    files: int
+    versions: dict[str, int]  # lake version per tier after the run's last commit
+    seconds: float
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.total_rows / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class _Snapshot:
+    """One batch read from the warm store in one snapshot."""
+
+    change_seq: dict[Pair, int]
+    tables: dict[str, pa.Table]
+    source: dict[str, dict[Pair, Stat]]  # day_checksums of the tables
+
+    @property
+    def pairs(self) -> list[Pair]:
+        return sorted(self.change_seq)
+
+
+@dataclass
+class _Tally:
+    days: int = 0
+    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIERS, 0))
+    bytes: int = 0
+    files: int = 0
+    versions: dict[str, int] = field(default_factory=dict)
+    failed: list[tuple[int, date, str]] = field(default_factory=list)
+
+
+Progress = Callable[[int, int, int], None]  # (days done, days total, rows exported)
+
+
+def sync_cutoff(today: date, grace_days: int) -> date:
+    """Days before this one are complete enough to export."""
+    return today - timedelta(days=grace_days)
+
+
+def pending_days(conn: psycopg.Connection, cutoff: date) -> list[Pair]:
+    return [(int(u), d) for u, d in conn.execute(_PENDING, (cutoff,)).fetchall()]
+
+
+def sync_to_lake(
+    url: str,
+    lake: Lake,
+    *,
+    grace_days: int,
+    batch_days: int,
+    today: date | None = None,
+    progress: Progress | None = None,
+) -> SyncResult:
+    """Export every pending completed day; raise SyncFailed if another sync or tiering runs,
+    VerificationFailed (after finishing the rest) if some day did not read back equal."""
+    started = time.perf_counter()
+    cutoff = sync_cutoff(today or datetime.now(UTC).date(), grace_days)
+    tally = _Tally()
+    with (
+        advisory_lock(url, SYNC_LOCK, "sync or tiering run"),
+        psycopg.connect(url, autocommit=True) as conn,
+    ):
+        candidates = pending_days(conn, cutoff)
+        stale_row = conn.execute(_STALE, (cutoff,)).fetchone()
+        stale = int(stale_row[0]) if stale_row else 0
+        metrics = [r[0] for r in conn.execute("SELECT name FROM metrics ORDER BY name")]
+        log.info("sync: %d days pending before %s (%d wait for rollups)", len(candidates),
+                 cutoff, stale)  # fmt: skip
+        batches = [candidates[i : i + batch_days] for i in range(len(candidates))[::batch_days]]
+        done = 0
+        if progress:
+            progress(0, len(candidates), 0)
+        with adbc.connect(url, autocommit=True) as reader, reader.cursor() as cur:
+
+            def read(batch: list[Pair]) -> _Snapshot:
+                return _read_snapshot(cur, batch, metrics, cutoff)
+
+            with closing(_prefetched(read, batches)) as snapshots:
+                for batch, snapshot in zip(batches, snapshots, strict=True):
+                    if snapshot.change_seq:
+                        _export_batch(conn, lake, snapshot, tally)
+                    done += len(batch)
+                    if progress:
+                        progress(done, len(candidates), sum(tally.rows.values()))
+    for tier in TIERS:
+        version = lake.version(tier)
+        if version is not None:
+            tally.versions.setdefault(tier, version)
+    result = SyncResult(
+        days=tally.days,
+        failed=tally.failed,
+        skipped_stale=stale,
+        rows=tally.rows,
+        bytes=tally.bytes,
+        files=tally.files,
+        versions=tally.versions,
+        seconds=time.perf_counter() - started,
+    )
+    if tally.failed:
+        shown = ", ".join(f"user {u} {d} {t}" for u, d, t in tally.failed[:5])
+        more = f" and {len(tally.failed) - 5} more" if len(tally.failed) > 5 else ""
+        raise VerificationFailed(
+            f"lake read-back differs from the warm store for {shown}{more}; those days stay "
+            "served from the warm store and pending",
+            result,
+        )
+    return result
+
+
+# -- reading one batch ---------------------------------------------------------------------
+
+
+def _prefetched(read: Callable[[T], S], items: Sequence[T]) -> Generator[S, None, None]:
+    """read(item) for each item, one item ahead, on a worker thread (order kept)."""
+    slot: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(entry: tuple[str, Any]) -> None:
+        while not stop.is_set():
+            try:
+                slot.put(entry, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def work() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                put(("value", read(item)))
+        except BaseException as exc:  # handed to the consumer, re-raised there
+            put(("error", exc))
+        put(("done", None))
+
+    worker = threading.Thread(target=work, name="sync-reader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = slot.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _windows(kept: Sequence[Pair], metrics: Sequence[str], cutoff: date) -> pa.Table:
+    """Time windows to read per tier: each kept day for raw/agg_1m; each touched month/year
+    (up to the cutoff) for agg_1h/agg_1d. One window per metric, so every lookup is a tight
+    range of the (user_id, metric, ts) primary key."""
+    rows: list[tuple[str, int, datetime, datetime]] = []
+    for tier in TIERS:
+        spans: dict[PartitionKey, tuple[int, date, date]] = {}
+        for user_id, day in kept:
+            key = partition_of(tier, user_id, day)
+            if key not in spans:
+                first, last = partition_days(tier, key)
+                spans[key] = (user_id, first, min(last + timedelta(days=1), cutoff))
+        for user_id, lo, hi in spans.values():
+            rows.append((tier, user_id, _midnight(lo), _midnight(hi)))
+    tiers, users, los, his = (list(c) for c in zip(*rows, strict=True)) if rows else ([],) * 4
+    n = len(metrics)
+    return pa.table(
+        {
+            "idx": pa.array(np.arange(len(rows) * n, dtype=np.int32)),
+            "tier": pa.array(np.repeat(np.array(tiers, dtype=object), n), pa.string()),
+            "user_id": pa.array(np.repeat(np.array(users, dtype=np.int32), n)),
+            "metric": pa.array(list(metrics) * len(rows), pa.string()),
+            "lo": pa.array(np.repeat(np.array(los, dtype="datetime64[us]"), n)).cast(
+                pa.timestamp("us", tz="UTC")
+            ),
+            "hi": pa.array(np.repeat(np.array(his, dtype="datetime64[us]"), n)).cast(
+                pa.timestamp("us", tz="UTC")
+            ),
+        }
+    )
+
+
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day)  # naive UTC, for numpy
+
+
+def _tier_sql(tier: str) -> str:
+    columns = ["ts", *value_columns(tier)]
+    aggregates = ", ".join(f'array_agg(s."{c}") AS "{c}"' for c in columns)
+    selected = ", ".join(f'a."{c}"' for c in columns)
+    # array_agg keeps the index order (metric, ts); every column sees the rows in one order.
+    return (
+        f"SELECT w.idx, {selected} FROM stratum_export_windows w "  # noqa: S608 (constants)
+        f"CROSS JOIN LATERAL (SELECT {aggregates} FROM {SOURCES[tier]} s "
+        "WHERE s.user_id = w.user_id AND s.metric = w.metric AND s.ts >= w.lo AND s.ts < w.hi"
+        f") a WHERE w.tier = '{tier}' AND a.ts IS NOT NULL"
+    )
+
+
+def _read_snapshot(
+    cur: adbc.Cursor, batch: list[Pair], metrics: Sequence[str], cutoff: date
+) -> _Snapshot:
+    days = pa.table(
+        {
+            "user_id": pa.array([u for u, _ in batch], pa.int32()),
+            "day": pa.array([d for _, d in batch], pa.date32()),
+        }
+    )
+    cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    try:
+        cur.execute("SET LOCAL jit = off")  # short index lookups: compiling costs more
+        cur.adbc_ingest("stratum_export_days", days, mode="replace", temporary=True)
+        cur.execute(_KEPT)
+        kept_table = cur.fetch_arrow_table()
+        change_seq = {
+            (int(u), d): int(c)
+            for u, d, c in zip(
+                kept_table.column("user_id").to_pylist(),
+                kept_table.column("day").to_pylist(),
+                kept_table.column("change_seq").to_pylist(),
+                strict=True,
+            )
+        }
+        windows = _windows(sorted(change_seq), metrics, cutoff)
+        tables: dict[str, pa.Table] = {}
+        if change_seq:
+            cur.adbc_ingest("stratum_export_windows", windows, mode="replace", temporary=True)
+            for tier in TIERS:
+                cur.execute(_tier_sql(tier))
+                tables[tier] = _assemble(tier, cur.fetch_arrow_table(), windows)
+        cur.execute("COMMIT")
+    except BaseException:
+        cur.execute("ROLLBACK")
+        raise
+    source = {tier: day_checksums(tier, table) for tier, table in tables.items()}
+    return _Snapshot(change_seq, tables, source)
+
+
+def _assemble(tier: str, fetched: pa.Table, windows: pa.Table) -> pa.Table:
+    """Rows of the tier's data schema from one array per window."""
+    schema = data_schema(tier)
+    if fetched.num_rows == 0:
+        return schema.empty_table()
+    fetched = fetched.combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(fetched.column("ts")), 0).to_numpy()
+    window = np.repeat(fetched.column("idx").to_numpy(), lengths)
+    ts = pc.list_flatten(fetched.column("ts")).cast(schema.field("ts").type)
+    days = (ts.cast(pa.int64()).to_numpy() // _MICROS_PER_DAY).astype(np.int32)
+    columns: dict[str, Any] = {
+        "user_id": pa.array(windows.column("user_id").to_numpy()[window]),
+        "date": pa.array(days).cast(pa.date32()),
+        "metric": windows.column("metric").take(pa.array(window)),
+        "ts": ts,
+    }
+    for name in value_columns(tier):
+        columns[name] = pc.list_flatten(fetched.column(name)).cast(schema.field(name).type)
+    return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
+
+
+# -- writing, verifying and recording one batch --------------------------------------------
+
+
+def _export_batch(conn: psycopg.Connection, lake: Lake, snapshot: _Snapshot, tally: _Tally) -> None:
+    pairs = snapshot.pairs
+    verified: dict[str, dict[Pair, Stat]] = {}
+    failed: dict[str, set[Pair]] = {}
+    stale_rows: dict[str, set[Pair]] = {}  # other days' lake_days rows no longer true
+    versions: dict[str, int] = {}
+    for tier in TIERS:
+        table = snapshot.tables[tier]
+        partitions = {partition_of(tier, u, d) for u, d in pairs}
+        others = _recorded_in(conn, tier, partitions, pairs) if tier in ("agg_1h", "agg_1d") else {}
+        version = lake.replace_days(tier, table, pairs)
+        versions[tier] = version
+        source = snapshot.source[tier]
+        wanted = set(pairs) | set(others)
+        back = lake.day_stats(tier, wanted, version=version)
+        verified[tier] = {p: back[p] for p in pairs if back[p] == source.get(p, (0, 0))}
+        failed[tier] = {p for p in pairs if p not in verified[tier]}
+        stale_rows[tier] = {p for p, stat in others.items() if back[p] != stat}
+        size, files = _written(lake, tier, version, partitions)
+        tally.rows[tier] += table.num_rows
+        tally.bytes += size
+        tally.files += files
+        tally.versions[tier] = version
+        for u, d in sorted(failed[tier]):
+            log.error("sync: %s user %s day %s read back %s, source %s", tier, u, d,
+                      back[(u, d)], source.get((u, d), (0, 0)))  # fmt: skip
+            tally.failed.append((u, d, tier))
+    synced = [p for p in pairs if all(p in verified[t] for t in TIERS)]
+    _record(conn, snapshot, verified, failed, stale_rows, versions, synced)
+    tally.days += len(synced)
+
+
+def _recorded_in(
+    conn: psycopg.Connection, tier: str, partitions: Iterable[PartitionKey], exclude: list[Pair]
+) -> dict[Pair, Stat]:
+    """lake_days rows of `tier` for other days of the partitions about to be replaced."""
+    spans = [(key[0], *partition_days(tier, key)) for key in partitions]
+    if not spans:
+        return {}
+    rows = conn.execute(
+        "SELECT l.user_id, l.day, l.rows, l.checksum FROM lake_days l "
+        "JOIN unnest(%s::int[], %s::date[], %s::date[]) AS p(user_id, lo, hi) "
+        "ON l.user_id = p.user_id AND l.day BETWEEN p.lo AND p.hi WHERE l.tier = %s",
+        ([s[0] for s in spans], [s[1] for s in spans], [s[2] for s in spans], tier),
+    ).fetchall()
+    skip = set(exclude)
+    return {(u, d): (r, c) for u, d, r, c in rows if (u, d) not in skip}
+
+
+def _written(lake: Lake, tier: str, version: int, partitions: set[PartitionKey]) -> tuple[int, int]:
+    """Bytes and files of the given partitions at `version` (just written by us)."""
+    if not partitions:
+        return 0, 0
+    users = sorted({key[0] for key in partitions})
+    spans = [partition_days(tier, key) for key in partitions]
+    start = _midnight(min(lo for lo, _ in spans)).replace(tzinfo=UTC)
+    end = _midnight(max(hi for _, hi in spans) + timedelta(days=1)).replace(tzinfo=UTC)
+    files = [
+        f
+        for f in lake.files(tier, users, start, end, version=version).files
+        if partition_of(tier, f.user_id, f.first_day) in partitions
+    ]
+    return sum(f.size_bytes for f in files), len(files)
+
+
+def _record(
+    conn: psycopg.Connection,
+    snapshot: _Snapshot,
+    verified: dict[str, dict[Pair, Stat]],
+    failed: dict[str, set[Pair]],
+    stale_rows: dict[str, set[Pair]],
+    versions: dict[str, int],
+    synced: list[Pair],
+) -> None:
+    upserts = [
+        (u, tier, d, rows, checksum, snapshot.change_seq[(u, d)], versions[tier])
+        for tier, stats in verified.items()
+        for (u, d), (rows, checksum) in stats.items()
+    ]
+    deletes = [
+        (u, tier, d)
+        for tier in TIERS
+        for u, d in sorted(failed[tier] | stale_rows[tier])
+    ]  # fmt: skip
+    with conn.transaction():
+        if upserts:
+            columns = list(zip(*upserts, strict=True))
+            conn.execute(
+                "INSERT INTO lake_days (user_id, tier, day, rows, checksum, change_seq, "
+                "lake_version, verified_at) "
+                "SELECT *, now() FROM unnest(%s::int[], %s::text[], %s::date[], %s::bigint[], "
+                "%s::bigint[], %s::bigint[], %s::bigint[]) "
+                "ON CONFLICT (user_id, tier, day) DO UPDATE SET rows = EXCLUDED.rows, "
+                "checksum = EXCLUDED.checksum, change_seq = EXCLUDED.change_seq, "
+                "lake_version = EXCLUDED.lake_version, verified_at = EXCLUDED.verified_at",
+                [list(c) for c in columns],
+            )
+        if deletes:
+            columns = list(zip(*deletes, strict=True))
+            conn.execute(
+                "DELETE FROM lake_days l USING unnest(%s::int[], %s::text[], %s::date[]) "
+                "AS x(user_id, tier, day) "
+                "WHERE l.user_id = x.user_id AND l.tier = x.tier AND l.day = x.day",
+                [list(c) for c in columns],
+            )
+        if synced:
+            conn.execute(
+                "UPDATE day_state d SET synced_seq = x.seq "
+                "FROM unnest(%s::int[], %s::date[], %s::bigint[]) AS x(user_id, day, seq) "
+                "WHERE d.user_id = x.user_id AND d.day = x.day AND d.synced_seq < x.seq",
+                (
+                    [u for u, _ in synced],
+                    [d for _, d in synced],
+                    [snapshot.change_seq[p] for p in synced],
+                ),
+            )
+        conn.execute("SELECT nextval('catalog_seq')")  # what the router may serve moved

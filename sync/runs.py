@@ -1,0 +1,144 @@
+"""Run history of the sync jobs (`sync_runs`) and the advisory locks the jobs share."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg
+
+from engine.errors import SyncFailed
+
+# Held for the whole of a lake sync or a tiering run: both decide from lake_days what the
+# warm store may drop or the lake may overwrite, so they never run together.
+SYNC_LOCK = 0x53594E43  # "SYNC"
+# Held by a scheduler while it runs the nightly job, so two schedulers never both run it.
+NIGHTLY_LOCK = 0x4E49474854  # "NIGHT"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What a job did, as recorded in sync_runs."""
+
+    job: str
+    status: str = "ok"  # ok | failed | skipped
+    days: int = 0
+    rows: int = 0
+    bytes: int = 0
+    files: int = 0
+    seconds: float = 0.0
+    lake_versions: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    detail: object = None  # the job's own result record (SyncResult, TierResult, ...)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    job: str
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+    days: int
+    rows: int
+    bytes: int
+    files: int
+    lake_versions: dict[str, int]
+    error: str | None
+
+    @property
+    def seconds(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@contextmanager
+def advisory_lock(url: str, key: int, what: str) -> Iterator[psycopg.Connection]:
+    """Hold a session advisory lock on a dedicated connection, or raise SyncFailed at once.
+
+    The lock dies with the connection, so a process killed with SIGKILL never leaves it held.
+    """
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        if not row or not row[0]:
+            raise SyncFailed(f"another {what} is running; try again when it has finished")
+        try:
+            yield conn
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+def start_run(conn: psycopg.Connection, job: str) -> int:
+    """Record a running job; runs of it whose process died are marked 'interrupted' first."""
+    conn.execute(
+        "UPDATE sync_runs r SET status = 'interrupted', finished_at = now() "
+        "WHERE r.job = %s AND r.status = 'running' AND NOT EXISTS ("
+        " SELECT 1 FROM pg_stat_activity a"
+        " WHERE a.pid = r.backend_pid AND a.backend_start <= r.started_at)",
+        (job,),
+    )
+    row = conn.execute(
+        "INSERT INTO sync_runs (job, status, backend_pid) "
+        "VALUES (%s, 'running', pg_backend_pid()) RETURNING id",
+        (job,),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def finish_run(conn: psycopg.Connection, run_id: int, result: JobResult) -> None:
+    conn.execute(
+        "UPDATE sync_runs SET status = %s, finished_at = now(), days = %s, rows = %s, "
+        "bytes = %s, files = %s, lake_versions = %s, error = %s WHERE id = %s",
+        (
+            result.status,
+            result.days,
+            result.rows,
+            result.bytes,
+            result.files,
+            json.dumps(result.lake_versions),
+            result.error,
+            run_id,
+        ),
+    )
+
+
+def recent_runs(url: str, limit: int = 10, job: str | None = None) -> list[RunRecord]:
+    """The latest runs, newest first (of one job if given)."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT id, job, status, started_at, finished_at, days, rows, bytes, files, "
+            "lake_versions, error FROM sync_runs "
+            "WHERE %(job)s::text IS NULL OR job = %(job)s "
+            "ORDER BY started_at DESC, id DESC LIMIT %(limit)s",
+            {"job": job, "limit": limit},
+        ).fetchall()
+    return [
+        RunRecord(
+            id=r[0],
+            job=r[1],
+            status=r[2],
+            started_at=r[3],
+            finished_at=r[4],
+            days=r[5],
+            rows=r[6],
+            bytes=r[7],
+            files=r[8],
+            lake_versions=dict(r[9] or {}),
+            error=r[10],
+        )  # fmt: skip
+        for r in rows
+    ]
+
+
+def last_success(url: str, job: str) -> datetime | None:
+    """When the last successful run of `job` started, None if it never succeeded."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT max(started_at) FROM sync_runs WHERE job = %s AND status = 'ok'", (job,)
+        ).fetchone()
+    return row[0] if row else None

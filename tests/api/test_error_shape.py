@@ -1,0 +1,202 @@
+"""Every error leaves in one shape, {"error": {"code", "message", "parameter"}}, with an
+exact status (datasette's test_error_shape): bad input 400, busy or down 503 + Retry-After,
+Litestar's own 404/405 mapped in, and anything unexpected 500 with a generic message."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.exceptions import NotFoundException, ValidationException
+from litestar.testing import TestClient
+
+from api.app import create_app
+from api.errors import INTERNAL_MESSAGE, to_http
+from engine.errors import (
+    BudgetExhausted,
+    ConfigurationError,
+    IngestRejected,
+    InvalidParameter,
+    SyncFailed,
+    WarmStoreUnavailable,
+)
+from engine.query import Key, build_query
+from engine.registry import metric_names
+from tests.api.conftest import MAX_PAGE_SIZE, MAX_USERS, api_settings, service
+
+OK = {"user_id": "1", "metric": "heart_rate", "start": "2024-01-01", "end": "2024-01-02"}
+
+
+def _other_query_cursor() -> str:
+    """A well-formed cursor of a different query (steps instead of heart_rate)."""
+    settings = api_settings(Path("/nonexistent"))
+    other = build_query({**{k: [v] for k, v in OK.items()}, "metric": ["steps"]}, settings.query)
+    return other.cursor_after(Key(1, "steps", 1_704_067_200_000_000))
+
+
+def without(name: str) -> dict[str, str]:
+    return {k: v for k, v in OK.items() if k != name}
+
+
+# (case id, params, expected parameter, words the message must contain)
+BAD_REQUESTS: list[tuple[str, dict[str, str], str, list[str]]] = [
+    ("unknown metric", {**OK, "metric": "pulse"}, "metric", ["pulse", *metric_names()]),
+    ("start equals end", {**OK, "end": "2024-01-01"}, "end", ["after start"]),
+    ("start after end", {**OK, "start": "2024-02-01"}, "end", ["after start"]),
+    ("too many users", {**OK, "user_id": ",".join(map(str, range(MAX_USERS + 1)))},
+     "user_id", [f"at most {MAX_USERS}"]),
+    ("page_size over the maximum", {**OK, "page_size": str(MAX_PAGE_SIZE + 1)}, "page_size",
+     [str(MAX_PAGE_SIZE)]),
+    ("page_size not a number", {**OK, "page_size": "ten"}, "page_size", ["integer"]),
+    ("page_size 0 with json", {**OK, "page_size": "0"}, "page_size", ["streaming", "ndjson"]),
+    ("page_size 0 with explicit json", {**OK, "page_size": "0", "format": "json"}, "page_size",
+     ["streaming"]),
+    ("page_number 0", {**OK, "page_number": "0"}, "page_number", ["1.."]),
+    ("malformed cursor", {**OK, "cursor": "not-a-cursor!"}, "cursor", ["malformed"]),
+    ("cursor from another query", {**OK, "cursor": _other_query_cursor()}, "cursor",
+     ["different query"]),
+    ("cursor and page_number", {**OK, "cursor": _other_query_cursor(), "page_number": "2"},
+     "cursor", ["either"]),
+    ("unknown format", {**OK, "format": "xml"}, "format", ["xml", "json", "parquet"]),
+    ("bad resolution", {**OK, "resolution": "5m"}, "resolution", ["5m", "raw", "1h"]),
+    ("bad start date", {**OK, "start": "2024-13-01"}, "start", ["ISO 8601"]),
+    ("bad end date", {**OK, "end": "yesterday"}, "end", ["ISO 8601"]),
+    ("bad user id", {**OK, "user_id": "alice"}, "user_id", ["integer"]),
+    ("bad max_points", {**OK, "max_points": "0"}, "max_points", ["out of range"]),
+    ("missing user_id", without("user_id"), "user_id", ["required"]),
+    ("missing metric", without("metric"), "metric", ["required", "heart_rate"]),
+    ("missing start", without("start"), "start", ["required"]),
+    ("missing end", without("end"), "end", ["required"]),
+]  # fmt: skip
+
+
+def assert_error_shape(response: Any, status: int, code: str, parameter: str | None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"code", "message", "parameter"}
+    assert error["code"] == code
+    assert error["parameter"] == parameter
+    assert isinstance(error["message"], str) and error["message"]
+    return dict(error)
+
+
+@pytest.mark.parametrize(
+    ("params", "parameter", "words"),
+    [case[1:] for case in BAD_REQUESTS],
+    ids=[case[0] for case in BAD_REQUESTS],
+)
+def test_error_shape_400(
+    client: TestClient, params: dict[str, str], parameter: str, words: list[str]
+) -> None:
+    for path in ("/data", "/plan"):
+        if path == "/plan" and (parameter == "format" or params.get("page_size") == "0"):
+            continue  # /plan has no format, so the whole answer (page_size=0) is fine there
+        error = assert_error_shape(client.get(path, params=params), 400, "invalid_parameter",
+                                   parameter)  # fmt: skip
+        for word in words:
+            assert word in error["message"], (word, error["message"])
+
+
+def test_error_shape_404_and_405(client: TestClient) -> None:
+    assert_error_shape(client.get("/no/such/route"), 404, "not_found", None)
+    response = client.post("/data", json={})
+    assert_error_shape(response, 405, "method_not_allowed", None)
+    assert "GET" in response.headers["allow"]
+
+
+def test_error_shape_500_is_generic_and_logged(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def explode(query: Any) -> Any:
+        raise RuntimeError("secret internals: password=hunter2")
+
+    monkeypatch.setattr(service(client.app).engine, "run", explode)
+    with caplog.at_level(logging.ERROR, logger="api.errors"):
+        response = client.get("/data", params=OK)
+    error = assert_error_shape(response, 500, "internal_error", None)
+    assert error["message"] == INTERNAL_MESSAGE
+    assert "hunter2" not in response.text and "Traceback" not in response.text
+    assert any(r.exc_info and "hunter2" in str(r.exc_info[1]) for r in caplog.records)
+
+
+def test_error_shape_503_when_the_budget_is_full(cohort_url: str, tmp_path: Path) -> None:
+    app = create_app(api_settings(tmp_path), cohort_url)
+    with TestClient(app) as test_client:
+        budget = service(app).engine.budget
+        budget.wait_s = 0.05
+        held = budget.reserve(budget.budget_bytes)  # another query holds all of it
+        try:
+            for extra in ({}, {"format": "parquet", "page_size": "0"}):
+                response = test_client.get("/data", params={**OK, **extra})
+                assert_error_shape(response, 503, "budget_exhausted", None)
+                assert int(response.headers["retry-after"]) >= 1
+        finally:
+            budget.release(held)
+        assert test_client.get("/data", params=OK).status_code == 200
+        assert budget.stats()["refused"] == 2 and budget.in_use == 0
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def down_client(tmp_path: Path) -> Iterator[TestClient]:
+    """An app whose warm store refuses connections (nothing listens on the port)."""
+    url = f"postgresql://stratum@127.0.0.1:{_closed_port()}/stratum"
+    with TestClient(create_app(api_settings(tmp_path), url)) as test_client:
+        yield test_client
+
+
+def test_error_shape_503_when_the_warm_store_is_down(down_client: TestClient) -> None:
+    response = down_client.get("/data", params=OK)
+    error = assert_error_shape(response, 503, "warm_store_unavailable", None)
+    assert "warm store" in error["message"]
+    assert int(response.headers["retry-after"]) >= 1
+    health = down_client.get("/health")
+    assert health.status_code == 200
+    assert health.json() == {"status": "degraded", "warm_store": False, "lake": True}
+    for path in ("/ready", "/health?ready=1"):
+        ready = down_client.get(path)
+        assert ready.status_code == 503 and ready.json()["warm_store"] is False
+        assert "retry-after" in ready.headers
+    catalog = down_client.get("/catalog")
+    assert catalog.status_code == 200 and catalog.json()["warm_store"] is False
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code", "parameter", "retry_after"),
+    [
+        (InvalidParameter("metric", "no"), 400, "invalid_parameter", "metric", None),
+        (IngestRejected("a.csv", 3, "bad"), 400, "ingest_rejected", "file", None),
+        (BudgetExhausted("full", retry_after_s=2), 503, "budget_exhausted", None, "2"),
+        (WarmStoreUnavailable("down", retry_after_s=10), 503, "warm_store_unavailable", None,
+         "10"),
+        (SyncFailed("lock held"), 503, "sync_failed", None, "30"),
+        (ConfigurationError("STRATUM_X=1", parameter="STRATUM_X"), 500, "configuration_error",
+         None, None),
+        (NotFoundException(), 404, "not_found", None, None),
+        (ValidationException(detail="Validation failed",
+                             extra=[{"key": "ready", "message": "Expected `bool`"}]),
+         400, "invalid_parameter", "ready", None),
+        (KeyError("internals"), 500, "internal_error", None, None),
+    ],
+)  # fmt: skip
+def test_the_one_exception_map(
+    exc: Exception, status: int, code: str, parameter: str | None, retry_after: str | None
+) -> None:
+    error = to_http(exc)
+    assert (error.status, error.code, error.parameter) == (status, code, parameter)
+    assert (error.headers or {}).get("Retry-After") == retry_after
+    assert set(error.body()["error"]) == {"code", "message", "parameter"}
+    if status == 500:
+        assert "internals" not in error.message and "STRATUM_X" not in error.message

@@ -1,0 +1,40 @@
+"""Schemathesis against the OpenAPI document: no generated request gets a 5xx."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from litestar import Litestar
+from schemathesis.checks import not_a_server_error
+
+from api.app import create_app
+from tests.api.conftest import api_settings
+
+# The document does not depend on the database: build it from an app without one.
+SPEC: dict[str, Any] = create_app(
+    api_settings(Path("/nonexistent")), None
+).openapi_schema.to_schema()
+schema = schemathesis.openapi.from_dict(SPEC)
+
+
+@pytest.fixture(scope="module")
+def fuzz_app(cohort_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Litestar]:
+    app = create_app(api_settings(tmp_path_factory.mktemp("fuzz")), cohort_url)
+    yield app
+    app.state.service.close()  # in case a call ran without the lifespan
+
+
+def test_served_document_is_the_one_fuzzed(fuzz_app: Litestar) -> None:
+    served = schemathesis.openapi.from_asgi("/schema/openapi.json", fuzz_app)
+    assert served.raw_schema == SPEC
+
+
+@schema.parametrize()
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_server_errors(case: schemathesis.Case, fuzz_app: Litestar) -> None:
+    case.call_and_validate(app=fuzz_app, checks=[not_a_server_error])

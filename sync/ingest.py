@@ -16,6 +16,8 @@ import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lake import Lake
+from sync import rehydrate
 from sync.readers import RAW_SCHEMA, read_validated
 
 _STAGING = "stratum_ingest_staging"
@@ -61,20 +63,25 @@ class IngestResult:
         return self.rows / self.seconds if self.seconds else 0.0
 
 
-def ingest_files(url: str, paths: Iterable[Path]) -> IngestResult:
-    """Ingest each file in its own transaction; the first bad file raises IngestRejected."""
+def ingest_files(url: str, paths: Iterable[Path], lake_root: Path | None = None) -> IngestResult:
+    """Ingest each file in its own transaction; the first bad file raises IngestRejected.
+
+    ``lake_root``: where tiered days are read back from (default: where tiering put them).
+    """
     started = time.perf_counter()
     files = rows = days = 0
     for path in paths:
-        loaded, marked = _load(url, read_validated(Path(path)))
+        loaded, marked = _load(url, read_validated(Path(path)), lake_root)
         files, rows, days = files + 1, rows + loaded, days + marked
     return IngestResult(files, rows, days, time.perf_counter() - started)
 
 
-def ingest_tables(url: str, tables: Iterable[pa.Table]) -> IngestResult:
+def ingest_tables(
+    url: str, tables: Iterable[pa.Table], lake_root: Path | None = None
+) -> IngestResult:
     """Ingest already-validated Arrow tables (RAW_SCHEMA) in one transaction."""
     started = time.perf_counter()
-    rows, days = _load(url, (t.cast(RAW_SCHEMA) for t in tables))
+    rows, days = _load(url, (t.cast(RAW_SCHEMA) for t in tables), lake_root)
     return IngestResult(1, rows, days, time.perf_counter() - started)
 
 
@@ -124,7 +131,7 @@ def _days(table: pa.Table) -> pa.Table:
     )
 
 
-def _load(url: str, tables: Iterable[pa.Table]) -> tuple[int, int]:
+def _load(url: str, tables: Iterable[pa.Table], lake_root: Path | None) -> tuple[int, int]:
     """Write every batch and mark the touched days, all in one transaction."""
     rows = 0
     days: list[pa.Table] = []
@@ -146,6 +153,10 @@ def _load(url: str, tables: Iterable[pa.Table]) -> tuple[int, int]:
             return 0, 0
         touched = pa.concat_tables(days).group_by(["user_id", "day"]).aggregate([])
         cur.adbc_ingest("stratum_ingest_days", touched, mode="replace", temporary=True)
+        # Days tiered to the lake are copied back; the rows just written win over the lake's.
+        tiered = rehydrate.lock_tiered_days(cur, "stratum_ingest_days")
+        if tiered:
+            rehydrate.rehydrate(cur, Lake(rehydrate.lake_root(cur, lake_root)), tiered)
         cur.execute(_MARK_DAYS)
         conn.commit()
         return rows, touched.num_rows

@@ -60,6 +60,13 @@ def chunk_ranges(
     return [(r[0], r[1], r[2]) for r in rows]
 
 
+def lock_for_drop(conn: psycopg.Connection) -> None:
+    """Until the transaction ends, block writes to the hypertables (waiting for running ones):
+    the (user, day) set of a chunk must not grow between checking it and dropping it.
+    LOCK TABLE on a hypertable also locks its chunks (they are its inheritance children)."""
+    conn.execute(f"LOCK TABLE {', '.join(HYPERTABLES)} IN SHARE MODE")
+
+
 def drop_chunks_between(
     conn: psycopg.Connection, table: str, newer_than: datetime, older_than: datetime
 ) -> int:

@@ -1,0 +1,314 @@
+"""Tiering (`stratum tier`): drop raw and 1m rows the lake holds, verified, from the warm store.
+
+A (user, day) is tiered only when its lake_days rows for raw AND agg_1m carry the day's
+current change number (nothing written since the verified export) and the lake still reads
+back as recorded. Its day_state row is locked while it is checked and deleted, so a
+concurrent ingest either lands first (the day changed: not tiered) or waits and then copies
+the day back from the lake (see sync/rehydrate.py). data_1h and data_1d stay forever.
+
+On TimescaleDB whole chunks go (drop_chunks) when every (user, day) they hold is tiered or
+tierable; the rest is deleted row by row. A day whose lake copy no longer matches its record
+is not tiered: its lake_days rows are dropped and it is queued for a fresh sync, so the
+router reads it from the warm store meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+
+from lake import Lake
+from sync import timescale
+from sync.runs import SYNC_LOCK, advisory_lock
+
+log = logging.getLogger(__name__)
+
+Pair = tuple[int, date]
+Progress = Callable[[int, int, int], None]  # (days done, days total, rows removed)
+
+TABLES = {"raw": "raw_data", "agg_1m": "data_1m"}
+_LOCK_TIMEOUT = "5s"  # how long a chunk drop waits for running ingests before giving up
+
+_VERIFIED = """
+FROM day_state d
+JOIN lake_days r ON r.user_id = d.user_id AND r.day = d.day AND r.tier = 'raw'
+                AND r.change_seq = d.change_seq
+JOIN lake_days m ON m.user_id = d.user_id AND m.day = d.day AND m.tier = 'agg_1m'
+                AND m.change_seq = d.change_seq
+"""
+_CANDIDATES = f"""
+SELECT d.user_id, d.day {_VERIFIED}
+WHERE d.day < %s AND d.tiered_seq IS NULL
+ORDER BY d.user_id, d.day
+"""  # noqa: S608 (constants)
+# Locked in key order; re-checked on the locked row version, so a day changed meanwhile drops
+# out here.
+_LOCK_BATCH = f"""
+SELECT d.user_id, d.day, r.rows, r.checksum, m.rows, m.checksum {_VERIFIED}
+JOIN unnest(%s::int[], %s::date[]) AS w(user_id, day) ON d.user_id = w.user_id AND d.day = w.day
+WHERE d.tiered_seq IS NULL
+ORDER BY d.user_id, d.day
+FOR UPDATE OF d
+"""  # noqa: S608 (constants)
+# Every day_state row of a span, tiered, tierable or not, locked.
+_LOCK_SPAN = """
+SELECT d.user_id, d.day, d.tiered_seq IS NOT NULL, r.rows, r.checksum, m.rows, m.checksum
+FROM day_state d
+LEFT JOIN lake_days r ON r.user_id = d.user_id AND r.day = d.day AND r.tier = 'raw'
+                     AND r.change_seq = d.change_seq
+LEFT JOIN lake_days m ON m.user_id = d.user_id AND m.day = d.day AND m.tier = 'agg_1m'
+                     AND m.change_seq = d.change_seq
+WHERE d.day BETWEEN %s AND %s
+ORDER BY d.user_id, d.day
+FOR UPDATE OF d
+"""
+_WINDOWS = """
+CREATE TEMPORARY TABLE tier_window ON COMMIT DROP AS
+SELECT w.user_id, w.day, m.name AS metric,
+       (w.day::timestamp AT TIME ZONE 'UTC') AS lo,
+       ((w.day + 1)::timestamp AT TIME ZONE 'UTC') AS hi
+FROM unnest(%s::int[], %s::date[]) AS w(user_id, day) CROSS JOIN metrics m
+"""
+_IN_WINDOW = "s.user_id = w.user_id AND s.metric = w.metric AND s.ts >= w.lo AND s.ts < w.hi"
+
+
+@dataclass(frozen=True)
+class TierResult:
+    days: int  # user-days tiered by this run
+    rows: dict[str, int]  # rows removed per warm-store table
+    chunks: int  # TimescaleDB chunks dropped
+    refused: list[tuple[int, date, str]]  # (user, day, why) not tiered, queued for re-sync
+    seconds: float
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
+
+
+@dataclass
+class _Tally:
+    days: int = 0
+    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES.values(), 0))
+    chunks: int = 0
+    refused: list[tuple[int, date, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Locked:
+    """A locked, tierable day with what lake_days recorded for it."""
+
+    pair: Pair
+    raw: tuple[int, int]
+    agg_1m: tuple[int, int]
+
+
+def tier_cutoff(today: date, older_than_days: int) -> date:
+    return today - timedelta(days=older_than_days)
+
+
+def tier_warm_store(
+    url: str,
+    lake: Lake,
+    *,
+    older_than_days: int,
+    batch_days: int = 64,
+    today: date | None = None,
+    progress: Progress | None = None,
+) -> TierResult:
+    """Tier every verified day older than `older_than_days`; SyncFailed if a sync runs."""
+    started = time.perf_counter()
+    cutoff = tier_cutoff(today or datetime.now(UTC).date(), older_than_days)
+    tally = _Tally()
+    with (
+        advisory_lock(url, SYNC_LOCK, "sync or tiering run"),
+        psycopg.connect(url, autocommit=True) as conn,
+    ):
+        _record_location(conn, lake.root)
+        if timescale.enabled(conn):
+            _drop_chunks(conn, lake, cutoff, tally)
+        candidates = [(int(u), d) for u, d in conn.execute(_CANDIDATES, (cutoff,)).fetchall()]
+        if progress:
+            progress(0, len(candidates), 0)
+        for start in range(0, len(candidates), batch_days):
+            batch = candidates[start : start + batch_days]
+            _tier_batch(conn, lake, batch, tally)
+            if progress:
+                progress(start + len(batch), len(candidates), sum(tally.rows.values()))
+    return TierResult(
+        tally.days, tally.rows, tally.chunks, tally.refused, time.perf_counter() - started
+    )
+
+
+def tiered_days(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT count(*) FROM day_state WHERE tiered_seq IS NOT NULL").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _record_location(conn: psycopg.Connection, root: Path) -> None:
+    conn.execute(
+        "INSERT INTO lake_location (root) VALUES (%s) ON CONFLICT (id) DO UPDATE "
+        "SET root = EXCLUDED.root, updated_at = now() WHERE lake_location.root <> EXCLUDED.root",
+        (str(root),),
+    )
+
+
+def _tier_batch(conn: psycopg.Connection, lake: Lake, batch: list[Pair], tally: _Tally) -> None:
+    with conn.transaction():
+        rows = conn.execute(_LOCK_BATCH, ([u for u, _ in batch], [d for _, d in batch])).fetchall()
+        locked = [_Locked((int(u), d), (rr, rc), (mr, mc)) for u, d, rr, rc, mr, mc in rows]
+        good = _verified(conn, lake, locked, tally)
+        if good:
+            for table, count in _delete_rows(conn, good).items():
+                tally.rows[table] += count
+            _mark_tiered(conn, good)
+            tally.days += len(good)
+
+
+def _verified(
+    conn: psycopg.Connection, lake: Lake, locked: Sequence[_Locked], tally: _Tally
+) -> list[Pair]:
+    """The locked days whose lake copy and warm rows still match the record; the others are
+    un-recorded and queued for a fresh sync."""
+    if not locked:
+        return []
+    pairs = [day.pair for day in locked]
+    lake_raw = lake.day_stats("raw", pairs)
+    lake_1m = lake.day_stats("agg_1m", pairs)
+    warm = _warm_counts(conn, pairs)
+    good: list[Pair] = []
+    bad: list[Pair] = []
+    for day in locked:
+        why = None
+        if lake_raw[day.pair] != day.raw or lake_1m[day.pair] != day.agg_1m:
+            why = "lake copy differs from its verification record"
+        elif warm[day.pair] != (day.raw[0], day.agg_1m[0]):
+            why = "warm-store row count differs from the verified export"
+        if why is None:
+            good.append(day.pair)
+        else:
+            log.error("tier: user %s day %s not tiered: %s", *day.pair, why)
+            tally.refused.append((*day.pair, why))
+            bad.append(day.pair)
+    if bad:
+        # The router must stop serving these from the lake; the next sync re-exports them.
+        users, days = [u for u, _ in bad], [d for _, d in bad]
+        conn.execute(
+            "DELETE FROM lake_days l USING unnest(%s::int[], %s::date[]) AS w(user_id, day) "
+            "WHERE l.user_id = w.user_id AND l.day = w.day AND l.tier IN ('raw', 'agg_1m')",
+            (users, days),
+        )
+        conn.execute(
+            "UPDATE day_state d SET synced_seq = 0 FROM unnest(%s::int[], %s::date[]) "
+            "AS w(user_id, day) WHERE d.user_id = w.user_id AND d.day = w.day",
+            (users, days),
+        )
+        conn.execute("SELECT nextval('catalog_seq')")
+    return good
+
+
+def _warm_counts(conn: psycopg.Connection, pairs: Sequence[Pair]) -> dict[Pair, tuple[int, int]]:
+    """(raw rows, 1m rows) per (user, day) in the warm store."""
+    counts = {pair: (0, 0) for pair in pairs}
+    rows = conn.execute(
+        "SELECT w.user_id, w.day, "
+        "sum((SELECT count(*) FROM raw_data s WHERE s.user_id = w.user_id AND s.metric = m.name"
+        " AND s.ts >= w.day::timestamp AT TIME ZONE 'UTC'"
+        " AND s.ts < (w.day + 1)::timestamp AT TIME ZONE 'UTC')), "
+        "sum((SELECT count(*) FROM data_1m s WHERE s.user_id = w.user_id AND s.metric = m.name"
+        " AND s.ts >= w.day::timestamp AT TIME ZONE 'UTC'"
+        " AND s.ts < (w.day + 1)::timestamp AT TIME ZONE 'UTC')) "
+        "FROM unnest(%s::int[], %s::date[]) AS w(user_id, day) CROSS JOIN metrics m "
+        "GROUP BY 1, 2",
+        ([u for u, _ in pairs], [d for _, d in pairs]),
+    ).fetchall()
+    for user_id, day, raw, agg in rows:
+        counts[(int(user_id), day)] = (int(raw), int(agg))
+    return counts
+
+
+def _delete_rows(conn: psycopg.Connection, pairs: Sequence[Pair]) -> dict[str, int]:
+    """Delete the days' raw_data and data_1m rows; rows deleted per table."""
+    conn.execute(_WINDOWS, ([u for u, _ in pairs], [d for _, d in pairs]))
+    deleted = {}
+    for table in TABLES.values():
+        cur = conn.execute(
+            f"DELETE FROM {table} s USING tier_window w WHERE {_IN_WINDOW}"  # noqa: S608
+        )
+        deleted[table] = max(cur.rowcount, 0)
+    conn.execute("DROP TABLE tier_window")
+    return deleted
+
+
+def _mark_tiered(conn: psycopg.Connection, pairs: Sequence[Pair]) -> None:
+    conn.execute(
+        "UPDATE day_state d SET tiered_seq = d.change_seq, tiered_at = now() "
+        "FROM unnest(%s::int[], %s::date[]) AS w(user_id, day) "
+        "WHERE d.user_id = w.user_id AND d.day = w.day",
+        ([u for u, _ in pairs], [d for _, d in pairs]),
+    )
+    conn.execute("SELECT nextval('catalog_seq')")  # these days are now served only from the lake
+
+
+# -- TimescaleDB: whole chunks ---------------------------------------------------------------
+
+
+def span_days(start: datetime, end: datetime) -> tuple[date, date]:
+    """First and last UTC day that a chunk range [start, end) overlaps."""
+    last = (end - timedelta(microseconds=1)).astimezone(UTC).date()
+    return start.astimezone(UTC).date(), last
+
+
+def droppable(states: Iterable[tuple[bool, bool]]) -> bool:
+    """A chunk may go when it holds at least one tierable day and every (user, day) in it is
+    either already tiered or tierable. `states`: (tiered, tierable) per (user, day)."""
+    seen = list(states)
+    return any(tierable for _, tierable in seen) and all(t or ok for t, ok in seen)
+
+
+def chunk_spans(conn: psycopg.Connection, cutoff: date) -> list[tuple[datetime, datetime]]:
+    """Distinct chunk ranges of the tiered hypertables that end before the cutoff."""
+    older_than = datetime(cutoff.year, cutoff.month, cutoff.day, tzinfo=UTC)
+    spans = {
+        (start, end)
+        for table in timescale.HYPERTABLES
+        for _, start, end in timescale.chunk_ranges(conn, table, older_than)
+    }
+    return sorted(spans)
+
+
+def _drop_chunks(conn: psycopg.Connection, lake: Lake, cutoff: date, tally: _Tally) -> None:
+    for start, end in chunk_spans(conn, cutoff):
+        first, last = span_days(start, end)
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'")
+                # Writers first: an ingest holding the chunk finishes (and marks its days)
+                # before we look, and none starts until we commit.
+                timescale.lock_for_drop(conn)
+                rows = conn.execute(_LOCK_SPAN, (first, last)).fetchall()
+                states = [(t, rr is not None and mr is not None) for _, _, t, rr, _, mr, _ in rows]
+                if not droppable(states):
+                    continue
+                locked = [
+                    _Locked((int(u), d), (rr, rc), (mr, mc))
+                    for u, d, t, rr, rc, mr, mc in rows
+                    if not t
+                ]
+                good = _verified(conn, lake, locked, tally)
+                if len(good) != len(locked):
+                    continue  # the refusals are recorded; the chunk waits for a re-sync
+                for table in timescale.HYPERTABLES:
+                    tally.chunks += timescale.drop_chunks_between(conn, table, start, end)
+                _delete_rows(conn, good)  # parts of these days lying in neighbouring chunks
+                _mark_tiered(conn, good)
+                tally.rows["raw_data"] += sum(day.raw[0] for day in locked)
+                tally.rows["data_1m"] += sum(day.agg_1m[0] for day in locked)
+                tally.days += len(good)
+        except psycopg.errors.LockNotAvailable:
+            log.warning("tier: chunk %s..%s busy; its days are tiered row by row", start, end)

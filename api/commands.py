@@ -310,7 +310,3 @@ def demo_requests(base: str, users: int, start: date, days: int) -> list[str]:
         f"&start={first}&end={last}&resolution=1m&page_size=0&format=parquet'",
     ]
 
-
-# -- `stratum bench` -------------------------------------------------------------------------
-
-BENCH_SCALES = ("ci", "small", "medium", "large")  # benchmarks.presets.PRESETS (a test checks)

@@ -1,0 +1,196 @@
+"""The sync jobs as plain functions: each records its run in sync_runs and returns a JobResult.
+
+The CLI calls them one at a time; the scheduler (sync/scheduler.py) calls `nightly_job`
+(refresh rollups, sync, tier, maintain) and `refresh_job` on their triggers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+
+import psycopg
+
+from engine.errors import SyncFailed
+from engine.settings import LakeSettings
+from lake import Lake
+from sync.export import Progress, SyncResult, sync_to_lake
+from sync.maintenance import maintain_lake
+from sync.rollups import refresh_rollups
+from sync.runs import NIGHTLY_LOCK, JobResult, finish_run, start_run
+from sync.tiering import tier_warm_store
+
+log = logging.getLogger(__name__)
+
+CATCH_UP_AFTER = timedelta(days=1)
+
+
+def run_job(url: str, job: str, body: Callable[[], JobResult]) -> JobResult:
+    """Run `body` recorded as a `job` run; a failure is recorded, then re-raised."""
+    with psycopg.connect(url, autocommit=True) as conn:  # open for the run: shows it alive
+        run_id = start_run(conn, job)
+        started = time.perf_counter()
+        try:
+            result = body()
+        except BaseException as exc:
+            partial = getattr(exc, "result", None)
+            failed = _from_sync(partial) if isinstance(partial, SyncResult) else JobResult(job)
+            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            seconds = time.perf_counter() - started
+            finish_run(conn, run_id, replace(failed, status="failed", error=message,
+                                             seconds=seconds))  # fmt: skip
+            raise
+        finish_run(conn, run_id, result)
+        return result
+
+
+def refresh_job(url: str) -> JobResult:
+    def body() -> JobResult:
+        refreshed = refresh_rollups(url)
+        return JobResult(
+            "refresh", days=refreshed.days, rows=sum(refreshed.rows.values()),
+            seconds=refreshed.seconds, detail=refreshed,
+        )  # fmt: skip
+
+    return run_job(url, "refresh", body)
+
+
+def _from_sync(result: SyncResult) -> JobResult:
+    return JobResult(
+        "sync", days=result.days, rows=result.total_rows, bytes=result.bytes,
+        files=result.files, seconds=result.seconds, lake_versions=dict(result.versions),
+        detail=result,
+    )  # fmt: skip
+
+
+def sync_job(
+    url: str,
+    settings: LakeSettings,
+    *,
+    today: date | None = None,
+    progress: Progress | None = None,
+) -> JobResult:
+    def body() -> JobResult:
+        return _from_sync(
+            sync_to_lake(
+                url, Lake(settings.path), grace_days=settings.sync_grace_days,
+                batch_days=settings.sync_batch_days, today=today, progress=progress,
+            )
+        )  # fmt: skip
+
+    return run_job(url, "sync", body)
+
+
+def tier_job(
+    url: str,
+    settings: LakeSettings,
+    *,
+    older_than_days: int | None = None,
+    today: date | None = None,
+    progress: Progress | None = None,
+) -> JobResult:
+    def body() -> JobResult:
+        tiered = tier_warm_store(
+            url, Lake(settings.path),
+            older_than_days=older_than_days or settings.tier_older_than_days,
+            batch_days=settings.sync_batch_days, today=today, progress=progress,
+        )  # fmt: skip
+        status = "failed" if tiered.refused else "ok"
+        error = None
+        if tiered.refused:
+            error = f"{len(tiered.refused)} days not tiered (queued for re-sync): " + ", ".join(
+                f"user {u} {d}: {why}" for u, d, why in tiered.refused[:3]
+            )
+        return JobResult(
+            "tier", status=status, days=tiered.days, rows=tiered.total_rows,
+            files=tiered.chunks, seconds=tiered.seconds, error=error, detail=tiered,
+        )  # fmt: skip
+
+    return run_job(url, "tier", body)
+
+
+def maintain_job(url: str, settings: LakeSettings) -> JobResult:
+    def body() -> JobResult:
+        done = maintain_lake(Lake(settings.path), settings.vacuum_retention_hours)
+        return JobResult(
+            "maintain", files=done.files_rewritten + done.files_deleted, bytes=done.bytes_after,
+            seconds=done.seconds, lake_versions=done.versions, detail=done,
+        )  # fmt: skip
+
+    return run_job(url, "maintain", body)
+
+
+def nightly_job(url: str, settings: LakeSettings, *, today: date | None = None) -> JobResult:
+    """Refresh rollups, sync, tier and maintain, each recorded; later steps run even when an
+    earlier one failed (each is safe alone). Skipped if another scheduler runs it now."""
+    with psycopg.connect(url, autocommit=True) as lock:
+        row = lock.execute("SELECT pg_try_advisory_lock(%s)", (NIGHTLY_LOCK,)).fetchone()
+        if not row or not row[0]:
+            log.warning("nightly job already running elsewhere; skipped")
+            return _record_skipped(url, "nightly", "another scheduler is running the nightly job")
+        try:
+            return run_job(url, "nightly", lambda: _nightly_steps(url, settings, today))
+        finally:
+            lock.execute("SELECT pg_advisory_unlock(%s)", (NIGHTLY_LOCK,))
+
+
+def _nightly_steps(url: str, settings: LakeSettings, today: date | None) -> JobResult:
+    started = time.perf_counter()
+    steps: list[tuple[str, Callable[[], JobResult]]] = [
+        ("refresh", lambda: refresh_job(url)),
+        ("sync", lambda: sync_job(url, settings, today=today)),
+        ("tier", lambda: tier_job(url, settings, today=today)),
+        ("maintain", lambda: maintain_job(url, settings)),
+    ]
+    results: dict[str, JobResult] = {}
+    errors: list[str] = []
+    for name, step in steps:
+        try:
+            results[name] = step()
+            if results[name].status == "failed":
+                errors.append(f"{name}: {results[name].error}")
+        except Exception as exc:  # recorded by run_job; the other steps still run
+            log.exception("nightly step %s failed", name)
+            errors.append(f"{name}: {getattr(exc, 'message', None) or exc}")
+    synced = results.get("sync")
+    result = JobResult(
+        "nightly",
+        status="failed" if errors else "ok",
+        days=synced.days if synced else 0,
+        rows=synced.rows if synced else 0,
+        bytes=synced.bytes if synced else 0,
+        files=synced.files if synced else 0,
+        seconds=time.perf_counter() - started,
+        lake_versions=dict(synced.lake_versions) if synced else {},
+        error="; ".join(errors) or None,
+        detail=results,
+    )
+    if errors:
+        log.error("nightly job failed: %s", result.error)
+    return result
+
+
+def _record_skipped(url: str, job: str, why: str) -> JobResult:
+    result = JobResult(job, status="skipped", error=why)
+    with psycopg.connect(url, autocommit=True) as conn:
+        finish_run(conn, start_run(conn, job), result)
+    return result
+
+
+def needs_catch_up(last_success: datetime | None, now: datetime) -> bool:
+    """Run the nightly job at start-up when it never succeeded or last did over a day ago."""
+    return last_success is None or now - last_success > CATCH_UP_AFTER
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def require_ok(result: JobResult) -> JobResult:
+    """Raise SyncFailed for a job that finished but reported failure (for the CLI)."""
+    if result.status == "failed":
+        raise SyncFailed(f"{result.job} failed: {result.error}")
+    return result

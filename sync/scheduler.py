@@ -1,0 +1,94 @@
+"""APScheduler wiring (`stratum scheduler`), and nothing else: the jobs live in sync/jobs.py.
+
+Two jobs, in UTC: the nightly job (refresh, sync, tier, maintain) at STRATUM_NIGHTLY_CRON,
+and an hourly rollup refresh. Neither runs twice at once (max_instances=1), missed runs
+collapse into one (coalesce) and start only within STRATUM_MISFIRE_GRACE_S of their time.
+Two schedulers may run side by side: the nightly job takes an advisory lock and the sync
+and tiering steps another, so only one of them does the work. On start the nightly job runs
+at once when its last success is over a day old (the machine was down at 02:00).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from engine.errors import ConfigurationError
+from engine.settings import Settings
+from sync import jobs
+from sync.runs import last_success
+
+log = logging.getLogger(__name__)
+
+HOURLY_REFRESH_CRON = "0 * * * *"
+UTC_ZONE = "UTC"
+
+
+def nightly_trigger(crontab: str) -> CronTrigger:
+    try:
+        return CronTrigger.from_crontab(crontab, timezone=UTC_ZONE)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"STRATUM_NIGHTLY_CRON={crontab!r} is not a crontab (minute hour day month "
+            f"weekday): {exc}",
+            parameter="STRATUM_NIGHTLY_CRON",
+        ) from None
+
+
+def build_scheduler(
+    url: str,
+    settings: Settings,
+    now: datetime | None = None,
+    scheduler_class: type[BaseScheduler] = BlockingScheduler,
+) -> BaseScheduler:
+    """The configured scheduler, not started; the nightly job is due now if it must catch up.
+
+    `scheduler_class`: tests pass BackgroundScheduler to start it paused and inspect it.
+    """
+    scheduler = scheduler_class(
+        timezone=UTC_ZONE,
+        job_defaults={
+            "max_instances": 1,
+            "coalesce": True,
+            "misfire_grace_time": settings.scheduler.misfire_grace_s,
+        },
+    )
+    now = now or jobs.utc_now()
+    catch_up: dict[str, Any] = {}
+    if jobs.needs_catch_up(last_success(url, "nightly"), now):
+        log.info("nightly job last succeeded over a day ago (or never): running it now")
+        catch_up["next_run_time"] = now
+    scheduler.add_job(
+        jobs.nightly_job,
+        nightly_trigger(settings.scheduler.nightly_cron),
+        args=(url, settings.lake),
+        id="nightly",
+        name="nightly: refresh, sync, tier, maintain",
+        replace_existing=True,
+        **catch_up,
+    )
+    scheduler.add_job(
+        jobs.refresh_job,
+        CronTrigger.from_crontab(HOURLY_REFRESH_CRON, timezone=UTC_ZONE),
+        args=(url,),
+        id="refresh",
+        name="hourly rollup refresh",
+        replace_existing=True,
+    )
+    return scheduler
+
+
+def run_scheduler(url: str, settings: Settings) -> None:
+    """Block running the jobs until interrupted."""
+    scheduler = build_scheduler(url, settings)
+    for job in scheduler.get_jobs():
+        log.info("scheduled %s (%s)", job.name, job.trigger)
+    try:
+        scheduler.start()
+    except (KeyboardInterrupt, SystemExit):
+        scheduler.shutdown(wait=False)

@@ -309,4 +309,3 @@ def demo_requests(base: str, users: int, start: date, days: int) -> list[str]:
         f"curl -o cohort.parquet '{base}/data?user_id={cohort}&metric=heart_rate"
         f"&start={first}&end={last}&resolution=1m&page_size=0&format=parquet'",
     ]
-

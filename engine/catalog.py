@@ -1,9 +1,13 @@
 """The catalog snapshot the planner reads: where each (user, day) may be served from.
 
-Loading it is the only I/O of planning. Coverage is kept as day ranges ("islands") and
-cached per catalog generation (day_change_seq, catalog_seq), so a request whose data did not
-change costs one tiny query; when the warm store is down the last snapshot still plans
-lake-only spans.
+Loading it is the only I/O of planning. Two parts, with different freshness rules:
+- lake coverage (verified days per lake tier) is cached per catalog_seq, which every job
+  that changes it bumps. A stale cache can only be too small (a day just synced is still
+  read from the warm store), never too big: lake days only become unusable by a write.
+- the days written since their last sync or refresh are read fresh for every query (small,
+  partial-indexed sets). They override lake coverage, so late data is never served stale,
+  whatever the cache holds and however transactions interleave.
+When the warm store is down, the last lake coverage still plans lake-only spans.
 """
 
 from __future__ import annotations
@@ -42,13 +46,15 @@ class Coverage:
 
 @dataclass(frozen=True)
 class Catalog:
-    lake_days: Mapping[str, Coverage]  # lake tier -> days served from the lake
+    lake_days: Mapping[str, Coverage]  # lake tier -> verified days (possibly cached)
+    unsynced: Coverage  # days written since their last sync: never from the lake
     stale_rollups: Coverage  # days whose rollups lag raw (refresh pending)
     lake_versions: Mapping[str, int | None]  # the pinned version per lake tier
     list_files: ListFiles  # exact files of a pinned version
     warm_available: bool = True
-    generation: tuple[int, int] = (0, 0)
 
+
+_LAKE_TIERS = ("raw", "agg_1m", "agg_1h", "agg_1d")
 
 _ISLANDS = """
 SELECT user_id, min(day), max(day) FROM (
@@ -63,11 +69,15 @@ _LAKE_DAYS = (
     "ON s.user_id = l.user_id AND s.day = l.day "
     "WHERE l.tier = %(tier)s AND l.change_seq = s.change_seq"
 )
-_STALE_DAYS = "SELECT user_id, day FROM day_state WHERE change_seq > refreshed_seq"
-_GENERATION = "SELECT (SELECT last_value FROM day_change_seq), (SELECT last_value FROM catalog_seq)"
+_RECENT = (
+    "SELECT user_id, day FROM day_state WHERE {condition} "
+    "AND user_id = ANY(%(users)s) AND day BETWEEN %(first)s AND %(last)s"
+)
+_UNSYNCED = _RECENT.format(condition="change_seq > synced_seq")
+_STALE = _RECENT.format(condition="change_seq > refreshed_seq")
 
 
-def _islands(conn: psycopg.Connection, days_sql: str, params: dict[str, str]) -> Coverage:
+def _islands(conn: psycopg.Connection, days_sql: str, params: dict[str, object]) -> Coverage:
     ranges: dict[int, list[DayRange]] = {}
     for user_id, first, last in conn.execute(_ISLANDS.format(days=days_sql).encode(), params):
         ranges.setdefault(user_id, []).append((first, last))
@@ -75,63 +85,51 @@ def _islands(conn: psycopg.Connection, days_sql: str, params: dict[str, str]) ->
 
 
 class CatalogSource:
-    """Loads catalog snapshots, reusing the last one while the generation is unchanged."""
+    """Loads catalog snapshots; lake coverage is reused while catalog_seq is unchanged."""
 
     def __init__(self, lake: Lake) -> None:
         self.lake = lake
         self._lock = threading.Lock()
-        self._cached: Catalog | None = None
+        self._coverage: tuple[int, dict[str, Coverage]] | None = None
 
     def _list_files(
         self, tier: str, users: Sequence[int], start: datetime, end: datetime, version: int | None
     ) -> tuple[LakeFile, ...]:
         return self.lake.files(tier, users, start, end, version).files
 
-    def load(self, conn: psycopg.Connection | None) -> Catalog:
-        """A fresh-enough snapshot; `conn` None means the warm store is unreachable."""
-        if conn is None:
-            return self._offline()
-        row = conn.execute(_GENERATION).fetchone()
-        generation = (int(row[0]), int(row[1])) if row else (0, 0)
-        cached = self._cached
-        if cached is not None and cached.generation == generation:
-            # Lake versions may move without the generation (a sync before it records);
-            # re-pinning the latest is safe: unverified days are not in lake_days.
-            return self._repinned(cached)
-        lake_days = {tier: _islands(conn, _LAKE_DAYS, {"tier": tier}) for tier in _LAKE_TIERS}
-        stale = _islands(conn, _STALE_DAYS, {})
-        # Pin versions after reading lake_days: every verified day's commit is then included.
-        catalog = Catalog(
-            lake_days=lake_days,
-            stale_rollups=stale,
-            lake_versions={tier: self.lake.version(tier) for tier in _LAKE_TIERS},
-            list_files=self._list_files,
-            generation=generation,
-        )
+    def _lake_coverage(self, conn: psycopg.Connection) -> dict[str, Coverage]:
+        row = conn.execute("SELECT last_value FROM catalog_seq").fetchone()
+        generation = int(row[0]) if row else 0
+        cached = self._coverage
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        coverage = {tier: _islands(conn, _LAKE_DAYS, {"tier": tier}) for tier in _LAKE_TIERS}
         with self._lock:
-            self._cached = catalog
-        log.debug("catalog reloaded at generation %s", generation)
-        return catalog
+            self._coverage = (generation, coverage)
+        log.debug("lake coverage reloaded at catalog_seq %d", generation)
+        return coverage
 
-    def _repinned(self, cached: Catalog) -> Catalog:
+    def load(
+        self, conn: psycopg.Connection | None, users: Sequence[int], first: date, last: date
+    ) -> Catalog:
+        """The catalog for these users and days; `conn` None: the warm store is unreachable."""
+        if conn is None:
+            cached = self._coverage
+            coverage = cached[1] if cached else {t: Coverage() for t in _LAKE_TIERS}
+            return self._catalog(coverage, Coverage(), Coverage(), warm_available=False)
+        coverage = self._lake_coverage(conn)
+        recent = {"users": list(users), "first": first, "last": last}
+        unsynced = _islands(conn, _UNSYNCED, recent)
+        stale = _islands(conn, _STALE, recent)
+        # Versions pinned after reading lake_days: every verified day's commit is included.
+        return self._catalog(coverage, unsynced, stale, warm_available=True)
+
+    def _catalog(
+        self,
+        coverage: dict[str, Coverage],
+        unsynced: Coverage,
+        stale: Coverage,
+        warm_available: bool,
+    ) -> Catalog:
         versions = {tier: self.lake.version(tier) for tier in _LAKE_TIERS}
-        if versions == cached.lake_versions:
-            return cached
-        return Catalog(
-            cached.lake_days, cached.stale_rollups, versions, cached.list_files,
-            generation=cached.generation,
-        )  # fmt: skip
-
-    def _offline(self) -> Catalog:
-        cached = self._cached
-        if cached is None:
-            empty = {tier: Coverage() for tier in _LAKE_TIERS}
-            return Catalog(empty, Coverage(), dict.fromkeys(_LAKE_TIERS), self._list_files,
-                           warm_available=False)  # fmt: skip
-        return Catalog(
-            cached.lake_days, cached.stale_rollups, cached.lake_versions, cached.list_files,
-            warm_available=False, generation=cached.generation,
-        )  # fmt: skip
-
-
-_LAKE_TIERS = ("raw", "agg_1m", "agg_1h", "agg_1d")
+        return Catalog(coverage, unsynced, stale, versions, self._list_files, warm_available)

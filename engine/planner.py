@@ -1,7 +1,8 @@
 """plan(query, catalog) -> Plan. Pure: no I/O beyond the catalog it is handed.
 
 Per user, each day of the span is served from exactly one place:
-- the lake, when that (user, day) is synced, verified and unchanged since (catalog.lake_days);
+- the lake, when that (user, day) is synced, verified and unchanged since (catalog.lake_days
+  less catalog.unsynced);
 - otherwise the warm store: its rollup table, or, while the day's rollups lag its raw rows,
   a rollup computed from raw on the fly, so the answer is never stale.
 Users whose days fall the same way share segments.
@@ -61,14 +62,22 @@ def _label_days(
     return merged
 
 
+def span_days(query: DataQuery) -> tuple[date, date]:
+    """First and last UTC day the query's [start, end) touches."""
+    return query.start.date(), (query.end - timedelta(microseconds=1)).date()
+
+
 def _user_runs(
-    query: DataQuery, user_id: int, lake: Coverage, stale: Coverage
+    query: DataQuery, user_id: int, lake: Coverage, catalog: Catalog
 ) -> list[tuple[str, datetime, datetime]]:
-    first = query.start.date()
-    last = (query.end - timedelta(microseconds=1)).date()
-    layers = [("lake", _clip(lake.of(user_id), first, last))]
+    first, last = span_days(query)
+    # Earlier layers win: a day with stale rollups is rolled up from raw; a day written
+    # since its last sync comes from the warm store, whatever the lake holds.
+    layers = []
     if query.resolution != "raw":
-        layers.append(("warm_from_raw", _clip(stale.of(user_id), first, last)))
+        layers.append(("warm_from_raw", _clip(catalog.stale_rollups.of(user_id), first, last)))
+    layers.append(("warm", _clip(catalog.unsynced.of(user_id), first, last)))
+    layers.append(("lake", _clip(lake.of(user_id), first, last)))
     runs = []
     for label, a, b in _label_days(first, last, layers, "warm"):
         start = max(query.start, _day_start(a))
@@ -86,7 +95,7 @@ def plan(query: DataQuery, catalog: Catalog) -> Plan:
     # Group users by identical runs so one segment serves all of them.
     shared: dict[tuple[str, datetime, datetime], list[int]] = defaultdict(list)
     for user_id in query.users:
-        for run in _user_runs(query, user_id, lake_coverage, catalog.stale_rollups):
+        for run in _user_runs(query, user_id, lake_coverage, catalog):
             shared[run].append(user_id)
     segments = []
     for (label, start, end), users in sorted(shared.items(), key=lambda kv: (kv[0][1], kv[0][0])):

@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -104,23 +103,24 @@ class Engine:
 
     # -- the pipeline ------------------------------------------------------------------------
 
-    def catalog(self) -> Catalog:
+    def catalog(self, query: DataQuery) -> Catalog:
+        first, last = planner.span_days(query)
         try:
             with self._connection() as conn:
-                return self.catalogs.load(conn)
+                return self.catalogs.load(conn, query.users, first, last)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             log.warning("warm store unreachable, planning from the cached catalog: %s", exc)
-            return self.catalogs.load(None)
+            return self.catalogs.load(None, query.users, first, last)
 
     def plan(self, query: DataQuery, catalog: Catalog | None = None) -> Plan:
         started = time.perf_counter()
-        result = planner.plan(query, catalog or self.catalog())
+        result = planner.plan(query, catalog or self.catalog(query))
         log.debug("planned %d segments in %.1f ms", len(result.segments),
                   (time.perf_counter() - started) * 1e3)  # fmt: skip
         return result
 
     def run(self, query: DataQuery) -> Answer:
-        catalog = self.catalog()
+        catalog = self.catalog(query)
         plan = self.plan(query, catalog)
         if plan.needs_warm and not self._warm_reachable(plan):
             raise WarmStoreUnavailable(
@@ -173,8 +173,7 @@ class Engine:
 
     def _day_counts(self, query: DataQuery) -> paging.DayCounts:
         column = _COUNT_COLUMN[query.resolution]  # from our own table, never from input
-        first = query.start.date()
-        last = (query.end - timedelta(microseconds=1)).date()
+        first, last = planner.span_days(query)
         counts: dict[tuple[int, str], list[Any]] = {}
         with self._connection() as conn:
             if conn is None:

@@ -37,13 +37,16 @@ def fake_files(tier, users, start, end, version):  # type: ignore[no-untyped-def
 Spec = dict[int, list[tuple[str, str]]]
 
 
-def catalog(lake: Spec, stale: Spec | None = None, tier: str = "raw") -> Catalog:
+def catalog(
+    lake: Spec, stale: Spec | None = None, tier: str = "raw", unsynced: Spec | None = None
+) -> Catalog:
     def cov(spec: Spec) -> Coverage:
         return Coverage({u: tuple((d(a), d(b)) for a, b in r) for u, r in spec.items()})
 
     tiers = ("raw", "agg_1m", "agg_1h", "agg_1d")
     lake_days = {t: cov(lake) if t == tier else Coverage() for t in tiers}
-    return Catalog(lake_days, cov(stale or {}), dict.fromkeys(tiers, 3), fake_files)
+    return Catalog(lake_days, cov(unsynced or {}), cov(stale or {}), dict.fromkeys(tiers, 3),
+                   fake_files)  # fmt: skip
 
 
 def layout(p) -> list[tuple[str, str, str, str, tuple[int, ...]]]:  # type: ignore[no-untyped-def]
@@ -97,6 +100,17 @@ def test_stale_rollups_are_computed_from_raw() -> None:
         ("lake", "agg_1h", False),
         ("warm", "data_1h", False),
         ("warm", "raw_data", True),
+    ]
+
+
+def test_days_written_since_their_sync_never_come_from_the_lake() -> None:
+    lake = {1: [("2024-01-01", "2024-01-03")]}
+    unsynced = {1: [("2024-01-02", "2024-01-02")]}
+    got = layout(plan(q("2024-01-01", "2024-01-04"), catalog(lake, unsynced=unsynced)))
+    assert [(b, start[:10], end[:10]) for b, _, start, end, _ in got] == [
+        ("lake", "2024-01-01", "2024-01-02"),
+        ("warm", "2024-01-02", "2024-01-03"),
+        ("lake", "2024-01-03", "2024-01-04"),
     ]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from api import commands
+from api import commands, lake_commands
 from engine.errors import InvalidParameter, StratumError
 from engine.settings import load_settings
 
@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rebuild", action="store_true", help="rebuild the dataset even if its fingerprint matches"
     )
     bench.set_defaults(run=commands.bench)
+    lake_commands.add_parsers(sub)  # sync, sync status, tier, maintain, scheduler
     return parser
 
 

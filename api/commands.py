@@ -162,6 +162,9 @@ def demo(args: argparse.Namespace, ctx: Context) -> int:
     )  # fmt: skip
     generate(gen_args, ctx)
     aggregate(args, ctx)
+    from api.lake_commands import demo_sync  # imports this module: bound late
+
+    demo_sync(ctx)
     status(args, ctx)
     if getattr(args, "serve", False):
         server = ctx.settings.server

@@ -1,0 +1,261 @@
+"""The lake jobs from the CLI: `stratum sync`, `sync status`, `tier`, `maintain`, `scheduler`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC
+
+from rich import box
+from rich.progress import Progress
+from rich.table import Table
+
+from api.commands import Context, console, progress
+from engine.errors import SyncFailed
+from lake import TIERS, Lake
+from sync import jobs
+from sync.coverage import lake_summary, user_coverage
+from sync.export import SyncResult, VerificationFailed
+from sync.maintenance import MaintainResult
+from sync.runs import recent_runs
+from sync.scheduler import run_scheduler
+from sync.tiering import TierResult
+
+_SHORT_TIERS = ("raw", "1m", "1h", "1d")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sync = sub.add_parser(
+        "sync", help="export completed, changed days to the lake (refreshes rollups first)"
+    )
+    sync.add_argument(
+        "--no-refresh", action="store_true",
+        help="do not refresh rollups first: days with stale rollups wait for the next run",
+    )  # fmt: skip
+    sync.set_defaults(run=sync_command)
+    actions = sync.add_subparsers(dest="sync_action", metavar="ACTION")
+    status = actions.add_parser("status", help="last runs, lake versions, per-user coverage")
+    status.add_argument("--runs", type=_positive, default=10, help="runs to show")
+    status.set_defaults(run=sync_status)
+
+    tier = sub.add_parser(
+        "tier", help="remove raw and 1m rows verified in the lake from the warm store"
+    )
+    tier.add_argument(
+        "--older-than", type=_positive, default=None, metavar="DAYS",
+        help="only days older than this (default $STRATUM_TIER_OLDER_THAN_DAYS)",
+    )  # fmt: skip
+    tier.set_defaults(run=tier_command)
+
+    maintain = sub.add_parser("maintain", help="compact the lake, vacuum unreferenced files")
+    maintain.add_argument(
+        "--retention-hours", type=_non_negative, default=None,
+        help="keep unreferenced files younger than this (default "
+        "$STRATUM_VACUUM_RETENTION_HOURS)",
+    )  # fmt: skip
+    maintain.set_defaults(run=maintain_command)
+
+    scheduler = sub.add_parser(
+        "scheduler", help="run the nightly sync and the hourly rollup refresh (UTC)"
+    )
+    scheduler.add_argument("--once", action="store_true", help="run the nightly job now, exit")
+    scheduler.set_defaults(run=scheduler_command)
+
+
+def _progress_callback(description: str) -> tuple[Progress, Callable[[int, int, int], None]]:
+    bar = progress()
+    task = bar.add_task(description, total=None, rows=0)
+
+    def update(done: int, total: int, rows: int) -> None:
+        bar.update(task, completed=done, total=total, rows=rows)
+
+    return bar, update
+
+
+def sync_command(args: argparse.Namespace, ctx: Context) -> int:
+    if not args.no_refresh:
+        refreshed = jobs.require_ok(jobs.refresh_job(ctx.url))
+        console.print(f"rollups: refreshed {refreshed.days} user-days")
+    bar, update = _progress_callback("sync")
+    try:
+        with bar:
+            result = jobs.sync_job(ctx.url, ctx.settings.lake, progress=update)
+    except VerificationFailed as exc:
+        print_sync(exc.result)
+        raise
+    assert isinstance(result.detail, SyncResult)
+    print_sync(result.detail)
+    return 0
+
+
+def print_sync(result: SyncResult) -> None:
+    per_tier = ", ".join(f"{tier} {rows:,}" for tier, rows in result.rows.items())
+    versions = ", ".join(f"{tier} v{v}" for tier, v in result.versions.items()) or "none"
+    console.print(
+        f"synced {result.days} user-days: {result.total_rows:,} rows ({per_tier}) in "
+        f"{result.seconds:.1f}s = {result.rows_per_s:,.0f} rows/s; "
+        f"{result.bytes / 2**20:,.1f} MiB in {result.files} files; lake {versions}"
+    )
+    if result.skipped_stale:
+        console.print(f"{result.skipped_stale} changed days wait for a rollup refresh")
+    if result.failed:
+        console.print(f"[red]{len(result.failed)} (user, day, tier) failed verification[/red]")
+
+
+def tier_command(args: argparse.Namespace, ctx: Context) -> int:
+    bar, update = _progress_callback("tier")
+    with bar:
+        result = jobs.tier_job(
+            ctx.url, ctx.settings.lake, older_than_days=args.older_than, progress=update
+        )
+    tiered = result.detail
+    assert isinstance(tiered, TierResult)
+    rows = ", ".join(f"{table} {count:,}" for table, count in tiered.rows.items())
+    console.print(
+        f"tiered {tiered.days} user-days: removed {rows} rows"
+        + (f", dropped {tiered.chunks} chunks" if tiered.chunks else "")
+        + f" in {tiered.seconds:.1f}s"
+    )
+    jobs.require_ok(result)
+    return 0
+
+
+def maintain_command(args: argparse.Namespace, ctx: Context) -> int:
+    settings = ctx.settings.lake
+    if args.retention_hours is not None:
+        settings = replace(settings, vacuum_retention_hours=args.retention_hours)
+    result = jobs.maintain_job(ctx.url, settings)
+    done = result.detail
+    assert isinstance(done, MaintainResult)
+    for tier, compacted in done.compacted.items():
+        if compacted.partitions:
+            console.print(
+                f"{tier}: compacted {compacted.partitions} partitions, "
+                f"{compacted.files_removed} files -> {compacted.files_added} "
+                f"(v{compacted.version})"
+            )
+    console.print(
+        f"compacted {done.files_rewritten} files; vacuum deleted {done.files_deleted} files "
+        f"older than {settings.vacuum_retention_hours}h; {done.seconds:.1f}s"
+    )
+    return 0
+
+
+def scheduler_command(args: argparse.Namespace, ctx: Context) -> int:
+    for name in ("sync", "apscheduler"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    if args.once:
+        result = jobs.nightly_job(ctx.url, ctx.settings.lake)
+        console.print(
+            f"nightly job: {result.status}" + (f" ({result.error})" if result.error else "")
+        )
+        if result.status == "failed":
+            raise SyncFailed(f"nightly job failed: {result.error}")
+        return 0
+    console.print(
+        f"scheduler: nightly at '{ctx.settings.scheduler.nightly_cron}' UTC, rollups hourly; "
+        "Ctrl-C stops"
+    )
+    run_scheduler(ctx.url, ctx.settings)
+    return 0
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:,.0f} {unit}" if unit == "B" else f"{count:,.1f} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    return str(count)
+
+
+def sync_status(args: argparse.Namespace, ctx: Context) -> int:
+    runs = Table(title="last runs", box=box.SIMPLE_HEAD)
+    for name in ("job", "status", "started"):
+        runs.add_column(name)
+    for name in ("took", "days", "rows", "bytes", "lake v"):
+        runs.add_column(name, justify="right")
+    runs.caption = f"times in UTC; lake v: versions of {'/'.join(_SHORT_TIERS)} after the run"
+    errors = []
+    for run in recent_runs(ctx.url, args.runs):
+        seconds = run.seconds
+        versions = "/".join(str(run.lake_versions.get(t, "-")) for t in TIERS)
+        style = {"failed": "red", "interrupted": "yellow", "running": "cyan"}.get(run.status, "")
+        runs.add_row(
+            run.job,
+            f"[{style}]{run.status}[/{style}]" if style else run.status,
+            run.started_at.astimezone(UTC).strftime("%m-%d %H:%M"),
+            "" if seconds is None else f"{seconds:.1f}s",
+            f"{run.days:,}",
+            f"{run.rows:,}",
+            _size(run.bytes) if run.bytes else "",
+            versions if run.lake_versions else "",
+        )
+        if run.error:
+            errors.append(f"{run.job} {run.started_at.astimezone(UTC):%m-%d %H:%M}: {run.error}")
+    console.print(runs)
+    for error in errors:
+        console.print(f"[red]error[/red] {error}", highlight=False)
+
+    tiers = Table(title=f"lake {ctx.settings.lake.path}", box=box.SIMPLE_HEAD)
+    for name in ("tier", "version", "files", "rows", "bytes"):
+        tiers.add_column(name, justify="left" if name == "tier" else "right")
+    for tier in lake_summary(Lake(ctx.settings.lake.path)):
+        tiers.add_row(
+            tier.tier,
+            "-" if tier.version is None else str(tier.version),
+            f"{tier.files:,}",
+            f"{tier.rows:,}",
+            _size(tier.bytes),
+        )
+    console.print(tiers)
+
+    users = Table(title="coverage per user (raw tier)", box=box.SIMPLE_HEAD)
+    for name in ("user", "first lake day", "last lake day", "days in lake", "days pending",
+                 "days tiered"):  # fmt: skip
+        users.add_column(name, justify="right")
+    for cov in user_coverage(ctx.url):
+        users.add_row(
+            str(cov.user_id),
+            str(cov.first_lake_day or "-"),
+            str(cov.last_lake_day or "-"),
+            f"{cov.days_in_lake:,}",
+            f"{cov.days_pending:,}",
+            f"{cov.days_tiered:,}",
+        )
+    console.print(users)
+    return 0
+
+
+def demo_sync(ctx: Context) -> None:
+    """The demo's lake step: sync what is complete, then show the lake per tier."""
+    result = jobs.sync_job(ctx.url, ctx.settings.lake)
+    assert isinstance(result.detail, SyncResult)
+    print_sync(result.detail)
+    tiers = Table(title="lake")
+    for name in ("tier", "rows", "files", "bytes"):
+        tiers.add_column(name, justify="left" if name == "tier" else "right")
+    for tier in lake_summary(Lake(ctx.settings.lake.path)):
+        tiers.add_row(tier.tier, f"{tier.rows:,}", f"{tier.files:,}", _size(tier.bytes))
+    console.print(tiers)

@@ -68,6 +68,22 @@ class Service:
         if engine is not None:
             engine.close()
 
+    def preload_catalog(self) -> None:
+        """Load the lake coverage while the warm store is up, so lake-only spans are still
+        planned if it goes down later. Best effort: a failure here must not stop the server.
+
+        The engine has no public preload: planning any query loads the (global) coverage.
+        """
+        probe = build_query(
+            {"user_id": ["0"], "metric": [metric_names()[0]], "start": ["1970-01-01"],
+             "end": ["1970-01-02"]},
+            self.settings.query,
+        )  # fmt: skip
+        try:
+            self.engine.catalog(probe)
+        except Exception:
+            log.warning("catalog preload failed; it loads on the first request", exc_info=True)
+
 
 def _service(state: State) -> Service:
     service: Service = state.service
@@ -436,7 +452,7 @@ def create_app(settings: Settings, database_url: str | None) -> Litestar:
     service = Service(settings, database_url)
 
     async def load_catalog() -> None:
-        await anyio.to_thread.run_sync(lambda: service.engine.catalog())
+        await anyio.to_thread.run_sync(service.preload_catalog)
 
     async def close_engine() -> None:
         await anyio.to_thread.run_sync(service.close)

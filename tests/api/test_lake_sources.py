@@ -72,3 +72,18 @@ def test_lake_and_warm_answer_alike_and_lake_survives_a_warm_outage(
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "warm_store_unavailable"
         assert client.get("/ready").status_code == 503
+
+
+def test_catalog_loaded_at_startup_serves_the_lake_through_an_outage(
+    warm_url: str, tmp_path: Path
+) -> None:
+    load_cohort(warm_url)
+    settings = api_settings(tmp_path)
+    with TestClient(create_app(settings, warm_url)) as client:
+        expected, _ = rows(client, {**LAKE_DAY, "resolution": "1h"})
+    export.sync_to_lake(warm_url, Lake(settings.lake.path), grace_days=1, batch_days=8,
+                        today=date(2024, 1, 3))  # fmt: skip
+    with TestClient(create_app(settings, warm_url)) as client:  # startup loads the catalog
+        refuse_connections(warm_url)  # before the first request
+        got, meta = rows(client, {**LAKE_DAY, "resolution": "1h"})
+        assert meta["sources"] == ["lake"] and got == expected

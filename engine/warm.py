@@ -13,7 +13,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import adbc_driver_manager
@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from engine.errors import WarmStoreUnavailable
 from engine.plan import Segment
-from engine.query import Key, from_us, to_us
+from engine.query import EPOCH, Key, from_us, to_us
 from engine.resolution import TIERS
 from engine.shapes import conform, schema_for
 
@@ -108,6 +108,12 @@ def _sql(segment: Segment, metrics: tuple[str, ...], inclusive: bool) -> str:
     )
 
 
+def _ceil(moment: datetime, bucket: timedelta) -> datetime:
+    """The first bucket boundary at or after `moment` (buckets are aligned to the epoch)."""
+    remainder = (moment - EPOCH) % bucket
+    return moment if not remainder else moment + (bucket - remainder)
+
+
 def stream_warm(
     pool: WarmPool,
     segment: Segment,
@@ -118,6 +124,11 @@ def stream_warm(
     """Rows of `segment` after `after`, in (user_id, metric, ts) order, at most `limit`."""
     schema = schema_for(segment.resolution)
     bucket = timedelta(seconds=TIERS[segment.resolution].bucket_s)
+    span = (segment.start, segment.end)
+    if segment.rollup_from_raw:
+        # An answer holds the buckets that *start* in [start, end), whole, as rollup tables
+        # and the lake do: read the raw rows of exactly those buckets.
+        span = (_ceil(segment.start, bucket), _ceil(segment.end, bucket))
     # With no `after`, start before every key: user ids are >= 0.
     position = after or Key(-1, "", to_us(segment.start))
     remaining = limit
@@ -127,7 +138,7 @@ def stream_warm(
         inclusive = segment.rollup_from_raw and position.user_id >= 0
         resume_ts = from_us(position.ts_us) + (bucket if inclusive else timedelta(0))
         params = (
-            *segment.users, *metrics, segment.start, segment.end,
+            *segment.users, *metrics, *span,
             position.user_id, position.metric, resume_ts, chunk,
         )  # fmt: skip
         with pool.connection() as conn, conn.cursor() as cur:

@@ -275,10 +275,29 @@ def _parquet(batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> Iterator[b
 _STREAMS = {"ndjson": _ndjson, "csv": _csv, "arrow": _arrow, "parquet": _parquet}
 
 
+# Rows rendered per chunk. Engine batches hold up to ~262k rows; rendering them in slices
+# keeps each chunk a few MB and each step short, so concurrent streams interleave and the
+# event loop is not held up behind one long copy. Parquet keeps larger row groups: readers
+# prefer them.
+CHUNK_ROWS = {"ndjson": 32_768, "csv": 32_768, "arrow": 65_536, "parquet": 131_072}
+
+
+def _sliced(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    try:
+        for batch in batches:
+            for offset in range(0, batch.num_rows, rows):
+                yield batch.slice(offset, rows)
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+
+
 def stream(
     format_name: str, batches: Iterator[pa.RecordBatch], schema: pa.Schema
 ) -> Iterator[bytes]:
-    """Bytes of a streaming format, one chunk per batch (empty chunks skipped)."""
-    for chunk in _STREAMS[format_name](batches, schema):
+    """Bytes of a streaming format, a chunk per slice of a batch (empty chunks skipped)."""
+    sliced = _sliced(batches, CHUNK_ROWS[format_name])
+    for chunk in _STREAMS[format_name](sliced, schema):
         if chunk:
             yield chunk

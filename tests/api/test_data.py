@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
+from litestar.exceptions import LitestarException
 from litestar.testing import TestClient
 
 from tests.api.conftest import USERS
@@ -208,3 +209,50 @@ def test_empty_answer_in_every_format(client: TestClient) -> None:
         assert parse(format_name, body) == []
     schema = ipc.open_stream(get(client, format="arrow", **span).content).schema
     assert schema.field("ts").type == pa.timestamp("us", tz="UTC")
+
+
+def test_streams_render_in_slices_and_still_round_trip(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api import render
+
+    monkeypatch.setattr(render, "CHUNK_ROWS", dict.fromkeys(render.STREAMING_FORMATS, 97))
+    expected = get(client, resolution="1m", page_size="50000").json()["data"]
+    assert len(expected) > 10 * 97
+    for format_name in render.STREAMING_FORMATS:
+        body = get(client, resolution="1m", page_size="0", format=format_name).content
+        assert normalise(parse(format_name, body)) == normalise(expected), format_name
+    parquet = get(client, resolution="1m", page_size="0", format="parquet").content
+    metadata = pq.ParquetFile(io.BytesIO(parquet)).metadata
+    assert metadata.num_row_groups == -(-len(expected) // 97)
+
+
+def test_a_failure_mid_stream_aborts_the_response(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once headers are sent a failure cannot become a status: the response must break,
+    never end cleanly with rows missing."""
+    from api.app import Service
+    from engine.run import Answer
+
+    engine = client.app.state.service.engine
+    real_run = engine.run
+
+    def failing_run(query: Any) -> Answer:
+        answer = real_run(query)
+        original = answer.batches
+
+        def batches() -> Any:
+            yield from original
+            raise RuntimeError("warm store connection lost")
+
+        answer.batches = batches()
+        return answer
+
+    assert isinstance(client.app.state.service, Service)
+    monkeypatch.setattr(engine, "run", failing_run)
+    # Litestar re-raises to the server, which drops the connection (uvicorn: no final chunk).
+    with pytest.raises(LitestarException, match="after response started") as raised:
+        client.get("/data", params={**BASE, "resolution": "1h", "page_size": "0",
+                                    "format": "ndjson"})  # fmt: skip
+    assert "connection lost" in repr(raised.value.__cause__)

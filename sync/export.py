@@ -50,6 +50,7 @@ T = TypeVar("T")
 S = TypeVar("S")
 
 SOURCES = {"raw": "raw_data", "agg_1m": "data_1m", "agg_1h": "data_1h", "agg_1d": "data_1d"}
+_DAY_TIERS = ("raw", "agg_1m")  # one partition, and one read window, per user-day
 _MICROS_PER_DAY = 86_400_000_000
 
 # Days to export, oldest first within each user. Tiered days are never exported: the warm
@@ -107,8 +108,7 @@ class _Snapshot:
     """One batch read from the warm store in one snapshot."""
 
     change_seq: dict[Pair, int]
-    tables: dict[str, pa.Table]
-    source: dict[str, dict[Pair, Stat]]  # day_checksums of the tables
+    tables: dict[str, pa.Table]  # data_schema columns, metric dictionary-encoded
 
     @property
     def pairs(self) -> list[Pair]:
@@ -322,16 +322,15 @@ def _read_snapshot(
             cur.adbc_ingest("stratum_export_windows", windows, mode="replace", temporary=True)
             for tier in TIERS:
                 cur.execute(_tier_sql(tier))
-                tables[tier] = _assemble(tier, cur.fetch_arrow_table(), windows)
+                tables[tier] = _assemble(tier, cur.fetch_arrow_table(), windows, metrics)
         cur.execute("COMMIT")
     except BaseException:
         cur.execute("ROLLBACK")
         raise
-    source = {tier: day_checksums(tier, table) for tier, table in tables.items()}
-    return _Snapshot(change_seq, tables, source)
+    return _Snapshot(change_seq, tables)
 
 
-def _assemble(tier: str, fetched: pa.Table, windows: pa.Table) -> pa.Table:
+def _assemble(tier: str, fetched: pa.Table, windows: pa.Table, metrics: Sequence[str]) -> pa.Table:
     """Rows of the tier's data schema from one array per window."""
     schema = data_schema(tier)
     if fetched.num_rows == 0:
@@ -340,16 +339,22 @@ def _assemble(tier: str, fetched: pa.Table, windows: pa.Table) -> pa.Table:
     lengths = pc.fill_null(pc.list_value_length(fetched.column("ts")), 0).to_numpy()
     window = np.repeat(fetched.column("idx").to_numpy(), lengths)
     ts = pc.list_flatten(fetched.column("ts")).cast(schema.field("ts").type)
-    days = (ts.cast(pa.int64()).to_numpy() // _MICROS_PER_DAY).astype(np.int32)
+    if tier in _DAY_TIERS:  # one window per day: the row's day is its window's
+        window_days = windows.column("lo").cast(pa.int64()).to_numpy() // _MICROS_PER_DAY
+        days = window_days.astype(np.int32)[window]
+    else:
+        days = (ts.cast(pa.int64()).to_numpy() // _MICROS_PER_DAY).astype(np.int32)
+    # Windows cycle through the metrics (see _windows): a dictionary column, no string copies.
+    codes = (window % len(metrics)).astype(np.int32)
     columns: dict[str, Any] = {
         "user_id": pa.array(windows.column("user_id").to_numpy()[window]),
         "date": pa.array(days).cast(pa.date32()),
-        "metric": windows.column("metric").take(pa.array(window)),
+        "metric": pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(metrics, pa.string())),
         "ts": ts,
     }
     for name in value_columns(tier):
         columns[name] = pc.list_flatten(fetched.column(name)).cast(schema.field(name).type)
-    return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
+    return pa.Table.from_arrays([columns[f.name] for f in schema], names=schema.names)
 
 
 # -- writing, verifying and recording one batch --------------------------------------------
@@ -365,9 +370,9 @@ def _export_batch(conn: psycopg.Connection, lake: Lake, snapshot: _Snapshot, tal
         table = snapshot.tables[tier]
         partitions = {partition_of(tier, u, d) for u, d in pairs}
         others = _recorded_in(conn, tier, partitions, pairs) if tier in ("agg_1h", "agg_1d") else {}
+        source = day_checksums(tier, table)  # here, not on the reader: it waits on PostgreSQL
         version = lake.replace_days(tier, table, pairs)
         versions[tier] = version
-        source = snapshot.source[tier]
         wanted = set(pairs) | set(others)
         back = lake.day_stats(tier, wanted, version=version)
         verified[tier] = {p: back[p] for p in pairs if back[p] == source.get(p, (0, 0))}

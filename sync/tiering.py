@@ -35,6 +35,8 @@ Progress = Callable[[int, int, int], None]  # (days done, days total, rows remov
 TABLES = {"raw": "raw_data", "agg_1m": "data_1m"}
 _LOCK_TIMEOUT = "5s"  # how long a chunk drop waits for running ingests before giving up
 
+# Synced (the router counts a day with change_seq > synced_seq as unsynced and reads it from
+# the warm store, whatever lake_days says) and verified in both fine tiers at that change.
 _VERIFIED = """
 FROM day_state d
 JOIN lake_days r ON r.user_id = d.user_id AND r.day = d.day AND r.tier = 'raw'
@@ -44,7 +46,7 @@ JOIN lake_days m ON m.user_id = d.user_id AND m.day = d.day AND m.tier = 'agg_1m
 """
 _CANDIDATES = f"""
 SELECT d.user_id, d.day {_VERIFIED}
-WHERE d.day < %s AND d.tiered_seq IS NULL
+WHERE d.day < %s AND d.tiered_seq IS NULL AND d.synced_seq = d.change_seq
 ORDER BY d.user_id, d.day
 """  # noqa: S608 (constants)
 # Locked in key order; re-checked on the locked row version, so a day changed meanwhile drops
@@ -52,13 +54,14 @@ ORDER BY d.user_id, d.day
 _LOCK_BATCH = f"""
 SELECT d.user_id, d.day, r.rows, r.checksum, m.rows, m.checksum {_VERIFIED}
 JOIN unnest(%s::int[], %s::date[]) AS w(user_id, day) ON d.user_id = w.user_id AND d.day = w.day
-WHERE d.tiered_seq IS NULL
+WHERE d.tiered_seq IS NULL AND d.synced_seq = d.change_seq
 ORDER BY d.user_id, d.day
 FOR UPDATE OF d
 """  # noqa: S608 (constants)
 # Every day_state row of a span, tiered, tierable or not, locked.
 _LOCK_SPAN = """
-SELECT d.user_id, d.day, d.tiered_seq IS NOT NULL, r.rows, r.checksum, m.rows, m.checksum
+SELECT d.user_id, d.day, d.tiered_seq IS NOT NULL, d.synced_seq = d.change_seq,
+       r.rows, r.checksum, m.rows, m.checksum
 FROM day_state d
 LEFT JOIN lake_days r ON r.user_id = d.user_id AND r.day = d.day AND r.tier = 'raw'
                      AND r.change_seq = d.change_seq
@@ -292,13 +295,16 @@ def _drop_chunks(conn: psycopg.Connection, lake: Lake, cutoff: date, tally: _Tal
                 # before we look, and none starts until we commit.
                 timescale.lock_for_drop(conn)
                 rows = conn.execute(_LOCK_SPAN, (first, last)).fetchall()
-                states = [(t, rr is not None and mr is not None) for _, _, t, rr, _, mr, _ in rows]
+                states = [
+                    (tiered, synced and rr is not None and mr is not None)
+                    for _, _, tiered, synced, rr, _, mr, _ in rows
+                ]
                 if not droppable(states):
                     continue
                 locked = [
                     _Locked((int(u), d), (rr, rc), (mr, mc))
-                    for u, d, t, rr, rc, mr, mc in rows
-                    if not t
+                    for u, d, tiered, _, rr, rc, mr, mc in rows
+                    if not tiered
                 ]
                 good = _verified(conn, lake, locked, tally)
                 if len(good) != len(locked):

@@ -11,6 +11,7 @@ import pytest
 
 from engine.errors import SyncFailed
 from lake import Lake
+from sync.export import VerificationFailed
 from sync.rollups import refresh_rollups
 from sync.runs import SYNC_LOCK
 from sync.tiering import TierResult, droppable, span_days, tier_warm_store
@@ -80,6 +81,33 @@ def test_only_verified_unchanged_days_leave_the_warm_store(warm_url: str, lake: 
         stats = lake_stats(lake, tier_name, expected)
         assert all(stats[p] == recorded[(p[0], tier_name, p[1])][:2] for p in expected)
     assert tier(warm_url, lake).days == 0  # idempotent
+
+
+def test_a_day_not_synced_in_every_tier_is_not_tiered(
+    warm_url: str, lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest_rows(warm_url, [(f"{CHANGED}T10:00:00Z", 1, "heart_rate", 80.0)])
+    refresh_rollups(warm_url)
+    real_day_stats = Lake.day_stats
+
+    def hourly_mismatch(self: Lake, tier, pairs, version=None):  # type: ignore[no-untyped-def]
+        stats = real_day_stats(self, tier, pairs, version)
+        if tier == "agg_1h" and (1, CHANGED) in stats:
+            stats[(1, CHANGED)] = (0, 0)
+        return stats
+
+    monkeypatch.setattr(Lake, "day_stats", hourly_mismatch)
+    with pytest.raises(VerificationFailed):
+        run_sync(warm_url, lake)
+    monkeypatch.setattr(Lake, "day_stats", real_day_stats)
+    recorded, state = lake_days(warm_url), day_state(warm_url)[(1, CHANGED)]
+    assert recorded[(1, "raw", CHANGED)][2] == recorded[(1, "agg_1m", CHANGED)][2] == state[0]
+    assert state[2] < state[0]  # not synced: the router reads every tier of it warm
+
+    result = tier(warm_url, lake)
+
+    assert result.days == 7 and day_state(warm_url)[(1, CHANGED)][3] is None
+    assert warm_rows(warm_url, "raw_data", 1, CHANGED) > 0
 
 
 def test_horizon_is_respected(warm_url: str, lake: Lake) -> None:

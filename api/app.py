@@ -70,17 +70,10 @@ class Service:
 
     def preload_catalog(self) -> None:
         """Load the lake coverage while the warm store is up, so lake-only spans are still
-        planned if it goes down later. Best effort: a failure here must not stop the server.
-
-        The engine has no public preload: planning any query loads the (global) coverage.
-        """
-        probe = build_query(
-            {"user_id": ["0"], "metric": [metric_names()[0]], "start": ["1970-01-01"],
-             "end": ["1970-01-02"]},
-            self.settings.query,
-        )  # fmt: skip
+        planned if it goes down later. Best effort: a failure here must not stop the server."""
         try:
-            self.engine.catalog(probe)
+            if not self.engine.preload():
+                log.warning("warm store unreachable at start-up; the catalog loads later")
         except Exception:
             log.warning("catalog preload failed; it loads on the first request", exc_info=True)
 

@@ -13,8 +13,9 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 import psycopg
@@ -36,6 +37,7 @@ from lake import Lake
 
 log = logging.getLogger(__name__)
 
+WARM_RETRY_S = 5.0
 _COUNT_COLUMN = {"raw": "rows_raw", "1m": "rows_1m", "1h": "rows_1h", "1d": "1"}
 
 
@@ -61,6 +63,7 @@ class Engine:
         self.catalogs = CatalogSource(self.lake)
         self.database_url = database_url
         self._warm: WarmPool | None = None
+        self._warm_down_until = 0.0
         self._pool: psycopg_pool.ConnectionPool | None = None
         self._lock = threading.Lock()
 
@@ -88,11 +91,27 @@ class Engine:
                 self._warm = WarmPool(self.database_url, self.settings.database.pool_size)
             return self._warm
 
-    def _connection(self) -> AbstractContextManager[psycopg.Connection | None]:
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection | None]:
+        """A pooled connection, or None while the warm store is known to be down.
+
+        After a failure the store counts as down for WARM_RETRY_S: requests during an outage
+        answer at once (lake-only spans) instead of each waiting for a connect timeout.
+        """
+        if time.monotonic() < self._warm_down_until:
+            yield None
+            return
         try:
-            return self._small_queries().connection(timeout=3)
-        except WarmStoreUnavailable:
-            return nullcontext(None)
+            pool = self._small_queries()
+        except WarmStoreUnavailable:  # none configured
+            yield None
+            return
+        try:
+            with pool.connection(timeout=3) as conn:
+                yield conn
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
+            self._warm_down_until = time.monotonic() + WARM_RETRY_S
+            raise
 
     def close(self) -> None:
         if self._pool is not None:
@@ -102,6 +121,15 @@ class Engine:
         self.duck.close()
 
     # -- the pipeline ------------------------------------------------------------------------
+
+    def preload(self) -> bool:
+        """Load the lake coverage now (at start-up), so lake-only spans are still planned if
+        the warm store goes down later. False when the warm store is unreachable."""
+        with self._connection() as conn:
+            if conn is None:
+                return False
+            self.catalogs.load(conn, (), date(1970, 1, 1), date(1970, 1, 1))
+            return True
 
     def catalog(self, query: DataQuery) -> Catalog:
         first, last = planner.span_days(query)
@@ -122,7 +150,7 @@ class Engine:
     def run(self, query: DataQuery) -> Answer:
         catalog = self.catalog(query)
         plan = self.plan(query, catalog)
-        if plan.needs_warm and not self._warm_reachable(plan):
+        if plan.needs_warm and not catalog.warm_available:
             raise WarmStoreUnavailable(
                 "the warm store is unreachable and this span needs it; spans already in "
                 "the lake are still served",
@@ -136,23 +164,15 @@ class Engine:
                 return Answer(plan, schema_for(plan.resolution),
                               self._released(stream, reservation), False, None, None)  # fmt: skip
             page = list(self._stream(plan, after, skip, query.page_size + 1))
+            answer = self._paged(plan, page)
         except BaseException:
             self.budget.release(reservation)
             raise
-        self.budget.release(reservation)
-        return self._paged(plan, page)
+        # The reservation covers the page until the caller has rendered (consumed) it.
+        answer.batches = self._released(answer.batches, reservation)
+        return answer
 
     # -- steps -------------------------------------------------------------------------------
-
-    def _warm_reachable(self, plan: Plan) -> bool:
-        try:
-            with self._connection() as conn:
-                if conn is None:
-                    return False
-                conn.execute("SELECT 1")
-                return True
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
-            return False
 
     def _estimate(self, plan: Plan) -> int:
         """Bytes this query holds outside DuckDB: batches in flight, and the page itself."""

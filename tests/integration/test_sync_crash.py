@@ -104,9 +104,9 @@ def test_sigkill_at_random_instants_converges(warm_url: str, tmp_path: Path) -> 
     for trial in range(TRIALS):
         _redeliver(warm_url, first, rng, shift=float(trial + 1))
         with _sync_process(env) as process:
-            time.sleep(rng.uniform(0.3, 1.0) * duration)
+            time.sleep(rng.uniform(0.2, 0.9) * duration)
             killed_running += process.poll() is None
-            os.kill(process.pid, signal.SIGKILL)
+            process.send_signal(signal.SIGKILL)  # a no-op if it already finished
             process.wait(timeout=30)
         _assert_router_safe(warm_url, lake)
 

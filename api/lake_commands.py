@@ -55,7 +55,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="do not refresh rollups first: days with stale rollups wait for the next run",
     )  # fmt: skip
     sync.set_defaults(run=sync_command)
-    actions = sync.add_subparsers(dest="sync_action", metavar="ACTION")
+    actions = sync.add_subparsers(dest="sync_action", metavar="[status]", title="actions")
     status = actions.add_parser("status", help="last runs, lake versions, per-user coverage")
     status.add_argument("--runs", type=_positive, default=10, help="runs to show")
     status.set_defaults(run=sync_status)

@@ -35,5 +35,9 @@ unit: install
 
 test: lint typecheck unit
 
+# The ci benchmark preset on its own (make test runs it too, as tests/benchmarks).
+bench-ci: install
+	$(BIN)/stratum bench --scale ci
+
 clean:
 	rm -rf $(VENV) .stratum .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -8,14 +8,13 @@ fingerprint matches is reused as it is; anything else is rebuilt from scratch.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import queue
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from pathlib import Path
@@ -194,24 +193,63 @@ def _counted(
         yield table
 
 
+class _Stage:
+    """Re-runs `step` on a worker thread each time upstream signals, until upstream is done.
+
+    The build is a pipeline over participants: while one participant is ingested, the
+    previous ones are rolled up and synced, so the 2-core build takes the longest stage's
+    time rather than the sum of all three.
+    """
+
+    def __init__(
+        self, name: str, step: Callable[[], Any], upstream: threading.Event,
+        upstream_done: threading.Event,
+    ) -> None:  # fmt: skip
+        self.step = step
+        self.upstream, self.upstream_done = upstream, upstream_done
+        self.signal, self.done = threading.Event(), threading.Event()
+        self.error: BaseException | None = None
+        self.results: list[Any] = []
+        self.seconds = 0.0
+        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self.upstream.wait()
+                self.upstream.clear()
+                finished = self.upstream_done.is_set()  # read before the step: see below
+                started = time.perf_counter()
+                self.results.append(self.step())
+                self.seconds += time.perf_counter() - started
+                self.signal.set()
+                # Upstream sets done before its last signal, so a step begun after reading
+                # done=True covers everything upstream ever committed.
+                if finished:
+                    return
+        except BaseException as exc:  # raised by the builder once the pipeline stops
+            self.error = exc
+        finally:
+            self.done.set()
+            self.signal.set()
+
+    def join(self) -> None:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _participants(preset: Preset) -> list[Cohort]:
+    """One chunk per participant: each is ingested in its own transaction."""
+    cohorts = [c for c in (preset.main, preset.high_rate) if c is not None]
+    return [replace(c, users=1, first_user_id=u) for c in cohorts for u in c.user_ids]
+
+
 def _build(preset: Preset, home: Path, url: str, lake_path: Path, progress: Progress) -> Dataset:
     build: dict[str, Any] = {"built_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    began = time.perf_counter()
     init_schema(url)
-    cohorts = [c for c in (preset.main, preset.high_rate) if c is not None]
-    total_days = sum(c.users * c.days for c in cohorts)
-    task = progress.add_task("generate + ingest", total=total_days, rows=0)
-    started = time.perf_counter()
-    rows = [0]
-    tables = itertools.chain.from_iterable(cohort_tables(preset, c) for c in cohorts)
-    result = ingest_tables(url, _counted(_ahead(tables), progress, task, rows))
-    build["ingest"] = {"rows": result.rows, "seconds": round(time.perf_counter() - started, 2)}
-
-    task = progress.add_task("refresh rollups", total=None, rows=0)
-    refreshed = refresh_rollups(url)
-    progress.update(task, total=1, completed=1, rows=sum(refreshed.rows.values()))
-    build["rollups"] = {"rows": refreshed.rows, "seconds": round(refreshed.seconds, 2)}
-
-    task = progress.add_task("sync to lake", total=None, rows=0)
     settings = load_settings(
         {
             "STRATUM_HOME": str(home),
@@ -220,9 +258,64 @@ def _build(preset: Preset, home: Path, url: str, lake_path: Path, progress: Prog
         }
     )
     until = preset.end - timedelta(days=preset.warm_days)
-    synced = lakesync.sync_until(settings, url, until)
-    progress.update(task, total=1, completed=1, rows=synced.rows if synced.ok else 0)
-    build["sync"] = synced.record()
+    chunks = _participants(preset)
+    ingest_task = progress.add_task("generate + ingest", total=sum(c.days for c in chunks), rows=0)
+    rollup_task = progress.add_task("refresh rollups", total=None, rows=0)
+    sync_task = progress.add_task("sync to lake", total=None, rows=0)
+    ingested, ingest_done = threading.Event(), threading.Event()
+    rollup_rows = [0]
+    sync_rows = [0]
+
+    def refresh() -> Any:
+        result = refresh_rollups(url)
+        rollup_rows[0] += sum(result.rows.values())
+        progress.update(rollup_task, rows=rollup_rows[0])
+        return result
+
+    def sync() -> lakesync.SyncOutcome:
+        outcome = lakesync.sync_until(settings, url, until)
+        sync_rows[0] += outcome.rows
+        progress.update(sync_task, rows=sync_rows[0])
+        return outcome
+
+    rollups = _Stage("rollups", refresh, ingested, ingest_done)
+    syncing = lakesync.available_marker() == "lake"
+    exporter = _Stage("sync", sync, rollups.signal, rollups.done) if syncing else None
+    rows = [0]
+    ingest_s = 0.0
+    try:
+        for chunk in chunks:
+            if rollups.error or (exporter is not None and exporter.error):
+                break  # a stage failed: stop feeding it, report its error below
+            started = time.perf_counter()
+            tables = _ahead(cohort_tables(preset, chunk))
+            ingest_tables(url, _counted(tables, progress, ingest_task, rows))
+            ingest_s += time.perf_counter() - started
+            ingested.set()
+    finally:
+        ingest_done.set()
+        ingested.set()
+        rollups.join()
+        if exporter is not None:
+            exporter.join()
+    build["ingest"] = {"rows": rows[0], "seconds": round(ingest_s, 2), "transactions": len(chunks)}
+    progress.update(rollup_task, total=1, completed=1)
+    rollup_tables: dict[str, int] = {}
+    for result in rollups.results:
+        for table, count in result.rows.items():
+            rollup_tables[table] = rollup_tables.get(table, 0) + count
+    build["rollups"] = {"rows": rollup_tables, "seconds": round(rollups.seconds, 2),
+                        "passes": len(rollups.results)}  # fmt: skip
+    if exporter is not None:
+        outcomes: list[lakesync.SyncOutcome] = exporter.results
+        ok = all(o.ok for o in outcomes)
+        note = "; ".join(o.note for o in outcomes if o.note)
+        build["sync"] = {"ok": ok, "rows": sync_rows[0], "seconds": round(exporter.seconds, 2),
+                         "passes": len(outcomes), "note": note}  # fmt: skip
+    else:
+        ok, note = False, lakesync.sync_until(settings, url, until).note
+        build["sync"] = {"ok": False, "rows": 0, "seconds": 0.0, "note": note}
+    progress.update(sync_task, total=1, completed=1)
 
     task = progress.add_task("vacuum analyze", total=None, rows=0)
     started = time.perf_counter()
@@ -230,8 +323,9 @@ def _build(preset: Preset, home: Path, url: str, lake_path: Path, progress: Prog
         for table in RAW_TABLES:
             conn.execute(f"VACUUM (ANALYZE) {table}")
     build["vacuum_seconds"] = round(time.perf_counter() - started, 2)
+    build["seconds"] = round(time.perf_counter() - began, 2)
     progress.update(task, total=1, completed=1)
-    return Dataset(preset, home, url, lake_path, synced.ok, synced.note, build)
+    return Dataset(preset, home, url, lake_path, ok, note, build)
 
 
 def ingest_file(preset: Preset, home: Path) -> tuple[Path, int]:

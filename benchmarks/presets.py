@@ -116,7 +116,7 @@ PRESETS: dict[str, Preset] = {
             main=Cohort(users=10, days=367, every_s=60, first_user_id=1),
             high_rate=Cohort(users=2, days=30, every_s=None, first_user_id=1001),
             end=date(2024, 12, 31),
-            max_repetitions=7,
+            max_repetitions=5,
             cell_budget_s=8.0,
             concurrent_requests=64,
             ingest_rows_target=2_000_000,

@@ -6,37 +6,16 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from datetime import date
 from pathlib import Path
 
 from rich.console import Console
 
 from api import commands, lake_commands
+from api.argtypes import comma_list, iso_date, positive
 from engine.errors import InvalidParameter, StratumError
 from engine.settings import load_settings
 
 err_console = Console(stderr=True)
-
-
-def _date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
-
-
-def _metrics(text: str) -> list[str]:
-    return [m.strip() for m in text.split(",") if m.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,18 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     generate = sub.add_parser("generate", help="generate a synthetic cohort")
-    generate.add_argument("--users", type=_positive, required=True)
-    generate.add_argument("--days", type=_positive, required=True)
+    generate.add_argument("--users", type=positive, required=True)
+    generate.add_argument("--days", type=positive, required=True)
     generate.add_argument(
         "--start",
-        type=_date,
+        type=iso_date,
         default=None,
         help="first day (default: so the cohort ends yesterday)",
     )
     generate.add_argument("--seed", type=int, default=0)
-    generate.add_argument("--metrics", type=_metrics, default=None, help="comma-separated names")
+    generate.add_argument("--metrics", type=comma_list, default=None, help="comma-separated names")
     generate.add_argument(
-        "--every", type=_positive, default=None, metavar="SECONDS",
+        "--every", type=positive, default=None, metavar="SECONDS",
         help="sample every N seconds instead of each metric's native interval",
     )  # fmt: skip
     generate.add_argument("--first-user", type=int, default=1, help="first user id")
@@ -93,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     demo = sub.add_parser("demo", help="set up a small cohort end to end and summarise it")
-    demo.add_argument("--users", type=_positive, default=5)
-    demo.add_argument("--days", type=_positive, default=30)
+    demo.add_argument("--users", type=positive, default=5)
+    demo.add_argument("--days", type=positive, default=30)
     demo.add_argument(
         "--serve", action="store_true", help="then serve the API and print example requests"
     )
@@ -145,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None, help="bind address (default $STRATUM_HOST)")
-    parser.add_argument("--port", type=_positive, default=None, help="port (default $STRATUM_PORT)")
+    parser.add_argument("--port", type=positive, default=None, help="port (default $STRATUM_PORT)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

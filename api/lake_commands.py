@@ -12,6 +12,7 @@ from rich import box
 from rich.progress import Progress
 from rich.table import Table
 
+from api.argtypes import non_negative, positive
 from api.commands import Context, console, progress
 from engine.errors import SyncFailed
 from lake import TIERS, Lake
@@ -26,26 +27,6 @@ from sync.tiering import TierResult
 _SHORT_TIERS = ("raw", "1m", "1h", "1d")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
-    return value
-
-
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sync = sub.add_parser(
         "sync", help="export completed, changed days to the lake (refreshes rollups first)"
@@ -57,21 +38,21 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     sync.set_defaults(run=sync_command)
     actions = sync.add_subparsers(dest="sync_action", metavar="[status]", title="actions")
     status = actions.add_parser("status", help="last runs, lake versions, per-user coverage")
-    status.add_argument("--runs", type=_positive, default=10, help="runs to show")
+    status.add_argument("--runs", type=positive, default=10, help="runs to show")
     status.set_defaults(run=sync_status)
 
     tier = sub.add_parser(
         "tier", help="remove raw and 1m rows verified in the lake from the warm store"
     )
     tier.add_argument(
-        "--older-than", type=_positive, default=None, metavar="DAYS",
+        "--older-than", type=positive, default=None, metavar="DAYS",
         help="only days older than this (default $STRATUM_TIER_OLDER_THAN_DAYS)",
     )  # fmt: skip
     tier.set_defaults(run=tier_command)
 
     maintain = sub.add_parser("maintain", help="compact the lake, vacuum unreferenced files")
     maintain.add_argument(
-        "--retention-hours", type=_non_negative, default=None,
+        "--retention-hours", type=non_negative, default=None,
         help="keep unreferenced files younger than this (default "
         "$STRATUM_VACUUM_RETENTION_HOURS)",
     )  # fmt: skip

@@ -203,9 +203,10 @@ class _Stage:
 
     def __init__(
         self, name: str, step: Callable[[], Any], upstream: threading.Event,
-        upstream_done: threading.Event,
+        upstream_done: threading.Event, poll_s: float | None = None,
     ) -> None:  # fmt: skip
         self.step = step
+        self.poll_s = poll_s  # also step every poll_s seconds without a signal
         self.upstream, self.upstream_done = upstream, upstream_done
         self.signal, self.done = threading.Event(), threading.Event()
         self.error: BaseException | None = None
@@ -217,7 +218,7 @@ class _Stage:
     def _run(self) -> None:
         try:
             while True:
-                self.upstream.wait()
+                self.upstream.wait(self.poll_s)
                 self.upstream.clear()
                 finished = self.upstream_done.is_set()  # read before the step: see below
                 started = time.perf_counter()
@@ -280,7 +281,9 @@ def _build(preset: Preset, home: Path, url: str, lake_path: Path, progress: Prog
 
     rollups = _Stage("rollups", refresh, ingested, ingest_done)
     syncing = lakesync.available_marker() == "lake"
-    exporter = _Stage("sync", sync, rollups.signal, rollups.done) if syncing else None
+    # One refresh call runs until nothing is pending, i.e. through most of the ingest: the
+    # sync polls instead, exporting whichever days are rolled up so far.
+    exporter = _Stage("sync", sync, rollups.signal, rollups.done, poll_s=5.0) if syncing else None
     rows = [0]
     ingest_s = 0.0
     try:

@@ -126,7 +126,7 @@ PRESETS: dict[str, Preset] = {
         Preset(
             name="large",
             description="100 participants x 3 years per minute, 10 participants x 90 days "
-            "at 1 Hz (for servers with 16+ cores, 64+ GiB RAM, ~150 GB disk)",
+            "at 1 Hz (for servers with 16+ cores, 64+ GiB RAM, ~250 GB disk)",
             main=Cohort(users=100, days=1097, every_s=60, first_user_id=1),
             high_rate=Cohort(users=10, days=90, every_s=None, first_user_id=1001),
             end=date(2024, 12, 31),

@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt  # noqa: E402
 
+from engine.shapes import row_bytes  # noqa: E402
+
 PLOT_FILE = "latency_vs_span.png"
 SECTIONS = (
     "## Targets",
@@ -508,10 +510,15 @@ def memory_section(results: dict[str, Any]) -> list[str]:
         return lines
     scan, conc = budget["full_scan"], budget["concurrent"]
     verdict = "PASS" if budget["passed"] else "FAIL"
+    in_memory = scan["rows"] * row_bytes("raw")
     lines.append(
         f"A server started with `STRATUM_MEMORY_BUDGET={budget['budget']}` over a lake of "
         f"{fmt_bytes(budget.get('lake_bytes'))} on disk "
-        f"({(budget.get('lake_bytes') or 0) / budget['budget_bytes']:.1f}x the budget)."
+        f"({(budget.get('lake_bytes') or 0) / budget['budget_bytes']:.1f}x the budget; Parquet "
+        f"keeps raw rows in a few bytes each). The full-lake scan's answer is "
+        f"{fmt_bytes(in_memory)} as Arrow rows ({row_bytes('raw')} B each), "
+        f"{in_memory / budget['budget_bytes']:.1f}x the budget: it must stream, and the "
+        "multi-metric sort must spill."
     )
     lines.append("")
     rows = [
@@ -525,7 +532,8 @@ def memory_section(results: dict[str, Any]) -> list[str]:
             fmt_bytes(scan["peak_rss_bytes"]),
         ],
         [
-            f"{conc['threads']} concurrent multi-month/-year raw queries (Arrow stream)",
+            f"{conc['threads']} concurrent {scan['days']}-day raw queries (every main participant, "
+            "heart rate, Arrow stream)",
             f"{conc['rows']:,}",
             fmt_s(conc["wall_s"]),
             ", ".join(f"{k}: {v}" for k, v in sorted(conc["statuses"].items())),
@@ -537,8 +545,9 @@ def memory_section(results: dict[str, Any]) -> list[str]:
         f"Peak RSS of the serving process (VmHWM): **{fmt_bytes(budget['peak_rss_bytes'])}** "
         f"against a budget of {fmt_bytes(budget['budget_bytes'])}: **{verdict}** "
         f"(server {'alive' if budget.get('server_alive') else 'DIED'} at the end). RSS counts "
-        "the interpreter and libraries too, so this is stricter than the budget's own "
-        "accounting."
+        "the interpreter and libraries too (the idle row), so this is stricter than the "
+        "budget's own accounting. A 503 is the budget refusing a query it cannot admit, as "
+        "designed, rather than the process growing."
     )
     lines.append("")
     return lines

@@ -147,7 +147,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     add(
         "same query >= 5x faster than warm raw psycopg",
         r,
-        "–" if r is None else f"{r:.1f}x faster",
+        "–" if r is None else f"{r:.2f}x faster",
         None if r is None else r >= 5,
         where,
     )

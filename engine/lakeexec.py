@@ -19,11 +19,15 @@ from engine.plan import Segment
 from engine.query import Key, from_us
 from engine.settings import MemorySettings
 from engine.shapes import conform, schema_for
-from lake import LakeFiles, scan_sql
+from lake import LakeFile, LakeFiles, scan_sql
 
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 131_072
+# Answers up to this many rows (by file statistics) are sorted in one query; larger ones are
+# read series by series in file order, which needs no sort.
+SORT_ROWS = 1_000_000
+FIRST_CHUNK_FILES = 8
 # DuckDB gets this share of the budget; the rest covers Arrow batches in flight, pages
 # being rendered and the Python process itself.
 DUCKDB_BUDGET_SHARE = 0.6
@@ -49,6 +53,58 @@ def _columns(segment: Segment) -> str:
     return "user_id, metric, ts, count, sum, min, max, sum / count AS avg"
 
 
+def _query(
+    duck: duckdb.DuckDBPyConnection,
+    segment: Segment,
+    files: tuple[LakeFile, ...],
+    users: tuple[int, ...],
+    metrics: tuple[str, ...],
+    after: Key | None,
+    limit: int | None,
+) -> Iterator[pa.RecordBatch]:
+    """One DuckDB query over `files`; sorted only when several metrics interleave in a file."""
+    scan, file_params = scan_sql(LakeFiles(segment.source, segment.lake_version, files))
+    params: dict[str, object] = dict(file_params)
+    params.update({f"u{i}": u for i, u in enumerate(users)})
+    params.update({f"m{i}": m for i, m in enumerate(metrics)})
+    params.update({"start": segment.start, "end": segment.end})
+    user_list = ", ".join(f"$u{i}" for i in range(len(users)))
+    metric_list = ", ".join(f"$m{i}" for i in range(len(metrics)))
+    where = f"user_id IN ({user_list}) AND metric IN ({metric_list}) AND ts >= $start AND ts < $end"
+    if after is not None:
+        where += (
+            " AND (user_id > $au OR (user_id = $au AND (metric > $am"
+            " OR (metric = $am AND ts > $at))))"
+        )
+        params.update({"au": after.user_id, "am": after.metric, "at": from_us(after.ts_us)})
+    # One metric: file order (user, day) is answer order. Several interleave inside a file.
+    order = "" if len(metrics) == 1 else " ORDER BY user_id, metric, ts"
+    sql = f"SELECT {_columns(segment)} FROM {scan} AS lake WHERE {where}{order}"  # noqa: S608
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    cursor = duck.cursor()  # per-query connection sharing the database and its memory limit
+    try:
+        reader = cursor.sql(sql, params=params).to_arrow_reader(BATCH_ROWS)
+        schema = schema_for(segment.resolution)
+        for batch in reader:
+            if batch.num_rows:
+                yield conform(batch, schema)
+    finally:
+        cursor.close()
+
+
+def _chunks(files: tuple[LakeFile, ...], limited: bool) -> Iterator[tuple[LakeFile, ...]]:
+    """All files at once, or (for a page) growing runs of them: 8, 16, 32... files, so a
+    page near the start of a long series opens a few files, not a year of them."""
+    if not limited:
+        yield files
+        return
+    start, size = 0, FIRST_CHUNK_FILES
+    while start < len(files):
+        yield files[start : start + size]
+        start, size = start + size, size * 2
+
+
 def stream_lake(
     duck: duckdb.DuckDBPyConnection,
     segment: Segment,
@@ -63,31 +119,30 @@ def stream_lake(
     if not files:
         return
     files = tuple(sorted(files, key=lambda f: (f.user_id, f.first_day)))
-    scan, file_params = scan_sql(LakeFiles(segment.source, segment.lake_version, files))
-    params: dict[str, object] = dict(file_params)
-    users = ", ".join(f"$u{i}" for i in range(len(segment.users)))
-    names = ", ".join(f"$m{i}" for i in range(len(metrics)))
-    params.update({f"u{i}": u for i, u in enumerate(segment.users)})
-    params.update({f"m{i}": m for i, m in enumerate(metrics)})
-    params.update({"start": segment.start, "end": segment.end})
-    where = f"user_id IN ({users}) AND metric IN ({names}) AND ts >= $start AND ts < $end"
-    if after is not None:
-        where += (
-            " AND (user_id > $au OR (user_id = $au AND (metric > $am"
-            " OR (metric = $am AND ts > $at))))"
-        )
-        params.update({"au": after.user_id, "am": after.metric, "at": from_us(after.ts_us)})
-    # One metric: file order is answer order. Several: rows of a file interleave by metric.
-    order = "" if len(metrics) == 1 else " ORDER BY user_id, metric, ts"
-    sql = f"SELECT {_columns(segment)} FROM {scan} AS lake WHERE {where}{order}"  # noqa: S608
-    if limit is not None:
-        sql += f" LIMIT {int(limit)}"
-    cursor = duck.cursor()  # per-query connection sharing the database and its memory limit
-    try:
-        reader = cursor.sql(sql, params=params).to_arrow_reader(BATCH_ROWS)
-        schema = schema_for(segment.resolution)
-        for batch in reader:
-            if batch.num_rows:
-                yield conform(batch, schema)
-    finally:
-        cursor.close()
+    small = sum(max(f.rows, 0) for f in files) <= SORT_ROWS
+    if (len(metrics) == 1 and limit is None) or small:
+        # One order-preserving scan, or one sort of a small answer: a single query.
+        yield from _query(duck, segment, files, segment.users, metrics, after, limit)
+        return
+    # Large: one order-preserving scan per series (user, metric) - no sort, bounded memory.
+    remaining = limit
+    for user_id in sorted({f.user_id for f in files}):
+        user_files = tuple(f for f in files if f.user_id == user_id)
+        for metric in metrics:
+            series_after = None
+            if after is not None and (user_id, metric) <= (after.user_id, after.metric):
+                if (user_id, metric) < (after.user_id, after.metric):
+                    continue
+                series_after = after
+            series_files = user_files
+            if series_after is not None:
+                after_day = from_us(series_after.ts_us).date()
+                series_files = tuple(f for f in user_files if f.last_day >= after_day)
+            for chunk in _chunks(series_files, limit is not None):
+                for batch in _query(duck, segment, chunk, (user_id,), (metric,), series_after,
+                                    remaining):  # fmt: skip
+                    yield batch
+                    if remaining is not None:
+                        remaining -= batch.num_rows
+                        if remaining <= 0:
+                            return

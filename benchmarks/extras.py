@@ -34,15 +34,29 @@ def _status_of(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def _retry_after(exc: BaseException) -> float:
+    if isinstance(exc, httpx.HTTPStatusError):
+        try:
+            return float(exc.response.headers.get("retry-after", "1"))
+        except ValueError:
+            return 1.0
+    return 1.0
+
+
 def concurrent_load(
     make_backend: Callable[[], Backend],
     mix: list[Case],
     threads: int,
     requests: int,
     sampler: RssSampler | None,
+    retries: int = 0,
 ) -> dict[str, Any]:
-    """`threads` analysts issue `requests` requests in all, cycling through `mix`."""
+    """`threads` analysts issue `requests` requests in all, cycling through `mix`. With
+    `retries`, an analyst answered 503 waits its Retry-After and asks again, as clients of a
+    budget-limited server should."""
     local = threading.local()
+    retried = [0]
+    retried_lock = threading.Lock()
     made: list[Backend] = []
     made_lock = threading.Lock()
 
@@ -57,11 +71,18 @@ def concurrent_load(
         run: Timed = local.prepared.get(case.id) or backend.prepare(case)
         local.prepared[case.id] = run
         started = time.perf_counter()
-        try:
-            rows = run()
-            return time.perf_counter() - started, "ok", rows
-        except Exception as exc:
-            return time.perf_counter() - started, _status_of(exc), 0
+        for attempt in range(retries + 1):
+            try:
+                rows = run()
+                return time.perf_counter() - started, "ok", rows
+            except Exception as exc:
+                status = _status_of(exc)
+                if status != "503" or attempt == retries:
+                    return time.perf_counter() - started, status, 0
+                with retried_lock:
+                    retried[0] += 1
+                time.sleep(_retry_after(exc))
+        raise AssertionError("unreachable")
 
     window = sampler.window() if sampler is not None else None
     peak = window.__enter__() if window is not None else [0]
@@ -88,6 +109,7 @@ def concurrent_load(
         "median_s": percentile(latencies, 50) if latencies else None,
         "p95_s": percentile(latencies, 95) if latencies else None,
         "server_peak_rss_bytes": peak[0] if sampler is not None else None,
+        "retried_503": retried[0],
     }
 
 
@@ -227,7 +249,12 @@ def budget_proof(dataset: Dataset, out_dir: Path) -> dict[str, Any]:
             "raw",
         )
         concurrent = concurrent_load(
-            lambda: HttpArrow(server.base_url, preset.page_size), [longest], 8, 8, sampler
+            lambda: HttpArrow(server.base_url, preset.page_size),
+            [longest],
+            8,
+            8,
+            sampler,
+            retries=10,
         )
         result["concurrent"] = concurrent
         result["server_alive"] = server.alive

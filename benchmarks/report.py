@@ -536,7 +536,8 @@ def memory_section(results: dict[str, Any]) -> list[str]:
             "heart rate, Arrow stream)",
             f"{conc['rows']:,}",
             fmt_s(conc["wall_s"]),
-            ", ".join(f"{k}: {v}" for k, v in sorted(conc["statuses"].items())),
+            ", ".join(f"{k}: {v}" for k, v in sorted(conc["statuses"].items()))
+            + (f" ({conc['retried_503']} retried after a 503)" if conc.get("retried_503") else ""),
             fmt_bytes(conc["server_peak_rss_bytes"]),
         ],
     ]
@@ -547,7 +548,8 @@ def memory_section(results: dict[str, Any]) -> list[str]:
         f"(server {'alive' if budget.get('server_alive') else 'DIED'} at the end). RSS counts "
         "the interpreter and libraries too (the idle row), so this is stricter than the "
         "budget's own accounting. A 503 is the budget refusing a query it cannot admit, as "
-        "designed, rather than the process growing."
+        "designed, rather than the process growing; the analysts then wait the Retry-After "
+        "and ask again."
     )
     lines.append("")
     return lines

@@ -8,6 +8,7 @@ does not fit after a short wait is refused (503 + Retry-After at the API).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,30 @@ from contextlib import contextmanager
 from engine.errors import BudgetExhausted
 
 QUERY_OVERHEAD_BYTES = 16 * 2**20  # a query's fixed cost: plans, buffers, the interpreter
+# DuckDB's share of what the budget leaves once the process's own footprint is set aside.
+DUCKDB_SHARE = 0.5
+MIN_SHARE_BYTES = 32 * 2**20
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (0 where /proc is not available)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def split_budget(budget_bytes: int, baseline_bytes: int) -> tuple[int, int]:
+    """(DuckDB memory_limit, admission budget) for a process already holding baseline_bytes.
+
+    The budget bounds the whole serving process, interpreter and libraries included, so
+    their footprint at start-up is set aside first; DuckDB and the queries' Arrow buffers
+    share the rest.
+    """
+    free = max(budget_bytes - baseline_bytes, 2 * MIN_SHARE_BYTES)
+    duckdb_bytes = max(MIN_SHARE_BYTES, int(free * DUCKDB_SHARE))
+    return duckdb_bytes, max(MIN_SHARE_BYTES, free - duckdb_bytes)
 
 
 class MemoryBudget:

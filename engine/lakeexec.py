@@ -28,15 +28,12 @@ BATCH_ROWS = 131_072
 # read series by series in file order, which needs no sort.
 SORT_ROWS = 1_000_000
 FIRST_CHUNK_FILES = 8
-# DuckDB gets this share of the budget; the rest covers Arrow batches in flight, pages
-# being rendered and the Python process itself.
-DUCKDB_BUDGET_SHARE = 0.6
 
 
-def connect_duckdb(memory: MemorySettings) -> duckdb.DuckDBPyConnection:
+def connect_duckdb(memory: MemorySettings, limit_bytes: int) -> duckdb.DuckDBPyConnection:
     """One in-process DuckDB for all queries: its memory_limit is shared by all of them."""
     Path(memory.spill_path).mkdir(parents=True, exist_ok=True)
-    limit_mb = max(64, int(memory.budget_bytes * DUCKDB_BUDGET_SHARE) // 2**20)
+    limit_mb = max(32, limit_bytes // 2**20)
     return duckdb.connect(
         config={
             "memory_limit": f"{limit_mb}MB",

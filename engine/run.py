@@ -23,10 +23,10 @@ import psycopg_pool
 import pyarrow as pa
 
 from engine import paging, planner
-from engine.budget import QUERY_OVERHEAD_BYTES, MemoryBudget
+from engine.budget import QUERY_OVERHEAD_BYTES, MemoryBudget, resident_bytes, split_budget
 from engine.catalog import Catalog, CatalogSource
 from engine.errors import WarmStoreUnavailable
-from engine.lakeexec import BATCH_ROWS, DUCKDB_BUDGET_SHARE, connect_duckdb, stream_lake
+from engine.lakeexec import BATCH_ROWS, connect_duckdb, stream_lake
 from engine.merge import merge_sorted, take
 from engine.plan import Plan, Segment
 from engine.query import DataQuery, Key
@@ -57,8 +57,8 @@ class Engine:
     def __init__(self, settings: Settings, database_url: str | None) -> None:
         self.settings = settings
         self.lake = Lake(settings.lake.path)
-        self.duck = connect_duckdb(settings.memory)
-        admission_bytes = int(settings.memory.budget_bytes * (1 - DUCKDB_BUDGET_SHARE))
+        duckdb_bytes, admission_bytes = split_budget(settings.memory.budget_bytes, resident_bytes())
+        self.duck = connect_duckdb(settings.memory, duckdb_bytes)
         self.budget = MemoryBudget(admission_bytes)
         self.catalogs = CatalogSource(self.lake)
         self.database_url = database_url

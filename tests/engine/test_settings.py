@@ -57,3 +57,13 @@ def test_malformed_settings_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigurationError) as caught:
         load_settings({name: value})
     assert caught.value.parameter == name
+
+
+def test_budget_sets_the_process_footprint_aside_first() -> None:
+    from engine.budget import MIN_SHARE_BYTES, split_budget
+
+    duckdb_bytes, admission = split_budget(512 * 2**20, 200 * 2**20)
+    assert duckdb_bytes + admission == 312 * 2**20
+    assert duckdb_bytes == admission
+    # A footprint at or above the budget still leaves each part a working minimum.
+    assert split_budget(100 * 2**20, 300 * 2**20) == (MIN_SHARE_BYTES, MIN_SHARE_BYTES)

@@ -42,14 +42,15 @@ class Context:
         return self._url
 
 
-def progress() -> Progress:
+def progress(on: Console | None = None) -> Progress:
+    """The CLI's progress bar: a task's description, bar, done/total and rows so far."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rows]:>12,} rows"),
         TimeElapsedColumn(),
-        console=console,
+        console=on or console,
     )
 
 

@@ -15,14 +15,8 @@ from typing import Any
 import duckdb
 import psycopg
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
+from api.commands import progress as progress_bar
 from benchmarks import backends as bk
 from benchmarks.dataset import Dataset, bench_home, open_dataset
 from benchmarks.extras import budget_proof, concurrent_load, ingest_and_sync, storage
@@ -64,18 +58,6 @@ RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
 def default_out_dir(scale: str) -> Path:
     return RESULTS_ROOT / f"{datetime.now(UTC).date().isoformat()}-{scale}"
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rows]:>12,} rows"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
 
 
 def _machine(dataset: Dataset) -> dict[str, Any]:
@@ -169,7 +151,7 @@ def run_suite(
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "target_minutes": preset.minutes,
     }
-    with _progress(console) as progress:
+    with progress_bar(console) as progress:
         dataset = _stage(stages, "dataset", lambda: open_dataset(preset, home, progress, rebuild))
         results["dataset"] = {
             "home": str(dataset.home),

@@ -25,6 +25,7 @@ from sync.export import sync_to_lake
 from sync.ingest import ingest_tables
 from sync.rollups import refresh_rollups
 from sync.tiering import tier_warm_store
+from tests.property.rows import raw_table
 
 BASE = datetime(2024, 3, 9, 20, 0, tzinfo=UTC)  # five UTC days: 03-09 .. 03-13
 SPAN_S = 4 * 86_400 + 4 * 3600
@@ -38,19 +39,6 @@ sample = st.tuples(
     st.integers(0, SPAN_S - 1),
     st.integers(0, 200).map(float),  # integral values: sums are exact in any order
 )
-
-
-def as_table(rows: list[tuple[int, str, int, float]]) -> pa.Table:
-    return pa.table(
-        {
-            "ts": pa.array(
-                [BASE + timedelta(seconds=s) for _, _, s, _ in rows], pa.timestamp("us", tz="UTC")
-            ),  # fmt: skip
-            "user_id": pa.array([u for u, _, _, _ in rows], pa.int32()),
-            "metric": [m for _, m, _, _ in rows],
-            "value": [v for _, _, _, v in rows],
-        }
-    )
 
 
 def expected(truth: dict, start: datetime, end: datetime, resolution: str) -> list[tuple]:
@@ -112,7 +100,7 @@ def test_hybrid_equals_warm_only_and_raw(
 
     def deliver(rows: list) -> None:
         if rows:
-            ingest_tables(warm_url, [as_table(rows)])
+            ingest_tables(warm_url, [raw_table(rows, BASE)])
         for u, m, s, v in rows:
             truth[(u, m, BASE + timedelta(seconds=s))] = v
 

@@ -7,12 +7,12 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
 import psycopg
-import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sync.ingest import ingest_tables
 from sync.rollups import refresh_rollups
+from tests.property.rows import raw_table
 
 BASE = datetime(2024, 3, 9, 22, 0, tzinfo=UTC)  # deliveries straddle UTC midnights
 METRICS = ["heart_rate", "steps", "spo2"]
@@ -24,19 +24,6 @@ sample = st.tuples(
     st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False),
 )
 deliveries = st.lists(st.lists(sample, min_size=1, max_size=60), min_size=1, max_size=4)
-
-
-def as_table(rows: list[tuple[int, str, int, float]]) -> pa.Table:
-    return pa.table(
-        {
-            "ts": pa.array(
-                [BASE + timedelta(seconds=s) for _, _, s, _ in rows], pa.timestamp("us", tz="UTC")
-            ),  # fmt: skip
-            "user_id": pa.array([u for u, _, _, _ in rows], pa.int32()),
-            "metric": [m for _, m, _, _ in rows],
-            "value": [v for _, _, _, v in rows],
-        }
-    )
 
 
 def expected_buckets(raw: dict[tuple[int, str, datetime], float], unit: str) -> dict:
@@ -93,7 +80,7 @@ def test_rollups_equal_direct_buckets(
         conn.execute("SET timezone = 'UTC'")
         truth: dict[tuple[int, str, datetime], float] = {}
         for batch, refresh in zip(batches, refresh_between, strict=False):
-            ingest_tables(warm_url, [as_table(batch)])
+            ingest_tables(warm_url, [raw_table(batch, BASE)])
             for user, metric, seconds, value in batch:  # later copies replace earlier ones
                 truth[(user, metric, BASE + timedelta(seconds=seconds))] = value
             if refresh:  # later deliveries then land in days that were already refreshed
@@ -110,7 +97,8 @@ def test_rollups_equal_direct_buckets(
 
 
 def test_refresh_is_idempotent(warm_url: str) -> None:
-    ingest_tables(warm_url, [as_table([(1, "heart_rate", 10, 60.0), (1, "heart_rate", 70, 61.0)])])
+    rows = [(1, "heart_rate", 10, 60.0), (1, "heart_rate", 70, 61.0)]
+    ingest_tables(warm_url, [raw_table(rows, BASE)])
     first = refresh_rollups(warm_url)
     assert first.days == 1 and first.rows["data_1m"] == 2
     with psycopg.connect(warm_url) as conn:

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import psycopg
 import pyarrow as pa
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -20,7 +19,7 @@ from engine.settings import Settings
 from sync import localdb
 from sync.generate import generate_cohort, write_cohort
 from sync.ingest import ingest_files, ingest_tables
-from sync.rollups import pending_refresh_days, refresh_rollups
+from sync.rollups import refresh_rollups, warm_tier_counts
 from sync.schema import init_schema
 
 console = Console()
@@ -133,21 +132,11 @@ def generate(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def tier_counts(url: str) -> dict[str, int]:
-    with psycopg.connect(url) as conn:
-        counts = {}
-        for table in ("raw_data", "data_1m", "data_1h", "data_1d"):
-            row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
-            counts[table] = int(row[0]) if row else 0
-        counts["pending refresh (user-days)"] = pending_refresh_days(conn)
-        return counts
-
-
 def status(args: argparse.Namespace, ctx: Context) -> int:
     table = Table(title="warm store")
     table.add_column("tier")
     table.add_column("rows", justify="right")
-    for name, count in tier_counts(ctx.url).items():
+    for name, count in warm_tier_counts(ctx.url).items():
         table.add_row(name, f"{count:,}")
     console.print(table)
     return 0

@@ -74,6 +74,17 @@ def pending_refresh_days(conn: psycopg.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+def warm_tier_counts(url: str) -> dict[str, int]:
+    """Rows in raw_data and each rollup table, and user-days waiting for a refresh."""
+    with psycopg.connect(url) as conn:
+        counts = {}
+        for table in ("raw_data", "data_1m", "data_1h", "data_1d"):  # our own table names
+            row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
+            counts[table] = int(row[0]) if row else 0
+        counts["pending refresh (user-days)"] = pending_refresh_days(conn)
+        return counts
+
+
 def refresh_rollups(url: str, batch_days: int = 256) -> RefreshResult:
     """Refresh every pending (user, day) window, `batch_days` windows per transaction."""
     started = time.perf_counter()

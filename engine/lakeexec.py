@@ -27,7 +27,7 @@ BATCH_ROWS = 131_072
 # Answers up to this many rows (by file statistics) are sorted in one query; larger ones are
 # read series by series in file order, which needs no sort.
 SORT_ROWS = 1_000_000
-FIRST_CHUNK_FILES = 8
+FIRST_CHUNK_FILES = 16
 
 
 def connect_duckdb(memory: MemorySettings, limit_bytes: int) -> duckdb.DuckDBPyConnection:
@@ -91,7 +91,7 @@ def _query(
 
 
 def _chunks(files: tuple[LakeFile, ...], limited: bool) -> Iterator[tuple[LakeFile, ...]]:
-    """All files at once, or (for a page) growing runs of them: 8, 16, 32... files, so a
+    """All files at once, or (for a page) growing runs of them: 16, 32, 64... files, so a
     page near the start of a long series opens a few files, not a year of them."""
     if not limited:
         yield files

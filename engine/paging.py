@@ -1,7 +1,7 @@
 """Deep pages without reading every earlier row.
 
 Page N of size S starts at row offset (N-1)*S. Walking the answer's series in order
-(user_id, metric) and each series' days, whole days are skipped using the row counts the
+(user_id, metric), whole series and then whole days are skipped using the row counts the
 rollup refresh keeps (day_counts); the page then starts at the first day that holds the
 offset, and only rows inside that one day are read and discarded. A day whose count is not
 known exactly (a partial first/last day of the span, or a day whose rollups lag its raw
@@ -10,13 +10,13 @@ rows) stops the skipping there: the rest is skipped row by row, still correct.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 
 from engine.catalog import Coverage
 from engine.query import DataQuery, Key, to_us
 
-DayCounts = Mapping[tuple[int, str], Sequence[tuple[date, int]]]  # (user, metric) -> days
+SeriesDays = Callable[[int, str], Sequence[tuple[date, int]]]  # (user, metric) -> rows per day
 
 
 def _midnight(day: date) -> datetime:
@@ -41,18 +41,30 @@ def uncertain_days(query: DataQuery, user_id: int, stale: Coverage) -> list[date
 
 
 def locate(
-    query: DataQuery, offset: int, counts: DayCounts, stale: Coverage
+    query: DataQuery,
+    offset: int,
+    totals: Mapping[tuple[int, str], int],
+    series_days: SeriesDays,
+    stale: Coverage,
 ) -> tuple[Key | None, int]:
-    """(after, skip): start streaming after `after`, then drop `skip` rows, to reach offset."""
+    """(after, skip): start streaming after `after`, then drop `skip` rows, to reach offset.
+
+    `totals` holds each series' rows over the span's days; `series_days(user, metric)` its
+    rows per day, asked for only where the offset falls, or where some day's count is not
+    exact, so a deep page reads one series' days, not every series' days.
+    """
     if offset <= 0:
         return None, 0
     skipped = 0
     for user_id in query.users:
         uncertain = uncertain_days(query, user_id, stale)
         for metric in query.metrics:
-            known = {day: n for day, n in counts.get((user_id, metric), ()) if day not in uncertain}
-            events = sorted({*known, *uncertain})
-            for day in events:
+            total = totals.get((user_id, metric), 0)
+            if not uncertain and skipped + total <= offset:
+                skipped += total  # the whole series lies before the page
+                continue
+            known = {day: n for day, n in series_days(user_id, metric) if day not in uncertain}
+            for day in sorted({*known, *uncertain}):
                 rows = known.get(day)
                 if rows is None or skipped + rows > offset:
                     before_day = to_us(max(query.start, _midnight(day))) - 1

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
 
 import psycopg
 import psycopg_pool
@@ -39,6 +38,12 @@ log = logging.getLogger(__name__)
 
 WARM_RETRY_S = 5.0
 _COUNT_COLUMN = {"raw": "rows_raw", "1m": "rows_1m", "1h": "rows_1h", "1d": "1"}
+_COUNTS_WHERE = (
+    "FROM day_counts WHERE user_id = ANY(%(users)s) AND metric = ANY(%(metrics)s) "
+    "AND day BETWEEN %(first)s AND %(last)s"
+)
+_SERIES_TOTALS = "SELECT user_id, metric, sum({column}) " + _COUNTS_WHERE + " GROUP BY 1, 2"
+_SERIES_DAYS = "SELECT day, {column} " + _COUNTS_WHERE + " ORDER BY day"
 
 
 @dataclass
@@ -185,28 +190,26 @@ class Engine:
         query = plan.query
         if query.after is not None or query.offset == 0:
             return query.after, 0
-        try:
-            counts = self._day_counts(query)
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout, WarmStoreUnavailable):
-            return None, query.offset  # no counts: skip row by row
-        return paging.locate(query, query.offset, counts, catalog.stale_rollups)
-
-    def _day_counts(self, query: DataQuery) -> paging.DayCounts:
         column = _COUNT_COLUMN[query.resolution]  # from our own table, never from input
         first, last = planner.span_days(query)
-        counts: dict[tuple[int, str], list[Any]] = {}
-        with self._connection() as conn:
-            if conn is None:
-                raise WarmStoreUnavailable("no warm store")
-            rows = conn.execute(
-                f"SELECT user_id, metric, day, {column} FROM day_counts "  # noqa: S608
-                "WHERE user_id = ANY(%s) AND metric = ANY(%s) AND day BETWEEN %s AND %s "
-                "ORDER BY user_id, metric, day",
-                (list(query.users), list(query.metrics), first, last),
-            )
-            for user_id, metric, day, n in rows:
-                counts.setdefault((user_id, metric), []).append((day, int(n)))
-        return counts
+        span = {"users": list(query.users), "metrics": list(query.metrics), "first": first,
+                "last": last}  # fmt: skip
+        try:
+            with self._connection() as conn:
+                if conn is None:
+                    return None, query.offset  # no counts: skip row by row
+                rows = conn.execute(_SERIES_TOTALS.format(column=column).encode(), span)
+                totals = {(u, m): int(n) for u, m, n in rows}
+
+                def series_days(user_id: int, metric: str) -> list[tuple[date, int]]:
+                    params = {**span, "users": [user_id], "metrics": [metric]}
+                    days = conn.execute(_SERIES_DAYS.format(column=column).encode(), params)
+                    return [(day, int(n)) for day, n in days]
+
+                return paging.locate(query, query.offset, totals, series_days,
+                                     catalog.stale_rollups)  # fmt: skip
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
+            return None, query.offset
 
     def _segment_stream(
         self, segment: Segment, metrics: tuple[str, ...], after: Key | None, limit: int | None

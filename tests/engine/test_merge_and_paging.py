@@ -71,22 +71,37 @@ COUNTS = {
 }
 
 
+TOTALS = {series: sum(n for _, n in days) for series, days in COUNTS.items()}
+
+
+def locate_with(q: DataQuery, offset: int, stale: Coverage) -> tuple[Key | None, int]:
+    asked: list[tuple[int, str]] = []
+
+    def series_days(user: int, metric: str) -> list[tuple[date, int]]:
+        asked.append((user, metric))
+        return COUNTS.get((user, metric), [])
+
+    found = locate(q, offset, TOTALS, series_days, stale)
+    assert len(asked) <= 1, "only the series holding the offset is read day by day"
+    return found
+
+
 def at(user: int, metric: str, day: str) -> Key:
     return Key(user, metric, to_us(datetime.fromisoformat(day).replace(tzinfo=UTC)) - 1)
 
 
 def test_locate_skips_whole_days() -> None:
     q = query("2024-01-01", "2024-01-03")
-    assert locate(q, 0, COUNTS, Coverage()) == (None, 0)
-    assert locate(q, 99, COUNTS, Coverage()) == (at(1, "heart_rate", "2024-01-01"), 99)
-    assert locate(q, 100, COUNTS, Coverage()) == (at(1, "heart_rate", "2024-01-02"), 0)
-    assert locate(q, 230, COUNTS, Coverage()) == (at(1, "steps", "2024-01-02"), 30)
-    assert locate(q, 255, COUNTS, Coverage()) == (at(2, "heart_rate", "2024-01-01"), 5)
+    assert locate_with(q, 0, Coverage()) == (None, 0)
+    assert locate_with(q, 99, Coverage()) == (at(1, "heart_rate", "2024-01-01"), 99)
+    assert locate_with(q, 100, Coverage()) == (at(1, "heart_rate", "2024-01-02"), 0)
+    assert locate_with(q, 230, Coverage()) == (at(1, "steps", "2024-01-02"), 30)
+    assert locate_with(q, 255, Coverage()) == (at(2, "heart_rate", "2024-01-01"), 5)
 
 
 def test_locate_past_the_end_starts_after_everything() -> None:
     q = query("2024-01-01", "2024-01-03")
-    after, skip = locate(q, 10_000, COUNTS, Coverage())
+    after, skip = locate_with(q, 10_000, Coverage())
     assert skip == 0 and after == Key(2, "steps", to_us(q.end))
 
 
@@ -94,9 +109,9 @@ def test_uncertain_days_stop_the_skip() -> None:
     q = query("2024-01-01", "2024-01-03")
     stale = Coverage({1: ((date(2024, 1, 2), date(2024, 1, 2)),)})
     # Day 2 of user 1 may hold any number of rows: start there and skip row by row.
-    assert locate(q, 150, COUNTS, stale) == (at(1, "heart_rate", "2024-01-02"), 50)
+    assert locate_with(q, 150, stale) == (at(1, "heart_rate", "2024-01-02"), 50)
     partial = query("2024-01-01T12:00", "2024-01-03")
-    assert locate(partial, 150, COUNTS, Coverage()) == (
+    assert locate_with(partial, 150, Coverage()) == (
         Key(1, "heart_rate", to_us(partial.start) - 1),
         150,
     )

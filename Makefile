@@ -18,7 +18,8 @@ install: $(INSTALLED) postgres
 postgres:
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 \
 	  || { echo "installing PostgreSQL server binaries"; \
-	       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+	       sudo=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	       $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq postgresql >/dev/null; }
 
 demo: install
 	$(BIN)/stratum demo --serve

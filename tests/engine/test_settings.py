@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_every_setting_read_is_documented_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text()
-    sources = [ROOT / "engine" / "settings.py", ROOT / "sync" / "localdb.py"]
+    packages = ("engine", "lake", "sync", "api", "benchmarks")
+    sources = [path for package in packages for path in (ROOT / package).rglob("*.py")]
     read = set()
     for source in sources:
         read |= set(re.findall(r'"(STRATUM_[A-Z_]+)"', source.read_text()))

@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from engine.errors import BudgetExhausted
 
@@ -90,11 +88,3 @@ class MemoryBudget:
         with self._cond:
             self._in_use -= nbytes
             self._cond.notify_all()
-
-    @contextmanager
-    def admitted(self, nbytes: int) -> Iterator[int]:
-        reserved = self.reserve(nbytes)
-        try:
-            yield reserved
-        finally:
-            self.release(reserved)

@@ -12,7 +12,6 @@ When the warm store is down, the last lake coverage still plans lake-only spans.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -37,11 +36,6 @@ class Coverage:
 
     def of(self, user_id: int) -> tuple[DayRange, ...]:
         return self.ranges.get(user_id, ())
-
-    def contains(self, user_id: int, day: date) -> bool:
-        ranges = self.of(user_id)
-        i = bisect.bisect_right(ranges, (day, date.max)) - 1
-        return i >= 0 and ranges[i][0] <= day <= ranges[i][1]
 
 
 @dataclass(frozen=True)

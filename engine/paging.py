@@ -11,26 +11,21 @@ rows) stops the skipping there: the rest is skipped row by row, still correct.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, timedelta
 
 from engine.catalog import Coverage
-from engine.query import DataQuery, Key, to_us
+from engine.query import DataQuery, Key, midnight, to_us
 
 SeriesDays = Callable[[int, str], Sequence[tuple[date, int]]]  # (user, metric) -> rows per day
 
 
-def _midnight(day: date) -> datetime:
-    return datetime.combine(day, time.min, tzinfo=UTC)
-
-
 def uncertain_days(query: DataQuery, user_id: int, stale: Coverage) -> list[date]:
     """Days of this user's span whose row count day_counts cannot give exactly."""
-    first = query.start.date()
-    last = (query.end - timedelta(microseconds=1)).date()
+    first, last = query.days
     days = set()
-    if query.start != _midnight(first):
+    if query.start != midnight(first):
         days.add(first)
-    if query.end != _midnight(last + timedelta(days=1)):
+    if query.end != midnight(last + timedelta(days=1)):
         days.add(last)
     for lo, hi in stale.of(user_id):
         day = max(lo, first)
@@ -67,7 +62,7 @@ def locate(
             for day in sorted({*known, *uncertain}):
                 rows = known.get(day)
                 if rows is None or skipped + rows > offset:
-                    before_day = to_us(max(query.start, _midnight(day))) - 1
+                    before_day = to_us(max(query.start, midnight(day))) - 1
                     return Key(user_id, metric, before_day), offset - skipped
                 skipped += rows
     # The offset lies past the end of the answer: start after the last possible key.

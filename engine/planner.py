@@ -11,18 +11,14 @@ Users whose days fall the same way share segments.
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 
 from engine.catalog import Catalog, Coverage
 from engine.plan import DayRange, Plan, Segment
-from engine.query import DataQuery
+from engine.query import DataQuery, midnight
 from engine.resolution import TIERS
 
 ONE_DAY = timedelta(days=1)
-
-
-def _day_start(day: date) -> datetime:
-    return datetime.combine(day, time.min, tzinfo=UTC)
 
 
 def _clip(ranges: tuple[DayRange, ...], first: date, last: date) -> list[DayRange]:
@@ -62,15 +58,10 @@ def _label_days(
     return merged
 
 
-def span_days(query: DataQuery) -> tuple[date, date]:
-    """First and last UTC day the query's [start, end) touches."""
-    return query.start.date(), (query.end - timedelta(microseconds=1)).date()
-
-
 def _user_runs(
     query: DataQuery, user_id: int, lake: Coverage, catalog: Catalog
 ) -> list[tuple[str, datetime, datetime]]:
-    first, last = span_days(query)
+    first, last = query.days
     # Earlier layers win: a day with stale rollups is rolled up from raw; a day written
     # since its last sync comes from the warm store, whatever the lake holds.
     layers = []
@@ -80,8 +71,8 @@ def _user_runs(
     layers.append(("lake", _clip(lake.of(user_id), first, last)))
     runs = []
     for label, a, b in _label_days(first, last, layers, "warm"):
-        start = max(query.start, _day_start(a))
-        end = min(query.end, _day_start(b + ONE_DAY))
+        start = max(query.start, midnight(a))
+        end = min(query.end, midnight(b + ONE_DAY))
         runs.append((label, start, end))
     return runs
 

@@ -44,6 +44,11 @@ class DataQuery:
     after: Key | None = None  # from a cursor: answer rows strictly after this key
 
     @property
+    def days(self) -> tuple[date, date]:
+        """First and last UTC day that [start, end) touches."""
+        return self.start.date(), (self.end - timedelta(microseconds=1)).date()
+
+    @property
     def offset(self) -> int:
         """Rows before this page (page_number paging; 0 with a cursor)."""
         return 0 if self.after is not None else (self.page_number - 1) * self.page_size
@@ -60,15 +65,15 @@ class DataQuery:
         raw = json.dumps(payload, separators=(",", ":")).encode()
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
-    def with_page(
-        self, page_size: int, page_number: int = 1, after: Key | None = None
-    ) -> DataQuery:
-        return replace(self, page_size=page_size, page_number=page_number, after=after)
-
 
 def to_us(ts: datetime) -> int:
     delta = ts - EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def midnight(day: date) -> datetime:
+    """The UTC instant a day starts."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def from_us(ts_us: int) -> datetime:
@@ -80,8 +85,7 @@ def parse_time(parameter: str, text: str) -> datetime:
     text = text.strip()
     try:
         if len(text) == 10:
-            day = date.fromisoformat(text)
-            return datetime(day.year, day.month, day.day, tzinfo=UTC)
+            return midnight(date.fromisoformat(text))
         parsed = datetime.fromisoformat(text.replace("z", "Z"))
     except ValueError:
         raise InvalidParameter(

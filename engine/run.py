@@ -137,7 +137,7 @@ class Engine:
             return True
 
     def catalog(self, query: DataQuery) -> Catalog:
-        first, last = planner.span_days(query)
+        first, last = query.days
         try:
             with self._connection() as conn:
                 return self.catalogs.load(conn, query.users, first, last)
@@ -191,7 +191,7 @@ class Engine:
         if query.after is not None or query.offset == 0:
             return query.after, 0
         column = _COUNT_COLUMN[query.resolution]  # from our own table, never from input
-        first, last = planner.span_days(query)
+        first, last = query.days
         span = {"users": list(query.users), "metrics": list(query.metrics), "first": first,
                 "last": last}  # fmt: skip
         try:

@@ -22,6 +22,33 @@ def extension_available(conn: psycopg.Connection) -> bool:
     return row is not None
 
 
+def preloaded(conn: psycopg.Connection) -> bool:
+    """True when the server loads TimescaleDB at start (required by CREATE EXTENSION)."""
+    row = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()
+    return row is not None and "timescaledb" in row[0].replace(" ", "").split(",")
+
+
+def declined(conn: psycopg.Connection) -> bool:
+    """True when the server's configuration says `stratum.timescaledb = off`: it runs plain
+    PostgreSQL on purpose although the extension is installed (the private test servers)."""
+    row = conn.execute("SELECT current_setting('stratum.timescaledb', true)").fetchone()
+    return row is not None and row[0] == "off"
+
+
+def version(conn: psycopg.Connection) -> str | None:
+    """The TimescaleDB version installed in this database, or None."""
+    row = conn.execute(
+        "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def chunk_count(conn: psycopg.Connection, table: str) -> int:
+    """How many chunks `table` has now."""
+    row = conn.execute("SELECT count(*) FROM show_chunks(%s::regclass)", (table,)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def enabled(conn: psycopg.Connection) -> bool:
     """True when the extension is installed in this database."""
     row = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone()

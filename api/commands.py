@@ -37,8 +37,13 @@ class Context:
     def url(self) -> str:
         if self._url is None:
             db = self.settings.database
-            self._url = localdb.database_url(db.url, db.home)
+            # A private server started now says, in one line, which flavour it runs.
+            self._url = localdb.database_url(db.url, db.home, announce=_announce)
         return self._url
+
+
+def _announce(line: str) -> None:
+    err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def progress(on: Console | None = None) -> Progress:

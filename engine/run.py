@@ -85,6 +85,9 @@ class Engine:
                     max_size=self.settings.database.pool_size,
                     open=True,
                     kwargs={"autocommit": True, "connect_timeout": 3},
+                    # After a server restart every pooled connection is dead: test each
+                    # before handing it out, or each would fail one request in turn.
+                    check=psycopg_pool.ConnectionPool.check_connection,
                 )
             return self._pool
 

@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,7 +32,12 @@ CHUNK_ROWS = 262_144
 
 
 class WarmPool:
-    """A small pool of autocommit ADBC connections (each used by one thread at a time)."""
+    """A small pool of autocommit ADBC connections (each used by one thread at a time).
+
+    When the server restarts, every idle connection is dead: the first query that finds one
+    so drops them all and runs once more on a fresh connection, so queries recover as soon
+    as the server is back instead of failing once per pooled connection.
+    """
 
     def __init__(self, url: str, size: int) -> None:
         self.url = url
@@ -43,35 +48,65 @@ class WarmPool:
         try:
             conn = adbc.connect(self.url, autocommit=True)
         except adbc_driver_manager.Error as exc:
-            raise WarmStoreUnavailable(f"warm store unreachable: {exc}") from None
+            raise _unreachable(exc) from None
         with conn.cursor() as cur:
             cur.execute("SET timezone = 'UTC'")  # date_trunc buckets in UTC
         return conn
 
-    @contextmanager
-    def connection(self) -> Iterator[Any]:
+    def fetch(self, sql: str, params: tuple[Any, ...]) -> pa.Table:
+        """Run one query and return its whole result."""
         if not self._slots.acquire(timeout=30):
             raise WarmStoreUnavailable("all warm-store connections are busy", retry_after_s=2)
-        conn = None
         try:
+            reused, conn = self._checkout()
             try:
-                conn = self._idle.get_nowait()
-            except queue.Empty:
-                conn = self._connect()
-            yield conn
-            self._idle.put(conn)
-            conn = None
-        except adbc_driver_manager.OperationalError as exc:
-            raise WarmStoreUnavailable(f"warm store unreachable: {exc}") from None
+                return self._run(conn, sql, params)
+            except adbc_driver_manager.OperationalError as exc:
+                if not reused:
+                    raise _unreachable(exc) from None
+            # A connection from before a server restart: so are the other idle ones.
+            self.close()
+            try:
+                return self._run(self._connect(), sql, params)
+            except adbc_driver_manager.OperationalError as exc:
+                raise _unreachable(exc) from None
         finally:
-            if conn is not None:  # broken or interrupted mid-use: never reuse it
-                with suppress(adbc_driver_manager.Error):
-                    conn.close()
             self._slots.release()
 
+    def _run(self, conn: Any, sql: str, params: tuple[Any, ...]) -> pa.Table:
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                table = cur.fetch_arrow_table()
+        except BaseException:  # broken or interrupted mid-use: never reuse it
+            _close(conn)
+            raise
+        self._idle.put(conn)
+        return table
+
+    def _checkout(self) -> tuple[bool, Any]:
+        try:
+            return True, self._idle.get_nowait()
+        except queue.Empty:
+            return False, self._connect()
+
     def close(self) -> None:
-        while not self._idle.empty():
-            self._idle.get_nowait().close()
+        while True:
+            try:
+                _close(self._idle.get_nowait())
+            except queue.Empty:
+                return
+
+
+def _close(conn: Any) -> None:
+    with suppress(adbc_driver_manager.Error):
+        conn.close()
+
+
+def _unreachable(exc: Exception) -> WarmStoreUnavailable:
+    # The driver's text names hosts and sockets: it goes to the server log, not to clients.
+    log.warning("warm store unreachable: %s", exc)
+    return WarmStoreUnavailable("the warm store is unreachable")
 
 
 def _placeholders(start: int, count: int) -> str:
@@ -141,9 +176,7 @@ def stream_warm(
             *segment.users, *metrics, *span,
             position.user_id, position.metric, resume_ts, chunk,
         )  # fmt: skip
-        with pool.connection() as conn, conn.cursor() as cur:
-            cur.execute(_sql(segment, metrics, inclusive), params)
-            table = cur.fetch_arrow_table()
+        table = pool.fetch(_sql(segment, metrics, inclusive), params)
         if table.num_rows == 0:
             return
         for batch in table.to_batches():

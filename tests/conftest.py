@@ -139,8 +139,14 @@ def warm_url(pg_servers: Servers) -> Iterator[str]:
 
 
 @pytest.fixture(params=installed_flavours())
-def flavour_url(request: pytest.FixtureRequest, pg_servers: Servers) -> Iterator[str]:
+def flavour(request: pytest.FixtureRequest) -> str:
+    """Each installed warm-store flavour in turn."""
+    return str(request.param)
+
+
+@pytest.fixture
+def flavour_url(flavour: str, pg_servers: Servers) -> Iterator[str]:
     """URL of a fresh, migrated database, once per installed warm-store flavour."""
-    url = pg_servers.fresh_database(request.param)
+    url = pg_servers.fresh_database(flavour)
     yield url
     pg_servers.drop_database(url)

@@ -2,19 +2,25 @@
 
 For random data, sync watermarks, tiering, late rows, spans, resolutions and page sizes:
 the hybrid answer (lake + warm store) equals the answer from the warm store alone and the
-buckets computed directly from the raw rows, and concatenated pages equal the unpaged answer.
+buckets computed directly from the raw rows, and concatenated pages equal the unpaged answer;
+each example runs on every installed warm-store flavour (TimescaleDB, plain PostgreSQL) and
+their answers are identical (invariant 10).
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +31,7 @@ from sync.export import sync_to_lake
 from sync.ingest import ingest_tables
 from sync.rollups import refresh_rollups
 from sync.tiering import tier_warm_store
+from tests.conftest import Servers, installed_flavours
 from tests.property.rows import raw_table
 
 BASE = datetime(2024, 3, 9, 20, 0, tzinfo=UTC)  # five UTC days: 03-09 .. 03-13
@@ -65,6 +72,15 @@ def answer(engine: Engine, params: dict[str, str]) -> list[tuple]:
     return [tuple(r[c] for c in columns) for r in table.to_pylist()]
 
 
+@pytest.fixture
+def flavour_urls(pg_servers: Servers) -> Iterator[dict[str, str]]:
+    """A fresh database on every installed warm-store flavour."""
+    urls = {flavour: pg_servers.fresh_database(flavour) for flavour in installed_flavours()}
+    yield urls
+    for url in urls.values():
+        pg_servers.drop_database(url)
+
+
 @settings(
     max_examples=25,
     deadline=None,
@@ -82,7 +98,7 @@ def answer(engine: Engine, params: dict[str, str]) -> list[tuple]:
     page_size=st.integers(1, 40),
 )
 def test_hybrid_equals_warm_only_and_raw(
-    warm_url: str,
+    flavour_urls: dict[str, str],
     first: list,
     late: list,
     grace: int,
@@ -93,53 +109,81 @@ def test_hybrid_equals_warm_only_and_raw(
     resolution: str,
     page_size: int,
 ) -> None:
-    with psycopg.connect(warm_url, autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {TABLES}")
-    home = Path(tempfile.mkdtemp(prefix="stratum-hybrid-"))
-    truth: dict[tuple[int, str, datetime], float] = {}
+    lo, length = window
+    start = BASE + timedelta(seconds=min(lo, SPAN_S - 1))
+    end = min(start + timedelta(seconds=length), BASE + timedelta(seconds=SPAN_S))
+    scenario = Scenario(first, late, grace, tier_after, refresh_late, sync_late)
+    answers = {
+        flavour: scenario.run(url, start, end, resolution, page_size)
+        for flavour, url in flavour_urls.items()
+    }
+    # Invariant 10: TimescaleDB and plain PostgreSQL give identical answers.
+    assert len(set(map(tuple, answers.values()))) == 1, answers.keys()
 
-    def deliver(rows: list) -> None:
-        if rows:
-            ingest_tables(warm_url, [raw_table(rows, BASE)])
-        for u, m, s, v in rows:
-            truth[(u, m, BASE + timedelta(seconds=s))] = v
 
-    deliver(first)
-    refresh_rollups(warm_url)
-    hybrid = Engine(load_settings({"STRATUM_HOME": str(home)}), warm_url)
-    warm_only = Engine(load_settings({"STRATUM_HOME": str(home / "no-lake")}), warm_url)
-    try:
-        sync_to_lake(warm_url, hybrid.lake, grace_days=grace, batch_days=3, today=TODAY)
-        if tier_after is not None:
-            tier_warm_store(warm_url, hybrid.lake, older_than_days=tier_after, today=TODAY)
-        deliver(late)  # late rows, possibly into synced or tiered days
-        if refresh_late:
-            refresh_rollups(warm_url)
-            if sync_late:
-                sync_to_lake(warm_url, hybrid.lake, grace_days=grace, batch_days=3, today=TODAY)
+@dataclass(frozen=True)
+class Scenario:
+    """Deliveries, syncs and tiering of one example, replayed on one warm store."""
 
-        lo, length = window
-        start = BASE + timedelta(seconds=min(lo, SPAN_S - 1))
-        end = min(start + timedelta(seconds=length), BASE + timedelta(seconds=SPAN_S))
-        params = {"user_id": "1,2,3", "metric": "heart_rate,steps", "start": start.isoformat(),
-                  "end": end.isoformat(), "resolution": resolution}  # fmt: skip
-        query = build_query({k: [v] for k, v in params.items()}, hybrid.settings.query)
-        event(f"sources: {'+'.join(hybrid.plan(query).sources)}")
-        whole = answer(hybrid, {**params, "page_size": "0"})
-        assert whole == expected(truth, start, end, resolution)
-        if tier_after is None:  # the warm store still holds every row
-            assert whole == answer(warm_only, {**params, "page_size": "0"})
-        pages: list[tuple] = []
-        number = 1
-        while len(pages) < len(whole) + page_size:
-            page = answer(
-                hybrid, {**params, "page_size": str(page_size), "page_number": str(number)}
-            )
-            if not page:
-                break
-            pages += page
-            number += 1
-        assert pages == whole
-    finally:
-        hybrid.close()
-        warm_only.close()
+    first: list
+    late: list
+    grace: int
+    tier_after: int | None
+    refresh_late: bool
+    sync_late: bool
+
+    def run(
+        self, warm_url: str, start: datetime, end: datetime, resolution: str, page_size: int
+    ) -> list[tuple]:
+        """The whole hybrid answer, checked against raw, warm-only and the pages."""
+        with psycopg.connect(warm_url, autocommit=True) as conn:
+            conn.execute(f"TRUNCATE {TABLES}")
+        home = Path(tempfile.mkdtemp(prefix="stratum-hybrid-"))
+        truth: dict[tuple[int, str, datetime], float] = {}
+
+        def deliver(rows: list) -> None:
+            if rows:
+                ingest_tables(warm_url, [raw_table(rows, BASE)])
+            for u, m, s, v in rows:
+                truth[(u, m, BASE + timedelta(seconds=s))] = v
+
+        deliver(self.first)
+        refresh_rollups(warm_url)
+        hybrid = Engine(load_settings({"STRATUM_HOME": str(home)}), warm_url)
+        warm_only = Engine(load_settings({"STRATUM_HOME": str(home / "no-lake")}), warm_url)
+        try:
+            sync_to_lake(warm_url, hybrid.lake, grace_days=self.grace, batch_days=3, today=TODAY)
+            if self.tier_after is not None:
+                tier_warm_store(warm_url, hybrid.lake, older_than_days=self.tier_after, today=TODAY)
+            deliver(self.late)  # late rows, possibly into synced or tiered days
+            if self.refresh_late:
+                refresh_rollups(warm_url)
+                if self.sync_late:
+                    sync_to_lake(
+                        warm_url, hybrid.lake, grace_days=self.grace, batch_days=3, today=TODAY
+                    )
+
+            params = {"user_id": "1,2,3", "metric": "heart_rate,steps", "start": start.isoformat(),
+                      "end": end.isoformat(), "resolution": resolution}  # fmt: skip
+            query = build_query({k: [v] for k, v in params.items()}, hybrid.settings.query)
+            event(f"sources: {'+'.join(hybrid.plan(query).sources)}")
+            whole = answer(hybrid, {**params, "page_size": "0"})
+            assert whole == expected(truth, start, end, resolution)
+            if self.tier_after is None:  # the warm store still holds every row
+                assert whole == answer(warm_only, {**params, "page_size": "0"})
+            pages: list[tuple] = []
+            number = 1
+            while len(pages) < len(whole) + page_size:
+                page = answer(
+                    hybrid, {**params, "page_size": str(page_size), "page_number": str(number)}
+                )
+                if not page:
+                    break
+                pages += page
+                number += 1
+            assert pages == whole
+            return whole
+        finally:
+            hybrid.close()
+            warm_only.close()
+            shutil.rmtree(home, ignore_errors=True)

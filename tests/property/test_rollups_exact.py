@@ -73,19 +73,19 @@ def assert_day_counts(conn: psycopg.Connection, raw: dict) -> None:
 )
 @given(batches=deliveries, refresh_between=st.lists(st.booleans(), min_size=4, max_size=4))
 def test_rollups_equal_direct_buckets(
-    warm_url: str, batches: list[list[tuple]], refresh_between: list[bool]
+    flavour_url: str, batches: list[list[tuple]], refresh_between: list[bool]
 ) -> None:
-    with psycopg.connect(warm_url, autocommit=True) as conn:
+    with psycopg.connect(flavour_url, autocommit=True) as conn:
         conn.execute("TRUNCATE raw_data, data_1m, data_1h, data_1d, day_state, day_counts")
         conn.execute("SET timezone = 'UTC'")
         truth: dict[tuple[int, str, datetime], float] = {}
         for batch, refresh in zip(batches, refresh_between, strict=False):
-            ingest_tables(warm_url, [raw_table(batch, BASE)])
+            ingest_tables(flavour_url, [raw_table(batch, BASE)])
             for user, metric, seconds, value in batch:  # later copies replace earlier ones
                 truth[(user, metric, BASE + timedelta(seconds=seconds))] = value
             if refresh:  # later deliveries then land in days that were already refreshed
-                refresh_rollups(warm_url)
-        refresh_rollups(warm_url)
+                refresh_rollups(flavour_url)
+        refresh_rollups(flavour_url)
         assert_same(stored(conn, "data_1m"), expected_buckets(truth, "minute"))
         assert_same(stored(conn, "data_1h"), expected_buckets(truth, "hour"))
         assert_same(stored(conn, "data_1d"), expected_buckets(truth, "day"))
@@ -96,16 +96,16 @@ def test_rollups_equal_direct_buckets(
         assert pending == (0,)
 
 
-def test_refresh_is_idempotent(warm_url: str) -> None:
+def test_refresh_is_idempotent(flavour_url: str) -> None:
     rows = [(1, "heart_rate", 10, 60.0), (1, "heart_rate", 70, 61.0)]
-    ingest_tables(warm_url, [raw_table(rows, BASE)])
-    first = refresh_rollups(warm_url)
+    ingest_tables(flavour_url, [raw_table(rows, BASE)])
+    first = refresh_rollups(flavour_url)
     assert first.days == 1 and first.rows["data_1m"] == 2
-    with psycopg.connect(warm_url) as conn:
+    with psycopg.connect(flavour_url) as conn:
         before = stored(conn, "data_1m"), stored(conn, "data_1h"), stored(conn, "data_1d")
-    assert refresh_rollups(warm_url).days == 0
-    with psycopg.connect(warm_url, autocommit=True) as conn:
+    assert refresh_rollups(flavour_url).days == 0
+    with psycopg.connect(flavour_url, autocommit=True) as conn:
         conn.execute("UPDATE day_state SET refreshed_seq = 0")  # force a full rebuild
-    assert refresh_rollups(warm_url).days == 1
-    with psycopg.connect(warm_url) as conn:
+    assert refresh_rollups(flavour_url).days == 1
+    with psycopg.connect(flavour_url) as conn:
         assert (stored(conn, "data_1m"), stored(conn, "data_1h"), stored(conn, "data_1d")) == before

@@ -38,7 +38,7 @@ def changed_days(url: str) -> list[tuple]:
         ).fetchall()
 
 
-def test_csv_lands_and_marks_each_utc_day(warm_url: str, tmp_path: Path) -> None:
+def test_csv_lands_and_marks_each_utc_day(flavour_url: str, tmp_path: Path) -> None:
     path = write(
         tmp_path,
         "a.csv",
@@ -47,17 +47,17 @@ def test_csv_lands_and_marks_each_utc_day(warm_url: str, tmp_path: Path) -> None
         + "2024-01-02T01:30:00+02:00,1,heart_rate,62\n"  # 2024-01-01 23:30 UTC
         + "2024-01-02T00:00:00Z,2,steps,12\n",
     )
-    result = ingest_files(warm_url, [path])
+    result = ingest_files(flavour_url, [path])
     assert result.rows == 3
-    assert raw_rows(warm_url) == [
+    assert raw_rows(flavour_url) == [
         (1, "heart_rate", "2024-01-01 23:30:00", 62.0),
         (1, "heart_rate", "2024-01-01 23:59:59", 61.0),
         (2, "steps", "2024-01-02 00:00:00", 12.0),
     ]
-    assert changed_days(warm_url) == [(1, "2024-01-01"), (2, "2024-01-02")]
+    assert changed_days(flavour_url) == [(1, "2024-01-01"), (2, "2024-01-02")]
 
 
-def test_redelivery_replaces_and_never_duplicates(warm_url: str, tmp_path: Path) -> None:
+def test_redelivery_replaces_and_never_duplicates(flavour_url: str, tmp_path: Path) -> None:
     first = write(tmp_path, "a.csv", HEADER + "2024-01-01T00:00:00Z,1,heart_rate,60\n")
     again = write(
         tmp_path,
@@ -67,22 +67,22 @@ def test_redelivery_replaces_and_never_duplicates(warm_url: str, tmp_path: Path)
         + "2024-01-01T00:00:01Z,1,heart_rate,71\n"
         + "2024-01-01T00:00:01Z,1,heart_rate,72\n",  # same key twice: the last copy wins
     )
-    ingest_files(warm_url, [first])
-    ingest_files(warm_url, [again])
-    assert raw_rows(warm_url) == [
+    ingest_files(flavour_url, [first])
+    ingest_files(flavour_url, [again])
+    assert raw_rows(flavour_url) == [
         (1, "heart_rate", "2024-01-01 00:00:00", 70.0),
         (1, "heart_rate", "2024-01-01 00:00:01", 72.0),
     ]
 
 
-def test_quoted_csv_header_and_fields(warm_url: str, tmp_path: Path) -> None:
+def test_quoted_csv_header_and_fields(flavour_url: str, tmp_path: Path) -> None:
     path = write(
         tmp_path, "q.csv", '"ts","user_id","metric","value"\n"2024-01-01T00:00:00Z",1,"steps",3\n'
     )
-    assert ingest_files(warm_url, [path]).rows == 1
+    assert ingest_files(flavour_url, [path]).rows == 1
 
 
-def test_parquet_and_ndjson_are_accepted(warm_url: str, tmp_path: Path) -> None:
+def test_parquet_and_ndjson_are_accepted(flavour_url: str, tmp_path: Path) -> None:
     table = pa.table(
         {
             "ts": pa.array([1_704_067_200_000_000], pa.timestamp("us", tz="UTC")),
@@ -98,9 +98,9 @@ def test_parquet_and_ndjson_are_accepted(warm_url: str, tmp_path: Path) -> None:
         '{"ts": "2024-01-01T00:01:00Z", "user_id": 3, "metric": "spo2", "value": 96}\n'
         '{"ts": "2024-01-01T00:02:00Z", "user_id": "3", "metric": "spo2", "value": "95.5"}\n',
     )
-    result = ingest_files(warm_url, [tmp_path / "a.parquet", ndjson])
+    result = ingest_files(flavour_url, [tmp_path / "a.parquet", ndjson])
     assert result.files == 2 and result.rows == 3
-    assert [r[3] for r in raw_rows(warm_url)] == [97.5, 96.0, 95.5]
+    assert [r[3] for r in raw_rows(flavour_url)] == [97.5, 96.0, 95.5]
 
 
 BAD_CSV = [
@@ -118,33 +118,33 @@ BAD_CSV = [
 
 @pytest.mark.parametrize(("bad_line", "row", "reason"), BAD_CSV)
 def test_bad_row_refuses_the_whole_file(
-    warm_url: str, tmp_path: Path, bad_line: str, row: int, reason: str
+    flavour_url: str, tmp_path: Path, bad_line: str, row: int, reason: str
 ) -> None:
     path = write(tmp_path, "bad.csv", HEADER + "2024-01-01T00:00:00Z,1,steps,5\n" + bad_line + "\n")
     with pytest.raises(IngestRejected) as caught:
-        ingest_files(warm_url, [path])
+        ingest_files(flavour_url, [path])
     assert caught.value.row == row
     assert reason in caught.value.reason
     assert str(path) in caught.value.message
-    assert raw_rows(warm_url) == []
-    assert changed_days(warm_url) == []
+    assert raw_rows(flavour_url) == []
+    assert changed_days(flavour_url) == []
 
 
-def test_unknown_metric_lists_every_valid_one(warm_url: str, tmp_path: Path) -> None:
+def test_unknown_metric_lists_every_valid_one(flavour_url: str, tmp_path: Path) -> None:
     path = write(tmp_path, "bad.csv", HEADER + "2024-01-01T00:00:00Z,1,pulse,60\n")
     with pytest.raises(IngestRejected) as caught:
-        ingest_files(warm_url, [path])
+        ingest_files(flavour_url, [path])
     for name in ("heart_rate", "steps", "spo2", "hrv", "respiratory_rate", "skin_temperature"):
         assert name in caught.value.reason
 
 
-def test_missing_column_is_named(warm_url: str, tmp_path: Path) -> None:
+def test_missing_column_is_named(flavour_url: str, tmp_path: Path) -> None:
     path = write(tmp_path, "bad.csv", "ts,user_id,value\n2024-01-01T00:00:00Z,1,60\n")
     with pytest.raises(IngestRejected, match="missing column.*metric"):
-        ingest_files(warm_url, [path])
+        ingest_files(flavour_url, [path])
 
 
-def test_zoneless_parquet_timestamps_are_refused(warm_url: str, tmp_path: Path) -> None:
+def test_zoneless_parquet_timestamps_are_refused(flavour_url: str, tmp_path: Path) -> None:
     table = pa.table(
         {
             "ts": pa.array([0], pa.timestamp("us")),
@@ -155,24 +155,24 @@ def test_zoneless_parquet_timestamps_are_refused(warm_url: str, tmp_path: Path) 
     )
     pq.write_table(table, tmp_path / "naive.parquet")
     with pytest.raises(IngestRejected, match="without time zone"):
-        ingest_files(warm_url, [tmp_path / "naive.parquet"])
-    assert raw_rows(warm_url) == []
+        ingest_files(flavour_url, [tmp_path / "naive.parquet"])
+    assert raw_rows(flavour_url) == []
 
 
 def test_bad_row_in_a_later_batch_leaves_nothing(
-    warm_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    flavour_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(readers, "CSV_BLOCK_BYTES", 4096)
     good = "".join(f"2024-01-01T00:{m:02d}:{s:02d}Z,1,heart_rate,60\n" for m in range(20)
                    for s in range(60))  # fmt: skip
     path = write(tmp_path, "late.csv", HEADER + good + "2024-01-01T01:00:00Z,1,heart_rate,x\n")
     with pytest.raises(IngestRejected) as caught:
-        ingest_files(warm_url, [path])
+        ingest_files(flavour_url, [path])
     assert caught.value.row == 1201
-    assert raw_rows(warm_url) == []
+    assert raw_rows(flavour_url) == []
 
 
-def test_ndjson_bad_value_names_the_row(warm_url: str, tmp_path: Path) -> None:
+def test_ndjson_bad_value_names_the_row(flavour_url: str, tmp_path: Path) -> None:
     path = write(
         tmp_path,
         "bad.ndjson",
@@ -180,12 +180,12 @@ def test_ndjson_bad_value_names_the_row(warm_url: str, tmp_path: Path) -> None:
         '{"ts": "2024-01-01T00:01:00Z", "user_id": 1, "metric": "steps"}\n',
     )
     with pytest.raises(IngestRejected) as caught:
-        ingest_files(warm_url, [path])
+        ingest_files(flavour_url, [path])
     assert caught.value.row == 2 and "missing value for column value" in caught.value.reason
 
 
-def test_unknown_file_type_and_missing_file(warm_url: str, tmp_path: Path) -> None:
+def test_unknown_file_type_and_missing_file(flavour_url: str, tmp_path: Path) -> None:
     with pytest.raises(IngestRejected, match="unknown file type"):
-        ingest_files(warm_url, [write(tmp_path, "a.xlsx", "x")])
+        ingest_files(flavour_url, [write(tmp_path, "a.xlsx", "x")])
     with pytest.raises(IngestRejected, match="no such file"):
-        ingest_files(warm_url, [tmp_path / "absent.csv"])
+        ingest_files(flavour_url, [tmp_path / "absent.csv"])

@@ -51,43 +51,43 @@ def tier(url: str, lake: Lake, older_than: int = 1) -> TierResult:
 
 
 @pytest.fixture
-def lake(warm_url: str, tmp_path: Path) -> Lake:
-    load_cohort(warm_url)
+def lake(flavour_url: str, tmp_path: Path) -> Lake:
+    load_cohort(flavour_url)
     lake = make_lake(tmp_path)
-    run_sync(warm_url, lake)
+    run_sync(flavour_url, lake)
     return lake
 
 
-def test_only_verified_unchanged_days_leave_the_warm_store(warm_url: str, lake: Lake) -> None:
-    ingest_rows(warm_url, [(f"{CHANGED}T10:00:00Z", 1, "heart_rate", 80.0)])
-    before = {t: source_stats(warm_url, t) for t in ("raw", "agg_1h", "agg_1d")}
+def test_only_verified_unchanged_days_leave_the_warm_store(flavour_url: str, lake: Lake) -> None:
+    ingest_rows(flavour_url, [(f"{CHANGED}T10:00:00Z", 1, "heart_rate", 80.0)])
+    before = {t: source_stats(flavour_url, t) for t in ("raw", "agg_1h", "agg_1d")}
 
-    result = tier(warm_url, lake)
+    result = tier(flavour_url, lake)
 
     synced = [(u, FIRST_DAY + timedelta(days=i)) for u in (1, 2) for i in range(4)]
     expected = sorted(p for p in synced if p != (1, CHANGED))
     assert result.days == len(expected) == 7 and not result.refused
-    states = day_state(warm_url)
+    states = day_state(flavour_url)
     assert sorted(p for p, s in states.items() if s[3] is not None) == expected
     for user_id, day in states:
         kept = (user_id, day) not in expected
         for table in ("raw_data", "data_1m"):
-            assert (warm_rows(warm_url, table, user_id, day) > 0) == kept, (user_id, day)
+            assert (warm_rows(flavour_url, table, user_id, day) > 0) == kept, (user_id, day)
     assert result.rows["raw_data"] == sum(before["raw"][p][0] for p in expected)
     # Coarse rollups stay; the lake still holds exactly what was verified.
-    assert source_stats(warm_url, "agg_1h") == before["agg_1h"]
-    recorded = lake_days(warm_url)
+    assert source_stats(flavour_url, "agg_1h") == before["agg_1h"]
+    recorded = lake_days(flavour_url)
     for tier_name in ("raw", "agg_1m"):
         stats = lake_stats(lake, tier_name, expected)
         assert all(stats[p] == recorded[(p[0], tier_name, p[1])][:2] for p in expected)
-    assert tier(warm_url, lake).days == 0  # idempotent
+    assert tier(flavour_url, lake).days == 0  # idempotent
 
 
 def test_a_day_not_synced_in_every_tier_is_not_tiered(
-    warm_url: str, lake: Lake, monkeypatch: pytest.MonkeyPatch
+    flavour_url: str, lake: Lake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ingest_rows(warm_url, [(f"{CHANGED}T10:00:00Z", 1, "heart_rate", 80.0)])
-    refresh_rollups(warm_url)
+    ingest_rows(flavour_url, [(f"{CHANGED}T10:00:00Z", 1, "heart_rate", 80.0)])
+    refresh_rollups(flavour_url)
     real_day_stats = Lake.day_stats
 
     def hourly_mismatch(self: Lake, tier, pairs, version=None):  # type: ignore[no-untyped-def]
@@ -98,40 +98,40 @@ def test_a_day_not_synced_in_every_tier_is_not_tiered(
 
     monkeypatch.setattr(Lake, "day_stats", hourly_mismatch)
     with pytest.raises(VerificationFailed):
-        run_sync(warm_url, lake)
+        run_sync(flavour_url, lake)
     monkeypatch.setattr(Lake, "day_stats", real_day_stats)
-    recorded, state = lake_days(warm_url), day_state(warm_url)[(1, CHANGED)]
+    recorded, state = lake_days(flavour_url), day_state(flavour_url)[(1, CHANGED)]
     assert recorded[(1, "raw", CHANGED)][2] == recorded[(1, "agg_1m", CHANGED)][2] == state[0]
     assert state[2] < state[0]  # not synced: the router reads every tier of it warm
 
-    result = tier(warm_url, lake)
+    result = tier(flavour_url, lake)
 
-    assert result.days == 7 and day_state(warm_url)[(1, CHANGED)][3] is None
-    assert warm_rows(warm_url, "raw_data", 1, CHANGED) > 0
+    assert result.days == 7 and day_state(flavour_url)[(1, CHANGED)][3] is None
+    assert warm_rows(flavour_url, "raw_data", 1, CHANGED) > 0
 
 
-def test_horizon_is_respected(warm_url: str, lake: Lake) -> None:
-    result = tier(warm_url, lake, older_than=3)  # days before TODAY - 3
+def test_horizon_is_respected(flavour_url: str, lake: Lake) -> None:
+    result = tier(flavour_url, lake, older_than=3)  # days before TODAY - 3
     assert result.days == 2 * 2
-    tiered = {p for p, s in day_state(warm_url).items() if s[3] is not None}
+    tiered = {p for p, s in day_state(flavour_url).items() if s[3] is not None}
     assert max(d for _, d in tiered) == TODAY - timedelta(days=4)
 
 
-def test_a_lake_copy_that_no_longer_matches_is_not_tiered(warm_url: str, lake: Lake) -> None:
+def test_a_lake_copy_that_no_longer_matches_is_not_tiered(flavour_url: str, lake: Lake) -> None:
     victim = (2, FIRST_DAY + timedelta(days=2))
     lake.replace_days("raw", tier_rows("raw", [victim], metrics=("heart_rate",)), [victim])
 
-    result = tier(warm_url, lake)
+    result = tier(flavour_url, lake)
 
     assert [(u, d) for u, d, _ in result.refused] == [victim]
     assert result.days == 7
-    assert warm_rows(warm_url, "raw_data", *victim) > 0
-    recorded = lake_days(warm_url)
+    assert warm_rows(flavour_url, "raw_data", *victim) > 0
+    recorded = lake_days(flavour_url)
     assert (victim[0], "raw", victim[1]) not in recorded  # the router reads it warm again
-    assert day_state(warm_url)[victim][2] == 0  # queued for a fresh sync
-    assert run_sync(warm_url, lake).days == 1
-    assert tier(warm_url, lake).days == 1
-    assert_lake_equals_source_for(warm_url, lake, victim)
+    assert day_state(flavour_url)[victim][2] == 0  # queued for a fresh sync
+    assert run_sync(flavour_url, lake).days == 1
+    assert tier(flavour_url, lake).days == 1
+    assert_lake_equals_source_for(flavour_url, lake, victim)
 
 
 def assert_lake_equals_source_for(url: str, lake: Lake, pair: tuple[int, date]) -> None:
@@ -140,72 +140,72 @@ def assert_lake_equals_source_for(url: str, lake: Lake, pair: tuple[int, date]) 
         assert lake_stats(lake, name, [pair])[pair] == recorded[(pair[0], name, pair[1])][:2]
 
 
-def test_sync_never_overwrites_a_tiered_day(warm_url: str, lake: Lake) -> None:
-    tier(warm_url, lake)
+def test_sync_never_overwrites_a_tiered_day(flavour_url: str, lake: Lake) -> None:
+    tier(flavour_url, lake)
     day = (1, FIRST_DAY)
     kept = lake_stats(lake, "raw", [day])
-    with psycopg.connect(warm_url) as conn:  # even if its sync record were lost
+    with psycopg.connect(flavour_url) as conn:  # even if its sync record were lost
         conn.execute("UPDATE day_state SET synced_seq = 0 WHERE user_id = 1 AND day = %s",
                      (FIRST_DAY,))  # fmt: skip
-    result = run_sync(warm_url, lake)
+    result = run_sync(flavour_url, lake)
     assert result.days == 0
     assert lake_stats(lake, "raw", [day]) == kept and kept[day][0] > 0
 
 
-def test_late_row_into_a_tiered_day_rehydrates_it(warm_url: str, lake: Lake) -> None:
+def test_late_row_into_a_tiered_day_rehydrates_it(flavour_url: str, lake: Lake) -> None:
     day = (1, FIRST_DAY + timedelta(days=1))
-    full_raw = source_stats(warm_url, "raw")[day]
-    tier(warm_url, lake)
-    assert warm_rows(warm_url, "raw_data", *day) == 0
+    full_raw = source_stats(flavour_url, "raw")[day]
+    tier(flavour_url, lake)
+    assert warm_rows(flavour_url, "raw_data", *day) == 0
     late = datetime(day[1].year, day[1].month, day[1].day, 23, 59, 59, 500_000, tzinfo=UTC)
 
     # No lake path given: ingest finds the lake where tiering recorded it.
-    ingest_rows(warm_url, [(late.isoformat(), 1, "heart_rate", 123.0)])
+    ingest_rows(flavour_url, [(late.isoformat(), 1, "heart_rate", 123.0)])
 
-    assert warm_rows(warm_url, "raw_data", *day) == full_raw[0] + 1
-    assert day_state(warm_url)[day][3] is None  # no longer tiered
-    recorded = lake_days(warm_url)[(1, "raw", day[1])]
-    assert recorded[2] < day_state(warm_url)[day][0]  # the router reads it warm now
-    refresh_rollups(warm_url)  # 1m rebuilt from the whole day again, not from the late row
-    with psycopg.connect(warm_url) as conn:
+    assert warm_rows(flavour_url, "raw_data", *day) == full_raw[0] + 1
+    assert day_state(flavour_url)[day][3] is None  # no longer tiered
+    recorded = lake_days(flavour_url)[(1, "raw", day[1])]
+    assert recorded[2] < day_state(flavour_url)[day][0]  # the router reads it warm now
+    refresh_rollups(flavour_url)  # 1m rebuilt from the whole day again, not from the late row
+    with psycopg.connect(flavour_url) as conn:
         counted = conn.execute(
             "SELECT sum(count) FROM data_1m WHERE user_id = 1 AND ts >= %s AND ts < %s",
             (late.replace(hour=0, minute=0, second=0, microsecond=0), late),
         ).fetchone()
     assert counted == (full_raw[0] + 1,)
 
-    assert run_sync(warm_url, lake).days == 1
-    assert lake_stats(lake, "raw", [day])[day] == source_stats(warm_url, "raw")[day]
+    assert run_sync(flavour_url, lake).days == 1
+    assert lake_stats(lake, "raw", [day])[day] == source_stats(flavour_url, "raw")[day]
     assert lake_stats(lake, "raw", [day])[day][0] == full_raw[0] + 1
-    assert_lake_equals_source(warm_url, lake, before=LAST)
+    assert_lake_equals_source(flavour_url, lake, before=LAST)
 
 
-def test_redelivered_row_into_a_tiered_day_wins_over_the_lake(warm_url: str, lake: Lake) -> None:
+def test_redelivered_row_into_a_tiered_day_wins_over_the_lake(flavour_url: str, lake: Lake) -> None:
     day = (2, FIRST_DAY)
-    with psycopg.connect(warm_url) as conn:
+    with psycopg.connect(flavour_url) as conn:
         ts, value = conn.execute(
             "SELECT ts, value FROM raw_data WHERE user_id = 2 AND metric = 'heart_rate' "
             "AND ts >= %s ORDER BY ts LIMIT 1",
             (datetime(FIRST_DAY.year, FIRST_DAY.month, FIRST_DAY.day, 12, tzinfo=UTC),),
         ).fetchone()  # type: ignore[misc]
-    count = source_stats(warm_url, "raw")[day][0]
-    tier(warm_url, lake)
-    ingest_rows(warm_url, [(ts.isoformat(), 2, "heart_rate", value + 1.0)])
-    with psycopg.connect(warm_url) as conn:
+    count = source_stats(flavour_url, "raw")[day][0]
+    tier(flavour_url, lake)
+    ingest_rows(flavour_url, [(ts.isoformat(), 2, "heart_rate", value + 1.0)])
+    with psycopg.connect(flavour_url) as conn:
         stored = conn.execute(
             "SELECT value FROM raw_data WHERE user_id = 2 AND metric = 'heart_rate' AND ts = %s",
             (ts,),
         ).fetchone()
     assert stored == (value + 1.0,)
-    assert warm_rows(warm_url, "raw_data", *day) == count
+    assert warm_rows(flavour_url, "raw_data", *day) == count
 
 
-def test_tiering_waits_for_no_sync(warm_url: str, lake: Lake) -> None:
-    with psycopg.connect(warm_url, autocommit=True) as other:
+def test_tiering_waits_for_no_sync(flavour_url: str, lake: Lake) -> None:
+    with psycopg.connect(flavour_url, autocommit=True) as other:
         other.execute("SELECT pg_advisory_lock(%s)", (SYNC_LOCK,))
         with pytest.raises(SyncFailed, match="another"):
-            tier(warm_url, lake)
-    assert all(s[3] is None for s in day_state(warm_url).values())
+            tier(flavour_url, lake)
+    assert all(s[3] is None for s in day_state(flavour_url).values())
 
 
 @pytest.mark.parametrize(

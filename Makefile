@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install postgres demo test lint typecheck unit bench-ci clean
+.PHONY: install postgres demo test test-postgresql lint typecheck unit bench-ci clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ unit: install
 	$(BIN)/pytest
 
 test: lint typecheck unit
+
+# The whole suite on plain PostgreSQL even where TimescaleDB is installed (`make test` runs on
+# TimescaleDB there, plus the warm-store, tiering and hybrid tests on plain PostgreSQL).
+test-postgresql: install
+	STRATUM_TEST_FLAVOUR=postgresql $(BIN)/pytest
 
 # The ci benchmark preset on its own (make test runs it too, as tests/benchmarks).
 bench-ci: install

@@ -23,6 +23,7 @@ from benchmarks.server import RssSampler, ServerProcess
 from benchmarks.workloads import METRIC, Case
 from engine.registry import METRICS
 from lake import TIERS, Lake
+from sync import timescale
 from sync.ingest import ingest_files
 from sync.rollups import refresh_rollups
 from sync.schema import init_schema
@@ -153,23 +154,10 @@ def storage(dataset: Dataset) -> dict[str, Any]:
     """Bytes of the warm store's tables and of the lake's tiers, and their rows."""
     warm: dict[str, dict[str, int]] = {}
     with psycopg.connect(dataset.url) as conn:
-        timescale = conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')"
-        ).fetchone()
         for table in RAW_TABLES:
-            size_sql = "pg_total_relation_size(%s::regclass)"
-            if timescale and timescale[0]:
-                hyper = conn.execute(
-                    "SELECT EXISTS (SELECT 1 FROM timescaledb_information.hypertables "
-                    "WHERE hypertable_name = %s)",
-                    (table,),
-                ).fetchone()
-                if hyper and hyper[0]:
-                    size_sql = "hypertable_size(%s::regclass)"
-            size = conn.execute(f"SELECT {size_sql}", (table,)).fetchone()  # noqa: S608
             count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
             warm[table] = {
-                "bytes": int(size[0]) if size else 0,
+                "bytes": timescale.table_bytes(conn, table),
                 "rows": int(count[0]) if count else 0,
             }
     lake: dict[str, dict[str, int]] = {}

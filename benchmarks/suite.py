@@ -34,6 +34,7 @@ from benchmarks.workloads import (
     span_cases,
 )
 from engine.settings import Settings
+from sync import timescale
 
 BACKEND_ORDER = (
     "warm_raw",
@@ -64,9 +65,7 @@ def _machine(dataset: Dataset) -> dict[str, Any]:
     with psycopg.connect(dataset.url) as conn:
         row = conn.execute("SHOW server_version").fetchone()
         pg_version = row[0] if row else "?"
-        ts = conn.execute(
-            "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
-        ).fetchone()
+        timescaledb = timescale.version(conn)
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -83,7 +82,7 @@ def _machine(dataset: Dataset) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "postgresql": pg_version,
-        "timescaledb": ts[0] if ts else None,
+        "timescaledb": timescaledb,
         "duckdb": duckdb.__version__,
         "commit": commit,
     }

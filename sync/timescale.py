@@ -43,10 +43,12 @@ def version(conn: psycopg.Connection) -> str | None:
     return None if row is None else str(row[0])
 
 
-def chunk_count(conn: psycopg.Connection, table: str) -> int:
-    """How many chunks `table` has now."""
-    row = conn.execute("SELECT count(*) FROM show_chunks(%s::regclass)", (table,)).fetchone()
-    return int(row[0]) if row else 0
+def table_bytes(conn: psycopg.Connection, table: str) -> int:
+    """On-disk bytes of `table` with its indexes (and its chunks, for a hypertable)."""
+    hypertable = enabled(conn) and table in hypertable_names(conn)
+    size = "hypertable_size" if hypertable else "pg_total_relation_size"
+    row = conn.execute(f"SELECT {size}(%s::regclass)", (table,)).fetchone()  # noqa: S608
+    return int(row[0] or 0) if row else 0
 
 
 def enabled(conn: psycopg.Connection) -> bool:

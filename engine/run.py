@@ -85,9 +85,6 @@ class Engine:
                     max_size=self.settings.database.pool_size,
                     open=True,
                     kwargs={"autocommit": True, "connect_timeout": 3},
-                    # After a server restart every pooled connection is dead: test each
-                    # before handing it out, or each would fail one request in turn.
-                    check=psycopg_pool.ConnectionPool.check_connection,
                 )
             return self._pool
 
@@ -115,11 +112,17 @@ class Engine:
             yield None
             return
         try:
-            with pool.connection(timeout=3) as conn:
-                yield conn
+            conn = _checked_out(pool)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
             self._warm_down_until = time.monotonic() + WARM_RETRY_S
             raise
+        try:
+            yield conn
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
+            self._warm_down_until = time.monotonic() + WARM_RETRY_S
+            raise
+        finally:
+            pool.putconn(conn)  # a broken one is discarded by the pool
 
     def close(self) -> None:
         if self._pool is not None:
@@ -251,6 +254,21 @@ class Engine:
             key = Key(last["user_id"], last["metric"], _ts_us(table))
             next_cursor = query.cursor_after(key)
         return Answer(plan, schema, iter(table.to_batches()), has_more, next_cursor, table.num_rows)
+
+
+def _checked_out(pool: psycopg_pool.ConnectionPool) -> psycopg.Connection:
+    """A pooled connection that works. After a server restart every idle connection is dead:
+    the first one found so makes the pool drop them all, and a fresh one is taken, so the
+    first request after a restart is answered instead of one failure per pooled connection.
+    (The pool's own `check=` callback left waiters without a connection: psycopg_pool 3.3.)"""
+    conn = pool.getconn(timeout=3)
+    try:
+        conn.execute("")  # one round trip
+        return conn
+    except psycopg.OperationalError:
+        pool.putconn(conn)
+        pool.check()
+    return pool.getconn(timeout=3)
 
 
 def _ts_us(table: pa.Table) -> int:

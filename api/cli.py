@@ -8,14 +8,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rich.console import Console
-
 from api import commands, lake_commands
 from api.argtypes import comma_list, iso_date, positive
+from api.console import err_console
 from engine.errors import InvalidParameter, StratumError
 from engine.settings import load_settings
-
-err_console = Console(stderr=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,56 +6,20 @@ import argparse
 import logging
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
-from engine.settings import Settings
+from api.console import Context, console, err_console, progress
+from api.lake_commands import demo_sync
 from sync import localdb
 from sync.generate import generate_cohort, write_cohort
 from sync.ingest import ingest_files, ingest_tables
 from sync.rollups import refresh_rollups, warm_tier_counts
 from sync.schema import init_schema
-
-console = Console()
-err_console = Console(stderr=True)
-
-
-@dataclass
-class Context:
-    """What every command needs: the settings, and the database URL once resolved."""
-
-    settings: Settings
-    _url: str | None = field(default=None, init=False)
-
-    @property
-    def url(self) -> str:
-        if self._url is None:
-            db = self.settings.database
-            # A private server started now says, in one line, which flavour it runs.
-            self._url = localdb.database_url(db.url, db.home, announce=_announce)
-        return self._url
-
-
-def _announce(line: str) -> None:
-    err_console.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
-def progress(on: Console | None = None) -> Progress:
-    """The CLI's progress bar: a task's description, bar, done/total and rows so far."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rows]:>12,} rows"),
-        TimeElapsedColumn(),
-        console=on or console,
-    )
 
 
 def db_init(args: argparse.Namespace, ctx: Context) -> int:
@@ -157,8 +121,6 @@ def demo(args: argparse.Namespace, ctx: Context) -> int:
     )  # fmt: skip
     generate(gen_args, ctx)
     aggregate(args, ctx)
-    from api.lake_commands import demo_sync  # imports this module: bound late
-
     demo_sync(ctx)
     status(args, ctx)
     if getattr(args, "serve", False):
@@ -185,8 +147,16 @@ def bench(args: argparse.Namespace, ctx: Context) -> int:
     # benchmarks imports every package, the HTTP app included: load it only when asked for.
     from benchmarks.suite import run_suite
 
-    out = run_suite(args.scale, ctx.settings, out_dir=args.out, rebuild=args.rebuild,
-                    console=console)  # fmt: skip
+    # The bench serves the API the way `stratum serve` does, in a process of its own.
+    serve_command = (sys.executable, "-m", "api.cli", "serve")
+    out = run_suite(
+        args.scale,
+        ctx.settings,
+        progress_bar=progress,
+        serve_command=serve_command,
+        out_dir=args.out,
+        rebuild=args.rebuild,
+    )
     console.print(f"report: {out / 'report.md'}")
     return 0
 

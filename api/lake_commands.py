@@ -13,7 +13,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from api.argtypes import non_negative, positive
-from api.commands import Context, console, progress
+from api.console import Context, console, progress
 from engine.errors import SyncFailed
 from lake import TIERS, Lake
 from sync import jobs

@@ -6,7 +6,7 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -174,7 +174,7 @@ def storage(dataset: Dataset) -> dict[str, Any]:
     return {"warm": warm, "lake": lake}
 
 
-def budget_proof(dataset: Dataset, out_dir: Path) -> dict[str, Any]:
+def budget_proof(serve_command: Sequence[str], dataset: Dataset, out_dir: Path) -> dict[str, Any]:
     """A server with a small STRATUM_MEMORY_BUDGET: a full-lake scan, then 8 concurrent
     multi-year queries. Records peak RSS against the budget (reported, never asserted)."""
     preset = dataset.preset
@@ -185,7 +185,10 @@ def budget_proof(dataset: Dataset, out_dir: Path) -> dict[str, Any]:
 
     budget = parse_size(preset.memory_budget, "STRATUM_MEMORY_BUDGET")
     server = ServerProcess(
-        dataset, out_dir / "server-budget.log", STRATUM_MEMORY_BUDGET=preset.memory_budget
+        serve_command,
+        dataset,
+        out_dir / "server-budget.log",
+        STRATUM_MEMORY_BUDGET=preset.memory_budget,
     )
     result: dict[str, Any] = {"budget": preset.memory_budget, "budget_bytes": budget}
     try:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -82,9 +81,11 @@ def _free_port() -> int:
 
 
 class ServerProcess:
-    """`python -m benchmarks.serve` against a dataset, with extra STRATUM_* settings."""
+    """`serve_command` (the HTTP API) over a dataset, with extra STRATUM_* settings."""
 
-    def __init__(self, dataset: Dataset, log_path: Path, **env: str) -> None:
+    def __init__(
+        self, serve_command: Sequence[str], dataset: Dataset, log_path: Path, **env: str
+    ) -> None:
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         full_env = {
@@ -93,12 +94,14 @@ class ServerProcess:
             "STRATUM_DATABASE_URL": dataset.url,
             "STRATUM_LAKE_PATH": str(dataset.lake_path),
             "STRATUM_LOG_LEVEL": "warning",
+            "STRATUM_HOST": "127.0.0.1",
+            "STRATUM_PORT": str(self.port),
             **env,
         }
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.serve", str(self.port)],
+            list(serve_command),
             env=full_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -7,21 +7,19 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import psycopg
-from rich.console import Console
+from rich.progress import Progress
 
-from api.commands import progress as progress_bar
 from benchmarks import backends as bk
 from benchmarks.dataset import Dataset, bench_home, open_dataset
 from benchmarks.extras import budget_proof, concurrent_load, ingest_and_sync, storage
 from benchmarks.measure import CaseResult, run_case
-from benchmarks.optional import app_factory
 from benchmarks.presets import PRESETS, Preset
 from benchmarks.report import write_report
 from benchmarks.server import ServerProcess, proc_status_kib
@@ -131,13 +129,19 @@ def _stage(stages: dict[str, float], name: str, action: Callable[[], Any]) -> An
 def run_suite(
     scale: str,
     settings: Settings,
+    *,
+    progress_bar: Callable[[], Progress],
+    serve_command: Sequence[str] | None,
     out_dir: Path | None = None,
     rebuild: bool = False,
-    console: Console | None = None,
     home: Path | None = None,
 ) -> Path:
-    """Run the preset end to end; returns the folder with results.json, report.md, plots."""
-    console = console or Console()
+    """Run the preset end to end; returns the folder with results.json, report.md, plots.
+
+    The caller owns the terminal (`progress_bar` makes the bar) and the HTTP API:
+    `serve_command` serves it on $STRATUM_HOST:$STRATUM_PORT; None leaves the HTTP backends
+    not available.
+    """
     preset: Preset = PRESETS[scale]
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(scale)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -150,7 +154,7 @@ def run_suite(
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "target_minutes": preset.minutes,
     }
-    with progress_bar(console) as progress:
+    with progress_bar() as progress:
         dataset = _stage(stages, "dataset", lambda: open_dataset(preset, home, progress, rebuild))
         results["dataset"] = {
             "home": str(dataset.home),
@@ -175,11 +179,11 @@ def run_suite(
         ]
         paging_rows = _answer_rows(dataset, PAGING_METRICS)
         paging = paging_cases(dataset, paging_rows)
-        factory, server_note = app_factory()
         server = None
-        if factory is not None:
+        server_note = "HTTP API not available (no command to serve it was given)"
+        if serve_command is not None:
             try:
-                server = ServerProcess(dataset, out_dir / "server.log")
+                server = ServerProcess(serve_command, dataset, out_dir / "server.log")
             except Exception as exc:
                 server_note = f"HTTP server failed to start: {exc}"
         results["server_note"] = server_note if server is None else ""
@@ -248,10 +252,13 @@ def run_suite(
         results["storage"] = _stage(stages, "storage", lambda: storage(dataset))
         progress.update(task, advance=1)
         task = progress.add_task("memory budget proof", total=1, rows=0)
-        if server is None:
+        if server is None or serve_command is None:
             results["budget"] = {"status": "not available", "note": server_note}
         else:
-            results["budget"] = _stage(stages, "budget", lambda: budget_proof(dataset, out_dir))
+            command = serve_command
+            results["budget"] = _stage(
+                stages, "budget", lambda: budget_proof(command, dataset, out_dir)
+            )
         progress.update(task, advance=1)
     results["stages_s"] = stages
     results["total_s"] = round(time.perf_counter() - began, 2)

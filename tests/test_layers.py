@@ -1,41 +1,184 @@
-"""The folders are the architecture: imports point one way (README, Layout)."""
+"""The folders are the architecture: one stack, imports point down it, no cycles (README, Layout).
+
+The import graph is read from the source (every `import`, `from ... import` and module
+named to `importlib.import_module`, at module level or inside a function), so a late import
+cannot hide a cycle.
+"""
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("engine", "lake", "sync", "api", "benchmarks")
-# What each package may import of ours. sync shares three leaf modules of engine; api hands
-# a Lake to the sync jobs, and the CLI dispatches `stratum bench` to the suite (lazily).
-ALLOWED = {
-    "engine": {"engine", "lake"},
-    "lake": {"lake"},
-    "sync": {"sync", "lake", "engine.settings", "engine.registry", "engine.errors"},
-    "api": {"api", "engine", "sync", "lake", "benchmarks.suite"},
-}
+# Bottom to top: a package may import itself and the packages below it, never one above.
+STACK = ("lake", "engine", "sync", "benchmarks", "api")
+# Narrower than the stack: the write side shares only three leaf modules of the query side,
+# so that it validates against the same registry the engine serves.
+ONLY = {"sync": {"engine": {"engine.settings", "engine.registry", "engine.errors"}}}
 
 
-def imports_of(package: str) -> set[str]:
-    found = set()
-    for path in (ROOT / package).rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found.add(node.module)
-            elif isinstance(node, ast.Import):
-                found.update(alias.name for alias in node.names)
-    return {name for name in found if name.split(".")[0] in PACKAGES}
+def module_name(root: Path, path: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
 
 
-@pytest.mark.parametrize("package", sorted(ALLOWED))
-def test_imports_point_one_way(package: str) -> None:
-    allowed = ALLOWED[package]
+def _imported(node: ast.AST, module: str, is_package: bool, known: set[str]) -> Iterable[str]:
+    if isinstance(node, ast.Import):
+        yield from (alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom):
+        if node.level:  # relative: resolve against the importing module's package
+            package = module.split(".")
+            base = package if is_package else package[:-1]
+            base = base[: len(base) - (node.level - 1)]
+            source = ".".join([*base, *([node.module] if node.module else [])])
+        else:
+            source = node.module or ""
+        for alias in node.names:
+            # `from api import commands` imports the module api.commands, not just api.
+            candidate = f"{source}.{alias.name}"
+            yield candidate if candidate in known else source
+    elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+        # importlib.import_module("api.app") is an import too, only later; so is a helper
+        # that takes one of our dotted module names and imports it.
+        function = node.func
+        called = function.attr if isinstance(function, ast.Attribute) else None
+        called = function.id if isinstance(function, ast.Name) else called
+        name = str(node.args[0].value)
+        if called in ("import_module", "__import__") or ("." in name and name in known):
+            yield name
+
+
+def import_graph(root: Path, packages: Iterable[str]) -> dict[str, set[str]]:
+    """module -> the modules of `packages` it imports anywhere in its source."""
+    paths = {
+        module_name(root, path): path
+        for package in packages
+        for path in sorted((root / package).rglob("*.py"))
+    }
+    known = set(paths)
+    graph: dict[str, set[str]] = {}
+    for module, path in paths.items():
+        is_package = path.name == "__init__.py"
+        imported: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            for name in _imported(node, module, is_package, known):
+                # `import lake.store` names a module; `from lake.store import Lake` too.
+                while name and name not in known:
+                    name = name.rpartition(".")[0]
+                if name and name != module:
+                    imported.add(name)
+        graph[module] = imported
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for target in sorted(graph.get(module, ())):
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in on_stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return sorted(found)
+
+
+GRAPH = import_graph(ROOT, STACK)
+
+
+def test_the_graph_is_read_from_every_package() -> None:
+    packages = {module.split(".")[0] for module in GRAPH}
+    assert packages == set(STACK)
+    assert "engine.settings" in GRAPH["engine.run"]
+    # A function-level import counts as much as one at the top.
+    assert "benchmarks.suite" in GRAPH["api.commands"]
+
+
+def may_import(package: str, target: str) -> bool:
+    target_package = target.split(".")[0]
+    if STACK.index(target_package) > STACK.index(package):
+        return False
+    only = ONLY.get(package, {}).get(target_package)
+    return only is None or target in only
+
+
+@pytest.mark.parametrize(
+    ("package", "target", "allowed"),
+    [
+        ("api", "benchmarks.suite", True),
+        ("benchmarks", "api.commands", False),
+        ("engine", "sync.export", False),
+        ("lake", "engine.settings", False),
+        ("sync", "engine.settings", True),
+        ("sync", "engine.run", False),
+    ],
+)
+def test_the_rule_reads_the_stack(package: str, target: str, allowed: bool) -> None:
+    assert may_import(package, target) is allowed
+
+
+@pytest.mark.parametrize("package", STACK)
+def test_imports_point_down_the_stack(package: str) -> None:
     wrong = sorted(
-        name
-        for name in imports_of(package)
-        if not any(name == ok or name.startswith(ok + ".") for ok in allowed)
+        f"{module} -> {target}"
+        for module, targets in GRAPH.items()
+        if module.split(".")[0] == package
+        for target in targets
+        if not may_import(package, target)
     )
-    assert wrong == [], f"{package} imports {wrong}"
+    assert wrong == [], f"{package} imports what it may not: {wrong}"
+
+
+def test_no_import_cycles() -> None:
+    assert cycles(GRAPH) == []
+
+
+def test_the_checker_sees_a_cycle_hidden_by_a_late_import(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "leaf.py").write_text("X = 1\n")
+    (package / "front.py").write_text(
+        "from pkg.leaf import X\n\ndef run():\n    from pkg import back\n    return back\n"
+    )
+    (package / "back.py").write_text("from . import front\n")
+    graph = import_graph(tmp_path, ["pkg"])
+    assert graph["pkg.front"] == {"pkg.leaf", "pkg.back"}
+    assert graph["pkg.back"] == {"pkg.front"}
+    assert cycles(graph) == [["pkg.back", "pkg.front"]]
+    by_name = "import importlib\nFRONT = importlib.import_module('pkg.front')\n"
+    by_helper = "from pkg.leaf import load\nFRONT = load('pkg.front')\n"
+    for late in (by_name, by_helper):
+        (package / "back.py").write_text(late)
+        assert cycles(import_graph(tmp_path, ["pkg"])) == [["pkg.back", "pkg.front"]]
+    (package / "back.py").write_text("from pkg.leaf import X\n")
+    assert cycles(import_graph(tmp_path, ["pkg"])) == []

@@ -1,16 +1,20 @@
 """Settings, built once from STRATUM_* environment variables and passed explicitly.
 
-Every variable read here is documented in the README; tests/engine/test_settings.py fails
-if one is missing there.
+`SETTINGS` declares every variable once (name, default, parser, meaning); `load_settings`
+reads them into one frozen dataclass per concern. tests/engine/test_settings.py fails when
+the README's configuration table differs from the declaration, or when code reads a
+STRATUM_* variable that is not declared.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from string import Template
+from typing import Any
 
 from engine.errors import ConfigurationError
 
@@ -76,6 +80,8 @@ class Settings:
     scheduler: SchedulerSettings
 
 
+Parser = Callable[[str, str], Any]  # (text, variable name) -> value, or ConfigurationError
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
@@ -100,59 +106,256 @@ def physical_ram_bytes() -> int:
         return DEFAULT_MEMORY_BUDGET
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not an integer", parameter=name) from None
-    if value < minimum:
-        raise ConfigurationError(f"{name}={value} must be >= {minimum}", parameter=name)
+def integer(minimum: int = 0) -> Parser:
+    """A parser of whole numbers of at least `minimum`."""
+
+    def parse(text: str, name: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ConfigurationError(f"{name}={text!r} is not an integer", parameter=name) from None
+        if value < minimum:
+            raise ConfigurationError(f"{name}={value} must be >= {minimum}", parameter=name)
+        return value
+
+    return parse
+
+
+def text(value: str, name: str) -> str:
     return value
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    env = os.environ if env is None else env
-    home = Path(env.get("STRATUM_HOME") or ".stratum").resolve()
+def lowercase(value: str, name: str) -> str:
+    return value.lower()
+
+
+def path(value: str, name: str) -> Path:
+    return Path(value).resolve()
+
+
+def memory_budget(value: str, name: str) -> int:
+    """A size, capped to a share of physical RAM, and never below a working minimum."""
     ram_cap = int(physical_ram_bytes() * MAX_RAM_SHARE)
-    budget_raw = env.get("STRATUM_MEMORY_BUDGET")
-    budget = (
-        parse_size(budget_raw, "STRATUM_MEMORY_BUDGET") if budget_raw else DEFAULT_MEMORY_BUDGET
-    )
-    return Settings(
-        database=DatabaseSettings(
-            url=env.get("STRATUM_DATABASE_URL") or None,
-            home=home,
-            chunk_interval=env.get("STRATUM_CHUNK_INTERVAL") or "1 day",
-            pool_size=_int(env, "STRATUM_DB_POOL_SIZE", 8, minimum=1),
-        ),
-        lake=LakeSettings(
-            path=Path(env.get("STRATUM_LAKE_PATH") or home / "lake").resolve(),
-            sync_grace_days=_int(env, "STRATUM_SYNC_GRACE_DAYS", 1),
-            sync_batch_days=_int(env, "STRATUM_SYNC_BATCH_DAYS", 64, minimum=1),
-            vacuum_retention_hours=_int(env, "STRATUM_VACUUM_RETENTION_HOURS", 168),
-            tier_older_than_days=_int(env, "STRATUM_TIER_OLDER_THAN_DAYS", 30, minimum=1),
-        ),
-        memory=MemorySettings(
-            budget_bytes=max(64 * 1024**2, min(budget, ram_cap)),
-            duckdb_threads=_int(env, "STRATUM_DUCKDB_THREADS", os.cpu_count() or 1, minimum=1),
-            spill_path=Path(env.get("STRATUM_SPILL_PATH") or home / "spill").resolve(),
-        ),
-        query=QuerySettings(
-            max_points=_int(env, "STRATUM_MAX_POINTS", 5_000, minimum=1),
-            default_page_size=_int(env, "STRATUM_DEFAULT_PAGE_SIZE", 10_000, minimum=1),
-            max_page_size=_int(env, "STRATUM_MAX_PAGE_SIZE", 1_000_000, minimum=1),
-            max_users=_int(env, "STRATUM_MAX_USERS", 1_000, minimum=1),
-        ),
-        server=ServerSettings(
-            host=env.get("STRATUM_HOST") or "127.0.0.1",
-            port=_int(env, "STRATUM_PORT", 8000, minimum=1),
-            log_level=(env.get("STRATUM_LOG_LEVEL") or "info").lower(),
-        ),
-        scheduler=SchedulerSettings(
-            nightly_cron=env.get("STRATUM_NIGHTLY_CRON") or "0 2 * * *",
-            misfire_grace_s=_int(env, "STRATUM_MISFIRE_GRACE_S", 3600, minimum=1),
-        ),
-    )
+    return max(64 * 1024**2, min(parse_size(value, name), ram_cap))
+
+
+def cpu_count() -> str:
+    return str(os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One STRATUM_* variable: the README's configuration table has a row per Setting."""
+
+    name: str
+    # The value when the variable is unset or empty: text handed to `parse` (where
+    # `$STRATUM_HOME` stands for that earlier setting's value), a function giving that text,
+    # or None (unset).
+    default: str | Callable[[], str] | None
+    parse: Parser
+    meaning: str
+    field: str | None  # "concern.attribute" of Settings; None: read where it is used
+    shown: str | None = None  # the README's default when `default` is not literal text
+
+    @property
+    def documented_default(self) -> str:
+        if self.shown is not None:
+            return self.shown
+        assert isinstance(self.default, str), f"{self.name} needs `shown`"
+        return self.default
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        name="STRATUM_DATABASE_URL",
+        default=None,
+        parse=text,
+        meaning="PostgreSQL URL of the warm store. Unset: a private server under `STRATUM_HOME/pg`",
+        field="database.url",
+        shown="unset",
+    ),
+    Setting(
+        name="STRATUM_HOME",
+        default=".stratum",
+        parse=path,
+        meaning="working folder: private PostgreSQL, default lake and spill folders",
+        field="database.home",
+    ),
+    Setting(
+        name="STRATUM_PG_BIN",
+        default=None,
+        parse=path,
+        meaning="folder of `pg_ctl`/`initdb` for the private server (else `PATH`, then "
+        "`/usr/lib/postgresql/*/bin`)",
+        field=None,
+        shown="auto",
+    ),
+    Setting(
+        name="STRATUM_CHUNK_INTERVAL",
+        default="1 day",
+        parse=text,
+        meaning="TimescaleDB chunk interval of `raw_data` and `data_1m`",
+        field="database.chunk_interval",
+    ),
+    Setting(
+        name="STRATUM_DB_POOL_SIZE",
+        default="8",
+        parse=integer(minimum=1),
+        meaning="connections the API keeps to the warm store",
+        field="database.pool_size",
+    ),
+    Setting(
+        name="STRATUM_LAKE_PATH",
+        default="$STRATUM_HOME/lake",
+        parse=path,
+        meaning="root of the Delta Lake tables",
+        field="lake.path",
+    ),
+    Setting(
+        name="STRATUM_SYNC_GRACE_DAYS",
+        default="1",
+        parse=integer(),
+        meaning="days younger than this are not exported (devices upload late)",
+        field="lake.sync_grace_days",
+    ),
+    Setting(
+        name="STRATUM_SYNC_BATCH_DAYS",
+        default="64",
+        parse=integer(minimum=1),
+        meaning="(user, day) pairs per Delta commit",
+        field="lake.sync_batch_days",
+    ),
+    Setting(
+        name="STRATUM_VACUUM_RETENTION_HOURS",
+        default="168",
+        parse=integer(),
+        meaning="unreferenced lake files younger than this survive vacuum",
+        field="lake.vacuum_retention_hours",
+    ),
+    Setting(
+        name="STRATUM_TIER_OLDER_THAN_DAYS",
+        default="30",
+        parse=integer(minimum=1),
+        meaning="the scheduler's tiering horizon for raw and 1m rows",
+        field="lake.tier_older_than_days",
+    ),
+    Setting(
+        name="STRATUM_MEMORY_BUDGET",
+        default="128GiB",
+        parse=memory_budget,
+        meaning="memory for queries, capped to 80% of physical RAM; accepts `512MiB`, `8G`, bytes",
+        field="memory.budget_bytes",
+    ),
+    Setting(
+        name="STRATUM_DUCKDB_THREADS",
+        default=cpu_count,
+        parse=integer(minimum=1),
+        meaning="DuckDB worker threads",
+        field="memory.duckdb_threads",
+        shown="CPU count",
+    ),
+    Setting(
+        name="STRATUM_SPILL_PATH",
+        default="$STRATUM_HOME/spill",
+        parse=path,
+        meaning="where DuckDB spills when a query exceeds its memory share",
+        field="memory.spill_path",
+    ),
+    Setting(
+        name="STRATUM_MAX_POINTS",
+        default="5000",
+        parse=integer(minimum=1),
+        meaning="most points per series `resolution=auto` allows: hours come raw, days at 1m, "
+        "weeks and months at 1h, years at 1d",
+        field="query.max_points",
+    ),
+    Setting(
+        name="STRATUM_DEFAULT_PAGE_SIZE",
+        default="10000",
+        parse=integer(minimum=1),
+        meaning="rows per page when `page_size` is not given",
+        field="query.default_page_size",
+    ),
+    Setting(
+        name="STRATUM_MAX_PAGE_SIZE",
+        default="1000000",
+        parse=integer(minimum=1),
+        meaning="largest accepted `page_size`",
+        field="query.max_page_size",
+    ),
+    Setting(
+        name="STRATUM_MAX_USERS",
+        default="1000",
+        parse=integer(minimum=1),
+        meaning="most participants in one request",
+        field="query.max_users",
+    ),
+    Setting(
+        name="STRATUM_HOST",
+        default="127.0.0.1",
+        parse=text,
+        meaning="address `stratum serve` binds",
+        field="server.host",
+    ),
+    Setting(
+        name="STRATUM_PORT",
+        default="8000",
+        parse=integer(minimum=1),
+        meaning="port `stratum serve` binds",
+        field="server.port",
+    ),
+    Setting(
+        name="STRATUM_LOG_LEVEL",
+        default="info",
+        parse=lowercase,
+        meaning="log level of the server",
+        field="server.log_level",
+    ),
+    Setting(
+        name="STRATUM_NIGHTLY_CRON",
+        default="0 2 * * *",
+        parse=text,
+        meaning="crontab (UTC) of the nightly refresh + sync + maintenance",
+        field="scheduler.nightly_cron",
+    ),
+    Setting(
+        name="STRATUM_MISFIRE_GRACE_S",
+        default="3600",
+        parse=integer(minimum=1),
+        meaning="how late a scheduled job may still start",
+        field="scheduler.misfire_grace_s",
+    ),
+)
+
+_CONCERNS = {
+    "database": DatabaseSettings,
+    "lake": LakeSettings,
+    "memory": MemorySettings,
+    "query": QuerySettings,
+    "server": ServerSettings,
+    "scheduler": SchedulerSettings,
+}
+
+
+def read_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """Every declared setting's value: the variable if set and not empty, else its default."""
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = env.get(setting.name) or None
+        if raw is None:
+            default = setting.default() if callable(setting.default) else setting.default
+            if default is not None:
+                earlier = {name: str(value) for name, value in values.items()}
+                raw = Template(default).substitute(earlier)
+        values[setting.name] = None if raw is None else setting.parse(raw, setting.name)
+    return values
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    values = read_settings(os.environ if env is None else env)
+    fields: dict[str, dict[str, Any]] = {concern: {} for concern in _CONCERNS}
+    for setting in SETTINGS:
+        if setting.field is not None:
+            concern, attribute = setting.field.split(".")
+            fields[concern][attribute] = values[setting.name]
+    return Settings(**{concern: cls(**fields[concern]) for concern, cls in _CONCERNS.items()})

@@ -1,4 +1,5 @@
-"""Settings come from STRATUM_* variables, each documented in the README."""
+"""Settings come from STRATUM_* variables, declared once in SETTINGS and documented in the
+README's configuration table, which must say what the declaration says."""
 
 from __future__ import annotations
 
@@ -9,9 +10,48 @@ import pytest
 
 from engine import settings as settings_module
 from engine.errors import ConfigurationError
-from engine.settings import GiB, load_settings, parse_size
+from engine.settings import SETTINGS, GiB, load_settings, parse_size, read_settings
 
 ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("engine", "lake", "sync", "api", "benchmarks")
+VARIABLE = re.compile(r"STRATUM_[A-Z][A-Z0-9_]*")
+
+
+def readme_configuration() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) per row of the README's configuration table."""
+    section = (ROOT / "README.md").read_text().split("\n## Configuration\n")[1].split("\n## ")[0]
+    rows = []
+    for line in section.splitlines():
+        if line.startswith("| `STRATUM_"):
+            name, default, meaning = (cell.strip() for cell in line.strip("|").split(" | "))
+            rows.append((name.strip("`"), default.strip("`"), meaning.strip()))
+    return rows
+
+
+def test_the_readme_table_is_the_declaration() -> None:
+    declared = [(s.name, s.documented_default, s.meaning) for s in SETTINGS]
+    assert readme_configuration() == declared
+
+
+def test_every_stratum_variable_anywhere_is_declared() -> None:
+    documents = ("README.md", "Dockerfile", "docker-compose.yml", "Makefile")
+    texts = [(ROOT / name).read_text() for name in documents]
+    texts += [path.read_text() for package in PACKAGES for path in (ROOT / package).rglob("*.py")]
+    mentioned = {name for text in texts for name in VARIABLE.findall(text)}
+    assert "STRATUM_PG_BIN" in mentioned and "STRATUM_MAX_POINTS" in mentioned
+    assert sorted(mentioned - {s.name for s in SETTINGS}) == []
+
+
+def test_declared_defaults_are_what_loads_without_variables(tmp_path: Path) -> None:
+    values = read_settings({"STRATUM_HOME": str(tmp_path)})
+    assert set(values) == {s.name for s in SETTINGS}
+    settings = load_settings({"STRATUM_HOME": str(tmp_path)})
+    for setting in SETTINGS:
+        if setting.field is not None:
+            concern, attribute = setting.field.split(".")
+            assert getattr(getattr(settings, concern), attribute) == values[setting.name]
+    assert values["STRATUM_SPILL_PATH"] == tmp_path / "spill"
+    assert values["STRATUM_DATABASE_URL"] is None and values["STRATUM_PORT"] == 8000
 
 
 def test_every_setting_read_is_documented_in_the_readme() -> None:

@@ -29,10 +29,10 @@ from litestar.params import QueryParameter
 from litestar.response import Stream
 
 from api import render
-from api.errors import EXCEPTION_HANDLERS
+from api.errors import EXCEPTION_HANDLERS, retry_after
 from api.metrics import Metrics
 from engine import overview
-from engine.errors import InvalidParameter
+from engine.errors import InvalidParameter, WarmStoreUnavailable
 from engine.query import RESOLUTION_CHOICES, DataQuery, build_query
 from engine.registry import METRICS, metric_names
 from engine.run import Answer, Engine
@@ -405,7 +405,7 @@ def _health(service: Service, ready: bool) -> Response[dict[str, Any]]:
     warm, lake = _warm_store_ok(service.database_url), _lake_ok(service)
     body = {"status": "ok" if warm and lake else "degraded", "warm_store": warm, "lake": lake}
     if ready and not warm:
-        return Response(body, status_code=503, headers={"Retry-After": "5"})
+        return Response(body, status_code=503, headers=retry_after(WarmStoreUnavailable))
     return Response(body)
 
 

@@ -17,13 +17,7 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from engine.errors import (
-    ConfigurationError,
-    InvalidParameter,
-    StratumError,
-    SyncFailed,
-    Unavailable,
-)
+from engine.errors import ConfigurationError, InvalidParameter, StratumError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +51,15 @@ def _litestar_error(exc: HTTPException) -> HttpError:
     return HttpError(status, code, exc.detail or HTTPStatus(status).phrase, None, headers or None)
 
 
+def retry_after(kind: type[Unavailable]) -> dict[str, str]:
+    """The Retry-After header for a kind of unavailability (its policy is on the class)."""
+    return {"Retry-After": str(max(1, int(kind.retry_after_s)))}
+
+
 def to_http(exc: Exception) -> HttpError:
     """The single place that decides status, code and headers for an exception."""
-    if isinstance(exc, Unavailable):  # BudgetExhausted, WarmStoreUnavailable
-        retry = str(max(1, int(exc.retry_after_s)))
-        return HttpError(503, exc.code, exc.message, exc.parameter, {"Retry-After": retry})
-    if isinstance(exc, SyncFailed):  # a lake job holds a lock or failed: try again later
-        return HttpError(503, exc.code, exc.message, exc.parameter, {"Retry-After": "30"})
+    if isinstance(exc, Unavailable):  # busy or down: the error says when to retry
+        return HttpError(503, exc.code, exc.message, exc.parameter, retry_after(type(exc)))
     if isinstance(exc, ConfigurationError):  # the server's problem, not the client's
         log.error("configuration error: %s", exc.message)
         return HttpError(500, exc.code, INTERNAL_MESSAGE)

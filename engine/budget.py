@@ -75,8 +75,7 @@ class MemoryBudget:
                     self._refused += 1
                     raise BudgetExhausted(
                         f"memory budget in use ({self._in_use:,} of {self.budget_bytes:,} "
-                        f"bytes); this query needs {nbytes:,}. Retry shortly.",
-                        retry_after_s=2,
+                        f"bytes); this query needs {nbytes:,}. Retry shortly."
                     )
                 self._cond.wait(remaining)
             self._in_use += nbytes

@@ -37,31 +37,41 @@ class IngestRejected(StratumError):
 
 
 class Unavailable(StratumError):
-    """A resource needed for the answer is busy or down; retrying later may succeed."""
+    """A resource needed for the answer is busy or down; retrying later may succeed.
+
+    Each kind says how long to wait (`retry_after_s`, the API's Retry-After): the one
+    retry policy, decided here and nowhere else.
+    """
 
     code = "unavailable"
-
-    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+    retry_after_s = 5
 
 
 class BudgetExhausted(Unavailable):
     """Admitting the query would exceed the memory budget."""
 
     code = "budget_exhausted"
+    retry_after_s = 2  # queries hold memory for seconds: room comes back soon
 
 
 class WarmStoreUnavailable(Unavailable):
     """The warm store (PostgreSQL) cannot be reached and the answer needs it."""
 
     code = "warm_store_unavailable"
+    retry_after_s = 10  # a restart or fail-over takes a while
 
 
-class SyncFailed(StratumError):
+class WarmStoreBusy(WarmStoreUnavailable):
+    """Every warm-store connection is in use by other queries."""
+
+    retry_after_s = 2  # a connection frees up when a query finishes
+
+
+class SyncFailed(Unavailable):
     """A sync run could not complete (verification mismatch, lock held, ...)."""
 
     code = "sync_failed"
+    retry_after_s = 30  # lake jobs hold their lock for minutes
 
 
 class ConfigurationError(StratumError):

@@ -164,8 +164,7 @@ class Engine:
         if plan.needs_warm and not catalog.warm_available:
             raise WarmStoreUnavailable(
                 "the warm store is unreachable and this span needs it; spans already in "
-                "the lake are still served",
-                retry_after_s=10,
+                "the lake are still served"
             )
         reservation = self.budget.reserve(self._estimate(plan))
         try:

@@ -20,7 +20,7 @@ import adbc_driver_manager
 import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 
-from engine.errors import WarmStoreUnavailable
+from engine.errors import WarmStoreBusy, WarmStoreUnavailable
 from engine.plan import Segment
 from engine.query import EPOCH, Key, from_us, to_us
 from engine.resolution import TIERS
@@ -56,7 +56,7 @@ class WarmPool:
     def fetch(self, sql: str, params: tuple[Any, ...]) -> pa.Table:
         """Run one query and return its whole result."""
         if not self._slots.acquire(timeout=30):
-            raise WarmStoreUnavailable("all warm-store connections are busy", retry_after_s=2)
+            raise WarmStoreBusy("all warm-store connections are busy")
         try:
             reused, conn = self._checkout()
             try:

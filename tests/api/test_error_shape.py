@@ -4,6 +4,7 @@ Litestar's own 404/405 mapped in, and anything unexpected 500 with a generic mes
 
 from __future__ import annotations
 
+import ast
 import logging
 import socket
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from engine.errors import (
     IngestRejected,
     InvalidParameter,
     SyncFailed,
+    WarmStoreBusy,
     WarmStoreUnavailable,
 )
 from engine.query import Key, build_query
@@ -162,6 +164,7 @@ def test_error_shape_503_when_the_warm_store_is_down(down_client: TestClient) ->
     error = assert_error_shape(response, 503, "warm_store_unavailable", None)
     assert "warm store" in error["message"]
     assert int(response.headers["retry-after"]) >= 1
+    assert response.headers["retry-after"] == str(WarmStoreUnavailable.retry_after_s)
     health = down_client.get("/health")
     assert health.status_code == 200
     assert health.json() == {"status": "degraded", "warm_store": False, "lake": True}
@@ -169,6 +172,7 @@ def test_error_shape_503_when_the_warm_store_is_down(down_client: TestClient) ->
         ready = down_client.get(path)
         assert ready.status_code == 503 and ready.json()["warm_store"] is False
         assert "retry-after" in ready.headers
+        assert ready.headers["retry-after"] == response.headers["retry-after"]
     catalog = down_client.get("/catalog")
     assert catalog.status_code == 200 and catalog.json()["warm_store"] is False
 
@@ -178,9 +182,9 @@ def test_error_shape_503_when_the_warm_store_is_down(down_client: TestClient) ->
     [
         (InvalidParameter("metric", "no"), 400, "invalid_parameter", "metric", None),
         (IngestRejected("a.csv", 3, "bad"), 400, "ingest_rejected", "file", None),
-        (BudgetExhausted("full", retry_after_s=2), 503, "budget_exhausted", None, "2"),
-        (WarmStoreUnavailable("down", retry_after_s=10), 503, "warm_store_unavailable", None,
-         "10"),
+        (BudgetExhausted("full"), 503, "budget_exhausted", None, "2"),
+        (WarmStoreUnavailable("down"), 503, "warm_store_unavailable", None, "10"),
+        (WarmStoreBusy("busy"), 503, "warm_store_unavailable", None, "2"),
         (SyncFailed("lock held"), 503, "sync_failed", None, "30"),
         (ConfigurationError("STRATUM_X=1", parameter="STRATUM_X"), 500, "configuration_error",
          None, None),
@@ -200,3 +204,22 @@ def test_the_one_exception_map(
     assert set(error.body()["error"]) == {"code", "message", "parameter"}
     if status == 500:
         assert "internals" not in error.message and "STRATUM_X" not in error.message
+
+
+def test_only_the_error_classes_decide_a_retry_after() -> None:
+    """The wait lives on each Unavailable class; api/errors.py alone turns it into a header,
+    so no raise site, handler or job picks its own number."""
+    root = Path(__file__).resolve().parents[2]
+    deciders = []
+    for package in ("engine", "lake", "sync", "api"):
+        for path in sorted((root / package).rglob("*.py")):
+            where = str(path.relative_to(root))
+            for node in ast.walk(ast.parse(path.read_text())):
+                header = isinstance(node, ast.Constant) and str(node.value).lower() == "retry-after"
+                if header and where != "api/errors.py":
+                    deciders.append(f"{where}:{node.lineno}")  # type: ignore[attr-defined]
+                named = isinstance(node, ast.Name) and node.id == "retry_after_s"
+                keyword = isinstance(node, ast.keyword) and node.arg == "retry_after_s"
+                if (named or keyword) and where != "engine/errors.py":
+                    deciders.append(f"{where}:{node.lineno}")  # type: ignore[attr-defined]
+    assert deciders == []

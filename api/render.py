@@ -294,10 +294,14 @@ def _sliced(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordB
 
 
 def stream(
-    format_name: str, batches: Iterator[pa.RecordBatch], schema: pa.Schema
+    format_name: str,
+    batches: Iterator[pa.RecordBatch],
+    schema: pa.Schema,
+    chunk_rows: int | None = None,
 ) -> Iterator[bytes]:
-    """Bytes of a streaming format, a chunk per slice of a batch (empty chunks skipped)."""
-    sliced = _sliced(batches, CHUNK_ROWS[format_name])
+    """Bytes of a streaming format, a chunk per slice of a batch (empty chunks skipped);
+    `chunk_rows` overrides the format's slice size (CHUNK_ROWS)."""
+    sliced = _sliced(batches, chunk_rows or CHUNK_ROWS[format_name])
     for chunk in _STREAMS[format_name](sliced, schema):
         if chunk:
             yield chunk

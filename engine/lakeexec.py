@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -24,10 +25,20 @@ from lake import LakeFile, LakeFiles, scan_sql
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 131_072
-# Answers up to this many rows (by file statistics) are sorted in one query; larger ones are
-# read series by series in file order, which needs no sort.
-SORT_ROWS = 1_000_000
-FIRST_CHUNK_FILES = 16
+
+
+@dataclass(frozen=True)
+class ScanTuning:
+    """Where the executor switches strategy. Tests lower these to take the large-answer
+    path on small data; the answers are the same either way."""
+
+    # Answers up to this many rows (by file statistics) are sorted in one query; larger ones
+    # are read series by series in file order, which needs no sort.
+    sort_rows: int = 1_000_000
+    first_chunk_files: int = 16  # a page's first run of files per series; doubles after
+
+
+DEFAULT_TUNING = ScanTuning()
 
 
 def connect_duckdb(memory: MemorySettings, limit_bytes: int) -> duckdb.DuckDBPyConnection:
@@ -90,13 +101,15 @@ def _query(
         cursor.close()
 
 
-def _chunks(files: tuple[LakeFile, ...], limited: bool) -> Iterator[tuple[LakeFile, ...]]:
+def _chunks(
+    files: tuple[LakeFile, ...], limited: bool, first: int
+) -> Iterator[tuple[LakeFile, ...]]:
     """All files at once, or (for a page) growing runs of them: 16, 32, 64... files, so a
     page near the start of a long series opens a few files, not a year of them."""
     if not limited:
         yield files
         return
-    start, size = 0, FIRST_CHUNK_FILES
+    start, size = 0, first
     while start < len(files):
         yield files[start : start + size]
         start, size = start + size, size * 2
@@ -108,6 +121,7 @@ def stream_lake(
     metrics: tuple[str, ...],
     after: Key | None,
     limit: int | None,
+    tuning: ScanTuning = DEFAULT_TUNING,
 ) -> Iterator[pa.RecordBatch]:
     """Rows of `segment` after `after`, in (user_id, metric, ts) order, at most `limit`."""
     files = segment.files
@@ -116,12 +130,14 @@ def stream_lake(
     if not files:
         return
     files = tuple(sorted(files, key=lambda f: (f.user_id, f.first_day)))
-    small = sum(max(f.rows, 0) for f in files) <= SORT_ROWS
+    small = sum(max(f.rows, 0) for f in files) <= tuning.sort_rows
     if (len(metrics) == 1 and limit is None) or small:
         # One order-preserving scan, or one sort of a small answer: a single query.
+        log.debug("lake scan of %d files in one query", len(files))
         yield from _query(duck, segment, files, segment.users, metrics, after, limit)
         return
     # Large: one order-preserving scan per series (user, metric) - no sort, bounded memory.
+    log.debug("lake scan of %d files series by series", len(files))
     remaining = limit
     for user_id in sorted({f.user_id for f in files}):
         user_files = tuple(f for f in files if f.user_id == user_id)
@@ -135,7 +151,7 @@ def stream_lake(
             if series_after is not None:
                 after_day = from_us(series_after.ts_us).date()
                 series_files = tuple(f for f in user_files if f.last_day >= after_day)
-            for chunk in _chunks(series_files, limit is not None):
+            for chunk in _chunks(series_files, limit is not None, tuning.first_chunk_files):
                 for batch in _query(duck, segment, chunk, (user_id,), (metric,), series_after,
                                     remaining):  # fmt: skip
                     yield batch

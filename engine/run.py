@@ -25,7 +25,7 @@ from engine import paging, planner
 from engine.budget import QUERY_OVERHEAD_BYTES, MemoryBudget, resident_bytes, split_budget
 from engine.catalog import Catalog, CatalogSource
 from engine.errors import WarmStoreUnavailable
-from engine.lakeexec import BATCH_ROWS, connect_duckdb, stream_lake
+from engine.lakeexec import BATCH_ROWS, DEFAULT_TUNING, ScanTuning, connect_duckdb, stream_lake
 from engine.merge import merge_sorted, take
 from engine.plan import Plan, Segment
 from engine.query import DataQuery, Key
@@ -59,8 +59,14 @@ class Answer:
 class Engine:
     """Owns the long-lived parts: DuckDB, warm-store pools, catalog cache, memory budget."""
 
-    def __init__(self, settings: Settings, database_url: str | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        database_url: str | None,
+        scan_tuning: ScanTuning = DEFAULT_TUNING,
+    ) -> None:
         self.settings = settings
+        self.scan_tuning = scan_tuning
         self.lake = Lake(settings.lake.path)
         duckdb_bytes, admission_bytes = split_budget(settings.memory.budget_bytes, resident_bytes())
         self.duck = connect_duckdb(settings.memory, duckdb_bytes)
@@ -220,7 +226,7 @@ class Engine:
         self, segment: Segment, metrics: tuple[str, ...], after: Key | None, limit: int | None
     ) -> Iterator[pa.RecordBatch]:
         if segment.backend == "lake":
-            return stream_lake(self.duck, segment, metrics, after, limit)
+            return stream_lake(self.duck, segment, metrics, after, limit, self.scan_tuning)
         return stream_warm(self._warm_pool(), segment, metrics, after, limit)
 
     def _stream(

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from lake import Lake
 from sync import rehydrate
-from sync.readers import RAW_SCHEMA, read_validated
+from sync.readers import CSV_BLOCK_BYTES, RAW_SCHEMA, read_validated
 
 _STAGING = "stratum_ingest_staging"
 _RANGES = "stratum_ingest_ranges"
@@ -63,15 +63,22 @@ class IngestResult:
         return self.rows / self.seconds if self.seconds else 0.0
 
 
-def ingest_files(url: str, paths: Iterable[Path], lake_root: Path | None = None) -> IngestResult:
+def ingest_files(
+    url: str,
+    paths: Iterable[Path],
+    lake_root: Path | None = None,
+    csv_block_bytes: int = CSV_BLOCK_BYTES,
+) -> IngestResult:
     """Ingest each file in its own transaction; the first bad file raises IngestRejected.
 
-    ``lake_root``: where tiered days are read back from (default: where tiering put them).
+    ``lake_root``: where tiered days are read back from (default: where tiering put them);
+    ``csv_block_bytes``: CSV text read per batch.
     """
     started = time.perf_counter()
     files = rows = days = 0
     for path in paths:
-        loaded, marked = _load(url, read_validated(Path(path)), lake_root)
+        batches = read_validated(Path(path), csv_block_bytes)
+        loaded, marked = _load(url, batches, lake_root)
         files, rows, days = files + 1, rows + loaded, days + marked
     return IngestResult(files, rows, days, time.perf_counter() - started)
 

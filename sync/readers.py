@@ -46,14 +46,20 @@ def file_format(path: Path) -> str:
     return fmt
 
 
-def read_validated(path: Path) -> Iterator[pa.Table]:
-    """Yield validated batches of `path`; raise IngestRejected at the first bad row."""
+def read_validated(path: Path, csv_block_bytes: int = CSV_BLOCK_BYTES) -> Iterator[pa.Table]:
+    """Yield validated batches of `path`; raise IngestRejected at the first bad row.
+
+    `csv_block_bytes`: how much CSV text each batch holds.
+    """
     if not path.is_file():
         raise IngestRejected(str(path), None, "no such file")
     fmt = file_format(path)
-    source = {"csv": _csv_batches, "parquet": _parquet_batches, "ndjson": _ndjson_batches}[fmt]
+    if fmt == "csv":
+        batches = _csv_batches(path, csv_block_bytes)
+    else:
+        batches = {"parquet": _parquet_batches, "ndjson": _ndjson_batches}[fmt](path)
     first_row = 1
-    for batch in source(path):
+    for batch in batches:
         table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
         yield _validate(table, str(path), first_row)
         first_row += table.num_rows
@@ -67,14 +73,14 @@ def _require_columns(names: list[str], file: str) -> None:
         )
 
 
-def _csv_batches(path: Path) -> Iterator[pa.RecordBatch]:
+def _csv_batches(path: Path, block_bytes: int) -> Iterator[pa.RecordBatch]:
     with path.open(newline="", encoding="utf-8", errors="replace") as handle:
         header = next(csv.reader(handle), [])
     _require_columns([h.strip() for h in header], str(path))
     # Everything as text: we convert and report errors ourselves, with the row number.
     reader = pa_csv.open_csv(
         path,
-        read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+        read_options=pa_csv.ReadOptions(block_size=block_bytes),
         convert_options=pa_csv.ConvertOptions(
             column_types={c: pa.string() for c in COLUMNS},
             include_columns=list(COLUMNS),

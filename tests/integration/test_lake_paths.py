@@ -3,13 +3,14 @@ with growing file chunks) give the same answers, pages and cursor walks."""
 
 from __future__ import annotations
 
+import logging
 from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from engine import lakeexec
+from engine.lakeexec import ScanTuning
 from engine.query import build_query
 from engine.run import Engine
 from engine.settings import load_settings
@@ -48,16 +49,22 @@ def walk(engine: Engine, page_size: int) -> list[dict]:
 
 
 def test_series_scans_equal_one_sorted_query(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, warm_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert engine.plan(build_query({"user_id": ["1"], "metric": ["steps"], "start": ["2024-05-01"],
                                     "end": ["2024-05-07"]}, engine.settings.query)).sources == [
         "lake", "warm"]  # fmt: skip
     sorted_whole, _ = run(engine, page_size="0")
     sorted_pages = [run(engine, page_size="700", page_number=str(n))[0] for n in (1, 5, 9)]
-    monkeypatch.setattr(lakeexec, "SORT_ROWS", 0)  # force series-by-series scans
-    monkeypatch.setattr(lakeexec, "FIRST_CHUNK_FILES", 1)
-    series_whole, _ = run(engine, page_size="0")
-    assert series_whole == sorted_whole and len(sorted_whole) > 5_000
-    assert [run(engine, page_size="700", page_number=str(n))[0] for n in (1, 5, 9)] == sorted_pages
-    assert walk(engine, 1_234) == sorted_whole
+    # The same data, read series by series (nothing counts as small) in runs of one file.
+    series = Engine(engine.settings, warm_url, ScanTuning(sort_rows=0, first_chunk_files=1))
+    try:
+        with caplog.at_level(logging.DEBUG, logger="engine.lakeexec"):
+            series_whole, _ = run(series, page_size="0")
+        assert "series by series" in caplog.text and "in one query" not in caplog.text
+        assert series_whole == sorted_whole and len(sorted_whole) > 5_000
+        pages = [run(series, page_size="700", page_number=str(n))[0] for n in (1, 5, 9)]
+        assert pages == sorted_pages
+        assert walk(series, 1_234) == sorted_whole
+    finally:
+        series.close()

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from rich.markup import escape
+
 from api import commands, lake_commands
 from api.argtypes import comma_list, iso_date, positive
 from api.console import err_console
@@ -135,10 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args, commands.Context(load_settings()))
     except InvalidParameter as exc:
-        err_console.print(f"[red]error:[/red] {exc.parameter}: {exc.message}")
+        err_console.print(f"[red]error:[/red] {exc.parameter}: {escape(exc.message)}")
         return 2
     except StratumError as exc:
-        err_console.print(f"[red]error:[/red] {exc.message}")
+        err_console.print(f"[red]error:[/red] {escape(exc.message)}")  # may hold [brackets]
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -146,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # never a stack trace for the user unless asked
         if args.debug:
             raise
-        err_console.print(f"[red]unexpected error:[/red] {type(exc).__name__}: {exc}")
+        err_console.print(f"[red]unexpected error:[/red] {type(exc).__name__}: {escape(str(exc))}")
         err_console.print("run again with --debug for the traceback")
         return 1
 

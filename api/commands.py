@@ -15,6 +15,7 @@ from rich.table import Table
 
 from api.console import Context, console, err_console, progress
 from api.lake_commands import demo_sync
+from engine.errors import StratumError
 from sync import localdb
 from sync.generate import generate_cohort, write_cohort
 from sync.ingest import ingest_files, ingest_tables
@@ -143,9 +144,31 @@ def demo(args: argparse.Namespace, ctx: Context) -> int:
 BENCH_SCALES = ("ci", "small", "medium", "large")  # benchmarks.presets.PRESETS (a test checks)
 
 
+# Our packages: a module of these that fails to import is a bug, not a missing extra.
+OWN_PACKAGES = ("engine", "lake", "sync", "benchmarks", "api")
+
+
+def missing_bench_extra(exc: ImportError) -> str | None:
+    """What to tell the user when the bench cannot import a package of the `bench` extra
+    (serving does not need them); None when the failure is not a missing package."""
+    missing = (exc.name or "").split(".")[0]
+    if not isinstance(exc, ModuleNotFoundError) or not missing or missing in OWN_PACKAGES:
+        return None
+    return (
+        f"`stratum bench` needs the bench extra ({missing} is not installed): "
+        "pip install 'stratum[bench]' (in a checkout: pip install -e '.[bench]')"
+    )
+
+
 def bench(args: argparse.Namespace, ctx: Context) -> int:
-    # benchmarks imports every package, the HTTP app included: load it only when asked for.
-    from benchmarks.suite import run_suite
+    # The suite needs the bench extra and imports the whole stack: load it only when asked.
+    try:
+        from benchmarks.suite import run_suite
+    except ImportError as exc:
+        message = missing_bench_extra(exc)
+        if message is None:
+            raise
+        raise StratumError(message) from None
 
     # The bench serves the API the way `stratum serve` does, in a process of its own.
     serve_command = (sys.executable, "-m", "api.cli", "serve")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from api import commands
 from api.cli import main
 
 
@@ -59,3 +63,37 @@ def test_unknown_metric_for_generate_names_parameter(
 ) -> None:
     assert main(["generate", "--users", "1", "--days", "1", "--metrics", "pulse"]) == 2
     assert "metrics" in capsys.readouterr().err
+
+
+def test_bench_without_its_extra_says_how_to_install_it(tmp_path: Path) -> None:
+    """A serving install lacks matplotlib: `stratum bench` exits 2 with the pip command,
+    not a traceback. Python refuses an import whose sys.modules entry is None, which is
+    what a missing package looks like; our own modules are untouched."""
+    script = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from api.cli import main\n"
+        f"sys.exit(main(['bench', '--scale', 'ci', '--out', {str(tmp_path / 'out')!r}]))\n"
+    )
+    env = {**os.environ, "STRATUM_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False
+    )
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'stratum[bench]'" in said and "matplotlib is not installed" in said
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("error", "is_missing_extra"),
+    [
+        (ModuleNotFoundError("no matplotlib", name="matplotlib.pyplot"), True),
+        (ModuleNotFoundError("no httpx", name="httpx"), True),
+        (ModuleNotFoundError("a bug of ours", name="benchmarks.gone"), False),
+        (ImportError("cannot import name 'x' from 'engine.run'", name="engine.run"), False),
+    ],
+)
+def test_only_a_missing_third_party_package_reads_as_the_extra(
+    error: ImportError, is_missing_extra: bool
+) -> None:
+    assert (commands.missing_bench_extra(error) is not None) is is_missing_extra

@@ -186,7 +186,8 @@ SETTINGS: tuple[Setting, ...] = (
         default=None,
         parse=path,
         meaning="folder of `pg_ctl`/`initdb` for the private server (else `PATH`, then "
-        "`/usr/lib/postgresql/*/bin`)",
+        "`/usr/lib/postgresql/*/bin`); symlinks are resolved, and TimescaleDB counts as "
+        "installed when that server's `pkglibdir` holds it",
         field=None,
         shown="auto",
     ),

@@ -15,6 +15,9 @@ from engine.settings import SETTINGS, GiB, load_settings, parse_size, read_setti
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("engine", "lake", "sync", "api", "benchmarks")
 VARIABLE = re.compile(r"STRATUM_[A-Z][A-Z0-9_]*")
+# Knobs of the test suite, not of stratum: read by tests/conftest.py, documented under
+# Development rather than in the configuration table.
+TEST_SUITE_VARIABLES = {"STRATUM_TEST_FLAVOUR"}
 
 
 def readme_configuration() -> list[tuple[str, str, str]]:
@@ -39,7 +42,11 @@ def test_every_stratum_variable_anywhere_is_declared() -> None:
     texts += [path.read_text() for package in PACKAGES for path in (ROOT / package).rglob("*.py")]
     mentioned = {name for text in texts for name in VARIABLE.findall(text)}
     assert "STRATUM_PG_BIN" in mentioned and "STRATUM_MAX_POINTS" in mentioned
-    assert sorted(mentioned - {s.name for s in SETTINGS}) == []
+    assert sorted(mentioned - {s.name for s in SETTINGS} - TEST_SUITE_VARIABLES) == []
+    conftest = (ROOT / "tests" / "conftest.py").read_text()
+    development = (ROOT / "README.md").read_text().split("\n## Development\n")[1]
+    for name in TEST_SUITE_VARIABLES:
+        assert f'"{name}"' in conftest and f"`{name}" in development, name
 
 
 def test_declared_defaults_are_what_loads_without_variables(tmp_path: Path) -> None:

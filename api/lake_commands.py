@@ -15,16 +15,15 @@ from rich.table import Table
 from api.argtypes import non_negative, positive
 from api.console import Context, console, progress
 from engine.errors import SyncFailed
-from lake import TIERS, Lake
+from engine.tiers import TIERS
+from lake import Lake
 from sync import jobs
 from sync.coverage import lake_summary, user_coverage
 from sync.export import SyncResult, VerificationFailed
 from sync.maintenance import MaintainResult
 from sync.runs import recent_runs
 from sync.scheduler import run_scheduler
-from sync.tiering import TierResult
-
-_SHORT_TIERS = ("raw", "1m", "1h", "1d")
+from sync.tiering import TieringResult
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -92,10 +91,10 @@ def sync_command(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def print_sync(result: SyncResult) -> None:
-    per_tier = ", ".join(f"{tier} {rows:,}" for tier, rows in result.rows.items())
-    versions = ", ".join(f"{tier} v{v}" for tier, v in result.versions.items()) or "none"
+    per_table = ", ".join(f"{table} {rows:,}" for table, rows in result.rows.items())
+    versions = ", ".join(f"{table} v{v}" for table, v in result.versions.items()) or "none"
     console.print(
-        f"synced {result.days} user-days: {result.total_rows:,} rows ({per_tier}) in "
+        f"synced {result.days} user-days: {result.total_rows:,} rows ({per_table}) in "
         f"{result.seconds:.1f}s = {result.rows_per_s:,.0f} rows/s; "
         f"{result.bytes / 2**20:,.1f} MiB in {result.files} files; lake {versions}"
     )
@@ -108,11 +107,11 @@ def print_sync(result: SyncResult) -> None:
 def tier_command(args: argparse.Namespace, ctx: Context) -> int:
     bar, update = _progress_callback("tier")
     with bar:
-        result = jobs.tier_job(
+        result = jobs.tiering_job(
             ctx.url, ctx.settings.lake, older_than_days=args.older_than, progress=update
         )
     tiered = result.detail
-    assert isinstance(tiered, TierResult)
+    assert isinstance(tiered, TieringResult)
     rows = ", ".join(f"{table} {count:,}" for table, count in tiered.rows.items())
     console.print(
         f"tiered {tiered.days} user-days: removed {rows} rows"
@@ -130,10 +129,10 @@ def maintain_command(args: argparse.Namespace, ctx: Context) -> int:
     result = jobs.maintain_job(ctx.url, settings)
     done = result.detail
     assert isinstance(done, MaintainResult)
-    for tier, compacted in done.compacted.items():
+    for table, compacted in done.compacted.items():
         if compacted.partitions:
             console.print(
-                f"{tier}: compacted {compacted.partitions} partitions, "
+                f"{table}: compacted {compacted.partitions} partitions, "
                 f"{compacted.files_removed} files -> {compacted.files_added} "
                 f"(v{compacted.version})"
             )
@@ -177,11 +176,11 @@ def sync_status(args: argparse.Namespace, ctx: Context) -> int:
         runs.add_column(name)
     for name in ("took", "days", "rows", "bytes", "lake v"):
         runs.add_column(name, justify="right")
-    runs.caption = f"times in UTC; lake v: versions of {'/'.join(_SHORT_TIERS)} after the run"
+    runs.caption = f"times in UTC; lake v: versions of {'/'.join(TIERS)} after the run"
     errors = []
     for run in recent_runs(ctx.url, args.runs):
         seconds = run.seconds
-        versions = "/".join(str(run.lake_versions.get(t, "-")) for t in TIERS)
+        versions = "/".join(str(run.lake_versions.get(t.lake_table, "-")) for t in TIERS.values())
         style = {"failed": "red", "interrupted": "yellow", "running": "cyan"}.get(run.status, "")
         runs.add_row(
             run.job,
@@ -199,18 +198,18 @@ def sync_status(args: argparse.Namespace, ctx: Context) -> int:
     for error in errors:
         console.print(f"[red]error[/red] {error}", highlight=False)
 
-    tiers = Table(title=f"lake {ctx.settings.lake.path}", box=box.SIMPLE_HEAD)
+    tables = Table(title=f"lake {ctx.settings.lake.path}", box=box.SIMPLE_HEAD)
     for name in ("tier", "version", "files", "rows", "bytes"):
-        tiers.add_column(name, justify="left" if name == "tier" else "right")
-    for tier in lake_summary(Lake(ctx.settings.lake.path)):
-        tiers.add_row(
-            tier.tier,
-            "-" if tier.version is None else str(tier.version),
-            f"{tier.files:,}",
-            f"{tier.rows:,}",
-            _size(tier.bytes),
+        tables.add_column(name, justify="left" if name == "tier" else "right")
+    for table in lake_summary(Lake(ctx.settings.lake.path)):
+        tables.add_row(
+            table.table,
+            "-" if table.version is None else str(table.version),
+            f"{table.files:,}",
+            f"{table.rows:,}",
+            _size(table.bytes),
         )
-    console.print(tiers)
+    console.print(tables)
 
     users = Table(title="coverage per user (raw tier)", box=box.SIMPLE_HEAD)
     for name in ("user", "first lake day", "last lake day", "days in lake", "days pending",
@@ -234,9 +233,9 @@ def demo_sync(ctx: Context) -> None:
     result = jobs.sync_job(ctx.url, ctx.settings.lake)
     assert isinstance(result.detail, SyncResult)
     print_sync(result.detail)
-    tiers = Table(title="lake")
+    tables = Table(title="lake")
     for name in ("tier", "rows", "files", "bytes"):
-        tiers.add_column(name, justify="left" if name == "tier" else "right")
-    for tier in lake_summary(Lake(ctx.settings.lake.path)):
-        tiers.add_row(tier.tier, f"{tier.rows:,}", f"{tier.files:,}", _size(tier.bytes))
-    console.print(tiers)
+        tables.add_column(name, justify="left" if name == "tier" else "right")
+    for table in lake_summary(Lake(ctx.settings.lake.path)):
+        tables.add_row(table.table, f"{table.rows:,}", f"{table.files:,}", _size(table.bytes))
+    console.print(tables)

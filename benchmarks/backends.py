@@ -18,8 +18,8 @@ import pyarrow.ipc as ipc
 from benchmarks.dataset import Dataset
 from benchmarks.workloads import Case
 from engine.query import build_query
-from engine.resolution import TIERS
 from engine.run import Engine
+from engine.tiers import TIERS
 from lake import Lake, scan_sql
 
 Timed = Callable[[], int]
@@ -189,7 +189,7 @@ class LakeRollups(_Lake):
     def prepare(self, case: Case) -> Timed:
         if case.resolution == "raw":
             raise NotApplicable("raw rows: no rollup tier")
-        scan, params = self._files(TIERS[case.resolution].lake_tier, case)
+        scan, params = self._files(TIERS[case.resolution].lake_table, case)
         where = self._where(case, params)
         sql = (
             f"SELECT user_id, metric, ts, count, sum, min, max, sum / count AS avg "  # noqa: S608

@@ -17,12 +17,13 @@ import psycopg
 
 from benchmarks import lakesync
 from benchmarks.backends import Backend, Timed
-from benchmarks.dataset import RAW_TABLES, Dataset, drop_database, ingest_file
+from benchmarks.dataset import Dataset, drop_database, ingest_file
 from benchmarks.measure import percentile
 from benchmarks.server import RssSampler, ServerProcess
 from benchmarks.workloads import METRIC, Case
 from engine.registry import METRICS
-from lake import TIERS, Lake
+from engine.tiers import LAKE_TABLES, WARM_TABLES
+from lake import Lake
 from sync import timescale
 from sync.ingest import ingest_files
 from sync.rollups import refresh_rollups
@@ -151,10 +152,10 @@ def ingest_and_sync(dataset: Dataset) -> dict[str, Any]:
 
 
 def storage(dataset: Dataset) -> dict[str, Any]:
-    """Bytes of the warm store's tables and of the lake's tiers, and their rows."""
+    """Bytes and rows of each tier's warm table and lake table."""
     warm: dict[str, dict[str, int]] = {}
     with psycopg.connect(dataset.url) as conn:
-        for table in RAW_TABLES:
+        for table in WARM_TABLES:
             count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
             warm[table] = {
                 "bytes": timescale.table_bytes(conn, table),
@@ -164,10 +165,10 @@ def storage(dataset: Dataset) -> dict[str, Any]:
     if dataset.lake_synced:
         store = Lake(dataset.lake_path)
         first = dataset.lake_end - timedelta(days=dataset.preset.main.days + 1)
-        for tier in TIERS:
-            files = store.files(tier, None, first, dataset.lake_end + timedelta(days=2))
-            lake[tier] = {
-                "bytes": store.total_bytes(tier),
+        for table in LAKE_TABLES:
+            files = store.files(table, None, first, dataset.lake_end + timedelta(days=2))
+            lake[table] = {
+                "bytes": store.total_bytes(table),
                 "rows": files.rows,
                 "files": len(files.files),
             }

@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt  # noqa: E402
 
 from engine.shapes import row_bytes  # noqa: E402
+from engine.tiers import TIERS  # noqa: E402
 
 PLOT_FILE = "latency_vs_span.png"
 SECTIONS = (
@@ -445,20 +446,14 @@ def ingest_section(results: dict[str, Any]) -> list[str]:
 def storage_section(results: dict[str, Any]) -> list[str]:
     data = results.get("storage") or {}
     warm, lake = data.get("warm", {}), data.get("lake", {})
-    pairs = [
-        ("raw_data", "raw"),
-        ("data_1m", "agg_1m"),
-        ("data_1h", "agg_1h"),
-        ("data_1d", "agg_1d"),
-    ]
     rows = []
-    for table, tier in pairs:
-        w, lk = warm.get(table, {}), lake.get(tier, {})
+    for tier in TIERS.values():
+        w, lk = warm.get(tier.warm_table, {}), lake.get(tier.lake_table, {})
         w_per = w["bytes"] / w["rows"] if w.get("rows") else None
         l_per = lk["bytes"] / lk["rows"] if lk.get("rows") else None
         rows.append(
             [
-                f"{table} / {tier}",
+                f"{tier.warm_table} / {tier.lake_table}",
                 fmt_bytes(w.get("bytes")),
                 f"{w.get('rows', 0):,}",
                 "–" if w_per is None else f"{w_per:.1f}",

@@ -9,8 +9,8 @@ from typing import Literal
 from benchmarks.dataset import Dataset
 from benchmarks.presets import SPAN_DAYS
 from engine.query import build_query
-from engine.resolution import Resolution
 from engine.settings import QuerySettings
+from engine.tiers import Resolution
 
 Requested = Literal["raw", "auto"]
 METRIC = "heart_rate"  # one metric per series: the "1 participant x 1 metric"

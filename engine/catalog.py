@@ -1,7 +1,7 @@
 """The catalog snapshot the planner reads: where each (user, day) may be served from.
 
 Loading it is the only I/O of planning. Two parts, with different freshness rules:
-- lake coverage (verified days per lake tier) is cached per catalog_seq, which every job
+- lake coverage (verified days per lake table) is cached per catalog_seq, which every job
   that changes it bumps. A stale cache can only be too small (a day just synced is still
   read from the warm store), never too big: lake days only become unusable by a write.
 - the days written since their last sync or refresh are read fresh for every query (small,
@@ -21,6 +21,7 @@ from datetime import date, datetime
 import psycopg
 
 from engine.plan import DayRange
+from engine.tiers import LAKE_TABLES
 from lake import Lake, LakeFile
 
 log = logging.getLogger(__name__)
@@ -40,15 +41,13 @@ class Coverage:
 
 @dataclass(frozen=True)
 class Catalog:
-    lake_days: Mapping[str, Coverage]  # lake tier -> verified days (possibly cached)
+    lake_days: Mapping[str, Coverage]  # lake table -> verified days (possibly cached)
     unsynced: Coverage  # days written since their last sync: never from the lake
     stale_rollups: Coverage  # days whose rollups lag raw (refresh pending)
-    lake_versions: Mapping[str, int | None]  # the pinned version per lake tier
+    lake_versions: Mapping[str, int | None]  # the pinned version per lake table
     list_files: ListFiles  # exact files of a pinned version
     warm_available: bool = True
 
-
-_LAKE_TIERS = ("raw", "agg_1m", "agg_1h", "agg_1d")
 
 _ISLANDS = """
 SELECT user_id, min(day), max(day) FROM (
@@ -58,11 +57,8 @@ SELECT user_id, min(day), max(day) FROM (
 GROUP BY user_id, grp
 ORDER BY user_id, 2
 """
-_LAKE_DAYS = (
-    "SELECT l.user_id, l.day FROM lake_days l JOIN day_state s "
-    "ON s.user_id = l.user_id AND s.day = l.day "
-    "WHERE l.tier = %(tier)s AND l.change_seq = s.change_seq"
-)
+# current_lake_days (sync/migrations): verified and unchanged since, what the router serves.
+_LAKE_DAYS = "SELECT user_id, day FROM current_lake_days WHERE tier = %(lake_table)s"
 _RECENT = (
     "SELECT user_id, day FROM day_state WHERE {condition} "
     "AND user_id = ANY(%(users)s) AND day BETWEEN %(first)s AND %(last)s"
@@ -87,9 +83,14 @@ class CatalogSource:
         self._coverage: tuple[int, dict[str, Coverage]] | None = None
 
     def _list_files(
-        self, tier: str, users: Sequence[int], start: datetime, end: datetime, version: int | None
+        self,
+        lake_table: str,
+        users: Sequence[int],
+        start: datetime,
+        end: datetime,
+        version: int | None,
     ) -> tuple[LakeFile, ...]:
-        return self.lake.files(tier, users, start, end, version).files
+        return self.lake.files(lake_table, users, start, end, version).files
 
     def _lake_coverage(self, conn: psycopg.Connection) -> dict[str, Coverage]:
         row = conn.execute("SELECT last_value FROM catalog_seq").fetchone()
@@ -97,7 +98,9 @@ class CatalogSource:
         cached = self._coverage
         if cached is not None and cached[0] == generation:
             return cached[1]
-        coverage = {tier: _islands(conn, _LAKE_DAYS, {"tier": tier}) for tier in _LAKE_TIERS}
+        coverage = {
+            table: _islands(conn, _LAKE_DAYS, {"lake_table": table}) for table in LAKE_TABLES
+        }
         with self._lock:
             self._coverage = (generation, coverage)
         log.debug("lake coverage reloaded at catalog_seq %d", generation)
@@ -109,7 +112,7 @@ class CatalogSource:
         """The catalog for these users and days; `conn` None: the warm store is unreachable."""
         if conn is None:
             cached = self._coverage
-            coverage = cached[1] if cached else {t: Coverage() for t in _LAKE_TIERS}
+            coverage = cached[1] if cached else {t: Coverage() for t in LAKE_TABLES}
             return self._catalog(coverage, Coverage(), Coverage(), warm_available=False)
         coverage = self._lake_coverage(conn)
         recent = {"users": list(users), "first": first, "last": last}
@@ -125,5 +128,5 @@ class CatalogSource:
         stale: Coverage,
         warm_available: bool,
     ) -> Catalog:
-        versions = {tier: self.lake.version(tier) for tier in _LAKE_TIERS}
+        versions = {table: self.lake.version(table) for table in LAKE_TABLES}
         return Catalog(coverage, unsynced, stale, versions, self._list_files, warm_available)

@@ -14,11 +14,10 @@ import psycopg
 _WARM_DAYS = (
     "SELECT user_id, min(day), max(day), count(*) FROM day_state GROUP BY user_id ORDER BY user_id"
 )
-# A lake day counts only while it is verified and unchanged since (what the router serves).
+# Lake days count while verified and unchanged since: what the router serves.
 _LAKE_DAYS = (
-    "SELECT l.user_id, l.tier, min(l.day), max(l.day), count(*) FROM lake_days l "
-    "JOIN day_state s ON s.user_id = l.user_id AND s.day = l.day "
-    "AND s.change_seq = l.change_seq GROUP BY l.user_id, l.tier ORDER BY l.user_id, l.tier"
+    "SELECT user_id, tier, min(day), max(day), count(*) FROM current_lake_days "
+    "GROUP BY user_id, tier ORDER BY user_id, tier"
 )
 _COLUMNS = (
     "SELECT column_name FROM information_schema.columns "

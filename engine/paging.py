@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import date, timedelta
 
 from engine.catalog import Coverage
-from engine.query import DataQuery, Key, midnight, to_us
+from engine.query import DataQuery, Key, to_us
+from engine.timestamps import midnight
 
 SeriesDays = Callable[[int, str], Sequence[tuple[date, int]]]  # (user, metric) -> rows per day
 

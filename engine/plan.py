@@ -7,7 +7,7 @@ from datetime import date, datetime
 from typing import Any, Literal
 
 from engine.query import DataQuery, describe
-from engine.resolution import Resolution
+from engine.tiers import Resolution
 from lake import LakeFile
 
 Backend = Literal["lake", "warm"]
@@ -20,7 +20,7 @@ class Segment:
 
     backend: Backend
     resolution: Resolution  # the shape of the rows it yields
-    source: str  # warm table or lake tier it reads
+    source: str  # the warm table or lake table it reads
     users: tuple[int, ...]
     start: datetime  # inclusive, UTC
     end: datetime  # exclusive, UTC

@@ -15,8 +15,9 @@ from datetime import date, datetime, timedelta
 
 from engine.catalog import Catalog, Coverage
 from engine.plan import DayRange, Plan, Segment
-from engine.query import DataQuery, midnight
-from engine.resolution import TIERS
+from engine.query import DataQuery
+from engine.tiers import RAW, TIERS
+from engine.timestamps import midnight
 
 ONE_DAY = timedelta(days=1)
 
@@ -79,8 +80,8 @@ def _user_runs(
 
 def plan(query: DataQuery, catalog: Catalog) -> Plan:
     tier = TIERS[query.resolution]
-    lake_coverage = catalog.lake_days.get(tier.lake_tier, Coverage())
-    version = catalog.lake_versions.get(tier.lake_tier)
+    lake_coverage = catalog.lake_days.get(tier.lake_table, Coverage())
+    version = catalog.lake_versions.get(tier.lake_table)
     if version is None:
         lake_coverage = Coverage()  # nothing verified can be read without a table
     # Group users by identical runs so one segment serves all of them.
@@ -91,12 +92,12 @@ def plan(query: DataQuery, catalog: Catalog) -> Plan:
     segments = []
     for (label, start, end), users in sorted(shared.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         if label == "lake":
-            files = catalog.list_files(tier.lake_tier, users, start, end, version)
+            files = catalog.list_files(tier.lake_table, users, start, end, version)
             segments.append(
                 Segment(
                     "lake",
                     query.resolution,
-                    tier.lake_tier,
+                    tier.lake_table,
                     tuple(users),
                     start,
                     end,
@@ -107,7 +108,7 @@ def plan(query: DataQuery, catalog: Catalog) -> Plan:
             )
         else:
             from_raw = label == "warm_from_raw"
-            source = "raw_data" if from_raw else tier.warm_table
+            source = RAW.warm_table if from_raw else tier.warm_table
             segments.append(
                 Segment(
                     "warm",

@@ -13,8 +13,10 @@ from typing import Any, cast
 
 from engine.errors import InvalidParameter
 from engine.registry import METRICS, metric_names
-from engine.resolution import RESOLUTIONS, Resolution, choose_resolution
+from engine.resolution import choose_resolution
 from engine.settings import QuerySettings
+from engine.tiers import RESOLUTIONS, Resolution
+from engine.timestamps import midnight
 
 RESOLUTION_CHOICES = ("auto", *RESOLUTIONS)
 MAX_POINTS_LIMIT = 10_000_000
@@ -69,11 +71,6 @@ class DataQuery:
 def to_us(ts: datetime) -> int:
     delta = ts - EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def midnight(day: date) -> datetime:
-    """The UTC instant a day starts."""
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def from_us(ts_us: int) -> datetime:

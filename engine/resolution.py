@@ -1,33 +1,12 @@
-"""Resolutions (tiers) and the `auto` choice: the finest tier whose points fit max_points."""
+"""The `auto` resolution: the finest tier whose points fit max_points."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
 
 from engine.registry import METRICS
-
-Resolution = Literal["raw", "1m", "1h", "1d"]
-RESOLUTIONS: tuple[Resolution, ...] = ("raw", "1m", "1h", "1d")
-
-
-@dataclass(frozen=True)
-class Tier:
-    resolution: Resolution
-    bucket_s: int  # 0 for raw: its spacing is each metric's native interval
-    warm_table: str  # table in the warm store
-    lake_tier: str  # Delta table in the lake
-    bucket_unit: str  # date_trunc unit computing this tier from raw ('' for raw)
-
-
-TIERS: dict[Resolution, Tier] = {
-    "raw": Tier("raw", 0, "raw_data", "raw", ""),
-    "1m": Tier("1m", 60, "data_1m", "agg_1m", "minute"),
-    "1h": Tier("1h", 3600, "data_1h", "agg_1h", "hour"),
-    "1d": Tier("1d", 86400, "data_1d", "agg_1d", "day"),
-}
+from engine.tiers import RESOLUTIONS, TIERS, Resolution
 
 
 def expected_points(resolution: Resolution, metric: str, span_s: float) -> float:

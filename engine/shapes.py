@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from engine.resolution import Resolution
+from engine.tiers import Resolution
 
 TS = pa.timestamp("us", tz="UTC")
 

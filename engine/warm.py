@@ -23,8 +23,8 @@ import pyarrow as pa
 from engine.errors import WarmStoreBusy, WarmStoreUnavailable
 from engine.plan import Segment
 from engine.query import EPOCH, Key, from_us, to_us
-from engine.resolution import TIERS
 from engine.shapes import conform, schema_for
+from engine.tiers import RAW, TIERS
 
 log = logging.getLogger(__name__)
 
@@ -122,17 +122,17 @@ def _sql(segment: Segment, metrics: tuple[str, ...], inclusive: bool) -> str:
     after = f"(user_id, metric, ts) {'>=' if inclusive else '>'} (${n + 2}, ${n + 3}, ${n + 4})"
     limit = f"${n + 5}"
     where = f"user_id IN ({users}) AND metric IN ({names}) AND {span} AND {after}"
-    # Table names and bucket units come from engine.resolution.TIERS, never from a request.
+    # Table names and bucket units come from engine.tiers.TIERS, never from a request.
     if segment.resolution == "raw":
         return (
-            f"SELECT user_id, metric, ts, value FROM raw_data WHERE {where} "  # noqa: S608
+            f"SELECT user_id, metric, ts, value FROM {RAW.warm_table} WHERE {where} "  # noqa: S608
             f"ORDER BY user_id, metric, ts LIMIT {limit}"
         )
     if segment.rollup_from_raw:
         unit = TIERS[segment.resolution].bucket_unit
         return (
             f"SELECT user_id, metric, date_trunc('{unit}', ts) AS bucket, count(*), "  # noqa: S608
-            f"sum(value), min(value), max(value), sum(value) / count(*) FROM raw_data "
+            f"sum(value), min(value), max(value), sum(value) / count(*) FROM {RAW.warm_table} "
             f"WHERE {where} GROUP BY user_id, metric, bucket "
             f"ORDER BY user_id, metric, bucket LIMIT {limit}"
         )

@@ -1,4 +1,4 @@
-"""What the lake covers, per user and per tier (for `stratum sync status` and the demo)."""
+"""What the lake covers, per user and per lake table (for `stratum sync status` and the demo)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from datetime import UTC, date, datetime
 
 import psycopg
 
-from lake import TIERS, Lake
+from engine.tiers import LAKE_TABLES
+from lake import Lake
 
 
 @dataclass(frozen=True)
@@ -21,8 +22,8 @@ class UserCoverage:
 
 
 @dataclass(frozen=True)
-class TierSummary:
-    tier: str
+class LakeTableSummary:
+    table: str
     version: int | None
     files: int
     bytes: int
@@ -31,15 +32,13 @@ class TierSummary:
 
 _ALL_TIME = (datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC))
 
+# current_lake_days: verified and unchanged since, the days the router serves from the lake.
 _COVERAGE = """
-SELECT d.user_id,
-       min(d.day) FILTER (WHERE l.change_seq = d.change_seq),
-       max(d.day) FILTER (WHERE l.change_seq = d.change_seq),
-       count(*) FILTER (WHERE l.change_seq = d.change_seq),
+SELECT d.user_id, min(c.day), max(c.day), count(c.day),
        count(*) FILTER (WHERE d.change_seq > d.synced_seq),
        count(*) FILTER (WHERE d.tiered_seq IS NOT NULL)
 FROM day_state d
-LEFT JOIN lake_days l ON l.user_id = d.user_id AND l.day = d.day AND l.tier = 'raw'
+LEFT JOIN current_lake_days c ON c.user_id = d.user_id AND c.day = d.day AND c.tier = 'raw'
 GROUP BY d.user_id
 ORDER BY d.user_id
 """
@@ -51,14 +50,14 @@ def user_coverage(url: str) -> list[UserCoverage]:
     return [UserCoverage(int(u), f, la, int(n), int(p), int(t)) for u, f, la, n, p, t in rows]
 
 
-def lake_summary(lake: Lake) -> list[TierSummary]:
-    """Version, files, bytes and rows of each tier's latest version."""
+def lake_summary(lake: Lake) -> list[LakeTableSummary]:
+    """Version, files, bytes and rows of each lake table's latest version."""
     summary = []
-    for tier in TIERS:
-        files = lake.files(tier, None, *_ALL_TIME)
+    for table in LAKE_TABLES:
+        files = lake.files(table, None, *_ALL_TIME)
         summary.append(
-            TierSummary(
-                tier,
+            LakeTableSummary(
+                table,
                 files.version,
                 len(files.files),
                 sum(f.size_bytes for f in files.files),

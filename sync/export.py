@@ -38,8 +38,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.errors import SyncFailed
-from lake import TIERS, Lake, day_checksums, partition_of
-from lake.layout import PartitionKey, data_schema, partition_days, value_columns
+from engine.tiers import LAKE_TABLES, by_lake_table
+from engine.timestamps import midnight
+from lake import Lake, day_checksums, partition_of
+from lake.layout import PartitionKey, data_schema, derived_column, partition_days, value_columns
 from sync.runs import SYNC_LOCK, advisory_lock
 
 log = logging.getLogger(__name__)
@@ -49,9 +51,8 @@ Stat = tuple[int, int]
 T = TypeVar("T")
 S = TypeVar("S")
 
-SOURCES = {"raw": "raw_data", "agg_1m": "data_1m", "agg_1h": "data_1h", "agg_1d": "data_1d"}
-_DAY_TIERS = ("raw", "agg_1m")  # one partition, and one read window, per user-day
 _MICROS_PER_DAY = 86_400_000_000
+_TS = pa.timestamp("us", tz="UTC")
 
 # Days to export, oldest first within each user. Tiered days are never exported: the warm
 # store no longer holds their raw rows, and the lake must not be overwritten with less.
@@ -118,7 +119,7 @@ class _Snapshot:
 @dataclass
 class _Tally:
     days: int = 0
-    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIERS, 0))
+    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LAKE_TABLES, 0))
     bytes: int = 0
     files: int = 0
     versions: dict[str, int] = field(default_factory=dict)
@@ -177,7 +178,7 @@ def sync_to_lake(
                     done += len(batch)
                     if progress:
                         progress(done, len(candidates), sum(tally.rows.values()))
-    for tier in TIERS:
+    for tier in LAKE_TABLES:
         version = lake.version(tier)
         if version is not None:
             tally.versions.setdefault(tier, version)
@@ -248,7 +249,7 @@ def _windows(kept: Sequence[Pair], metrics: Sequence[str], cutoff: date) -> pa.T
     (up to the cutoff) for agg_1h/agg_1d. One window per metric, so every lookup is a tight
     range of the (user_id, metric, ts) primary key."""
     rows: list[tuple[str, int, datetime, datetime]] = []
-    for tier in TIERS:
+    for tier in LAKE_TABLES:
         spans: dict[PartitionKey, tuple[int, date, date]] = {}
         for user_id, day in kept:
             key = partition_of(tier, user_id, day)
@@ -256,27 +257,20 @@ def _windows(kept: Sequence[Pair], metrics: Sequence[str], cutoff: date) -> pa.T
                 first, last = partition_days(tier, key)
                 spans[key] = (user_id, first, min(last + timedelta(days=1), cutoff))
         for user_id, lo, hi in spans.values():
-            rows.append((tier, user_id, _midnight(lo), _midnight(hi)))
+            rows.append((tier, user_id, midnight(lo), midnight(hi)))
     tiers, users, los, his = (list(c) for c in zip(*rows, strict=True)) if rows else ([],) * 4
     n = len(metrics)
+    each = pa.array(np.repeat(np.arange(len(rows)), n))  # every window once per metric
     return pa.table(
         {
             "idx": pa.array(np.arange(len(rows) * n, dtype=np.int32)),
-            "tier": pa.array(np.repeat(np.array(tiers, dtype=object), n), pa.string()),
-            "user_id": pa.array(np.repeat(np.array(users, dtype=np.int32), n)),
+            "tier": pa.array(tiers, pa.string()).take(each),
+            "user_id": pa.array(users, pa.int32()).take(each),
             "metric": pa.array(list(metrics) * len(rows), pa.string()),
-            "lo": pa.array(np.repeat(np.array(los, dtype="datetime64[us]"), n)).cast(
-                pa.timestamp("us", tz="UTC")
-            ),
-            "hi": pa.array(np.repeat(np.array(his, dtype="datetime64[us]"), n)).cast(
-                pa.timestamp("us", tz="UTC")
-            ),
+            "lo": pa.array(los, _TS).take(each),
+            "hi": pa.array(his, _TS).take(each),
         }
     )
-
-
-def _midnight(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day)  # naive UTC, for numpy
 
 
 def _tier_sql(tier: str) -> str:
@@ -286,7 +280,7 @@ def _tier_sql(tier: str) -> str:
     # array_agg keeps the index order (metric, ts); every column sees the rows in one order.
     return (
         f"SELECT w.idx, {selected} FROM stratum_export_windows w "  # noqa: S608 (constants)
-        f"CROSS JOIN LATERAL (SELECT {aggregates} FROM {SOURCES[tier]} s "
+        f"CROSS JOIN LATERAL (SELECT {aggregates} FROM {by_lake_table(tier).warm_table} s "
         "WHERE s.user_id = w.user_id AND s.metric = w.metric AND s.ts >= w.lo AND s.ts < w.hi"
         f") a WHERE w.tier = '{tier}' AND a.ts IS NOT NULL"
     )
@@ -320,7 +314,7 @@ def _read_snapshot(
         tables: dict[str, pa.Table] = {}
         if change_seq:
             cur.adbc_ingest("stratum_export_windows", windows, mode="replace", temporary=True)
-            for tier in TIERS:
+            for tier in LAKE_TABLES:
                 cur.execute(_tier_sql(tier))
                 tables[tier] = _assemble(tier, cur.fetch_arrow_table(), windows, metrics)
         cur.execute("COMMIT")
@@ -339,7 +333,7 @@ def _assemble(tier: str, fetched: pa.Table, windows: pa.Table, metrics: Sequence
     lengths = pc.fill_null(pc.list_value_length(fetched.column("ts")), 0).to_numpy()
     window = np.repeat(fetched.column("idx").to_numpy(), lengths)
     ts = pc.list_flatten(fetched.column("ts")).cast(schema.field("ts").type)
-    if tier in _DAY_TIERS:  # one window per day: the row's day is its window's
+    if derived_column(tier) is None:  # one window per day: the row's day is its window's
         window_days = windows.column("lo").cast(pa.int64()).to_numpy() // _MICROS_PER_DAY
         days = window_days.astype(np.int32)[window]
     else:
@@ -366,10 +360,12 @@ def _export_batch(conn: psycopg.Connection, lake: Lake, snapshot: _Snapshot, tal
     failed: dict[str, set[Pair]] = {}
     stale_rows: dict[str, set[Pair]] = {}  # other days' lake_days rows no longer true
     versions: dict[str, int] = {}
-    for tier in TIERS:
+    for tier in LAKE_TABLES:
         table = snapshot.tables[tier]
         partitions = {partition_of(tier, u, d) for u, d in pairs}
-        others = _recorded_in(conn, tier, partitions, pairs) if tier in ("agg_1h", "agg_1d") else {}
+        # Coarse partitions (a month, a year) hold other days too: their records may change.
+        coarse = derived_column(tier) is not None
+        others = _recorded_in(conn, tier, partitions, pairs) if coarse else {}
         source = day_checksums(tier, table)  # here, not on the reader: it waits on PostgreSQL
         version = lake.replace_days(tier, table, pairs)
         versions[tier] = version
@@ -387,7 +383,7 @@ def _export_batch(conn: psycopg.Connection, lake: Lake, snapshot: _Snapshot, tal
             log.error("sync: %s user %s day %s read back %s, source %s", tier, u, d,
                       back[(u, d)], source.get((u, d), (0, 0)))  # fmt: skip
             tally.failed.append((u, d, tier))
-    synced = [p for p in pairs if all(p in verified[t] for t in TIERS)]
+    synced = [p for p in pairs if all(p in verified[t] for t in LAKE_TABLES)]
     _record(conn, snapshot, verified, failed, stale_rows, versions, synced)
     tally.days += len(synced)
 
@@ -415,8 +411,8 @@ def _written(lake: Lake, tier: str, version: int, partitions: set[PartitionKey])
         return 0, 0
     users = sorted({key[0] for key in partitions})
     spans = [partition_days(tier, key) for key in partitions]
-    start = _midnight(min(lo for lo, _ in spans)).replace(tzinfo=UTC)
-    end = _midnight(max(hi for _, hi in spans) + timedelta(days=1)).replace(tzinfo=UTC)
+    start = midnight(min(lo for lo, _ in spans))
+    end = midnight(max(hi for _, hi in spans) + timedelta(days=1))
     files = [
         f
         for f in lake.files(tier, users, start, end, version=version).files
@@ -441,7 +437,7 @@ def _record(
     ]
     deletes = [
         (u, tier, d)
-        for tier in TIERS
+        for tier in LAKE_TABLES
         for u, d in sorted(failed[tier] | stale_rows[tier])
     ]  # fmt: skip
     with conn.transaction():

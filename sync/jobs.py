@@ -84,7 +84,7 @@ def sync_job(
     return run_job(url, "sync", body)
 
 
-def tier_job(
+def tiering_job(
     url: str,
     settings: LakeSettings,
     *,
@@ -142,7 +142,7 @@ def _nightly_steps(url: str, settings: LakeSettings, today: date | None) -> JobR
     steps: list[tuple[str, Callable[[], JobResult]]] = [
         ("refresh", lambda: refresh_job(url)),
         ("sync", lambda: sync_job(url, settings, today=today)),
-        ("tier", lambda: tier_job(url, settings, today=today)),
+        ("tier", lambda: tiering_job(url, settings, today=today)),
         ("maintain", lambda: maintain_job(url, settings)),
     ]
     results: dict[str, JobResult] = {}

@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from lake import TIERS, CompactResult, Lake, VacuumResult
+from engine.tiers import LAKE_TABLES
+from lake import CompactResult, Lake, VacuumResult
 
 
 @dataclass(frozen=True)
 class MaintainResult:
-    compacted: dict[str, CompactResult]  # per tier
+    compacted: dict[str, CompactResult]  # per lake table
     vacuum: VacuumResult
     seconds: float
 
@@ -35,6 +36,6 @@ def maintain_lake(lake: Lake, retention_hours: int) -> MaintainResult:
     """Merge partitions holding several files (late re-syncs leave none, but a crashed or
     partial history may), then delete files no version younger than the retention needs."""
     started = time.perf_counter()
-    compacted = {tier: lake.compact(tier) for tier in TIERS}
+    compacted = {table: lake.compact(table) for table in LAKE_TABLES}
     vacuum = lake.vacuum(retention_hours)
     return MaintainResult(compacted, vacuum, time.perf_counter() - started)

@@ -11,7 +11,7 @@ win) and the tiered mark is cleared.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import adbc_driver_postgresql.dbapi as adbc
@@ -20,7 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.errors import SyncFailed
+from engine.tiers import RAW, TIERED, Tier
+from engine.timestamps import midnight
 from lake import Lake, lake_relation
+from lake.layout import value_columns
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +37,21 @@ FROM day_state d JOIN {days} t ON d.user_id = t.user_id AND d.day = t.day
 ORDER BY d.user_id, d.day
 FOR UPDATE OF d
 """
-_COPY_BACK = {
-    "raw": "INSERT INTO raw_data (ts, user_id, metric, value) "
-    "SELECT ts, user_id, metric, value FROM stratum_rehydrate_raw "
-    "ON CONFLICT (user_id, metric, ts) DO NOTHING",
-    "agg_1m": "INSERT INTO data_1m (ts, user_id, metric, count, sum, min, max) "
-    "SELECT ts, user_id, metric, count, sum, min, max FROM stratum_rehydrate_agg_1m "
-    "ON CONFLICT (user_id, metric, ts) DO NOTHING",
-}
-_COLUMNS = {"raw": ("ts", "user_id", "metric", "value"),
-            "agg_1m": ("ts", "user_id", "metric", "count", "sum", "min", "max")}  # fmt: skip
+
+
+def _columns(tier: Tier) -> tuple[str, ...]:
+    """The warm table's columns, which the lake table holds too."""
+    return ("ts", "user_id", "metric", *value_columns(tier.lake_table))
+
+
+def _copy_back(tier: Tier) -> str:
+    columns = ", ".join(_columns(tier))
+    # Rows already in the warm store are the newly delivered ones: they win.
+    return (
+        f"INSERT INTO {tier.warm_table} ({columns}) "  # noqa: S608 (our constants)
+        f"SELECT {columns} FROM stratum_rehydrate_{tier.lake_table} "
+        "ON CONFLICT (user_id, metric, ts) DO NOTHING"
+    )
 
 
 def lock_tiered_days(cur: adbc.Cursor, days_table: str) -> list[Pair]:
@@ -76,12 +84,13 @@ def lake_root(cur: adbc.Cursor, configured: Path | None) -> Path:
 def rehydrate(cur: adbc.Cursor, lake: Lake, days: list[Pair]) -> int:
     """Copy the days' raw and 1m rows back from the lake; clear their tiered mark."""
     copied = 0
-    for tier in ("raw", "agg_1m"):
+    for tier in TIERED:
         rows = read_days(lake, tier, days)
         if rows.num_rows:
-            cur.adbc_ingest(f"stratum_rehydrate_{tier}", rows, mode="replace", temporary=True)
-            cur.execute(_COPY_BACK[tier])
-        copied += rows.num_rows if tier == "raw" else 0
+            name = f"stratum_rehydrate_{tier.lake_table}"
+            cur.adbc_ingest(name, rows, mode="replace", temporary=True)
+            cur.execute(_copy_back(tier))
+        copied += rows.num_rows if tier is RAW else 0
     wanted = pa.table(
         {
             "user_id": pa.array([u for u, _ in days], pa.int32()),
@@ -98,18 +107,17 @@ def rehydrate(cur: adbc.Cursor, lake: Lake, days: list[Pair]) -> int:
     return copied
 
 
-def read_days(lake: Lake, tier: str, days: list[Pair]) -> pa.Table:
+def read_days(lake: Lake, tier: Tier, days: list[Pair]) -> pa.Table:
     """The lake rows of those (user, day) pairs, as the warm-store table's columns."""
     parts = []
     with duckdb.connect() as conn:
         for user_id in sorted({u for u, _ in days}):
             user_days = sorted(d for u, d in days if u == user_id)
-            start = datetime(user_days[0].year, user_days[0].month, user_days[0].day, tzinfo=UTC)
-            end = datetime(user_days[-1].year, user_days[-1].month, user_days[-1].day, tzinfo=UTC)
-            files = lake.files(tier, [user_id], start, end + timedelta(days=1))
+            start, end = midnight(user_days[0]), midnight(user_days[-1] + timedelta(days=1))
+            files = lake.files(tier.lake_table, [user_id], start, end)
             table = lake_relation(conn, files).to_arrow_table()
             keep = pc.is_in(table.column("date"), value_set=pa.array(user_days, pa.date32()))
             parts.append(table.filter(keep))
     if not parts:
-        return pa.table({c: [] for c in _COLUMNS[tier]})
-    return pa.concat_tables(parts).select(list(_COLUMNS[tier]))
+        return pa.table({c: [] for c in _columns(tier)})
+    return pa.concat_tables(parts).select(list(_columns(tier)))

@@ -13,8 +13,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from itertools import pairwise
 
 import psycopg
+
+from engine.tiers import RAW, TIERS, WARM_TABLES, Tier
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +51,20 @@ FROM refresh_window w
 JOIN data_1d d ON d.user_id = w.user_id AND d.metric = w.metric AND d.ts = w.lo
 """  # noqa: S608 (constants only)
 
-# (target, source, select list over the source rows `s`). Tables are our constants.
-_STEPS = (
-    ("data_1m", "raw_data",
-     "date_trunc('minute', s.ts), s.user_id, s.metric, count(*), sum(s.value), "
-     "min(s.value), max(s.value)"),
-    ("data_1h", "data_1m",
-     "date_trunc('hour', s.ts), s.user_id, s.metric, sum(s.count), sum(s.sum), "
-     "min(s.min), max(s.max)"),
-    ("data_1d", "data_1h",
-     "date_trunc('day', s.ts), s.user_id, s.metric, sum(s.count), sum(s.sum), "
-     "min(s.min), max(s.max)"),
-)  # fmt: skip
+
+def _step(finer: Tier, coarser: Tier) -> tuple[str, str, str]:
+    """(target, source, select list over the source rows `s`): `coarser` from `finer`."""
+    bucket = f"date_trunc('{coarser.bucket_unit}', s.ts), s.user_id, s.metric"
+    if finer is RAW:
+        measures = "count(*), sum(s.value), min(s.value), max(s.value)"
+    else:
+        measures = "sum(s.count), sum(s.sum), min(s.min), max(s.max)"
+    return coarser.warm_table, finer.warm_table, f"{bucket}, {measures}"
+
+
+# Each tier from the next finer one (1m from raw, 1h from 1m, 1d from 1h): exact, as every
+# rollup keeps count, sum, min and max. Tables and units are the tier table's constants.
+_STEPS = tuple(_step(finer, coarser) for finer, coarser in pairwise(TIERS.values()))
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,7 @@ def warm_tier_counts(url: str) -> dict[str, int]:
     """Rows in raw_data and each rollup table, and user-days waiting for a refresh."""
     with psycopg.connect(url) as conn:
         counts = {}
-        for table in ("raw_data", "data_1m", "data_1h", "data_1d"):  # our own table names
+        for table in WARM_TABLES:
             row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
             counts[table] = int(row[0]) if row else 0
         counts["pending refresh (user-days)"] = pending_refresh_days(conn)

@@ -32,7 +32,7 @@ class JobResult:
     seconds: float = 0.0
     lake_versions: dict[str, int] = field(default_factory=dict)
     error: str | None = None
-    detail: object = None  # the job's own result record (SyncResult, TierResult, ...)
+    detail: object = None  # the job's own result record (SyncResult, TieringResult, ...)
 
 
 @dataclass(frozen=True)

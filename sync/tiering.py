@@ -23,6 +23,8 @@ from pathlib import Path
 
 import psycopg
 
+from engine.tiers import TIERED
+from engine.timestamps import midnight
 from lake import Lake
 from sync import timescale
 from sync.runs import SYNC_LOCK, advisory_lock
@@ -32,11 +34,14 @@ log = logging.getLogger(__name__)
 Pair = tuple[int, date]
 Progress = Callable[[int, int, int], None]  # (days done, days total, rows removed)
 
-TABLES = {"raw": "raw_data", "agg_1m": "data_1m"}
+RAW, MINUTE = TIERED  # the queries below name their tables
 _LOCK_TIMEOUT = "5s"  # how long a chunk drop waits for running ingests before giving up
 
 # Synced (the router counts a day with change_seq > synced_seq as unsynced and reads it from
 # the warm store, whatever lake_days says) and verified in both fine tiers at that change.
+# The rule of the current_lake_days view, spelled against `d` itself: under FOR UPDATE OF d
+# PostgreSQL re-checks these conditions on the locked row version, not on the view's own
+# read of day_state.
 _VERIFIED = """
 FROM day_state d
 JOIN lake_days r ON r.user_id = d.user_id AND r.day = d.day AND r.tier = 'raw'
@@ -82,7 +87,7 @@ _IN_WINDOW = "s.user_id = w.user_id AND s.metric = w.metric AND s.ts >= w.lo AND
 
 
 @dataclass(frozen=True)
-class TierResult:
+class TieringResult:
     days: int  # user-days tiered by this run
     rows: dict[str, int]  # rows removed per warm-store table
     chunks: int  # TimescaleDB chunks dropped
@@ -97,7 +102,7 @@ class TierResult:
 @dataclass
 class _Tally:
     days: int = 0
-    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES.values(), 0))
+    rows: dict[str, int] = field(default_factory=lambda: {t.warm_table: 0 for t in TIERED})
     chunks: int = 0
     refused: list[tuple[int, date, str]] = field(default_factory=list)
 
@@ -111,7 +116,7 @@ class _Locked:
     agg_1m: tuple[int, int]
 
 
-def tier_cutoff(today: date, older_than_days: int) -> date:
+def tiering_cutoff(today: date, older_than_days: int) -> date:
     return today - timedelta(days=older_than_days)
 
 
@@ -123,10 +128,10 @@ def tier_warm_store(
     batch_days: int = 64,
     today: date | None = None,
     progress: Progress | None = None,
-) -> TierResult:
+) -> TieringResult:
     """Tier every verified day older than `older_than_days`; SyncFailed if a sync runs."""
     started = time.perf_counter()
-    cutoff = tier_cutoff(today or datetime.now(UTC).date(), older_than_days)
+    cutoff = tiering_cutoff(today or datetime.now(UTC).date(), older_than_days)
     tally = _Tally()
     with (
         advisory_lock(url, SYNC_LOCK, "sync or tiering run"),
@@ -143,14 +148,9 @@ def tier_warm_store(
             _tier_batch(conn, lake, batch, tally)
             if progress:
                 progress(start + len(batch), len(candidates), sum(tally.rows.values()))
-    return TierResult(
+    return TieringResult(
         tally.days, tally.rows, tally.chunks, tally.refused, time.perf_counter() - started
     )
-
-
-def tiered_days(conn: psycopg.Connection) -> int:
-    row = conn.execute("SELECT count(*) FROM day_state WHERE tiered_seq IS NOT NULL").fetchone()
-    return int(row[0]) if row else 0
 
 
 def _record_location(conn: psycopg.Connection, root: Path) -> None:
@@ -181,8 +181,8 @@ def _verified(
     if not locked:
         return []
     pairs = [day.pair for day in locked]
-    lake_raw = lake.day_stats("raw", pairs)
-    lake_1m = lake.day_stats("agg_1m", pairs)
+    lake_raw = lake.day_stats(RAW.lake_table, pairs)
+    lake_1m = lake.day_stats(MINUTE.lake_table, pairs)
     warm = _warm_counts(conn, pairs)
     good: list[Pair] = []
     bad: list[Pair] = []
@@ -239,11 +239,11 @@ def _delete_rows(conn: psycopg.Connection, pairs: Sequence[Pair]) -> dict[str, i
     """Delete the days' raw_data and data_1m rows; rows deleted per table."""
     conn.execute(_WINDOWS, ([u for u, _ in pairs], [d for _, d in pairs]))
     deleted = {}
-    for table in TABLES.values():
+    for tier in TIERED:
         cur = conn.execute(
-            f"DELETE FROM {table} s USING tier_window w WHERE {_IN_WINDOW}"  # noqa: S608
+            f"DELETE FROM {tier.warm_table} s USING tier_window w WHERE {_IN_WINDOW}"  # noqa: S608
         )
-        deleted[table] = max(cur.rowcount, 0)
+        deleted[tier.warm_table] = max(cur.rowcount, 0)
     conn.execute("DROP TABLE tier_window")
     return deleted
 
@@ -276,7 +276,7 @@ def droppable(states: Iterable[tuple[bool, bool]]) -> bool:
 
 def chunk_spans(conn: psycopg.Connection, cutoff: date) -> list[tuple[datetime, datetime]]:
     """Distinct chunk ranges of the tiered hypertables that end before the cutoff."""
-    older_than = datetime(cutoff.year, cutoff.month, cutoff.day, tzinfo=UTC)
+    older_than = midnight(cutoff)
     spans = {
         (start, end)
         for table in timescale.HYPERTABLES
@@ -313,8 +313,8 @@ def _drop_chunks(conn: psycopg.Connection, lake: Lake, cutoff: date, tally: _Tal
                     tally.chunks += timescale.drop_chunks_between(conn, table, start, end)
                 _delete_rows(conn, good)  # parts of these days lying in neighbouring chunks
                 _mark_tiered(conn, good)
-                tally.rows["raw_data"] += sum(day.raw[0] for day in locked)
-                tally.rows["data_1m"] += sum(day.agg_1m[0] for day in locked)
+                tally.rows[RAW.warm_table] += sum(day.raw[0] for day in locked)
+                tally.rows[MINUTE.warm_table] += sum(day.agg_1m[0] for day in locked)
                 tally.days += len(good)
         except psycopg.errors.LockNotAvailable:
             log.warning("tier: chunk %s..%s busy; its days are tiered row by row", start, end)

@@ -10,6 +10,7 @@ from engine.catalog import Catalog, Coverage
 from engine.planner import plan
 from engine.query import DataQuery
 from engine.resolution import choose_resolution
+from engine.tiers import LAKE_TABLES
 from lake import LakeFile
 
 
@@ -43,10 +44,14 @@ def catalog(
     def cov(spec: Spec) -> Coverage:
         return Coverage({u: tuple((d(a), d(b)) for a, b in r) for u, r in spec.items()})
 
-    tiers = ("raw", "agg_1m", "agg_1h", "agg_1d")
-    lake_days = {t: cov(lake) if t == tier else Coverage() for t in tiers}
-    return Catalog(lake_days, cov(unsynced or {}), cov(stale or {}), dict.fromkeys(tiers, 3),
-                   fake_files)  # fmt: skip
+    lake_days = {t: cov(lake) if t == tier else Coverage() for t in LAKE_TABLES}
+    return Catalog(
+        lake_days=lake_days,
+        unsynced=cov(unsynced or {}),
+        stale_rollups=cov(stale or {}),
+        lake_versions=dict.fromkeys(LAKE_TABLES, 3),
+        list_files=fake_files,
+    )
 
 
 def layout(p) -> list[tuple[str, str, str, str, tuple[int, ...]]]:  # type: ignore[no-untyped-def]

@@ -10,8 +10,9 @@ import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 import pyarrow as pa
 
+from engine.tiers import by_lake_table
 from lake import TIERS, Lake, day_checksums
-from sync.export import SOURCES, SyncResult, sync_to_lake
+from sync.export import SyncResult, sync_to_lake
 from sync.generate import generate_cohort
 from sync.ingest import ingest_tables
 from sync.rollups import refresh_rollups
@@ -56,7 +57,7 @@ def source_stats(url: str, tier: str) -> dict[Pair, tuple[int, int]]:
     with adbc.connect(url) as conn, conn.cursor() as cur:
         cur.execute(
             f"SELECT user_id, (ts AT TIME ZONE 'UTC')::date AS date, metric, ts, "
-            f"{value_columns} FROM {SOURCES[tier]}"
+            f"{value_columns} FROM {by_lake_table(tier).warm_table}"
         )
         return day_checksums(tier, cur.fetch_arrow_table())
 

@@ -14,7 +14,7 @@ from lake import Lake
 from sync.export import VerificationFailed
 from sync.rollups import refresh_rollups
 from sync.runs import SYNC_LOCK
-from sync.tiering import TierResult, droppable, span_days, tier_warm_store
+from sync.tiering import TieringResult, droppable, span_days, tier_warm_store
 from tests.lake.builders import tier_rows
 from tests.sync.lakesync import (
     FIRST_DAY,
@@ -46,7 +46,7 @@ def warm_rows(url: str, table: str, user_id: int, day: date) -> int:
     return int(row[0])
 
 
-def tier(url: str, lake: Lake, older_than: int = 1) -> TierResult:
+def tier(url: str, lake: Lake, older_than: int = 1) -> TieringResult:
     return tier_warm_store(url, lake, older_than_days=older_than, today=TODAY, batch_days=3)
 
 

@@ -1,0 +1,54 @@
+"""The tier table: each level of detail stratum keeps, and its name in every place.
+
+A tier is one level of detail (raw samples, 1-minute, 1-hour or 1-day buckets) held in both
+stores. Queries name it by its resolution, the warm store keeps it in one table, the lake in
+one Delta table (the lake's own name for the tier, which `lake` lays out by itself). This is
+the only place the names meet; identifiers that reach SQL come from here, never from input.
+
+Pure data, no imports of ours, so the write side (sync) can share it as it shares the
+metric registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Resolution = Literal["raw", "1m", "1h", "1d"]
+
+
+@dataclass(frozen=True)
+class Tier:
+    resolution: Resolution  # its name in queries
+    bucket_s: int  # 0 for raw: its spacing is each metric's native interval
+    bucket_unit: str  # date_trunc unit computing this tier from raw ('' for raw)
+    warm_table: str  # table in the warm store
+    lake_table: str  # Delta table in the lake (lake.TIERS)
+
+
+TIERS: dict[Resolution, Tier] = {
+    tier.resolution: tier
+    for tier in (
+        # resolution, bucket_s, bucket_unit, warm_table, lake_table
+        Tier("raw", 0, "", "raw_data", "raw"),
+        Tier("1m", 60, "minute", "data_1m", "agg_1m"),
+        Tier("1h", 3600, "hour", "data_1h", "agg_1h"),
+        Tier("1d", 86400, "day", "data_1d", "agg_1d"),
+    )
+}
+
+RESOLUTIONS: tuple[Resolution, ...] = tuple(TIERS)  # finest first
+WARM_TABLES: tuple[str, ...] = tuple(t.warm_table for t in TIERS.values())
+LAKE_TABLES: tuple[str, ...] = tuple(t.lake_table for t in TIERS.values())
+RAW = TIERS["raw"]
+# Tiering removes these from the warm store once the lake holds them verified (an ingest
+# into such a day copies them back); 1h and 1d stay in the warm store for good.
+TIERED: tuple[Tier, ...] = (RAW, TIERS["1m"])
+
+
+def by_lake_table(name: str) -> Tier:
+    """The tier the lake stores in Delta table `name`."""
+    for tier in TIERS.values():
+        if tier.lake_table == name:
+            return tier
+    raise KeyError(name)

@@ -17,7 +17,8 @@ from api.console import Context, console, err_console, progress
 from api.lake_commands import demo_sync
 from engine.errors import StratumError
 from sync import localdb
-from sync.generate import generate_cohort, write_cohort
+from sync.cohort_files import write_cohort
+from sync.generate import generate_cohort
 from sync.ingest import ingest_files, ingest_tables
 from sync.rollups import refresh_rollups, warm_tier_counts
 from sync.schema import init_schema

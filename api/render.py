@@ -6,12 +6,10 @@ Python: a 1M-row page renders in about a second, and a stream holds one batch at
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -19,6 +17,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from engine.errors import InvalidParameter
+from engine.timestamps import iso_utc, string_bytes
 
 MEDIA_TYPES: dict[str, str] = {
     "json": "application/json",
@@ -29,7 +28,6 @@ MEDIA_TYPES: dict[str, str] = {
 }
 FORMATS = tuple(MEDIA_TYPES)
 STREAMING_FORMATS = ("ndjson", "csv", "arrow", "parquet")
-FILE_SUFFIXES = {"ndjson": "ndjson", "csv": "csv", "arrow": "arrows", "parquet": "parquet"}
 
 # Media types (and common aliases) a client may ask for in Accept.
 _ACCEPTED: dict[str, str] = {
@@ -46,11 +44,6 @@ _ACCEPTED: dict[str, str] = {
     "application/*": "json",
     "text/*": "csv",
 }
-
-_US = 1_000_000
-_DAY_S = 86_400
-# datetime64[D] text is YYYY-MM-DD only for years 1..9999.
-_FIRST_DAY, _LAST_DAY = -719_162, 2_932_896
 
 
 def choose_format(explicit: str | None, accept: str | None) -> str:
@@ -86,59 +79,6 @@ def choose_format(explicit: str | None, accept: str | None) -> str:
 # -- text pieces -------------------------------------------------------------------------
 
 
-@functools.cache
-def _clock() -> np.ndarray:
-    """'HH:MM:SS' for every second of a day, as an (86400, 8) byte table."""
-    second = np.arange(_DAY_S)
-    text = np.empty((_DAY_S, 8), dtype=np.uint8)
-    text[:] = np.frombuffer(b"00:00:00", dtype=np.uint8)
-    for value, at in ((second // 3600, 0), (second // 60 % 60, 3), (second % 60, 6)):
-        text[:, at] += (value // 10).astype(np.uint8)
-        text[:, at + 1] += (value % 10).astype(np.uint8)
-    return text
-
-
-def _fixed_width_strings(text: np.ndarray) -> pa.Array:
-    rows, width = text.shape
-    large = rows * width >= 2**31
-    offsets = np.arange(0, (rows + 1) * width, width, dtype=np.int64 if large else np.int32)
-    kind = pa.large_string() if large else pa.string()
-    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(text))]
-    return pa.Array.from_buffers(kind, rows, buffers)
-
-
-def iso_utc(ts: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """ISO 8601 UTC text with 'Z' ('2024-01-01T00:00:00Z'; '.ffffff' when any value has it).
-
-    Built as fixed-width bytes from lookup tables: pyarrow's strftime is ~10x slower.
-    """
-    if isinstance(ts, pa.ChunkedArray):
-        ts = ts.combine_chunks()
-    ts = ts.cast(pa.timestamp("us", tz="UTC"))
-    if len(ts) == 0:
-        return pa.array([], pa.string())
-    us = ts.cast(pa.int64()).to_numpy(zero_copy_only=False)
-    seconds, fraction = np.divmod(us, _US)
-    days, second_of_day = np.divmod(seconds, _DAY_S)
-    if ts.null_count or days.min() < _FIRST_DAY or days.max() > _LAST_DAY:
-        return pc.strftime(ts, format="%Y-%m-%dT%H:%M:%SZ")  # rare exact path (%S has µs)
-    unique_days, day_index = np.unique(days, return_inverse=True)
-    dates = np.frombuffer(
-        unique_days.astype("datetime64[D]").astype("S10").tobytes(), dtype=np.uint8
-    ).reshape(-1, 10)
-    with_fraction = bool(fraction.any())
-    text = np.empty((len(us), 27 if with_fraction else 20), dtype=np.uint8)
-    text[:, 0:10] = dates[day_index.reshape(-1)]
-    text[:, 10] = ord("T")
-    text[:, 11:19] = _clock()[second_of_day]
-    if with_fraction:
-        text[:, 19] = ord(".")
-        for digit in range(6):
-            text[:, 20 + digit] = fraction // 10 ** (5 - digit) % 10 + ord("0")
-    text[:, -1] = ord("Z")
-    return _fixed_width_strings(text)
-
-
 def _json_number(values: pa.Array) -> pa.Array:
     text = pc.cast(values, pa.string())
     if pa.types.is_floating(values.type):
@@ -172,15 +112,6 @@ def json_lines(batch: pa.RecordBatch, separator: str) -> pa.Array:
     return pc.binary_join_element_wise(*pieces, "")
 
 
-def _string_bytes(strings: pa.Array) -> memoryview:
-    """The characters of a string array without nulls, concatenated."""
-    offsets_buffer, data_buffer = strings.buffers()[1:3]
-    width = np.int64 if pa.types.is_large_string(strings.type) else np.int32
-    offsets = np.frombuffer(offsets_buffer, dtype=width)
-    begin, end = int(offsets[strings.offset]), int(offsets[strings.offset + len(strings)])
-    return memoryview(b"") if data_buffer is None else memoryview(data_buffer)[begin:end]
-
-
 # -- formats -----------------------------------------------------------------------------
 
 
@@ -189,7 +120,7 @@ def json_page(batches: Iterable[pa.RecordBatch], meta: Mapping[str, Any]) -> byt
     parts: list[bytes | memoryview] = [b'{"data":[']
     for batch in batches:
         if batch.num_rows:
-            parts.append(_string_bytes(json_lines(batch, ",")))
+            parts.append(string_bytes(json_lines(batch, ",")))
     if len(parts) > 1:
         parts[-1] = parts[-1][:-1]  # the last row's separator
     parts.append(b'],"meta":' + json.dumps(meta, separators=(",", ":")).encode() + b"}")
@@ -237,7 +168,7 @@ def _with_text_ts(batch: pa.RecordBatch) -> pa.RecordBatch:
 def _ndjson(batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> Iterator[bytes]:
     for batch in batches:
         if batch.num_rows:
-            yield bytes(_string_bytes(json_lines(batch, "\n")))
+            yield bytes(string_bytes(json_lines(batch, "\n")))
 
 
 def _csv(batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> Iterator[bytes]:

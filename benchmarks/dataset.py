@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from datetime import time as dtime
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +26,16 @@ from rich.progress import Progress, TaskID
 from benchmarks import lakesync
 from benchmarks.presets import Cohort, Preset
 from engine.settings import Settings, load_settings
-from sync.generate import generate_cohort, write_cohort
+from engine.tiers import WARM_TABLES
+from engine.timestamps import midnight
+from sync.cohort_files import write_cohort
+from sync.generate import generate_cohort
 from sync.ingest import ingest_tables
 from sync.localdb import DB_NAME, ensure_local_postgres
 from sync.rollups import refresh_rollups
 from sync.schema import init_schema
 
 META_FILE = "dataset.json"
-RAW_TABLES = ("raw_data", "data_1m", "data_1h", "data_1d")
 
 
 @dataclass
@@ -71,10 +72,6 @@ class Dataset:
             "STRATUM_LAKE_PATH": str(self.lake_path),
         }
         return load_settings({**base, **env})
-
-
-def midnight(day: date) -> datetime:
-    return datetime.combine(day, dtime.min, tzinfo=UTC)
 
 
 def bench_home(settings: Settings, scale: str) -> Path:
@@ -323,7 +320,7 @@ def _build(preset: Preset, home: Path, url: str, lake_path: Path, progress: Prog
     task = progress.add_task("vacuum analyze", total=None, rows=0)
     started = time.perf_counter()
     with psycopg.connect(url, autocommit=True) as conn:
-        for table in RAW_TABLES:
+        for table in WARM_TABLES:
             conn.execute(f"VACUUM (ANALYZE) {table}")
     build["vacuum_seconds"] = round(time.perf_counter() - started, 2)
     build["seconds"] = round(time.perf_counter() - began, 2)

@@ -1,6 +1,7 @@
 """A synthetic, deterministic wearable cohort for tests, demos and benchmarks.
 
-`generate_cohort` yields one Arrow table per user-day (bounded memory) in `COHORT_SCHEMA`.
+`generate_cohort` yields one Arrow table per user-day (bounded memory) in `COHORT_SCHEMA`;
+`sync.cohort_files.write_cohort` writes them to a file.
 Every random number of a user-day comes from streams keyed by (seed, user_id, day), so a
 chunk is the same whichever cohort, metric subset or chunk order produced it.
 
@@ -16,20 +17,13 @@ The model, per user-day:
 
 from __future__ import annotations
 
-import functools
-import json
-import os
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pcsv
-import pyarrow.parquet as pq
 
 from engine.errors import InvalidParameter
 from engine.registry import METRICS
@@ -408,174 +402,3 @@ def _user_day_table(
             )
         )
     return pa.Table.from_batches(batches, schema=COHORT_SCHEMA)
-
-
-# --- writers ---------------------------------------------------------------------------
-
-
-def write_cohort(path: Path, tables: Iterable[pa.Table]) -> int:
-    """Write the tables to one file, format by extension; returns the rows written.
-
-    .parquet (zstd), .csv (header; ts as ISO 8601 UTC with 'Z'), .ndjson/.jsonl (one object
-    per line). The file appears whole or not at all (written aside, then renamed).
-    """
-    path = Path(path)
-    writer = _WRITERS.get(path.suffix.lower())
-    if writer is None:
-        valid = ", ".join(sorted(_WRITERS))
-        raise InvalidParameter("out", f"unsupported file extension {path.suffix!r}; valid: {valid}")
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        rows = writer(partial, (_conform(t) for t in tables))
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return rows
-
-
-def _conform(table: pa.Table) -> pa.Table:
-    if table.schema != COHORT_SCHEMA:
-        table = table.select(COHORT_SCHEMA.names).cast(COHORT_SCHEMA)
-    for name in ("ts", "user_id", "metric"):
-        if table.column(name).null_count:
-            raise ValueError(f"cohort tables must not have null {name}")
-    return table
-
-
-def _write_parquet(path: Path, tables: Iterator[pa.Table]) -> int:
-    rows = 0
-    with pq.ParquetWriter(path, COHORT_SCHEMA, compression="zstd") as writer:
-        for table in tables:
-            writer.write_table(table)
-            rows += table.num_rows
-    return rows
-
-
-def _write_csv(path: Path, tables: Iterator[pa.Table]) -> int:
-    rows = 0
-    schema = COHORT_SCHEMA.set(0, pa.field("ts", pa.string()))
-    with pcsv.CSVWriter(path, schema) as writer:
-        for table in tables:
-            text = table.set_column(0, "ts", _iso_utc(table.column("ts")))
-            writer.write_table(text.cast(schema))
-            rows += table.num_rows
-    return rows
-
-
-def _write_ndjson(path: Path, tables: Iterator[pa.Table]) -> int:
-    rows = 0
-    with open(path, "wb") as out:
-        for table in tables:
-            if table.num_rows == 0:
-                continue
-            table = table.combine_chunks()
-            value = table.column("value").chunk(0)
-            value_text = pc.if_else(pc.is_finite(value), pc.cast(value, pa.string()), "null")
-            # Few wide pieces: pyarrow joins arrays fast but broadcasts each scalar slowly.
-            lines = pc.binary_join_element_wise(
-                _iso_utc(table.column("ts"), prefix='{"ts":"', suffix='","user_id":'),
-                _user_metric_json(
-                    table.column("user_id").chunk(0), table.column("metric").chunk(0)
-                ),
-                pc.fill_null(value_text, "null"),
-                "}\n",
-                "",  # the separator
-            )
-            out.write(_string_data(lines))
-            rows += table.num_rows
-    return rows
-
-
-_WRITERS: dict[str, Callable[[Path, Iterator[pa.Table]], int]] = {
-    ".parquet": _write_parquet,
-    ".csv": _write_csv,
-    ".ndjson": _write_ndjson,
-    ".jsonl": _write_ndjson,
-}
-
-
-def _string_data(strings: pa.Array) -> memoryview:
-    """The concatenated characters of a string array without nulls: its data buffer."""
-    offsets_buf, data_buf = strings.buffers()[1:3]
-    width = np.int64 if pa.types.is_large_string(strings.type) else np.int32
-    offsets = np.frombuffer(offsets_buf, dtype=width)
-    begin, end = int(offsets[strings.offset]), int(offsets[strings.offset + len(strings)])
-    return memoryview(data_buf)[begin:end]
-
-
-def _user_metric_json(user_id: pa.Array, metric: pa.Array) -> pa.Array:
-    """'<user_id>,"metric":<json string>,"value":' per row.
-
-    A table holds few distinct (user, metric) pairs, so encode those in Python and take.
-    """
-    users, metrics = pc.unique(user_id), pc.unique(metric)
-    user_index = pc.index_in(user_id, users).to_numpy(zero_copy_only=False).astype(np.int64)
-    metric_index = pc.index_in(metric, metrics).to_numpy(zero_copy_only=False)
-    pairs = [
-        f'{"null" if u is None else u},"metric":{"null" if m is None else json.dumps(m)},"value":'
-        for u in users.to_pylist()
-        for m in metrics.to_pylist()
-    ]
-    return pc.take(pa.array(pairs, pa.string()), user_index * len(metrics) + metric_index)
-
-
-def _split_us(ts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(days since epoch, second of day, microseconds) of a timestamp[us] array; nulls as 0."""
-    us = pc.fill_null(pc.cast(ts, pa.int64()), 0).to_numpy()
-    seconds, fraction = np.divmod(us, _US)
-    days, second_of_day = np.divmod(seconds, DAY_S)
-    return days, second_of_day, fraction
-
-
-@functools.cache
-def _clock_text() -> np.ndarray:
-    """'HH:MM:SS' for every second of a day, as an (86400, 8) byte table."""
-    second = np.arange(DAY_S)
-    text = np.zeros((DAY_S, 8), dtype=np.uint8)
-    text[:] = np.frombuffer(b"00:00:00", dtype=np.uint8)
-    for value, at in ((second // 3600, 0), (second // 60 % 60, 3), (second % 60, 6)):
-        text[:, at] += (value // 10).astype(np.uint8)
-        text[:, at + 1] += (value % 10).astype(np.uint8)
-    return text
-
-
-def _iso_utc(ts: pa.ChunkedArray | pa.Array, prefix: str = "", suffix: str = "") -> pa.Array:
-    """prefix + ISO 8601 UTC ('2024-01-01T00:00:00Z', '.ffffff' only if needed) + suffix.
-
-    Built as fixed-width bytes from lookup tables: pyarrow's strftime manages ~0.5M
-    values/s, this is an order of magnitude faster.
-    """
-    if isinstance(ts, pa.ChunkedArray):
-        ts = ts.combine_chunks()
-    ts = ts.cast(pa.timestamp("us", tz="UTC"))
-    days, second_of_day, fraction = _split_us(ts)
-    first_day = int(days.min()) if len(days) else 0
-    span = int(days.max()) - first_day + 1 if len(days) else 0
-    # Outside these, take the slow exact path: nulls, years beyond 4 digits, scattered days.
-    if ts.null_count or span > 1_000_000 or not (-719_162 <= first_day <= 2_932_896 - span):
-        text = pc.strftime(ts, format="%Y-%m-%dT%H:%M:%SZ")
-        return pc.binary_join_element_wise(prefix, text, suffix, "")
-    calendar = np.arange(first_day, first_day + span).astype("datetime64[D]")
-    dates = np.frombuffer(calendar.astype("S10").tobytes(), dtype=np.uint8).reshape(span, 10)
-
-    head, tail = prefix.encode(), suffix.encode()
-    with_fraction = bool(fraction.any())
-    body = 27 if with_fraction else 20
-    width = len(head) + body + len(tail)
-    text = np.empty((len(days), width), dtype=np.uint8)
-    at = len(head)
-    text[:, :at] = np.frombuffer(head, dtype=np.uint8)
-    text[:, at : at + 10] = dates[days - first_day]
-    text[:, at + 10] = ord("T")
-    text[:, at + 11 : at + 19] = _clock_text()[second_of_day]
-    if with_fraction:
-        text[:, at + 19] = ord(".")
-        for i in range(6):
-            text[:, at + 20 + i] = (fraction // 10 ** (5 - i) % 10 + ord("0")).astype(np.uint8)
-    text[:, at + body - 1] = ord("Z")
-    text[:, at + body :] = np.frombuffer(tail, dtype=np.uint8)
-
-    large = text.size > 2**31 - 1
-    offsets = np.arange(len(days) + 1, dtype=np.int64 if large else np.int32) * width
-    kind = pa.large_string() if large else pa.string()
-    return pa.Array.from_buffers(kind, len(days), [None, pa.py_buffer(offsets), pa.py_buffer(text)])

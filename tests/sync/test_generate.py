@@ -17,7 +17,8 @@ import pytest
 
 from engine.errors import InvalidParameter
 from engine.registry import METRICS
-from sync.generate import COHORT_SCHEMA, generate_cohort, write_cohort
+from sync.cohort_files import write_cohort
+from sync.generate import COHORT_SCHEMA, generate_cohort
 
 START = date(2024, 1, 1)
 DAY_US = 86_400 * 1_000_000

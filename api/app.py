@@ -17,7 +17,6 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import anyio
-import psycopg
 import pyarrow as pa
 from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
@@ -30,28 +29,24 @@ from litestar.response import Stream
 
 from api import render
 from api.errors import EXCEPTION_HANDLERS, retry_after
-from api.metrics import Metrics
-from engine import overview
+from api.telemetry import Telemetry
 from engine.errors import InvalidParameter, WarmStoreUnavailable
 from engine.query import RESOLUTION_CHOICES, DataQuery, build_query
 from engine.registry import METRICS, metric_names
 from engine.run import Answer, Engine
 from engine.settings import Settings
-from lake import TIERS as LAKE_TIERS
 
 log = logging.getLogger(__name__)
 
-HEALTH_TIMEOUT_S = 2
-
 
 class Service:
-    """What the handlers share: settings, metrics, and one Engine per app lifespan (created
+    """What the handlers share: settings, telemetry, and one Engine per app lifespan (created
     on first use, closed at shutdown, so an app may be started again, as test clients do)."""
 
     def __init__(self, settings: Settings, database_url: str | None) -> None:
         self.settings = settings
         self.database_url = database_url
-        self.metrics = Metrics()
+        self.telemetry = Telemetry()
         self._engine: Engine | None = None
         self._lock = threading.Lock()
 
@@ -224,7 +219,7 @@ def _meta_headers(meta: dict[str, Any], next_url: str | None) -> dict[str, str]:
 
 
 def _counted(
-    batches: Iterator[pa.RecordBatch], metrics: Metrics, format_name: str
+    batches: Iterator[pa.RecordBatch], telemetry: Telemetry, format_name: str
 ) -> Iterator[pa.RecordBatch]:
     """The engine's batches, counting rows served; peeks the first batch eagerly so errors
     at the start of execution still become a proper HTTP status."""
@@ -233,10 +228,10 @@ def _counted(
     def rest() -> Iterator[pa.RecordBatch]:
         try:
             if first is not None:
-                metrics.add_rows(format_name, first.num_rows)
+                telemetry.add_rows(format_name, first.num_rows)
                 yield first
             for batch in batches:
-                metrics.add_rows(format_name, batch.num_rows)
+                telemetry.add_rows(format_name, batch.num_rows)
                 yield batch
         finally:
             close = getattr(batches, "close", None)
@@ -296,9 +291,9 @@ def data(
     media_type = render.MEDIA_TYPES[format_name]
     if format_name == "json":
         body = render.json_page(answer.batches, meta)
-        service.metrics.add_rows("json", answer.rows or 0)
+        service.telemetry.add_rows("json", answer.rows or 0)
         return Response(body, media_type=media_type, headers=headers)
-    batches = _counted(answer.batches, service.metrics, format_name)
+    batches = _counted(answer.batches, service.telemetry, format_name)
     chunks = render.stream(format_name, batches, answer.schema)
     return Stream(_iterate_in_thread(chunks), media_type=media_type, headers=headers)
 
@@ -319,17 +314,6 @@ def plan(state: State, params: NamedDependency[dict[str, list[str]]]) -> dict[st
     return service.engine.plan(query).describe()
 
 
-def _lake_versions(service: Service) -> dict[str, int | None]:
-    versions: dict[str, int | None] = {}
-    for tier in LAKE_TIERS:
-        try:
-            versions[tier] = service.engine.lake.version(tier)
-        except Exception:  # an unreadable table is reported, not fatal
-            log.warning("lake tier %s unreadable", tier, exc_info=True)
-            versions[tier] = None
-    return versions
-
-
 @get(
     "/catalog",
     sync_to_thread=True,
@@ -337,8 +321,9 @@ def _lake_versions(service: Service) -> dict[str, int | None]:
     description="Metrics with units, participants, coverage per store, lake versions, last sync.",
 )
 def catalog(state: State) -> dict[str, Any]:
-    service = _service(state)
-    body: dict[str, Any] = {
+    summary = _service(state).engine.overview()
+    coverage, runs = summary.coverage, summary.last_runs
+    return {
         "metrics": [
             {
                 "name": m.name,
@@ -348,63 +333,27 @@ def catalog(state: State) -> dict[str, Any]:
                 "description": m.description,
             }
             for m in (METRICS[name] for name in metric_names())
-        ],  # fmt: skip
-        "users": None,
-        "coverage": None,
-        "lake": {"versions": _lake_versions(service)},
-        "last_sync": None,
-        "last_runs": None,
-        "warm_store": False,
+        ],
+        "users": None if coverage is None else [c["user_id"] for c in coverage],
+        "coverage": coverage,
+        "lake": {"versions": summary.lake_versions},
+        "last_sync": (runs or {}).get("sync"),
+        "last_runs": runs,
+        "warm_store": summary.warm_store,
     }
-    if service.database_url is None:
-        return body
-    try:
-        with psycopg.connect(
-            service.database_url, connect_timeout=HEALTH_TIMEOUT_S, autocommit=True
-        ) as conn:
-            coverage = overview.coverage(conn)
-            runs = overview.last_runs(conn)
-    except psycopg.OperationalError as exc:
-        log.warning("catalog without the warm store: %s", exc)
-        return body
-    body.update(
-        users=[c["user_id"] for c in coverage],
-        coverage=coverage,
-        last_sync=(runs or {}).get("sync"),
-        last_runs=runs,
-        warm_store=True,
-    )
-    return body
 
 
 # -- /health, /ready, /metrics -----------------------------------------------------------
 
 
-def _warm_store_ok(url: str | None) -> bool:
-    if url is None:
-        return False
-    try:
-        with psycopg.connect(url, connect_timeout=HEALTH_TIMEOUT_S, autocommit=True) as conn:
-            overview.ping(conn)
-        return True
-    except psycopg.Error:
-        return False
-
-
-def _lake_ok(service: Service) -> bool:
-    try:
-        for tier in LAKE_TIERS:
-            service.engine.lake.version(tier)
-        return True
-    except Exception:
-        log.warning("lake unreadable", exc_info=True)
-        return False
-
-
 def _health(service: Service, ready: bool) -> Response[dict[str, Any]]:
-    warm, lake = _warm_store_ok(service.database_url), _lake_ok(service)
-    body = {"status": "ok" if warm and lake else "degraded", "warm_store": warm, "lake": lake}
-    if ready and not warm:
+    health = service.engine.health()
+    body = {
+        "status": "ok" if health.ok else "degraded",
+        "warm_store": health.warm_store,
+        "lake": health.lake,
+    }
+    if ready and not health.warm_store:
         return Response(body, status_code=503, headers=retry_after(WarmStoreUnavailable))
     return Response(body)
 
@@ -430,9 +379,9 @@ def ready(state: State) -> Response[dict[str, Any]]:
 
 
 @get("/metrics", sync_to_thread=False, summary="Prometheus metrics", media_type="text/plain")
-def metrics(state: State) -> Response[str]:
+def prometheus(state: State) -> Response[str]:
     service = _service(state)
-    text = service.metrics.render(service.engine.budget.stats())
+    text = service.telemetry.render(service.engine.budget.stats())
     return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -451,7 +400,7 @@ def create_app(settings: Settings, database_url: str | None) -> Litestar:
         await anyio.to_thread.run_sync(service.close)
 
     app = Litestar(
-        route_handlers=[data, plan, catalog, health, ready, metrics],
+        route_handlers=[data, plan, catalog, health, ready, prometheus],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         state=State({"service": service}),
         on_startup=[load_catalog],
@@ -469,5 +418,5 @@ def create_app(settings: Settings, database_url: str | None) -> Litestar:
         logging_config=None,
     )
     # Outermost, so 404s and errors raised before routing are counted too.
-    app.asgi_handler = service.metrics.wrap(app.asgi_handler)
+    app.asgi_handler = service.telemetry.wrap(app.asgi_handler)
     return app

@@ -1,4 +1,4 @@
-"""Read-only summaries of the warm store for /catalog and /health: plain dicts, no writes.
+"""Read-only summaries for /catalog and /health (`Engine.overview()`, `Engine.health()`).
 
 Kept apart from the router catalog (engine.catalog), which is shaped for planning; this is
 shaped for people: which participants exist, which days each store holds, the last sync.
@@ -6,6 +6,7 @@ shaped for people: which participants exist, which days each store holds, the la
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -28,6 +29,27 @@ _LAST_RUNS = (
     "SELECT DISTINCT ON (job) job, to_jsonb(r) - 'backend_pid' FROM sync_runs r "
     "ORDER BY job, started_at DESC, id DESC"
 )
+
+
+@dataclass(frozen=True)
+class Health:
+    warm_store: bool  # answers a query now
+    lake: bool  # every lake table's log is readable
+
+    @property
+    def ok(self) -> bool:
+        return self.warm_store and self.lake
+
+
+@dataclass(frozen=True)
+class Overview:
+    lake_versions: dict[str, int | None]  # per lake table; None: no table yet, or unreadable
+    coverage: list[dict[str, Any]] | None = None  # per user; None: warm store unreachable
+    last_runs: dict[str, dict[str, Any]] | None = None  # per job; None: none recorded yet
+
+    @property
+    def warm_store(self) -> bool:
+        return self.coverage is not None
 
 
 def ping(conn: psycopg.Connection) -> None:

@@ -27,10 +27,12 @@ from engine.catalog import Catalog, CatalogSource
 from engine.errors import WarmStoreUnavailable
 from engine.lakeexec import BATCH_ROWS, DEFAULT_TUNING, ScanTuning, connect_duckdb, stream_lake
 from engine.merge import merge_sorted, take
+from engine.overview import Health, Overview, coverage, last_runs, ping
 from engine.plan import Plan, Segment
 from engine.query import DataQuery, Key
 from engine.settings import Settings
 from engine.shapes import row_bytes, schema_for
+from engine.tiers import LAKE_TABLES
 from engine.warm import CHUNK_ROWS, WarmPool, stream_warm
 from lake import Lake
 
@@ -187,6 +189,50 @@ class Engine:
         # The reservation covers the page until the caller has rendered (consumed) it.
         answer.batches = self._released(answer.batches, reservation)
         return answer
+
+    # -- what /catalog and /health report --------------------------------------------------
+
+    def overview(self) -> Overview:
+        """Lake versions, and from the warm store (when it answers) coverage and last runs."""
+        versions = self.lake_versions()
+        try:
+            with self._connection() as conn:
+                if conn is None:
+                    return Overview(versions)
+                return Overview(versions, coverage(conn), last_runs(conn))
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            log.warning("overview without the warm store: %s", exc)
+            return Overview(versions)
+
+    def health(self) -> Health:
+        warm = False
+        try:
+            with self._connection() as conn:
+                if conn is not None:
+                    ping(conn)
+                    warm = True
+        except (psycopg.Error, psycopg_pool.PoolTimeout):
+            warm = False
+        return Health(warm_store=warm, lake=self._lake_readable())
+
+    def lake_versions(self) -> dict[str, int | None]:
+        versions: dict[str, int | None] = {}
+        for table in LAKE_TABLES:
+            try:
+                versions[table] = self.lake.version(table)
+            except Exception:  # an unreadable table is reported, not fatal
+                log.warning("lake table %s unreadable", table, exc_info=True)
+                versions[table] = None
+        return versions
+
+    def _lake_readable(self) -> bool:
+        try:
+            for table in LAKE_TABLES:
+                self.lake.version(table)
+            return True
+        except Exception:
+            log.warning("lake unreadable", exc_info=True)
+            return False
 
     # -- steps -------------------------------------------------------------------------------
 

@@ -192,3 +192,16 @@ def test_the_checker_sees_a_cycle_hidden_by_a_late_import(tmp_path: Path) -> Non
         assert cycles(import_graph(tmp_path, ["pkg"])) == [["pkg.back", "pkg.front"]]
     (package / "back.py").write_text("from pkg.leaf import X\n")
     assert cycles(import_graph(tmp_path, ["pkg"])) == []
+
+
+def test_api_opens_no_database_connections_of_its_own() -> None:
+    """Handlers parse and render; the Engine (and the sync jobs) own every connection."""
+    drivers = {"psycopg", "psycopg_pool", "adbc_driver_postgresql", "duckdb"}
+    found = set()
+    for path in (ROOT / "api").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add((path.name, node.module.split(".")[0]))
+            elif isinstance(node, ast.Import):
+                found.update((path.name, alias.name.split(".")[0]) for alias in node.names)
+    assert sorted((name, module) for name, module in found if module in drivers) == []

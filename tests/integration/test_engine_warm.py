@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from engine.overview import Health
 from engine.query import build_query
 from engine.run import Engine
 from engine.settings import load_settings
@@ -97,3 +98,18 @@ def test_fresh_tail_is_computed_from_raw(engine: Engine, warm_url: str) -> None:
     assert [(r["count"], r["min"], r["max"]) for r in refreshed] == [
         (r["count"], r["min"], r["max"]) for r in after
     ]
+
+
+def test_overview_and_health_come_from_the_engines_own_connections(
+    engine: Engine, tmp_path: Path
+) -> None:
+    summary = engine.overview()
+    assert summary.warm_store and [c["user_id"] for c in summary.coverage or []] == [1, 2, 3]
+    assert set(summary.lake_versions) == {"raw", "agg_1m", "agg_1h", "agg_1d"}
+    assert engine.health().ok
+    offline = Engine(engine.settings, None)  # no warm store configured
+    try:
+        assert not offline.overview().warm_store and offline.overview().coverage is None
+        assert offline.health() == Health(warm_store=False, lake=True)
+    finally:
+        offline.close()

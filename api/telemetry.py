@@ -1,6 +1,7 @@
-"""Prometheus counters for the API, in the text exposition format (no client library).
+"""The API's own telemetry: Prometheus counters in the text exposition format (no client
+library), served at /metrics. (The wearable metrics are engine.registry's.)
 
-`Metrics.wrap(asgi_app)` observes every response, 404s included: route template, status,
+`Telemetry.wrap(asgi_app)` observes every response, 404s included: route template, status,
 latency until the last body byte, and bytes sent. Handlers add rows as they render them.
 """
 
@@ -28,7 +29,7 @@ def _labels(**labels: str) -> str:
     return "{" + text + "}"
 
 
-class Metrics:
+class Telemetry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests: dict[tuple[str, str, str], int] = defaultdict(int)

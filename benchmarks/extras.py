@@ -15,9 +15,8 @@ from typing import Any
 import httpx
 import psycopg
 
-from benchmarks import lakesync
 from benchmarks.backends import Backend, Timed
-from benchmarks.dataset import Dataset, drop_database, ingest_file
+from benchmarks.dataset import Dataset, drop_database, ingest_file, sync_until
 from benchmarks.measure import percentile
 from benchmarks.server import RssSampler, ServerProcess
 from benchmarks.workloads import METRIC, Case
@@ -143,8 +142,22 @@ def ingest_and_sync(dataset: Dataset) -> dict[str, Any]:
         }
         settings = dataset.settings(STRATUM_DATABASE_URL=url, STRATUM_LAKE_PATH=str(lake_path))
         until = dataset.preset.end + timedelta(days=400)
-        synced = lakesync.sync_until(settings, url, until)
-        out["sync"] = {**synced.record(), "rows_per_s": synced.rows_per_s if synced.ok else None}
+        synced = sync_until(settings, url, until)
+        raw_rows = synced.rows["raw"]
+        out["sync"] = {
+            "ok": True,  # a failure raises
+            "rows": raw_rows,
+            "seconds": round(synced.seconds, 2),
+            "rows_per_s": raw_rows / synced.seconds if synced.seconds else 0.0,
+            "note": "",
+            "detail": {
+                "days": synced.days,
+                "rows_per_tier": dict(synced.rows),
+                "bytes": synced.bytes,
+                "files": synced.files,
+                "total_rows_per_s": synced.rows_per_s,
+            },
+        }
     finally:
         drop_database(dataset.url, name)
         shutil.rmtree(lake_path, ignore_errors=True)

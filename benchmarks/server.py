@@ -15,8 +15,6 @@ import httpx
 
 from benchmarks.dataset import Dataset
 
-_PAGE = 4096
-
 
 def proc_status_kib(pid: int, field: str) -> int | None:
     """A `VmRSS`/`VmHWM`-style field of /proc/<pid>/status in KiB (None if unreadable)."""

@@ -13,11 +13,23 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, timedelta
 
+import psycopg
+
 from engine.catalog import Coverage
 from engine.query import DataQuery, Key, to_us
 from engine.timestamps import midnight
 
 SeriesDays = Callable[[int, str], Sequence[tuple[date, int]]]  # (user, metric) -> rows per day
+
+# The day_counts column per resolution (a day holds one 1d bucket per series). Our constants:
+# the SQL below takes identifiers from here, never from input.
+_COUNT_COLUMN = {"raw": "rows_raw", "1m": "rows_1m", "1h": "rows_1h", "1d": "1"}
+_COUNTS_WHERE = (
+    "FROM day_counts WHERE user_id = ANY(%(users)s) AND metric = ANY(%(metrics)s) "
+    "AND day BETWEEN %(first)s AND %(last)s"
+)
+_SERIES_TOTALS = "SELECT user_id, metric, sum({column}) " + _COUNTS_WHERE + " GROUP BY 1, 2"
+_SERIES_DAYS = "SELECT day, {column} " + _COUNTS_WHERE + " ORDER BY day"
 
 
 def uncertain_days(query: DataQuery, user_id: int, stale: Coverage) -> list[date]:
@@ -68,3 +80,26 @@ def locate(
                 skipped += rows
     # The offset lies past the end of the answer: start after the last possible key.
     return Key(query.users[-1], query.metrics[-1], to_us(query.end)), 0
+
+
+def locate_by_counts(
+    conn: psycopg.Connection, query: DataQuery, stale: Coverage
+) -> tuple[Key | None, int]:
+    """`locate` for the query's page, with the series' row counts read from day_counts."""
+    column = _COUNT_COLUMN[query.resolution]
+    first, last = query.days
+    span = {
+        "users": list(query.users),
+        "metrics": list(query.metrics),
+        "first": first,
+        "last": last,
+    }
+    rows = conn.execute(_SERIES_TOTALS.format(column=column).encode(), span)
+    totals = {(u, m): int(n) for u, m, n in rows}
+
+    def series_days(user_id: int, metric: str) -> list[tuple[date, int]]:
+        params = {**span, "users": [user_id], "metrics": [metric]}
+        days = conn.execute(_SERIES_DAYS.format(column=column).encode(), params)
+        return [(day, int(n)) for day, n in days]
+
+    return locate(query, query.offset, totals, series_days, stale)

@@ -39,13 +39,6 @@ from lake import Lake
 log = logging.getLogger(__name__)
 
 WARM_RETRY_S = 5.0
-_COUNT_COLUMN = {"raw": "rows_raw", "1m": "rows_1m", "1h": "rows_1h", "1d": "1"}
-_COUNTS_WHERE = (
-    "FROM day_counts WHERE user_id = ANY(%(users)s) AND metric = ANY(%(metrics)s) "
-    "AND day BETWEEN %(first)s AND %(last)s"
-)
-_SERIES_TOTALS = "SELECT user_id, metric, sum({column}) " + _COUNTS_WHERE + " GROUP BY 1, 2"
-_SERIES_DAYS = "SELECT day, {column} " + _COUNTS_WHERE + " ORDER BY day"
 
 
 @dataclass
@@ -247,24 +240,11 @@ class Engine:
         query = plan.query
         if query.after is not None or query.offset == 0:
             return query.after, 0
-        column = _COUNT_COLUMN[query.resolution]  # from our own table, never from input
-        first, last = query.days
-        span = {"users": list(query.users), "metrics": list(query.metrics), "first": first,
-                "last": last}  # fmt: skip
         try:
             with self._connection() as conn:
                 if conn is None:
                     return None, query.offset  # no counts: skip row by row
-                rows = conn.execute(_SERIES_TOTALS.format(column=column).encode(), span)
-                totals = {(u, m): int(n) for u, m, n in rows}
-
-                def series_days(user_id: int, metric: str) -> list[tuple[date, int]]:
-                    params = {**span, "users": [user_id], "metrics": [metric]}
-                    days = conn.execute(_SERIES_DAYS.format(column=column).encode(), params)
-                    return [(day, int(n)) for day, n in days]
-
-                return paging.locate(query, query.offset, totals, series_days,
-                                     catalog.stale_rollups)  # fmt: skip
+                return paging.locate_by_counts(conn, query, catalog.stale_rollups)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
             return None, query.offset
 

@@ -182,8 +182,9 @@ def _last(values: list[str] | None) -> str | None:
 
 
 def _next_url(request: Request[Any, Any, Any], params: dict[str, list[str]], cursor: str) -> str:
-    kept = [(k, v) for k, values in params.items() if k not in ("cursor", "page_number")
-            for v in values]  # fmt: skip
+    kept = [
+        (k, v) for k, values in params.items() if k not in ("cursor", "page_number") for v in values
+    ]
     query = urlencode([*kept, ("cursor", cursor)])
     return str(request.url.with_replacements(query=query))
 

@@ -57,9 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--metrics", type=comma_list, default=None, help="comma-separated names")
     generate.add_argument(
-        "--every", type=positive, default=None, metavar="SECONDS",
+        "--every",
+        type=positive,
+        default=None,
+        metavar="SECONDS",
         help="sample every N seconds instead of each metric's native interval",
-    )  # fmt: skip
+    )
     generate.add_argument("--first-user", type=int, default=1, help="first user id")
     generate.add_argument(
         "--out", type=Path, default=None, help="write a .csv/.parquet/.ndjson file instead"
@@ -84,10 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=commands.serve)
 
     query = sub.add_parser(
-        "query", help="rows for users x metrics x span, as /data answers them",
+        "query",
+        help="rows for users x metrics x span, as /data answers them",
         description="Run a /data query in-process. Options take the same values as the "
         "HTTP parameters; --user and --metric repeat or take comma-separated lists.",
-    )  # fmt: skip
+    )
     query.add_argument("--user", action="append", required=True, metavar="ID[,ID...]")
     query.add_argument("--metric", action="append", required=True, metavar="NAME[,NAME...]")
     query.add_argument("--start", required=True, help="ISO 8601 date or date-time (inclusive)")
@@ -106,13 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="compare the backends on a dataset preset (see benchmarks/)"
     )
     bench.add_argument(
-        "--scale", choices=commands.BENCH_SCALES, default="ci",
+        "--scale",
+        choices=commands.BENCH_SCALES,
+        default="ci",
         help="ci (< 2 min), small (< 5 min), medium (< 20 min on 2 cores), large (big servers)",
-    )  # fmt: skip
+    )
     bench.add_argument(
-        "--out", type=Path, default=None,
+        "--out",
+        type=Path,
+        default=None,
         help="results folder (default: benchmarks/results/<date>-<scale>)",
-    )  # fmt: skip
+    )
     bench.add_argument(
         "--rebuild", action="store_true", help="rebuild the dataset even if its fingerprint matches"
     )

@@ -84,9 +84,14 @@ def _counted(tables: Iterable[pa.Table], bar: Progress, task: object) -> Iterato
 def generate(args: argparse.Namespace, ctx: Context) -> int:
     start = args.start or default_start(args.days)
     tables = generate_cohort(
-        args.users, args.days, start, seed=args.seed, metrics=args.metrics,
-        every_s=args.every, first_user_id=args.first_user,
-    )  # fmt: skip
+        args.users,
+        args.days,
+        start,
+        seed=args.seed,
+        metrics=args.metrics,
+        every_s=args.every,
+        first_user_id=args.first_user,
+    )
     with progress() as bar:
         task = bar.add_task("generate", total=args.users * args.days, rows=0)
         counted = _counted(tables, bar, task)
@@ -118,9 +123,15 @@ def demo(args: argparse.Namespace, ctx: Context) -> int:
     init = init_schema(ctx.url, ctx.settings.database.chunk_interval)
     console.print(f"warm store: {ctx.url} (TimescaleDB: {'yes' if init.timescaledb else 'no'})")
     gen_args = argparse.Namespace(
-        users=args.users, days=args.days, start=None, seed=0, metrics=None, every=None,
-        first_user=1, out=None,
-    )  # fmt: skip
+        users=args.users,
+        days=args.days,
+        start=None,
+        seed=0,
+        metrics=None,
+        every=None,
+        first_user=1,
+        out=None,
+    )
     generate(gen_args, ctx)
     aggregate(args, ctx)
     demo_sync(ctx)
@@ -131,11 +142,14 @@ def demo(args: argparse.Namespace, ctx: Context) -> int:
         port = args.port or server.port
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         console.rule(f"serving the API on http://{shown}:{port} (Ctrl-C stops)")
-        for example in demo_requests(f"http://{shown}:{port}", args.users,
-                                     default_start(args.days), args.days):  # fmt: skip
+        for example in demo_requests(
+            f"http://{shown}:{port}", args.users, default_start(args.days), args.days
+        ):
             console.print(example, soft_wrap=True, highlight=False, markup=False)
-        console.print(f"OpenAPI: http://{shown}:{port}/schema  catalog: "
-                      f"http://{shown}:{port}/catalog", highlight=False)  # fmt: skip
+        console.print(
+            f"OpenAPI: http://{shown}:{port}/schema  catalog: http://{shown}:{port}/catalog",
+            highlight=False,
+        )
         return serve(args, ctx)
     return 0
 
@@ -197,10 +211,14 @@ def query_params(args: argparse.Namespace) -> dict[str, list[str]]:
         "metric": list(args.metric or []),
     }
     single = {
-        "start": args.start, "end": args.end, "resolution": args.resolution,
-        "max_points": args.max_points, "page_size": args.page_size,
-        "page_number": args.page_number, "cursor": args.cursor,
-    }  # fmt: skip
+        "start": args.start,
+        "end": args.end,
+        "resolution": args.resolution,
+        "max_points": args.max_points,
+        "page_size": args.page_size,
+        "page_number": args.page_number,
+        "cursor": args.cursor,
+    }
     params.update({k: [str(v)] for k, v in single.items() if v is not None})
     return params
 
@@ -235,11 +253,13 @@ def query(args: argparse.Namespace, ctx: Context) -> int:
     data_query = build_query(query_params(args), ctx.settings.query)
     binary = args.format in ("parquet", "arrow")
     if data_query.page_size == 0 and args.format == "table":
-        raise InvalidParameter("page_size", "page_size 0 (the whole answer) needs --format csv, "
-                               "parquet or arrow")  # fmt: skip
+        raise InvalidParameter(
+            "page_size", "page_size 0 (the whole answer) needs --format csv, parquet or arrow"
+        )
     if binary and args.out is None and sys.stdout.isatty():
-        raise InvalidParameter("out", f"--format {args.format} is binary: pass --out FILE "
-                               "or redirect stdout")  # fmt: skip
+        raise InvalidParameter(
+            "out", f"--format {args.format} is binary: pass --out FILE or redirect stdout"
+        )
     engine = Engine(ctx.settings, ctx.url)
     try:
         answer = engine.run(data_query)

@@ -80,9 +80,11 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     error = to_http(exc)
     if error.status >= 500 and error.code == "internal_error":
         log.error(
-            "unhandled error on %s %s", request.method, request.url.path,
+            "unhandled error on %s %s",
+            request.method,
+            request.url.path,
             exc_info=(type(exc), exc, exc.__traceback__),
-        )  # fmt: skip
+        )
     return error_response(error)
 
 

@@ -31,9 +31,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "sync", help="export completed, changed days to the lake (refreshes rollups first)"
     )
     sync.add_argument(
-        "--no-refresh", action="store_true",
+        "--no-refresh",
+        action="store_true",
         help="do not refresh rollups first: days with stale rollups wait for the next run",
-    )  # fmt: skip
+    )
     sync.set_defaults(run=sync_command)
     actions = sync.add_subparsers(dest="sync_action", metavar="[status]", title="actions")
     status = actions.add_parser("status", help="last runs, lake versions, per-user coverage")
@@ -44,17 +45,21 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "tier", help="remove raw and 1m rows verified in the lake from the warm store"
     )
     tier.add_argument(
-        "--older-than", type=positive, default=None, metavar="DAYS",
+        "--older-than",
+        type=positive,
+        default=None,
+        metavar="DAYS",
         help="only days older than this (default $STRATUM_TIER_OLDER_THAN_DAYS)",
-    )  # fmt: skip
+    )
     tier.set_defaults(run=tier_command)
 
     maintain = sub.add_parser("maintain", help="compact the lake, vacuum unreferenced files")
     maintain.add_argument(
-        "--retention-hours", type=non_negative, default=None,
-        help="keep unreferenced files younger than this (default "
-        "$STRATUM_VACUUM_RETENTION_HOURS)",
-    )  # fmt: skip
+        "--retention-hours",
+        type=non_negative,
+        default=None,
+        help="keep unreferenced files younger than this (default $STRATUM_VACUUM_RETENTION_HOURS)",
+    )
     maintain.set_defaults(run=maintain_command)
 
     scheduler = sub.add_parser(
@@ -212,8 +217,14 @@ def sync_status(args: argparse.Namespace, ctx: Context) -> int:
     console.print(tables)
 
     users = Table(title="coverage per user (raw tier)", box=box.SIMPLE_HEAD)
-    for name in ("user", "first lake day", "last lake day", "days in lake", "days pending",
-                 "days tiered"):  # fmt: skip
+    for name in (
+        "user",
+        "first lake day",
+        "last lake day",
+        "days in lake",
+        "days pending",
+        "days tiered",
+    ):
         users.add_column(name, justify="right")
     for cov in user_coverage(ctx.url):
         users.add_row(

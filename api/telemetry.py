@@ -105,9 +105,10 @@ class Telemetry:
                 labels = _labels(route=route, method=method, status=status)
                 lines.append(f"stratum_http_requests_total{labels} {n}")
             family(
-                "stratum_http_request_duration_seconds", "histogram",
+                "stratum_http_request_duration_seconds",
+                "histogram",
                 "Time from request to the last body byte.",
-            )  # fmt: skip
+            )
             for (route, method), buckets in sorted(self.latency_buckets.items()):
                 for bound, n in zip(LATENCY_BUCKETS, buckets, strict=True):
                     labels = _labels(route=route, method=method, le=repr(bound))

@@ -201,9 +201,13 @@ class _Stage:
     """
 
     def __init__(
-        self, name: str, step: Callable[[], Any], upstream: threading.Event,
-        upstream_done: threading.Event, poll_s: float | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        name: str,
+        step: Callable[[], Any],
+        upstream: threading.Event,
+        upstream_done: threading.Event,
+        poll_s: float | None = None,
+    ) -> None:
         self.step = step
         self.poll_s = poll_s  # also step every poll_s seconds without a signal
         self.upstream, self.upstream_done = upstream, upstream_done

@@ -152,8 +152,16 @@ def stream_lake(
                 after_day = from_us(series_after.ts_us).date()
                 series_files = tuple(f for f in user_files if f.last_day >= after_day)
             for chunk in _chunks(series_files, limit is not None, tuning.first_chunk_files):
-                for batch in _query(duck, segment, chunk, (user_id,), (metric,), series_after,
-                                    remaining):  # fmt: skip
+                batches = _query(
+                    duck,
+                    segment,
+                    files=chunk,
+                    users=(user_id,),
+                    metrics=(metric,),
+                    after=series_after,
+                    limit=remaining,
+                )
+                for batch in batches:
                     yield batch
                     if remaining is not None:
                         remaining -= batch.num_rows

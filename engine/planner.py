@@ -104,7 +104,7 @@ def plan(query: DataQuery, catalog: Catalog) -> Plan:
                     files=files,
                     lake_version=version,
                     estimated_rows=sum(f.rows for f in files),
-                )  # fmt: skip
+                )
             )
         else:
             from_raw = label == "warm_from_raw"
@@ -118,7 +118,7 @@ def plan(query: DataQuery, catalog: Catalog) -> Plan:
                     start,
                     end,
                     rollup_from_raw=from_raw,
-                )  # fmt: skip
+                )
             )
     notes = []
     if not catalog.warm_available:

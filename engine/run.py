@@ -155,8 +155,11 @@ class Engine:
     def plan(self, query: DataQuery, catalog: Catalog | None = None) -> Plan:
         started = time.perf_counter()
         result = planner.plan(query, catalog or self.catalog(query))
-        log.debug("planned %d segments in %.1f ms", len(result.segments),
-                  (time.perf_counter() - started) * 1e3)  # fmt: skip
+        log.debug(
+            "planned %d segments in %.1f ms",
+            len(result.segments),
+            (time.perf_counter() - started) * 1e3,
+        )
         return result
 
     def run(self, query: DataQuery) -> Answer:
@@ -172,8 +175,14 @@ class Engine:
             after, skip = self._start(plan, catalog)
             if query.page_size == 0:
                 stream = self._stream(plan, after, skip, None)
-                return Answer(plan, schema_for(plan.resolution),
-                              self._released(stream, reservation), False, None, None)  # fmt: skip
+                return Answer(
+                    plan=plan,
+                    schema=schema_for(plan.resolution),
+                    batches=self._released(stream, reservation),
+                    has_more=False,
+                    next_cursor=None,
+                    rows=None,
+                )
             page = list(self._stream(plan, after, skip, query.page_size + 1))
             answer = self._paged(plan, page)
         except BaseException:
@@ -284,7 +293,14 @@ class Engine:
             last = table.slice(table.num_rows - 1).to_pylist()[0]
             key = Key(last["user_id"], last["metric"], _ts_us(table))
             next_cursor = query.cursor_after(key)
-        return Answer(plan, schema, iter(table.to_batches()), has_more, next_cursor, table.num_rows)
+        return Answer(
+            plan=plan,
+            schema=schema,
+            batches=iter(table.to_batches()),
+            has_more=has_more,
+            next_cursor=next_cursor,
+            rows=table.num_rows,
+        )
 
 
 def _checked_out(pool: psycopg_pool.ConnectionPool) -> psycopg.Connection:

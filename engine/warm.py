@@ -173,9 +173,14 @@ def stream_warm(
         inclusive = segment.rollup_from_raw and position.user_id >= 0
         resume_ts = from_us(position.ts_us) + (bucket if inclusive else timedelta(0))
         params = (
-            *segment.users, *metrics, *span,
-            position.user_id, position.metric, resume_ts, chunk,
-        )  # fmt: skip
+            *segment.users,
+            *metrics,
+            *span,
+            position.user_id,
+            position.metric,
+            resume_ts,
+            chunk,
+        )
         table = pool.fetch(_sql(segment, metrics, inclusive), params)
         if table.num_rows == 0:
             return

@@ -160,8 +160,9 @@ def sync_to_lake(
         stale_row = conn.execute(_STALE, (cutoff,)).fetchone()
         stale = int(stale_row[0]) if stale_row else 0
         metrics = [r[0] for r in conn.execute("SELECT name FROM metrics ORDER BY name")]
-        log.info("sync: %d days pending before %s (%d wait for rollups)", len(candidates),
-                 cutoff, stale)  # fmt: skip
+        log.info(
+            "sync: %d days pending before %s (%d wait for rollups)", len(candidates), cutoff, stale
+        )
         batches = [candidates[i : i + batch_days] for i in range(len(candidates))[::batch_days]]
         done = 0
         if progress:
@@ -380,8 +381,14 @@ def _export_batch(conn: psycopg.Connection, lake: Lake, snapshot: _Snapshot, tal
         tally.files += files
         tally.versions[tier] = version
         for u, d in sorted(failed[tier]):
-            log.error("sync: %s user %s day %s read back %s, source %s", tier, u, d,
-                      back[(u, d)], source.get((u, d), (0, 0)))  # fmt: skip
+            log.error(
+                "sync: %s user %s day %s read back %s, source %s",
+                tier,
+                u,
+                d,
+                back[(u, d)],
+                source.get((u, d), (0, 0)),
+            )
             tally.failed.append((u, d, tier))
     synced = [p for p in pairs if all(p in verified[t] for t in LAKE_TABLES)]
     _record(conn, snapshot, verified, failed, stale_rows, versions, synced)
@@ -436,10 +443,8 @@ def _record(
         for (u, d), (rows, checksum) in stats.items()
     ]
     deletes = [
-        (u, tier, d)
-        for tier in LAKE_TABLES
-        for u, d in sorted(failed[tier] | stale_rows[tier])
-    ]  # fmt: skip
+        (u, tier, d) for tier in LAKE_TABLES for u, d in sorted(failed[tier] | stale_rows[tier])
+    ]
     with conn.transaction():
         if upserts:
             columns = list(zip(*upserts, strict=True))

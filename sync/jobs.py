@@ -40,8 +40,9 @@ def run_job(url: str, job: str, body: Callable[[], JobResult]) -> JobResult:
             failed = _from_sync(partial) if isinstance(partial, SyncResult) else JobResult(job)
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
             seconds = time.perf_counter() - started
-            finish_run(conn, run_id, replace(failed, status="failed", error=message,
-                                             seconds=seconds))  # fmt: skip
+            finish_run(
+                conn, run_id, replace(failed, status="failed", error=message, seconds=seconds)
+            )
             raise
         finish_run(conn, run_id, result)
         return result
@@ -51,19 +52,27 @@ def refresh_job(url: str) -> JobResult:
     def body() -> JobResult:
         refreshed = refresh_rollups(url)
         return JobResult(
-            "refresh", days=refreshed.days, rows=sum(refreshed.rows.values()),
-            seconds=refreshed.seconds, detail=refreshed,
-        )  # fmt: skip
+            "refresh",
+            days=refreshed.days,
+            rows=sum(refreshed.rows.values()),
+            seconds=refreshed.seconds,
+            detail=refreshed,
+        )
 
     return run_job(url, "refresh", body)
 
 
 def _from_sync(result: SyncResult) -> JobResult:
     return JobResult(
-        "sync", days=result.days, rows=result.total_rows, bytes=result.bytes,
-        files=result.files, seconds=result.seconds, lake_versions=dict(result.versions),
+        "sync",
+        days=result.days,
+        rows=result.total_rows,
+        bytes=result.bytes,
+        files=result.files,
+        seconds=result.seconds,
+        lake_versions=dict(result.versions),
         detail=result,
-    )  # fmt: skip
+    )
 
 
 def sync_job(
@@ -76,10 +85,14 @@ def sync_job(
     def body() -> JobResult:
         return _from_sync(
             sync_to_lake(
-                url, Lake(settings.path), grace_days=settings.sync_grace_days,
-                batch_days=settings.sync_batch_days, today=today, progress=progress,
+                url,
+                Lake(settings.path),
+                grace_days=settings.sync_grace_days,
+                batch_days=settings.sync_batch_days,
+                today=today,
+                progress=progress,
             )
-        )  # fmt: skip
+        )
 
     return run_job(url, "sync", body)
 
@@ -94,10 +107,13 @@ def tiering_job(
 ) -> JobResult:
     def body() -> JobResult:
         tiered = tier_warm_store(
-            url, Lake(settings.path),
+            url,
+            Lake(settings.path),
             older_than_days=older_than_days or settings.tier_older_than_days,
-            batch_days=settings.sync_batch_days, today=today, progress=progress,
-        )  # fmt: skip
+            batch_days=settings.sync_batch_days,
+            today=today,
+            progress=progress,
+        )
         status = "failed" if tiered.refused else "ok"
         error = None
         if tiered.refused:
@@ -105,9 +121,15 @@ def tiering_job(
                 f"user {u} {d}: {why}" for u, d, why in tiered.refused[:3]
             )
         return JobResult(
-            "tier", status=status, days=tiered.days, rows=tiered.total_rows,
-            files=tiered.chunks, seconds=tiered.seconds, error=error, detail=tiered,
-        )  # fmt: skip
+            "tier",
+            status=status,
+            days=tiered.days,
+            rows=tiered.total_rows,
+            files=tiered.chunks,
+            seconds=tiered.seconds,
+            error=error,
+            detail=tiered,
+        )
 
     return run_job(url, "tier", body)
 
@@ -116,9 +138,13 @@ def maintain_job(url: str, settings: LakeSettings) -> JobResult:
     def body() -> JobResult:
         done = maintain_lake(Lake(settings.path), settings.vacuum_retention_hours)
         return JobResult(
-            "maintain", files=done.files_rewritten + done.files_deleted, bytes=done.bytes_after,
-            seconds=done.seconds, lake_versions=done.versions, detail=done,
-        )  # fmt: skip
+            "maintain",
+            files=done.files_rewritten + done.files_deleted,
+            bytes=done.bytes_after,
+            seconds=done.seconds,
+            lake_versions=done.versions,
+            detail=done,
+        )
 
     return run_job(url, "maintain", body)
 

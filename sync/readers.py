@@ -33,8 +33,14 @@ RAW_SCHEMA = pa.schema(
 BATCH_ROWS = 1 << 20
 CSV_BLOCK_BYTES = 64 << 20
 _ZONE_SUFFIX = r"(Z|z|[+-]\d\d(:?\d\d)?)$"
-FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".ndjson": "ndjson",
-           ".jsonl": "ndjson", ".json": "ndjson"}  # fmt: skip
+FORMATS = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".ndjson": "ndjson",
+    ".jsonl": "ndjson",
+    ".json": "ndjson",
+}
 
 
 def file_format(path: Path) -> str:
@@ -146,8 +152,9 @@ def _first_uncastable(column: pa.ChunkedArray, target: pa.DataType) -> int:
     return lo
 
 
-def _cast(table: pa.Table, name: str, target: pa.DataType, file: str, first_row: int,
-          what: str) -> pa.ChunkedArray:  # fmt: skip
+def _cast(
+    table: pa.Table, name: str, target: pa.DataType, file: str, first_row: int, what: str
+) -> pa.ChunkedArray:
     column = table[name]
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         column = pc.utf8_trim_whitespace(column)
@@ -189,8 +196,14 @@ def _validate(table: pa.Table, file: str, first_row: int) -> pa.Table:
             )
     elif pa.types.is_timestamp(ts.type) and ts.type.tz is None:
         raise IngestRejected(file, None, "column ts is a timestamp without time zone")
-    ts = _cast(table.set_column(0, "ts", ts), "ts", RAW_SCHEMA.field("ts").type, file,
-               first_row, "an ISO 8601 timestamp")  # fmt: skip
+    ts = _cast(
+        table.set_column(0, "ts", ts),
+        "ts",
+        RAW_SCHEMA.field("ts").type,
+        file,
+        first_row,
+        "an ISO 8601 timestamp",
+    )
 
     user_id = _cast(table, "user_id", pa.int32(), file, first_row, "an integer user id")
     index = _first_index(pc.less(user_id, 0))

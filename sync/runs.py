@@ -130,7 +130,7 @@ def recent_runs(url: str, limit: int = 10, job: str | None = None) -> list[RunRe
             files=r[8],
             lake_versions=dict(r[9] or {}),
             error=r[10],
-        )  # fmt: skip
+        )
         for r in rows
     ]
 

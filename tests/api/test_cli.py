@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +32,8 @@ def counts(url: str) -> dict[str, int]:
 
 def test_generate_file_ingest_aggregate(env: str, tmp_path: Path) -> None:
     out = tmp_path / "cohort.parquet"
-    assert main(["generate", "--users", "2", "--days", "1", "--start", "2024-01-01",
-                 "--every", "60", "--out", str(out)]) == 0  # fmt: skip
+    generate = shlex.split("generate --users 2 --days 1 --start 2024-01-01 --every 60 --out")
+    assert main([*generate, str(out)]) == 0
     assert out.exists()
     assert main(["db", "init"]) == 0
     assert main(["ingest", str(out)]) == 0

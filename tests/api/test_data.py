@@ -18,8 +18,12 @@ from litestar.testing import TestClient
 
 from tests.api.conftest import USERS
 
-BASE = {"user_id": "1,2,3", "metric": "heart_rate,steps", "start": "2024-01-01",
-        "end": "2024-01-03"}  # fmt: skip
+BASE = {
+    "user_id": "1,2,3",
+    "metric": "heart_rate,steps",
+    "start": "2024-01-01",
+    "end": "2024-01-03",
+}
 RAW_KEYS = ["user_id", "metric", "ts", "value"]
 ROLLUP_KEYS = ["user_id", "metric", "ts", "count", "sum", "min", "max", "avg"]
 
@@ -123,12 +127,15 @@ def test_auto_resolution_and_single_user_forms(client: TestClient) -> None:
         ("text/csv", "csv", "text/csv"),
         ("application/vnd.apache.arrow.stream", "arrow", "application/vnd.apache.arrow.stream"),
         ("application/vnd.apache.parquet", "parquet", "application/vnd.apache.parquet"),
-        ("text/csv;q=0.4, application/vnd.apache.parquet;q=0.9", "parquet",
-         "application/vnd.apache.parquet"),
+        (
+            "text/csv;q=0.4, application/vnd.apache.parquet;q=0.9",
+            "parquet",
+            "application/vnd.apache.parquet",
+        ),
         ("text/html, */*;q=0.1", "json", "application/json"),
         ("image/png", "json", "application/json"),
     ],
-)  # fmt: skip
+)
 def test_accept_negotiation(
     client: TestClient, accept: str | None, format_name: str, media_type: str
 ) -> None:
@@ -161,8 +168,9 @@ def test_streaming_meta_headers(client: TestClient) -> None:
 def test_pages_and_cursor_walks_concatenate_to_the_whole_stream(
     client: TestClient, resolution: str
 ) -> None:
-    whole = parse("ndjson", get(client, resolution=resolution, page_size="0",
-                                format="ndjson").content)  # fmt: skip
+    whole = parse(
+        "ndjson", get(client, resolution=resolution, page_size="0", format="ndjson").content
+    )
     assert whole
     size = str(max(1, len(whole) // 5 + 3))
     by_number: list[dict[str, Any]] = []
@@ -186,8 +194,7 @@ def test_pages_and_cursor_walks_concatenate_to_the_whole_stream(
 
 
 def test_link_header_walk_in_parquet(client: TestClient) -> None:
-    whole = parse("parquet", get(client, resolution="1h", page_size="0",
-                                 format="parquet").content)  # fmt: skip
+    whole = parse("parquet", get(client, resolution="1h", page_size="0", format="parquet").content)
     rows: list[dict[str, Any]] = []
     response = get(client, resolution="1h", page_size="40", format="parquet")
     while True:
@@ -259,6 +266,7 @@ def test_a_failure_mid_stream_aborts_the_response(
     monkeypatch.setattr(engine, "run", failing_run)
     # Litestar re-raises to the server, which drops the connection (uvicorn: no final chunk).
     with pytest.raises(LitestarException, match="after response started") as raised:
-        client.get("/data", params={**BASE, "resolution": "1h", "page_size": "0",
-                                    "format": "ndjson"})  # fmt: skip
+        client.get(
+            "/data", params={**BASE, "resolution": "1h", "page_size": "0", "format": "ndjson"}
+        )
     assert "connection lost" in repr(raised.value.__cause__)

@@ -88,8 +88,18 @@ def test_openapi_schema_documents_data_parameters_with_examples(client: TestClie
     spec = client.get("/schema/openapi.json").json()
     assert {"/data", "/plan", "/catalog", "/health", "/ready", "/metrics"} <= set(spec["paths"])
     parameters = {p["name"]: p for p in spec["paths"]["/data"]["get"]["parameters"]}
-    expected = {"user_id", "metric", "start", "end", "resolution", "max_points", "page_size",
-                "page_number", "cursor", "format"}  # fmt: skip
+    expected = {
+        "user_id",
+        "metric",
+        "start",
+        "end",
+        "resolution",
+        "max_points",
+        "page_size",
+        "page_number",
+        "cursor",
+        "format",
+    }
     assert expected == set(parameters)
     for name in expected - {"cursor"}:
         assert parameters[name].get("examples"), name

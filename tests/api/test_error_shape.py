@@ -49,20 +49,40 @@ BAD_REQUESTS: list[tuple[str, dict[str, str], str, list[str]]] = [
     ("unknown metric", {**OK, "metric": "pulse"}, "metric", ["pulse", *metric_names()]),
     ("start equals end", {**OK, "end": "2024-01-01"}, "end", ["after start"]),
     ("start after end", {**OK, "start": "2024-02-01"}, "end", ["after start"]),
-    ("too many users", {**OK, "user_id": ",".join(map(str, range(MAX_USERS + 1)))},
-     "user_id", [f"at most {MAX_USERS}"]),
-    ("page_size over the maximum", {**OK, "page_size": str(MAX_PAGE_SIZE + 1)}, "page_size",
-     [str(MAX_PAGE_SIZE)]),
+    (
+        "too many users",
+        {**OK, "user_id": ",".join(map(str, range(MAX_USERS + 1)))},
+        "user_id",
+        [f"at most {MAX_USERS}"],
+    ),
+    (
+        "page_size over the maximum",
+        {**OK, "page_size": str(MAX_PAGE_SIZE + 1)},
+        "page_size",
+        [str(MAX_PAGE_SIZE)],
+    ),
     ("page_size not a number", {**OK, "page_size": "ten"}, "page_size", ["integer"]),
     ("page_size 0 with json", {**OK, "page_size": "0"}, "page_size", ["streaming", "ndjson"]),
-    ("page_size 0 with explicit json", {**OK, "page_size": "0", "format": "json"}, "page_size",
-     ["streaming"]),
+    (
+        "page_size 0 with explicit json",
+        {**OK, "page_size": "0", "format": "json"},
+        "page_size",
+        ["streaming"],
+    ),
     ("page_number 0", {**OK, "page_number": "0"}, "page_number", ["1.."]),
     ("malformed cursor", {**OK, "cursor": "not-a-cursor!"}, "cursor", ["malformed"]),
-    ("cursor from another query", {**OK, "cursor": _other_query_cursor()}, "cursor",
-     ["different query"]),
-    ("cursor and page_number", {**OK, "cursor": _other_query_cursor(), "page_number": "2"},
-     "cursor", ["either"]),
+    (
+        "cursor from another query",
+        {**OK, "cursor": _other_query_cursor()},
+        "cursor",
+        ["different query"],
+    ),
+    (
+        "cursor and page_number",
+        {**OK, "cursor": _other_query_cursor(), "page_number": "2"},
+        "cursor",
+        ["either"],
+    ),
     ("unknown format", {**OK, "format": "xml"}, "format", ["xml", "json", "parquet"]),
     ("bad resolution", {**OK, "resolution": "5m"}, "resolution", ["5m", "raw", "1h"]),
     ("bad start date", {**OK, "start": "2024-13-01"}, "start", ["ISO 8601"]),
@@ -73,7 +93,7 @@ BAD_REQUESTS: list[tuple[str, dict[str, str], str, list[str]]] = [
     ("missing metric", without("metric"), "metric", ["required", "heart_rate"]),
     ("missing start", without("start"), "start", ["required"]),
     ("missing end", without("end"), "end", ["required"]),
-]  # fmt: skip
+]
 
 
 def assert_error_shape(response: Any, status: int, code: str, parameter: str | None) -> dict:
@@ -100,8 +120,9 @@ def test_error_shape_400(
     for path in ("/data", "/plan"):
         if path == "/plan" and (parameter == "format" or params.get("page_size") == "0"):
             continue  # /plan has no format, so the whole answer (page_size=0) is fine there
-        error = assert_error_shape(client.get(path, params=params), 400, "invalid_parameter",
-                                   parameter)  # fmt: skip
+        error = assert_error_shape(
+            client.get(path, params=params), 400, "invalid_parameter", parameter
+        )
         for word in words:
             assert word in error["message"], (word, error["message"])
 
@@ -186,15 +207,26 @@ def test_error_shape_503_when_the_warm_store_is_down(down_client: TestClient) ->
         (WarmStoreUnavailable("down"), 503, "warm_store_unavailable", None, "10"),
         (WarmStoreBusy("busy"), 503, "warm_store_unavailable", None, "2"),
         (SyncFailed("lock held"), 503, "sync_failed", None, "30"),
-        (ConfigurationError("STRATUM_X=1", parameter="STRATUM_X"), 500, "configuration_error",
-         None, None),
+        (
+            ConfigurationError("STRATUM_X=1", parameter="STRATUM_X"),
+            500,
+            "configuration_error",
+            None,
+            None,
+        ),
         (NotFoundException(), 404, "not_found", None, None),
-        (ValidationException(detail="Validation failed",
-                             extra=[{"key": "ready", "message": "Expected `bool`"}]),
-         400, "invalid_parameter", "ready", None),
+        (
+            ValidationException(
+                detail="Validation failed", extra=[{"key": "ready", "message": "Expected `bool`"}]
+            ),
+            400,
+            "invalid_parameter",
+            "ready",
+            None,
+        ),
         (KeyError("internals"), 500, "internal_error", None, None),
     ],
-)  # fmt: skip
+)
 def test_the_one_exception_map(
     exc: Exception, status: int, code: str, parameter: str | None, retry_after: str | None
 ) -> None:

@@ -52,8 +52,9 @@ def test_lake_and_warm_answer_alike_and_lake_survives_a_warm_outage(
         warm_day, _ = rows(client, {**LAKE_DAY, "resolution": resolution})
         assert meta["sources"] == ["warm"] and warm_both
         # Export 2024-01-01 (2024-01-02 stays in the warm store: inside the grace period).
-        sync_to_lake(warm_url, Lake(settings.lake.path), grace_days=1, batch_days=8,
-                     today=date(2024, 1, 3))  # fmt: skip
+        sync_to_lake(
+            warm_url, Lake(settings.lake.path), grace_days=1, batch_days=8, today=date(2024, 1, 3)
+        )
         hybrid, meta = rows(client, {**BOTH_DAYS, "resolution": resolution})
         assert meta["sources"] == ["lake", "warm"]
         assert hybrid == warm_both
@@ -80,8 +81,9 @@ def test_catalog_loaded_at_startup_serves_the_lake_through_an_outage(
     settings = api_settings(tmp_path)
     with TestClient(create_app(settings, warm_url)) as client:
         expected, _ = rows(client, {**LAKE_DAY, "resolution": "1h"})
-    sync_to_lake(warm_url, Lake(settings.lake.path), grace_days=1, batch_days=8,
-                 today=date(2024, 1, 3))  # fmt: skip
+    sync_to_lake(
+        warm_url, Lake(settings.lake.path), grace_days=1, batch_days=8, today=date(2024, 1, 3)
+    )
     with TestClient(create_app(settings, warm_url)) as client:  # startup loads the catalog
         refuse_connections(warm_url)  # before the first request
         got, meta = rows(client, {**LAKE_DAY, "resolution": "1h"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,9 @@ from api import commands
 from api.cli import main
 from tests.api.conftest import MAX_USERS, api_settings
 
-SPAN = ["--user", "1", "--user", "2,3", "--metric", "heart_rate,steps",
-        "--start", "2024-01-01", "--end", "2024-01-03"]  # fmt: skip
+SPAN = shlex.split(
+    "--user 1 --user 2,3 --metric heart_rate,steps --start 2024-01-01 --end 2024-01-03"
+)
 
 
 @pytest.fixture
@@ -32,8 +34,14 @@ def env(cohort_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str
 def http_rows(cohort_url: str, tmp_path: Path, **params: str) -> list[dict[str, Any]]:
     from api.app import create_app
 
-    query = {"user_id": "1,2,3", "metric": "heart_rate,steps", "start": "2024-01-01",
-             "end": "2024-01-03", "page_size": "50000", **params}  # fmt: skip
+    query = {
+        "user_id": "1,2,3",
+        "metric": "heart_rate,steps",
+        "start": "2024-01-01",
+        "end": "2024-01-03",
+        "page_size": "50000",
+        **params,
+    }
     with TestClient(create_app(api_settings(tmp_path / "http"), cohort_url)) as client:
         body = client.get("/data", params=query).json()
     return list(body["data"])
@@ -54,8 +62,8 @@ def test_query_csv_to_stdout_equals_the_http_answer(
 @pytest.mark.parametrize("format_name", ["parquet", "arrow"])
 def test_query_binary_formats_to_a_file(env: str, tmp_path: Path, format_name: str) -> None:
     out = tmp_path / f"answer.{format_name}"
-    args = ["query", *SPAN, "--resolution", "raw", "--page-size", "0", "--format", format_name,
-            "--out", str(out)]  # fmt: skip
+    args = ["query", *SPAN, *shlex.split(f"--resolution raw --page-size 0 --format {format_name}")]
+    args += ["--out", str(out)]
     assert main(args) == 0
     if format_name == "parquet":
         table = pq.read_table(out)
@@ -74,8 +82,7 @@ def test_query_table_prints_rows_and_the_next_cursor(
     assert "1d rows from warm" in captured.out and "2024-01-01T00:00:00Z" in captured.out
     assert "3 rows" in captured.err and "--cursor " in captured.err
     cursor = captured.err.split("--cursor ")[1].split()[0]
-    assert main(["query", *SPAN, "--resolution", "1d", "--page-size", "3",
-                 "--cursor", cursor]) == 0  # fmt: skip
+    assert main(["query", *SPAN, "--resolution", "1d", "--page-size", "3", "--cursor", cursor]) == 0
 
 
 @pytest.mark.parametrize(

@@ -37,8 +37,8 @@ def batches(keys: list[tuple[int, str, int]], size: int) -> list[pa.RecordBatch]
 def keys_of(stream: object) -> list[tuple[int, str, int]]:
     table = pa.Table.from_batches(list(stream), schema=RAW)  # type: ignore[call-overload]
     ts = table.column("ts").cast(pa.int64()).to_pylist()
-    return list(zip(table.column("user_id").to_pylist(), table.column("metric").to_pylist(), ts,
-                    strict=True))  # fmt: skip
+    users, metrics = table.column("user_id").to_pylist(), table.column("metric").to_pylist()
+    return list(zip(users, metrics, ts, strict=True))
 
 
 @given(rows, st.integers(1, 4), st.integers(1, 7))
@@ -57,11 +57,16 @@ def test_take_is_a_slice(keys: list, skip: int, limit: int) -> None:
 
 def query(start: str, end: str, users: tuple[int, ...] = (1, 2)) -> DataQuery:
     return DataQuery(
-        users=users, metrics=("heart_rate", "steps"),
+        users=users,
+        metrics=("heart_rate", "steps"),
         start=datetime.fromisoformat(start).replace(tzinfo=UTC),
         end=datetime.fromisoformat(end).replace(tzinfo=UTC),
-        resolution="raw", requested_resolution="raw", max_points=1, page_size=10, page_number=1,
-    )  # fmt: skip
+        resolution="raw",
+        requested_resolution="raw",
+        max_points=1,
+        page_size=10,
+        page_number=1,
+    )
 
 
 COUNTS = {

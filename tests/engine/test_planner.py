@@ -16,12 +16,16 @@ from lake import LakeFile
 
 def q(start: str, end: str, resolution: str = "raw", users: tuple[int, ...] = (1,)) -> DataQuery:
     return DataQuery(
-        users=users, metrics=("heart_rate",),
+        users=users,
+        metrics=("heart_rate",),
         start=datetime.fromisoformat(start).replace(tzinfo=UTC),
         end=datetime.fromisoformat(end).replace(tzinfo=UTC),
-        resolution=resolution, requested_resolution=resolution,  # type: ignore[arg-type]
-        max_points=10_000, page_size=100, page_number=1,
-    )  # fmt: skip
+        resolution=resolution,  # type: ignore[arg-type]
+        requested_resolution=resolution,
+        max_points=10_000,
+        page_size=100,
+        page_number=1,
+    )
 
 
 def d(text: str) -> date:
@@ -65,30 +69,52 @@ def layout(p) -> list[tuple[str, str, str, str, tuple[int, ...]]]:  # type: igno
     ("lake", "start", "end", "expected"),
     [
         # nothing synced: all warm
-        ({}, "2024-01-01", "2024-01-03",
-         [("warm", "raw_data", "2024-01-01T00:00", "2024-01-03T00:00", (1,))]),
+        (
+            {},
+            "2024-01-01",
+            "2024-01-03",
+            [("warm", "raw_data", "2024-01-01T00:00", "2024-01-03T00:00", (1,))],
+        ),
         # synced through Jan 1: lake then warm, seam at midnight
-        ({1: [("2023-12-01", "2024-01-01")]}, "2024-01-01T06:00", "2024-01-03",
-         [("lake", "raw", "2024-01-01T06:00", "2024-01-02T00:00", (1,)),
-          ("warm", "raw_data", "2024-01-02T00:00", "2024-01-03T00:00", (1,))]),
+        (
+            {1: [("2023-12-01", "2024-01-01")]},
+            "2024-01-01T06:00",
+            "2024-01-03",
+            [
+                ("lake", "raw", "2024-01-01T06:00", "2024-01-02T00:00", (1,)),
+                ("warm", "raw_data", "2024-01-02T00:00", "2024-01-03T00:00", (1,)),
+            ],
+        ),
         # a changed day inside the synced range comes from the warm store
-        ({1: [("2024-01-01", "2024-01-01"), ("2024-01-03", "2024-01-04")]},
-         "2024-01-01", "2024-01-05",
-         [("lake", "raw", "2024-01-01T00:00", "2024-01-02T00:00", (1,)),
-          ("warm", "raw_data", "2024-01-02T00:00", "2024-01-03T00:00", (1,)),
-          ("lake", "raw", "2024-01-03T00:00", "2024-01-05T00:00", (1,))]),
+        (
+            {1: [("2024-01-01", "2024-01-01"), ("2024-01-03", "2024-01-04")]},
+            "2024-01-01",
+            "2024-01-05",
+            [
+                ("lake", "raw", "2024-01-01T00:00", "2024-01-02T00:00", (1,)),
+                ("warm", "raw_data", "2024-01-02T00:00", "2024-01-03T00:00", (1,)),
+                ("lake", "raw", "2024-01-03T00:00", "2024-01-05T00:00", (1,)),
+            ],
+        ),
         # span entirely in the lake
-        ({1: [("2020-01-01", "2024-12-31")]}, "2022-01-01", "2023-01-01",
-         [("lake", "raw", "2022-01-01T00:00", "2023-01-01T00:00", (1,))]),
+        (
+            {1: [("2020-01-01", "2024-12-31")]},
+            "2022-01-01",
+            "2023-01-01",
+            [("lake", "raw", "2022-01-01T00:00", "2023-01-01T00:00", (1,))],
+        ),
     ],
-)  # fmt: skip
+)
 def test_split_at_the_lake_watermark(lake, start, end, expected) -> None:  # type: ignore[no-untyped-def]
     assert layout(plan(q(start, end), catalog(lake))) == expected
 
 
 def test_users_with_the_same_watermark_share_segments() -> None:
-    lake = {1: [("2024-01-01", "2024-01-01")], 2: [("2024-01-01", "2024-01-01")],
-            3: [("2024-01-01", "2024-01-02")]}  # fmt: skip
+    lake = {
+        1: [("2024-01-01", "2024-01-01")],
+        2: [("2024-01-01", "2024-01-01")],
+        3: [("2024-01-01", "2024-01-02")],
+    }
     got = layout(plan(q("2024-01-01", "2024-01-03", users=(1, 2, 3)), catalog(lake)))
     assert got == [
         ("lake", "raw", "2024-01-01T00:00", "2024-01-02T00:00", (1, 2)),

@@ -21,8 +21,9 @@ START = date(2024, 3, 1)
 
 @pytest.fixture
 def engine(warm_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
-    ingest_tables(warm_url, generate_cohort(3, 3, START, seed=7, metrics=["heart_rate", "steps"],
-                                            every_s=30))  # fmt: skip
+    ingest_tables(
+        warm_url, generate_cohort(3, 3, START, seed=7, metrics=["heart_rate", "steps"], every_s=30)
+    )
     refresh_rollups(warm_url)
     settings = load_settings({"STRATUM_HOME": str(tmp_path), "STRATUM_MEMORY_BUDGET": "1GiB"})
     engine = Engine(settings, warm_url)
@@ -31,8 +32,12 @@ def engine(warm_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def params(**extra: str) -> dict[str, list[str]]:
-    base = {"user_id": "1,2,3", "metric": "heart_rate,steps", "start": "2024-03-01",
-            "end": "2024-03-04"}  # fmt: skip
+    base = {
+        "user_id": "1,2,3",
+        "metric": "heart_rate,steps",
+        "start": "2024-03-01",
+        "end": "2024-03-04",
+    }
     return {k: [v] for k, v in {**base, **extra}.items()}
 
 

@@ -50,8 +50,16 @@ def test_sync_status_tier_maintain(
 
     assert main(["sync", "status"]) == 0
     status = capsys.readouterr().out
-    for text in ("last runs", "maintain", "tier", "sync", "refresh", "coverage per user",
-                 "days tiered", "agg_1h"):  # fmt: skip
+    for text in (
+        "last runs",
+        "maintain",
+        "tier",
+        "sync",
+        "refresh",
+        "coverage per user",
+        "days tiered",
+        "agg_1h",
+    ):
         assert text in status
     yesterday_but_one = (today - timedelta(days=2)).isoformat()
     assert status.count(yesterday_but_one) >= USERS  # last lake day of each user

@@ -23,8 +23,9 @@ from sync.rollups import refresh_rollups
 @pytest.fixture
 def engine(warm_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
     metrics = ["heart_rate", "steps", "spo2"]
-    ingest_tables(warm_url, generate_cohort(3, 6, date(2024, 5, 1), seed=3, metrics=metrics,
-                                            every_s=120))  # fmt: skip
+    ingest_tables(
+        warm_url, generate_cohort(3, 6, date(2024, 5, 1), seed=3, metrics=metrics, every_s=120)
+    )
     refresh_rollups(warm_url)
     engine = Engine(load_settings({"STRATUM_HOME": str(tmp_path)}), warm_url)
     sync_to_lake(warm_url, engine.lake, grace_days=1, batch_days=8, today=date(2024, 5, 6))
@@ -33,8 +34,14 @@ def engine(warm_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def run(engine: Engine, **extra: str) -> tuple[list[dict], str | None]:
-    params = {"user_id": "1,2,3", "metric": "heart_rate,spo2,steps", "start": "2024-05-01T03:00Z",
-              "end": "2024-05-07", "resolution": "raw", **extra}  # fmt: skip
+    params = {
+        "user_id": "1,2,3",
+        "metric": "heart_rate,spo2,steps",
+        "start": "2024-05-01T03:00Z",
+        "end": "2024-05-07",
+        "resolution": "raw",
+        **extra,
+    }
     answer = engine.run(build_query({k: [v] for k, v in params.items()}, engine.settings.query))
     rows = pa.Table.from_batches(list(answer.batches), schema=answer.schema).to_pylist()
     return rows, answer.next_cursor
@@ -51,9 +58,9 @@ def walk(engine: Engine, page_size: int) -> list[dict]:
 def test_series_scans_equal_one_sorted_query(
     engine: Engine, warm_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert engine.plan(build_query({"user_id": ["1"], "metric": ["steps"], "start": ["2024-05-01"],
-                                    "end": ["2024-05-07"]}, engine.settings.query)).sources == [
-        "lake", "warm"]  # fmt: skip
+    one_series = {"user_id": "1", "metric": "steps", "start": "2024-05-01", "end": "2024-05-07"}
+    query = build_query({k: [v] for k, v in one_series.items()}, engine.settings.query)
+    assert engine.plan(query).sources == ["lake", "warm"]
     sorted_whole, _ = run(engine, page_size="0")
     sorted_pages = [run(engine, page_size="700", page_number=str(n))[0] for n in (1, 5, 9)]
     # The same data, read series by series (nothing counts as small) in runs of one file.

@@ -51,8 +51,9 @@ def _redeliver(url: str, first: date, rng: random.Random, shift: float) -> None:
     )
     tables = []
     for user_id, offset in pairs:
-        [day] = generate_cohort(1, 1, first + timedelta(days=offset), every_s=EVERY_S,
-                                first_user_id=user_id)  # fmt: skip
+        [day] = generate_cohort(
+            1, 1, first + timedelta(days=offset), every_s=EVERY_S, first_user_id=user_id
+        )
         tables.append(day.set_column(3, "value", pc.add(day.column("value"), shift)))
     ingest_tables(url, tables)
 
@@ -60,8 +61,11 @@ def _redeliver(url: str, first: date, rng: random.Random, shift: float) -> None:
 def _sync_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "api.cli", "sync"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _kill_while_running(env: dict[str, str], delay_s: float) -> None:

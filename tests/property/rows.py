@@ -15,7 +15,7 @@ def raw_table(rows: list[Row], base: datetime) -> pa.Table:
         {
             "ts": pa.array(
                 [base + timedelta(seconds=s) for _, _, s, _ in rows], pa.timestamp("us", tz="UTC")
-            ),  # fmt: skip
+            ),
             "user_id": pa.array([u for u, _, _, _ in rows], pa.int32()),
             "metric": [m for _, m, _, _ in rows],
             "value": [v for _, _, _, v in rows],

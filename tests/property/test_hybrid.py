@@ -163,8 +163,13 @@ class Scenario:
                         warm_url, hybrid.lake, grace_days=self.grace, batch_days=3, today=TODAY
                     )
 
-            params = {"user_id": "1,2,3", "metric": "heart_rate,steps", "start": start.isoformat(),
-                      "end": end.isoformat(), "resolution": resolution}  # fmt: skip
+            params = {
+                "user_id": "1,2,3",
+                "metric": "heart_rate,steps",
+                "start": start.isoformat(),
+                "end": end.isoformat(),
+                "resolution": resolution,
+            }
             query = build_query({k: [v] for k, v in params.items()}, hybrid.settings.query)
             event(f"sources: {'+'.join(hybrid.plan(query).sources)}")
             whole = answer(hybrid, {**params, "page_size": "0"})

@@ -105,8 +105,13 @@ def test_read_back_mismatch_keeps_the_day_out_and_fails(
     warm_url: str, synced: Lake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bad_day = FIRST_DAY + timedelta(days=2)
-    ingest_rows(warm_url, [(f"{bad_day}T01:00:00Z", 1, "heart_rate", 55.0),
-                           (f"{FIRST_DAY}T01:00:00Z", 2, "heart_rate", 56.0)])  # fmt: skip
+    ingest_rows(
+        warm_url,
+        [
+            (f"{bad_day}T01:00:00Z", 1, "heart_rate", 55.0),
+            (f"{FIRST_DAY}T01:00:00Z", 2, "heart_rate", 56.0),
+        ],
+    )
     refresh_rollups(warm_url)
     real_day_stats = Lake.day_stats
 

@@ -160,8 +160,9 @@ def test_zoneless_parquet_timestamps_are_refused(flavour_url: str, tmp_path: Pat
 
 
 def test_bad_row_in_a_later_batch_leaves_nothing(flavour_url: str, tmp_path: Path) -> None:
-    good = "".join(f"2024-01-01T00:{m:02d}:{s:02d}Z,1,heart_rate,60\n" for m in range(20)
-                   for s in range(60))  # fmt: skip
+    good = "".join(
+        f"2024-01-01T00:{m:02d}:{s:02d}Z,1,heart_rate,60\n" for m in range(20) for s in range(60)
+    )
     # Small blocks: the 1,200 good rows arrive in several batches before the bad one.
     good_only = write(tmp_path, "good.csv", HEADER + good)
     assert len(list(readers.read_validated(good_only, csv_block_bytes=4096))) > 1

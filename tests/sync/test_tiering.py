@@ -145,8 +145,9 @@ def test_sync_never_overwrites_a_tiered_day(flavour_url: str, lake: Lake) -> Non
     day = (1, FIRST_DAY)
     kept = lake_stats(lake, "raw", [day])
     with psycopg.connect(flavour_url) as conn:  # even if its sync record were lost
-        conn.execute("UPDATE day_state SET synced_seq = 0 WHERE user_id = 1 AND day = %s",
-                     (FIRST_DAY,))  # fmt: skip
+        conn.execute(
+            "UPDATE day_state SET synced_seq = 0 WHERE user_id = 1 AND day = %s", (FIRST_DAY,)
+        )
     result = run_sync(flavour_url, lake)
     assert result.days == 0
     assert lake_stats(lake, "raw", [day]) == kept and kept[day][0] > 0

@@ -7,9 +7,7 @@ fingerprint matches is reused as it is; anything else is rebuilt from scratch.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import queue
 import shutil
 import threading
 import time
@@ -33,6 +31,7 @@ from sync.export import SyncResult, sync_to_lake
 from sync.generate import generate_cohort
 from sync.ingest import ingest_tables
 from sync.localdb import DB_NAME, ensure_local_postgres
+from sync.prefetch import prefetched
 from sync.rollups import refresh_rollups
 from sync.schema import init_schema
 
@@ -151,38 +150,6 @@ def cohort_tables(preset: Preset, cohort: Cohort) -> Iterator[pa.Table]:
     )
 
 
-def _ahead(tables: Iterator[pa.Table], depth: int = 8) -> Iterator[pa.Table]:
-    """Generate on a worker thread while the caller ingests (numpy releases the GIL)."""
-    slot: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def work() -> None:
-        try:
-            for table in tables:
-                if stop.is_set():
-                    return
-                slot.put(("table", table))
-            slot.put(("done", None))
-        except BaseException as exc:  # handed to the consumer, raised there
-            slot.put(("error", exc))
-
-    worker = threading.Thread(target=work, daemon=True, name="generate-ahead")
-    worker.start()
-    try:
-        while True:
-            kind, item = slot.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a worker waiting on a full queue
-            with contextlib.suppress(queue.Empty):
-                slot.get(timeout=0.1)
-
-
 def _counted(
     tables: Iterable[pa.Table], progress: Progress, task: TaskID, rows: list[int]
 ) -> Iterator[pa.Table]:
@@ -293,7 +260,8 @@ def _build(preset: Preset, home: Path, url: str, lake_path: Path, progress: Prog
             if rollups.error or exporter.error:
                 break  # a stage failed: stop feeding it, report its error below
             started = time.perf_counter()
-            tables = _ahead(cohort_tables(preset, chunk))
+            # Generate on a worker thread while this one ingests.
+            tables = prefetched(cohort_tables(preset, chunk), depth=8, name="generate-ahead")
             ingest_tables(url, _counted(tables, progress, ingest_task, rows))
             ingest_s += time.perf_counter() - started
             ingested.set()

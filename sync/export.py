@@ -22,14 +22,12 @@ other batches are done. The next batch is read while the current one is written.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import adbc_driver_postgresql.dbapi as adbc
 import numpy as np
@@ -42,14 +40,13 @@ from engine.tiers import LAKE_TABLES, by_lake_table
 from engine.timestamps import midnight
 from lake import Lake, day_checksums, partition_of
 from lake.layout import PartitionKey, data_schema, derived_column, partition_days, value_columns
+from sync.prefetch import prefetched
 from sync.runs import SYNC_LOCK, advisory_lock
 
 log = logging.getLogger(__name__)
 
 Pair = tuple[int, date]
 Stat = tuple[int, int]
-T = TypeVar("T")
-S = TypeVar("S")
 
 _MICROS_PER_DAY = 86_400_000_000
 _TS = pa.timestamp("us", tz="UTC")
@@ -172,7 +169,8 @@ def sync_to_lake(
             def read(batch: list[Pair]) -> _Snapshot:
                 return _read_snapshot(cur, batch, metrics, cutoff)
 
-            with closing(_prefetched(read, batches)) as snapshots:
+            reads = (read(batch) for batch in batches)
+            with closing(prefetched(reads, name="sync-reader")) as snapshots:
                 for batch, snapshot in zip(batches, snapshots, strict=True):
                     if snapshot.change_seq:
                         _export_batch(conn, lake, snapshot, tally)
@@ -205,44 +203,6 @@ def sync_to_lake(
 
 
 # -- reading one batch ---------------------------------------------------------------------
-
-
-def _prefetched(read: Callable[[T], S], items: Sequence[T]) -> Generator[S, None, None]:
-    """read(item) for each item, one item ahead, on a worker thread (order kept)."""
-    slot: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
-    stop = threading.Event()
-
-    def put(entry: tuple[str, Any]) -> None:
-        while not stop.is_set():
-            try:
-                slot.put(entry, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def work() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                put(("value", read(item)))
-        except BaseException as exc:  # handed to the consumer, re-raised there
-            put(("error", exc))
-        put(("done", None))
-
-    worker = threading.Thread(target=work, name="sync-reader", daemon=True)
-    worker.start()
-    try:
-        while True:
-            kind, value = slot.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stop.set()
-        worker.join()
 
 
 def _windows(kept: Sequence[Pair], metrics: Sequence[str], cutoff: date) -> pa.Table:

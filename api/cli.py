@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rich.markup import escape
+from rich.text import Text
 
 from api import commands, lake_commands
 from api.argtypes import comma_list, iso_date, positive
@@ -145,10 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args, commands.Context(load_settings()))
     except InvalidParameter as exc:
-        err_console.print(f"[red]error:[/red] {exc.parameter}: {escape(exc.message)}")
+        _error("error:", f"{exc.parameter}: {exc.message}")
         return 2
     except StratumError as exc:
-        err_console.print(f"[red]error:[/red] {escape(exc.message)}")  # may hold [brackets]
+        _error("error:", exc.message)
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -156,9 +156,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # never a stack trace for the user unless asked
         if args.debug:
             raise
-        err_console.print(f"[red]unexpected error:[/red] {type(exc).__name__}: {escape(str(exc))}")
+        _error("unexpected error:", f"{type(exc).__name__}: {exc}")
         err_console.print("run again with --debug for the traceback")
         return 1
+
+
+def _error(label: str, message: str) -> None:
+    """One line on stderr, the message exactly as given (it quotes the user's input)."""
+    err_console.print(Text.assemble((label, "red"), " ", message), highlight=False)
 
 
 if __name__ == "__main__":

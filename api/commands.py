@@ -145,7 +145,7 @@ def demo(args: argparse.Namespace, ctx: Context) -> int:
         for example in demo_requests(
             f"http://{shown}:{port}", args.users, default_start(args.days), args.days
         ):
-            console.print(example, soft_wrap=True, highlight=False, markup=False)
+            console.print(example, highlight=False)
         console.print(
             f"OpenAPI: http://{shown}:{port}/schema  catalog: http://{shown}:{port}/catalog",
             highlight=False,
@@ -286,7 +286,6 @@ def query(args: argparse.Namespace, ctx: Context) -> int:
             sources = ", ".join(answer.plan.sources) or "nowhere"
             err_console.print(
                 f"{rows_text}{written} ({answer.plan.resolution}, from {sources}){more}",
-                soft_wrap=True,  # a cursor must stay on one line to be copied
                 highlight=False,
             )
     finally:

@@ -13,8 +13,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from engine.settings import Settings
 from sync import localdb
 
-console = Console()
-err_console = Console(stderr=True)
+# Messages carry user text (paths, values, error reasons): never read it as rich markup, and
+# never wrap it (piped output is 80 columns wide to rich; a wrapped path or cursor breaks).
+console = Console(markup=False, soft_wrap=True)
+err_console = Console(stderr=True, markup=False, soft_wrap=True)
 
 
 @dataclass
@@ -34,7 +36,7 @@ class Context:
 
 
 def _announce(line: str) -> None:
-    err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+    err_console.print(line, highlight=False)
 
 
 def progress(on: Console | None = None) -> Progress:

@@ -11,6 +11,7 @@ from datetime import UTC
 from rich import box
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
 from api.argtypes import non_negative, positive
 from api.console import Context, console, progress
@@ -106,7 +107,7 @@ def print_sync(result: SyncResult) -> None:
     if result.skipped_stale:
         console.print(f"{result.skipped_stale} changed days wait for a rollup refresh")
     if result.failed:
-        console.print(f"[red]{len(result.failed)} (user, day, tier) failed verification[/red]")
+        console.print(f"{len(result.failed)} (user, day, tier) failed verification", style="red")
 
 
 def tier_command(args: argparse.Namespace, ctx: Context) -> int:
@@ -189,7 +190,7 @@ def sync_status(args: argparse.Namespace, ctx: Context) -> int:
         style = {"failed": "red", "interrupted": "yellow", "running": "cyan"}.get(run.status, "")
         runs.add_row(
             run.job,
-            f"[{style}]{run.status}[/{style}]" if style else run.status,
+            Text(run.status, style=style),
             run.started_at.astimezone(UTC).strftime("%m-%d %H:%M"),
             "" if seconds is None else f"{seconds:.1f}s",
             f"{run.days:,}",
@@ -201,7 +202,7 @@ def sync_status(args: argparse.Namespace, ctx: Context) -> int:
             errors.append(f"{run.job} {run.started_at.astimezone(UTC):%m-%d %H:%M}: {run.error}")
     console.print(runs)
     for error in errors:
-        console.print(f"[red]error[/red] {error}", highlight=False)
+        console.print(Text.assemble(("error", "red"), " ", error), highlight=False)
 
     tables = Table(title=f"lake {ctx.settings.lake.path}", box=box.SIMPLE_HEAD)
     for name in ("tier", "version", "files", "rows", "bytes"):

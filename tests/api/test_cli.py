@@ -98,3 +98,19 @@ def test_only_a_missing_third_party_package_reads_as_the_extra(
     error: ImportError, is_missing_extra: bool
 ) -> None:
     assert (commands.missing_bench_extra(error) is not None) is is_missing_extra
+
+
+def test_an_error_quoting_user_text_prints_it_whole_on_one_line(
+    env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Rich would read "[red]" and "[run 1]" as markup and wrap at 80 columns when piped.
+    folder = tmp_path / "[run 1] [red]"
+    folder.mkdir()
+    bad = folder / ("a-long-file-name-" * 6 + ".csv")
+    bad.write_text("ts,user_id,metric,value\n2024-01-01T00:00:00Z,1,pulse,60\n")
+    assert main(["ingest", str(bad)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        f"error: {bad}, row 1: unknown metric 'pulse'; valid metrics: heart_rate, hrv, "
+        "respiratory_rate, skin_temperature, sleep_stage, spo2, steps"
+    ]

@@ -27,14 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="manage the warm store (PostgreSQL/TimescaleDB)")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    # needs_schema=False: the commands that create the schema, or need none.
     db_sub.add_parser("init", help="create or migrate the schema (idempotent)").set_defaults(
-        run=commands.db_init
+        run=commands.db_init, needs_schema=False
     )
     db_sub.add_parser(
         "url", help="print the database URL (starts the private server)"
-    ).set_defaults(run=commands.db_url)
+    ).set_defaults(run=commands.db_url, needs_schema=False)
     db_sub.add_parser("stop", help="stop the private PostgreSQL, if one runs").set_defaults(
-        run=commands.db_stop
+        run=commands.db_stop, needs_schema=False
     )
 
     ingest = sub.add_parser("ingest", help="load CSV, Parquet or NDJSON files into raw_data")
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--out", type=Path, default=None, help="write a .csv/.parquet/.ndjson file instead"
     )
-    generate.set_defaults(run=commands.generate)
+    generate.set_defaults(run=commands.generate, needs_schema=False)
 
     sub.add_parser("status", help="rows per tier and pending work").set_defaults(
         run=commands.status
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--serve", action="store_true", help="then serve the API and print example requests"
     )
     _server_options(demo)
-    demo.set_defaults(run=commands.demo)
+    demo.set_defaults(run=commands.demo, needs_schema=False)
 
     serve = sub.add_parser("serve", help="serve the HTTP API (uvicorn)")
     _server_options(serve)
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--rebuild", action="store_true", help="rebuild the dataset even if its fingerprint matches"
     )
-    bench.set_defaults(run=commands.bench)
+    bench.set_defaults(run=commands.bench, needs_schema=False)
     lake_commands.add_parsers(sub)  # sync, sync status, tier, maintain, scheduler
     return parser
 
@@ -143,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run: Callable[[argparse.Namespace, commands.Context], int] = args.run
     try:
-        return run(args, commands.Context(load_settings()))
+        context = commands.Context(load_settings(), getattr(args, "needs_schema", True))
+        return run(args, context)
     except InvalidParameter as exc:
         _error("error:", f"{exc.parameter}: {exc.message}")
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from datetime import date
+from pathlib import Path
 
 
 def iso_date(text: str) -> date:
@@ -33,3 +34,15 @@ non_negative = integer_at_least(0)
 
 def comma_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def output_file(text: str) -> Path:
+    """A file to write. Its folder must exist: a mistyped path is reported, not created."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; give a file name in it")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"folder {str(path.parent)!r} does not exist; create it first or pick another"
+        )
+    return path

@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.text import Text
 
 from api import commands, lake_commands
-from api.argtypes import comma_list, iso_date, positive
+from api.argtypes import comma_list, iso_date, output_file, positive
 from api.console import err_console
 from engine.errors import InvalidParameter, StratumError
 from engine.settings import load_settings
@@ -66,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--first-user", type=int, default=1, help="first user id")
     generate.add_argument(
-        "--out", type=Path, default=None, help="write a .csv/.parquet/.ndjson file instead"
+        "--out",
+        type=output_file,
+        default=None,
+        help="write a .csv/.parquet/.ndjson file instead (its folder must exist)",
     )
     generate.set_defaults(run=commands.generate, needs_schema=False)
 
@@ -104,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--cursor", default=None, help="the cursor a previous page printed")
     query.add_argument("--format", choices=commands.QUERY_FORMATS, default="table")
     query.add_argument(
-        "--out", type=Path, default=None, help="write csv/parquet/arrow here (else stdout)"
+        "--out",
+        type=output_file,
+        default=None,
+        help="write csv/parquet/arrow here (else stdout); its folder must exist",
     )
     query.set_defaults(run=commands.query)
     bench = sub.add_parser(

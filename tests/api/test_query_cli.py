@@ -147,3 +147,20 @@ def test_demo_requests_are_valid_queries(tmp_path: Path, cohort_url: str) -> Non
             response = client.get(url)
             assert response.status_code == 200, response.text
             assert response.content
+
+
+@pytest.mark.parametrize("command", ["query", "generate"])
+def test_out_into_a_missing_folder_names_the_option_and_folder(
+    command: str, env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-such-folder"
+    argv = {
+        "query": ["query", *SPAN, "--format", "csv"],
+        "generate": ["generate", "--users", "1", "--days", "1"],
+    }[command]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--out", str(missing / "answer.csv")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --out: folder '{missing}' does not exist" in err
+    assert "Traceback" not in err and not missing.exists()

@@ -106,6 +106,15 @@ class _Tally:
     chunks: int = 0
     refused: list[tuple[int, date, str]] = field(default_factory=list)
 
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
+
+    @property
+    def handled(self) -> int:
+        """User-days done with: tiered, or refused and queued for a re-sync."""
+        return self.days + len(self.refused)
+
 
 @dataclass(frozen=True)
 class _Locked:
@@ -138,19 +147,32 @@ def tier_warm_store(
         psycopg.connect(url, autocommit=True) as conn,
     ):
         _record_location(conn, lake.root)
+        # Progress counts user-days against a total known up front, through both phases
+        # (whole chunks, then row by row): chunk drops can take minutes on a large store.
+        total = len(_candidates(conn, cutoff))
+
+        def report(done: int) -> None:
+            if progress:
+                progress(min(done, total), total, tally.total_rows)
+
+        report(0)
         if timescale.enabled(conn):
-            _drop_chunks(conn, lake, cutoff, tally)
-        candidates = [(int(u), d) for u, d in conn.execute(_CANDIDATES, (cutoff,)).fetchall()]
-        if progress:
-            progress(0, len(candidates), 0)
+            _drop_chunks(conn, lake, cutoff, tally, lambda: report(tally.handled))
+        candidates = _candidates(conn, cutoff)  # what the chunk drops left
+        done = max(total - len(candidates), tally.handled)
+        report(done)
         for start in range(0, len(candidates), batch_days):
             batch = candidates[start : start + batch_days]
             _tier_batch(conn, lake, batch, tally)
-            if progress:
-                progress(start + len(batch), len(candidates), sum(tally.rows.values()))
+            done += len(batch)
+            report(done)
     return TieringResult(
         tally.days, tally.rows, tally.chunks, tally.refused, time.perf_counter() - started
     )
+
+
+def _candidates(conn: psycopg.Connection, cutoff: date) -> list[Pair]:
+    return [(int(u), d) for u, d in conn.execute(_CANDIDATES, (cutoff,)).fetchall()]
 
 
 def _record_location(conn: psycopg.Connection, root: Path) -> None:
@@ -285,36 +307,49 @@ def chunk_spans(conn: psycopg.Connection, cutoff: date) -> list[tuple[datetime, 
     return sorted(spans)
 
 
-def _drop_chunks(conn: psycopg.Connection, lake: Lake, cutoff: date, tally: _Tally) -> None:
+def _drop_chunks(
+    conn: psycopg.Connection,
+    lake: Lake,
+    cutoff: date,
+    tally: _Tally,
+    after_each: Callable[[], None],
+) -> None:
     for start, end in chunk_spans(conn, cutoff):
-        first, last = span_days(start, end)
-        try:
-            with conn.transaction():
-                conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'")
-                # Writers first: an ingest holding the chunk finishes (and marks its days)
-                # before we look, and none starts until we commit.
-                timescale.lock_for_drop(conn)
-                rows = conn.execute(_LOCK_SPAN, (first, last)).fetchall()
-                states = [
-                    (tiered, synced and rr is not None and mr is not None)
-                    for _, _, tiered, synced, rr, _, mr, _ in rows
-                ]
-                if not droppable(states):
-                    continue
-                locked = [
-                    _Locked((int(u), d), (rr, rc), (mr, mc))
-                    for u, d, tiered, _, rr, rc, mr, mc in rows
-                    if not tiered
-                ]
-                good = _verified(conn, lake, locked, tally)
-                if len(good) != len(locked):
-                    continue  # the refusals are recorded; the chunk waits for a re-sync
-                for table in timescale.HYPERTABLES:
-                    tally.chunks += timescale.drop_chunks_between(conn, table, start, end)
-                _delete_rows(conn, good)  # parts of these days lying in neighbouring chunks
-                _mark_tiered(conn, good)
-                tally.rows[RAW.warm_table] += sum(day.raw[0] for day in locked)
-                tally.rows[MINUTE.warm_table] += sum(day.agg_1m[0] for day in locked)
-                tally.days += len(good)
-        except psycopg.errors.LockNotAvailable:
-            log.warning("tier: chunk %s..%s busy; its days are tiered row by row", start, end)
+        _drop_chunk_span(conn, lake, start, end, tally)
+        after_each()
+
+
+def _drop_chunk_span(
+    conn: psycopg.Connection, lake: Lake, start: datetime, end: datetime, tally: _Tally
+) -> None:
+    first, last = span_days(start, end)
+    try:
+        with conn.transaction():
+            conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'")
+            # Writers first: an ingest holding the chunk finishes (and marks its days)
+            # before we look, and none starts until we commit.
+            timescale.lock_for_drop(conn)
+            rows = conn.execute(_LOCK_SPAN, (first, last)).fetchall()
+            states = [
+                (tiered, synced and rr is not None and mr is not None)
+                for _, _, tiered, synced, rr, _, mr, _ in rows
+            ]
+            if not droppable(states):
+                return
+            locked = [
+                _Locked((int(u), d), (rr, rc), (mr, mc))
+                for u, d, tiered, _, rr, rc, mr, mc in rows
+                if not tiered
+            ]
+            good = _verified(conn, lake, locked, tally)
+            if len(good) != len(locked):
+                return  # the refusals are recorded; the chunk waits for a re-sync
+            for table in timescale.HYPERTABLES:
+                tally.chunks += timescale.drop_chunks_between(conn, table, start, end)
+            _delete_rows(conn, good)  # parts of these days lying in neighbouring chunks
+            _mark_tiered(conn, good)
+            tally.rows[RAW.warm_table] += sum(day.raw[0] for day in locked)
+            tally.rows[MINUTE.warm_table] += sum(day.agg_1m[0] for day in locked)
+            tally.days += len(good)
+    except psycopg.errors.LockNotAvailable:
+        log.warning("tier: chunk %s..%s busy; its days are tiered row by row", start, end)

@@ -83,6 +83,27 @@ def test_only_verified_unchanged_days_leave_the_warm_store(flavour_url: str, lak
     assert tier(flavour_url, lake).days == 0  # idempotent
 
 
+def test_progress_counts_every_user_day_against_a_total_known_up_front(
+    warm_url: str, lake: Lake
+) -> None:
+    # On TimescaleDB most days leave with whole chunks before any row-by-row batch: the bar
+    # must count those too (it sat at "0/0 0 rows" for the minutes the chunk drops took).
+    ingest_rows(warm_url, [(f"{CHANGED}T10:00:00Z", 1, "heart_rate", 80.0)])  # stays warm
+    calls: list[tuple[int, int, int]] = []
+
+    result = tier_warm_store(
+        warm_url, lake, older_than_days=1, today=TODAY, batch_days=3,
+        progress=lambda done, total, rows: calls.append((done, total, rows)),
+    )  # fmt: skip
+
+    assert result.days == 7
+    assert calls[0] == (0, 7, 0)
+    assert calls[-1] == (7, 7, result.total_rows) and result.total_rows > 0
+    assert all(total == 7 for _, total, _ in calls)
+    assert [done for done, _, _ in calls] == sorted(done for done, _, _ in calls)
+    assert [rows for _, _, rows in calls] == sorted(rows for _, _, rows in calls)
+
+
 def test_a_day_not_synced_in_every_tier_is_not_tiered(
     flavour_url: str, lake: Lake, monkeypatch: pytest.MonkeyPatch
 ) -> None:

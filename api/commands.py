@@ -10,6 +10,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
+from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import Progress
 from rich.table import Table
 
@@ -202,6 +204,7 @@ def bench(args: argparse.Namespace, ctx: Context) -> int:
 # -- the query side: `stratum query`, `stratum serve`, the end of `stratum demo` -----------
 
 QUERY_FORMATS = ("table", "csv", "parquet", "arrow")
+_WIDEST = 100_000  # columns a table may take when laid out at its natural width
 
 
 def query_params(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -223,25 +226,30 @@ def query_params(args: argparse.Namespace) -> dict[str, list[str]]:
     return params
 
 
-def _answer_table(answer: Any, rows: list[dict[str, Any]]) -> Table:
+def _answer_table(answer: Any, page: pa.Table) -> Table:
+    from api import render  # the API's renderers: the table shows what JSON answers show
+
     table = Table(title=f"{answer.plan.resolution} rows from {', '.join(answer.plan.sources)}")
-    for field_ in answer.schema:
+    texts = []
+    for field_, column in zip(page.schema, page.columns, strict=True):
         numeric = pa.types.is_integer(field_.type) or pa.types.is_floating(field_.type)
-        key = field_.name in ("user_id", "metric", "ts")  # keep whole; squeeze the numbers
-        table.add_column(field_.name, justify="right" if numeric else "left", no_wrap=key)
-    for row in rows:
-        table.add_row(*(_cell(v) for v in row.values()))
+        table.add_column(field_.name, justify="right" if numeric else "left", no_wrap=True)
+        texts.append(render.text_column(field_.name, column).to_pylist())
+    for row in zip(*texts, strict=True):
+        table.add_row(*row)
     return table
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    if isinstance(value, float):
-        return f"{value:.6g}"  # for reading; csv/parquet/arrow carry full precision
-    return str(value)
+def print_whole(table: Table) -> None:
+    """Print a table at its natural width, wider than the console if need be: rich would
+    otherwise squeeze columns to the terminal (80 columns when piped) and cut values."""
+    natural = Measurement.get(console, console.options.update_width(_WIDEST), table).maximum
+    if natural <= console.width:
+        console.print(table)
+        return
+    wide = Console(file=console.file, width=natural, markup=False,
+                   force_terminal=console.is_terminal, no_color=console.no_color)  # fmt: skip
+    wide.print(table)
 
 
 def query(args: argparse.Namespace, ctx: Context) -> int:
@@ -264,8 +272,8 @@ def query(args: argparse.Namespace, ctx: Context) -> int:
     try:
         answer = engine.run(data_query)
         if args.format == "table":
-            rows = pa.Table.from_batches(list(answer.batches), schema=answer.schema).to_pylist()
-            console.print(_answer_table(answer, rows))
+            page = pa.Table.from_batches(list(answer.batches), schema=answer.schema)
+            print_whole(_answer_table(answer, page))
             console.file.flush()
         else:
             chunks = render.stream(args.format, answer.batches, answer.schema)

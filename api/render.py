@@ -93,6 +93,17 @@ def _json_string(values: pa.Array) -> pa.Array:
     return pc.fill_null(pc.take(literals, encoded.indices), "null")
 
 
+def text_column(name: str, column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A column's values as text, as JSON answers write them (for the CLI's table)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if name == "ts":
+        return iso_utc(column)
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        return _json_number(column)
+    return column.cast(pa.string())
+
+
 def _columns(batch: pa.RecordBatch) -> dict[str, pa.Array]:
     return {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
 

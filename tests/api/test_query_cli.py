@@ -164,3 +164,20 @@ def test_out_into_a_missing_folder_names_the_option_and_folder(
     err = capsys.readouterr().err
     assert f"argument --out: folder '{missing}' does not exist" in err
     assert "Traceback" not in err and not missing.exists()
+
+
+def test_query_table_shows_every_value_whole(
+    env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Hourly rollups carry long sums and averages: piped output is 80 columns to rich.
+    argv = ["query", *SPAN, "--resolution", "1h", "--page-size", "20"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out
+    lines = [line for line in out.splitlines() if "│" in line]
+    expected = http_rows(env, tmp_path, resolution="1h", page_size="20")
+    assert len(lines) == len(expected)
+    for line, row in zip(lines, expected, strict=True):
+        cells = [cell.strip() for cell in line.strip("│ ").split("│")]
+        values = [repr(v) if isinstance(v, float) else str(v) for v in row.values()]
+        assert cells == values

@@ -18,6 +18,8 @@ _US = 1_000_000
 _DAY_S = 86_400
 # datetime64[D] text is YYYY-MM-DD only for years 1..9999.
 _FIRST_DAY, _LAST_DAY = -719_162, 2_932_896
+_WHOLE = len("2024-01-01T00:00:00Z")
+_FRACTION = len(".ffffff")
 
 
 def midnight(day: date) -> datetime:
@@ -50,23 +52,24 @@ def _dates(days: np.ndarray) -> np.ndarray:
 
 
 def iso_utc(ts: pa.Array | pa.ChunkedArray, prefix: str = "", suffix: str = "") -> pa.Array:
-    """prefix + ISO 8601 UTC text + suffix per value: '2024-01-01T00:00:00Z', with
-    '.ffffff' when any value has a fraction of a second."""
+    """prefix + ISO 8601 UTC text + suffix per value: '2024-01-01T00:00:00Z', with '.ffffff'
+    on the values that have a fraction of a second (not on their whole batch)."""
     if isinstance(ts, pa.ChunkedArray):
         ts = ts.combine_chunks()
     ts = ts.cast(pa.timestamp("us", tz="UTC"))
     if len(ts) == 0:
         return pa.array([], pa.string())
     if ts.null_count:
-        return _strftime(ts, prefix, suffix)
+        return _value_by_value(ts, prefix, suffix)
     us = ts.cast(pa.int64()).to_numpy()
     seconds, fraction = np.divmod(us, _US)
     days, second_of_day = np.divmod(seconds, _DAY_S)
     if days.min() < _FIRST_DAY or days.max() > _LAST_DAY:
-        return _strftime(ts, prefix, suffix)
+        return _value_by_value(ts, prefix, suffix)
     head, tail = prefix.encode(), suffix.encode()
-    with_fraction = bool(fraction.any())
-    body = 27 if with_fraction else 20
+    has_fraction = fraction != 0
+    any_fraction = bool(has_fraction.any())
+    body = _WHOLE + _FRACTION if any_fraction else _WHOLE
     width = len(head) + body + len(tail)
     text = np.empty((len(us), width), dtype=np.uint8)
     at = len(head)
@@ -74,28 +77,42 @@ def iso_utc(ts: pa.Array | pa.ChunkedArray, prefix: str = "", suffix: str = "") 
     text[:, at : at + 10] = _dates(days)
     text[:, at + 10] = ord("T")
     text[:, at + 11 : at + 19] = _clock()[second_of_day]
-    if with_fraction:
+    if any_fraction:
         text[:, at + 19] = ord(".")
         for digit in range(6):
             text[:, at + 20 + digit] = fraction // 10 ** (5 - digit) % 10 + ord("0")
     text[:, at + body - 1] = ord("Z")
     text[:, at + body :] = np.frombuffer(tail, dtype=np.uint8)
-    return _fixed_width_strings(text)
+    if not any_fraction or has_fraction.all():
+        return _strings(text, np.arange(len(us) + 1, dtype=np.int64) * width)
+    # Mixed: drop '.000000' from the values without a fraction.
+    keep = np.ones(text.shape, dtype=bool)
+    keep[~has_fraction, at + 19 : at + 19 + _FRACTION] = False
+    offsets = np.zeros(len(us) + 1, dtype=np.int64)
+    np.cumsum(np.where(has_fraction, width, width - _FRACTION), out=offsets[1:])
+    return _strings(text[keep], offsets)
 
 
-def _strftime(ts: pa.Array, prefix: str, suffix: str) -> pa.Array:
-    """The rare exact path: nulls, years beyond four digits (%S carries the microseconds)."""
-    text = pc.strftime(ts, format="%Y-%m-%dT%H:%M:%SZ")
-    return pc.binary_join_element_wise(prefix, text, suffix, "") if prefix or suffix else text
+def _value_by_value(ts: pa.Array, prefix: str, suffix: str) -> pa.Array:
+    """The rare path, the same text one value at a time: nulls (they stay null) and years
+    beyond four digits, which the day table cannot hold."""
+    us = pc.fill_null(ts.cast(pa.int64()), 0).to_numpy()
+    whole = np.datetime_as_string(us.astype("datetime64[us]"), unit="s")
+    fraction = us % _US
+    texts = [
+        f"{prefix}{w}{f'.{f:06d}' if f else ''}Z{suffix}"
+        for w, f in zip(whole, fraction, strict=True)
+    ]
+    return pc.if_else(pc.is_valid(ts), pa.array(texts, pa.string()), pa.scalar(None, pa.string()))
 
 
-def _fixed_width_strings(text: np.ndarray) -> pa.Array:
-    rows, width = text.shape
-    large = rows * width >= 2**31
-    offsets = np.arange(0, (rows + 1) * width, width, dtype=np.int64 if large else np.int32)
+def _strings(data: np.ndarray, offsets: np.ndarray) -> pa.Array:
+    """A string array over `data` (the characters, concatenated) cut at `offsets`."""
+    large = data.size >= 2**31
     kind = pa.large_string() if large else pa.string()
-    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(text))]
-    return pa.Array.from_buffers(kind, rows, buffers)
+    offsets = offsets if large else offsets.astype(np.int32)
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data))]
+    return pa.Array.from_buffers(kind, len(offsets) - 1, buffers)
 
 
 def string_bytes(strings: pa.Array) -> memoryview:

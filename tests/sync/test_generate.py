@@ -277,7 +277,7 @@ def test_ndjson_writes_non_finite_values_as_null(tmp_path: Path) -> None:
     write_cohort(tmp_path / "odd.jsonl", [table])
     rows = [json.loads(line) for line in (tmp_path / "odd.jsonl").read_text().splitlines()]
     assert rows == [
-        {"ts": "1970-01-01T00:00:00.000000Z", "user_id": 1, "metric": 'odd "name"', "value": None},
+        {"ts": "1970-01-01T00:00:00Z", "user_id": 1, "metric": 'odd "name"', "value": None},
         {"ts": "1970-01-01T00:00:01.500000Z", "user_id": 2, "metric": "x", "value": 1.5},
     ]
 

@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
@@ -77,6 +78,11 @@ def from_us(ts_us: int) -> datetime:
     return EPOCH + timedelta(microseconds=ts_us)
 
 
+# A time then a space and an offset's digits: the '+' of '+01:00' sent unescaped in a URL,
+# which arrives as a space.
+_LOST_PLUS = re.compile(r"\d\d:\d\d(:\d\d(\.\d+)?)? \d\d(:?\d\d)?$")
+
+
 def parse_time(parameter: str, text: str) -> datetime:
     """ISO 8601 date or date-time; without a zone it is taken as UTC."""
     text = text.strip()
@@ -85,10 +91,16 @@ def parse_time(parameter: str, text: str) -> datetime:
             return midnight(date.fromisoformat(text))
         parsed = datetime.fromisoformat(text.replace("z", "Z"))
     except ValueError:
+        hint = ""
+        if _LOST_PLUS.search(text):
+            hint = (
+                "; a '+' in a URL arrives as a space: write the offset's '+' as %2B "
+                "(e.g. 2024-01-01T06:00:00%2B01:00)"
+            )
         raise InvalidParameter(
             parameter,
             f"{parameter}={text!r} is not an ISO 8601 date or date-time "
-            "(e.g. 2024-01-01 or 2024-01-01T06:00:00Z)",
+            f"(e.g. 2024-01-01 or 2024-01-01T06:00:00Z){hint}",
         ) from None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 

@@ -87,6 +87,9 @@ BAD_REQUESTS: list[tuple[str, dict[str, str], str, list[str]]] = [
     ("bad resolution", {**OK, "resolution": "5m"}, "resolution", ["5m", "raw", "1h"]),
     ("bad start date", {**OK, "start": "2024-13-01"}, "start", ["ISO 8601"]),
     ("bad end date", {**OK, "end": "yesterday"}, "end", ["ISO 8601"]),
+    # What the server receives for an unescaped '+01:00' offset.
+    ("offset '+' sent unescaped", {**OK, "start": "2024-01-01T00:00:00 01:00"}, "start",
+     ["'2024-01-01T00:00:00 01:00'", "write the offset's '+' as %2B"]),
     ("bad user id", {**OK, "user_id": "alice"}, "user_id", ["integer"]),
     ("bad max_points", {**OK, "max_points": "0"}, "max_points", ["out of range"]),
     ("missing user_id", without("user_id"), "user_id", ["required"]),
@@ -125,6 +128,14 @@ def test_error_shape_400(
         )
         for word in words:
             assert word in error["message"], (word, error["message"])
+
+
+def test_an_unescaped_plus_in_an_offset_gets_the_hint(client: TestClient) -> None:
+    url = "/data?user_id=1&metric=heart_rate&start=2024-01-01T00:00:00+01:00&end=2024-01-02"
+    error = assert_error_shape(client.get(url), 400, "invalid_parameter", "start")
+    assert "%2B" in error["message"]
+    escaped = url.replace("+", "%2B")
+    assert client.get(escaped).status_code == 200
 
 
 def test_error_shape_404_and_405(client: TestClient) -> None:

@@ -71,18 +71,33 @@ def read_validated(path: Path, csv_block_bytes: int = CSV_BLOCK_BYTES) -> Iterat
         first_row += table.num_rows
 
 
-def _require_columns(names: list[str], file: str) -> None:
+def _require_columns(names: list[str], file: str, hint: str = "") -> None:
     missing = [c for c in COLUMNS if c not in names]
     if missing:
         raise IngestRejected(
-            file, None, f"missing column(s) {', '.join(missing)}; required: {', '.join(COLUMNS)}"
+            file,
+            None,
+            f"missing column(s) {', '.join(missing)}; required: {', '.join(COLUMNS)}{hint}",
         )
 
 
+def _delimiter_hint(header_line: str) -> str:
+    """Why a header lacks every column when it is split at another delimiter."""
+    for delimiter in (";", "\t", "|"):
+        if set(COLUMNS) <= {name.strip() for name in header_line.split(delimiter)}:
+            return (
+                f"; the file seems to use {delimiter!r} as delimiter; stratum reads "
+                "comma-separated CSV"
+            )
+    return ""
+
+
 def _csv_batches(path: Path, block_bytes: int) -> Iterator[pa.RecordBatch]:
-    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
-        header = next(csv.reader(handle), [])
-    _require_columns([h.strip() for h in header], str(path))
+    # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first name.
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+        header_line = handle.readline()
+    header = next(csv.reader([header_line]), [])
+    _require_columns([h.strip() for h in header], str(path), _delimiter_hint(header_line))
     # Everything as text: we convert and report errors ourselves, with the row number.
     reader = pa_csv.open_csv(
         path,

@@ -144,6 +144,28 @@ def test_missing_column_is_named(flavour_url: str, tmp_path: Path) -> None:
         ingest_files(flavour_url, [path])
 
 
+@pytest.mark.parametrize(("delimiter", "shown"), [(";", "';'"), ("\t", "'\\t'"), ("|", "'|'")])
+def test_another_delimiter_is_named(
+    warm_url: str, tmp_path: Path, delimiter: str, shown: str
+) -> None:
+    # A spreadsheet export in a semicolon locale: every column looked missing, with no hint.
+    line = delimiter.join(["ts", "user_id", "metric", "value"])
+    path = write(tmp_path, "export.csv", f"{line}\n2024-01-01T00:00:00Z{delimiter}1{delimiter}"
+                 f"steps{delimiter}60\n")  # fmt: skip
+    with pytest.raises(IngestRejected) as caught:
+        ingest_files(warm_url, [path])
+    assert caught.value.message == (
+        f"{path}: missing column(s) ts, user_id, metric, value; required: ts, user_id, metric, "
+        f"value; the file seems to use {shown} as delimiter; stratum reads comma-separated CSV"
+    )
+
+
+def test_a_byte_order_mark_is_not_part_of_the_header(warm_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + (HEADER + "2024-01-01T00:00:00Z,1,steps,60\n").encode())
+    assert ingest_files(warm_url, [path]).rows == 1
+
+
 def test_zoneless_parquet_timestamps_are_refused(flavour_url: str, tmp_path: Path) -> None:
     table = pa.table(
         {

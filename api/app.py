@@ -31,7 +31,7 @@ from api import render
 from api.errors import EXCEPTION_HANDLERS, retry_after
 from api.telemetry import Telemetry
 from engine.errors import InvalidParameter, WarmStoreUnavailable
-from engine.query import RESOLUTION_CHOICES, DataQuery, build_query
+from engine.query import RESOLUTION_CHOICES, DataQuery, build_query, reject_unknown
 from engine.registry import METRICS, metric_names
 from engine.run import Answer, Engine
 from engine.settings import Settings
@@ -114,6 +114,22 @@ EndParam = Annotated[
         examples=_examples("2024-01-02", "2024-01-01T07:00:00Z"),
     ),
 ]
+StartDateParam = Annotated[
+    str | None,
+    QueryParameter(
+        description="Instead of start: the first day (YYYY-MM-DD, UTC), from its midnight. "
+        "The original /data contract's name; a date only.",
+        examples=_examples("2024-01-01"),
+    ),
+]
+EndDateParam = Annotated[
+    str | None,
+    QueryParameter(
+        description="Instead of end: the last day (YYYY-MM-DD, UTC), inclusive: through the "
+        "end of that day. The original /data contract's name; a date only.",
+        examples=_examples("2024-01-31"),
+    ),
+]
 ResolutionParam = Annotated[
     str | None,
     QueryParameter(
@@ -160,6 +176,8 @@ def _query_params(
     metric: MetricParam = None,
     start: StartParam = None,
     end: EndParam = None,
+    start_date: StartDateParam = None,
+    end_date: EndDateParam = None,
     resolution: ResolutionParam = None,
     max_points: MaxPointsParam = None,
     page_size: PageSizeParam = None,
@@ -172,6 +190,7 @@ def _query_params(
 
 
 QUERY_DEPENDENCIES = {"params": Provide(_query_params, sync_to_thread=False)}
+_API_ONLY = ("format",)  # read here, not by the engine
 
 
 def _last(values: list[str] | None) -> str | None:
@@ -278,7 +297,7 @@ def data(
 ) -> Response[Any]:
     service = _service(state)
     format_name = render.choose_format(_last(params.get("format")), request.headers.get("accept"))
-    query = build_query(params, service.settings.query)
+    query = build_query(params, service.settings.query, also_allowed=_API_ONLY)
     if query.page_size == 0 and format_name not in render.STREAMING_FORMATS:
         raise InvalidParameter(
             "page_size",
@@ -311,7 +330,7 @@ def data(
 )
 def plan(state: State, params: NamedDependency[dict[str, list[str]]]) -> dict[str, Any]:
     service = _service(state)
-    query = build_query(params, service.settings.query)
+    query = build_query(params, service.settings.query, also_allowed=_API_ONLY)
     return service.engine.plan(query).describe()
 
 
@@ -321,7 +340,8 @@ def plan(state: State, params: NamedDependency[dict[str, list[str]]]) -> dict[st
     summary="What can be asked",
     description="Metrics with units, participants, coverage per store, lake versions, last sync.",
 )
-def catalog(state: State) -> dict[str, Any]:
+def catalog(request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
+    reject_unknown(request.query_params, ())
     summary = _service(state).engine.overview()
     coverage, runs = summary.coverage, summary.last_runs
     return {
@@ -366,21 +386,25 @@ def _health(service: Service, ready: bool) -> Response[dict[str, Any]]:
     description="200 while the process is alive; with ready=1, 503 when the warm store is down.",
 )
 def health(
+    request: Request[Any, Any, Any],
     state: State,
     ready: Annotated[
         str | None, QueryParameter(description="1: answer 503 unless ready to serve.")
     ] = None,
 ) -> Response[dict[str, Any]]:
+    reject_unknown(request.query_params, ("ready",))
     return _health(_service(state), ready not in (None, "", "0", "false"))
 
 
 @get("/ready", sync_to_thread=True, summary="Readiness: 503 when the warm store is down")
-def ready(state: State) -> Response[dict[str, Any]]:
+def ready(request: Request[Any, Any, Any], state: State) -> Response[dict[str, Any]]:
+    reject_unknown(request.query_params, ())
     return _health(_service(state), True)
 
 
 @get("/metrics", sync_to_thread=False, summary="Prometheus metrics", media_type="text/plain")
-def prometheus(state: State) -> Response[str]:
+def prometheus(request: Request[Any, Any, Any], state: State) -> Response[str]:
+    reject_unknown(request.query_params, ())
     service = _service(state)
     text = service.telemetry.render(service.engine.budget.stats())
     return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")

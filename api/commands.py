@@ -216,6 +216,8 @@ def query_params(args: argparse.Namespace) -> dict[str, list[str]]:
     single = {
         "start": args.start,
         "end": args.end,
+        "start_date": args.start_date,
+        "end_date": args.end_date,
         "resolution": args.resolution,
         "max_points": args.max_points,
         "page_size": args.page_size,
@@ -247,8 +249,13 @@ def print_whole(table: Table) -> None:
     if natural <= console.width:
         console.print(table)
         return
-    wide = Console(file=console.file, width=natural, markup=False,
-                   force_terminal=console.is_terminal, no_color=console.no_color)  # fmt: skip
+    wide = Console(
+        file=console.file,
+        width=natural,
+        markup=False,
+        force_terminal=console.is_terminal,
+        no_color=console.no_color,
+    )
     wide.print(table)
 
 

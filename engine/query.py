@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
@@ -166,8 +167,89 @@ def decode_cursor(text: str, query: DataQuery) -> Key:
     return key
 
 
-def build_query(params: Mapping[str, Sequence[str]], settings: QuerySettings) -> DataQuery:
-    """Validate request parameters (each a list of strings, as in a query string)."""
+# Every parameter build_query reads; `start_date`/`end_date` are the original /data
+# contract's names for the span (dates; end_date inclusive).
+QUERY_PARAMETERS = (
+    "user_id",
+    "metric",
+    "start",
+    "end",
+    "start_date",
+    "end_date",
+    "resolution",
+    "max_points",
+    "page_size",
+    "page_number",
+    "cursor",
+)
+
+
+def reject_unknown(given: Iterable[str], known: Sequence[str]) -> None:
+    """InvalidParameter naming the first parameter not in `known`: a mistyped name (page=2)
+    must not be ignored, silently answering something else."""
+    unknown = sorted(set(given) - set(known))
+    if not unknown:
+        return
+    name = unknown[0]
+    # page -> page_size, page_number; user -> user_id; fmt -> format
+    close = [k for k in known if k.startswith(name) or name.startswith(k)]
+    close += [k for k in difflib.get_close_matches(name, known) if k not in close]
+    guess = f" (did you mean {' or '.join(close[:3])}?)" if close else ""
+    valid = f"valid: {', '.join(known)}" if known else "this endpoint takes no parameters"
+    raise InvalidParameter(name, f"unknown parameter {name!r}{guess}; {valid}")
+
+
+def parse_day(parameter: str, text: str) -> date:
+    """A date alone (YYYY-MM-DD): what start_date and end_date take."""
+    text = text.strip()
+    try:
+        if len(text) == 10:
+            return date.fromisoformat(text)
+    except ValueError:
+        pass
+    try:
+        datetime.fromisoformat(text.replace("z", "Z"))
+        kind = "a date-time"
+    except ValueError:
+        kind = "not a date"
+    bound = parameter.removesuffix("_date")
+    meaning = "runs through the end of that day" if bound == "end" else "starts at its midnight"
+    raise InvalidParameter(
+        parameter,
+        f"{parameter}={text!r} is {kind}; {parameter} takes a date (YYYY-MM-DD): the span "
+        f"{meaning} (UTC); for a time of day use {bound}",
+    )
+
+
+def _bound(one: Callable[[str], str | None], name: str) -> tuple[str, str, datetime]:
+    """(parameter given, its text, instant) of the span's start or end: `name` (a date or
+    date-time; end exclusive) or `name`_date (a date; end_date through the end of its day)."""
+    alias = f"{name}_date"
+    text, day_text = one(name), one(alias)
+    if text is not None and day_text is not None:
+        raise InvalidParameter(
+            alias, f"{name} and {alias} both give the span's {name}; pass only one of them"
+        )
+    if day_text is not None:
+        day = parse_day(alias, day_text)
+        return alias, day_text, midnight(day + timedelta(days=1) if name == "end" else day)
+    if text is None:
+        example = "2024-01-01" if name == "start" else "2024-02-01, exclusive"
+        raise InvalidParameter(
+            name, f"{name} is required (ISO 8601, e.g. {example}; or {alias}, a date)"
+        )
+    return name, text, parse_time(name, text)
+
+
+def build_query(
+    params: Mapping[str, Sequence[str]],
+    settings: QuerySettings,
+    *,
+    also_allowed: Sequence[str] = (),
+) -> DataQuery:
+    """Validate request parameters (each a list of strings, as in a query string).
+    `also_allowed`: parameters the caller reads itself (the API's `format`)."""
+    reject_unknown(params, (*QUERY_PARAMETERS, *also_allowed))
 
     def one(name: str) -> str | None:
         values = params.get(name) or []
@@ -175,15 +257,13 @@ def build_query(params: Mapping[str, Sequence[str]], settings: QuerySettings) ->
 
     users = parse_users(params.get("user_id") or [], settings.max_users)
     metrics = parse_metrics(params.get("metric") or [])
-    start_text, end_text = one("start"), one("end")
-    if start_text is None:
-        raise InvalidParameter("start", "start is required (ISO 8601, e.g. 2024-01-01)")
-    if end_text is None:
-        raise InvalidParameter("end", "end is required (ISO 8601, exclusive, e.g. 2024-02-01)")
-    start, end = parse_time("start", start_text), parse_time("end", end_text)
+    start_name, start_text, start = _bound(one, "start")
+    end_name, end_text, end = _bound(one, "end")
     if start >= end:
+        relation = "on or after" if end_name == "end_date" else "after"
         raise InvalidParameter(
-            "end", f"end ({end.isoformat()}) must be after start ({start.isoformat()})"
+            end_name,
+            f"{end_name} ({end_text}) must be {relation} {start_name} ({start_text})",
         )
     requested = (one("resolution") or "auto").lower()
     if requested not in RESOLUTION_CHOICES:

@@ -61,9 +61,11 @@ def test_a_database_without_the_schema_gets_a_clear_error(
 
 
 def test_ingest_into_a_database_without_the_schema(
-    empty_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    empty_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     monkeypatch.setenv("STRATUM_DATABASE_URL", empty_url)
     monkeypatch.setenv("STRATUM_HOME", str(tmp_path / "home"))
     data = tmp_path / "data.csv"
@@ -75,9 +77,11 @@ def test_ingest_into_a_database_without_the_schema(
 
 
 def test_a_database_missing_a_migration_names_it(
-    warm_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    warm_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     with psycopg.connect(warm_url, autocommit=True) as conn:
         conn.execute("DELETE FROM schema_migrations WHERE version = 3")
     monkeypatch.setenv("STRATUM_DATABASE_URL", warm_url)

@@ -270,3 +270,29 @@ def test_a_failure_mid_stream_aborts_the_response(
             "/data", params={**BASE, "resolution": "1h", "page_size": "0", "format": "ndjson"}
         )
     assert "connection lost" in repr(raised.value.__cause__)
+
+
+def test_start_date_and_end_date_take_days_with_end_date_inclusive(client: TestClient) -> None:
+    # A dashboard written for the original /data sends the last day it wants as end_date.
+    dated = {
+        "user_id": "1,2,3",
+        "metric": "heart_rate,steps",
+        "start_date": "2024-01-01",
+        "end_date": "2024-01-02",
+        "page_size": "50000",
+        "resolution": "raw",
+    }
+    response = client.get("/data", params=dated)
+    assert response.status_code == 200, response.text
+    rows = response.json()["data"]
+    whole = get(client, page_size="50000", resolution="raw").json()["data"]  # end=2024-01-03
+    assert rows == whole
+    last_of_jan_2 = max(row["ts"] for row in rows)
+    assert last_of_jan_2.startswith("2024-01-02T23:59")  # every minute of Jan 2 is in
+    plan = client.get("/plan", params=dated).json()
+    assert plan["query"]["end"] == "2024-01-03T00:00:00+00:00"
+    # The cursor of a dated page walks the same answer as one given start/end.
+    page = client.get("/data", params={**dated, "page_size": "10"})
+    assert page.json()["meta"]["next"] and "end_date=2024-01-02" in page.headers["link"]
+    second = client.get(page.headers["link"].split(">")[0].lstrip("<"))
+    assert second.json()["data"] == rows[10:20]

@@ -6,6 +6,7 @@ import re
 
 from litestar.testing import TestClient
 
+from engine.query import QUERY_PARAMETERS
 from engine.registry import METRICS
 from tests.api.conftest import DAYS, USERS
 
@@ -87,12 +88,13 @@ def test_openapi_schema_documents_data_parameters_with_examples(client: TestClie
         assert response.status_code == 200
     spec = client.get("/schema/openapi.json").json()
     assert {"/data", "/plan", "/catalog", "/health", "/ready", "/metrics"} <= set(spec["paths"])
-    parameters = {p["name"]: p for p in spec["paths"]["/data"]["get"]["parameters"]}
     expected = {
         "user_id",
         "metric",
         "start",
         "end",
+        "start_date",
+        "end_date",
         "resolution",
         "max_points",
         "page_size",
@@ -100,7 +102,12 @@ def test_openapi_schema_documents_data_parameters_with_examples(client: TestClie
         "cursor",
         "format",
     }
-    assert expected == set(parameters)
-    for name in expected - {"cursor"}:
-        assert parameters[name].get("examples"), name
-        assert parameters[name].get("description"), name
+    # What is documented is exactly what the engine (and the API's format) accepts.
+    assert expected == {*QUERY_PARAMETERS, "format"}
+    for path in ("/data", "/plan"):
+        parameters = {p["name"]: p for p in spec["paths"][path]["get"]["parameters"]}
+        assert expected == set(parameters)
+        for name in expected - {"cursor"}:
+            assert parameters[name].get("examples"), name
+            assert parameters[name].get("description"), name
+    assert "inclusive" in parameters["end_date"]["description"]

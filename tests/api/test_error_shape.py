@@ -88,14 +88,54 @@ BAD_REQUESTS: list[tuple[str, dict[str, str], str, list[str]]] = [
     ("bad start date", {**OK, "start": "2024-13-01"}, "start", ["ISO 8601"]),
     ("bad end date", {**OK, "end": "yesterday"}, "end", ["ISO 8601"]),
     # What the server receives for an unescaped '+01:00' offset.
-    ("offset '+' sent unescaped", {**OK, "start": "2024-01-01T00:00:00 01:00"}, "start",
-     ["'2024-01-01T00:00:00 01:00'", "write the offset's '+' as %2B"]),
+    (
+        "offset '+' sent unescaped",
+        {**OK, "start": "2024-01-01T00:00:00 01:00"},
+        "start",
+        ["'2024-01-01T00:00:00 01:00'", "write the offset's '+' as %2B"],
+    ),
     ("bad user id", {**OK, "user_id": "alice"}, "user_id", ["integer"]),
     ("bad max_points", {**OK, "max_points": "0"}, "max_points", ["out of range"]),
     ("missing user_id", without("user_id"), "user_id", ["required"]),
     ("missing metric", without("metric"), "metric", ["required", "heart_rate"]),
     ("missing start", without("start"), "start", ["required"]),
     ("missing end", without("end"), "end", ["required"]),
+    (
+        "unknown parameter",
+        {**OK, "page": "2"},
+        "page",
+        ["'page'", "did you mean page_size or page_number?", "user_id", "start_date", "format"],
+    ),
+    (
+        "start and start_date",
+        {**OK, "start_date": "2024-01-01"},
+        "start_date",
+        ["start and start_date"],
+    ),
+    ("end and end_date", {**OK, "end_date": "2024-01-01"}, "end_date", ["end and end_date"]),
+    (
+        "end_date with a time",
+        {**without("end"), "end_date": "2024-01-02T00:00:00Z"},
+        "end_date",
+        ["is a date-time", "takes a date (YYYY-MM-DD)", "use end"],
+    ),
+    (
+        "start_date not a date",
+        {**without("start"), "start_date": "soon"},
+        "start_date",
+        ["not a date", "takes a date"],
+    ),
+    (
+        "end_date before start_date",
+        {
+            "user_id": "1",
+            "metric": "heart_rate",
+            "start_date": "2024-01-03",
+            "end_date": "2024-01-02",
+        },
+        "end_date",
+        ["on or after start_date"],
+    ),
 ]
 
 
@@ -136,6 +176,23 @@ def test_an_unescaped_plus_in_an_offset_gets_the_hint(client: TestClient) -> Non
     assert "%2B" in error["message"]
     escaped = url.replace("+", "%2B")
     assert client.get(escaped).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "valid"),
+    [
+        ("/health", {"ready": "1", "verbose": "1"}, "valid: ready"),
+        ("/catalog", {"user_id": "1"}, "takes no parameters"),
+        ("/ready", {"x": "1"}, "takes no parameters"),
+        ("/metrics", {"x": "1"}, "takes no parameters"),
+    ],
+)
+def test_unknown_parameters_of_the_other_endpoints(
+    client: TestClient, path: str, params: dict[str, str], valid: str
+) -> None:
+    unknown = [name for name in params if name != "ready"][0]
+    error = assert_error_shape(client.get(path, params=params), 400, "invalid_parameter", unknown)
+    assert f"unknown parameter {unknown!r}" in error["message"] and valid in error["message"]
 
 
 def test_error_shape_404_and_405(client: TestClient) -> None:

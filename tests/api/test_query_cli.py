@@ -181,3 +181,27 @@ def test_query_table_shows_every_value_whole(
         cells = [cell.strip() for cell in line.strip("│ ").split("│")]
         values = [repr(v) if isinstance(v, float) else str(v) for v in row.values()]
         assert cells == values
+
+
+def test_query_takes_start_date_and_end_date(env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    users = ["--user", "1,2,3", "--metric", "steps", "--format", "csv", "--resolution", "1h"]
+    assert main(["query", *users, "--start", "2024-01-01", "--end", "2024-01-03"]) == 0
+    by_instants = capsys.readouterr().out
+    assert main(["query", *users, "--start-date", "2024-01-01", "--end-date", "2024-01-02"]) == 0
+    assert capsys.readouterr().out == by_instants
+    assert (
+        main(
+            [
+                "query",
+                *users,
+                "--start",
+                "2024-01-01",
+                "--start-date",
+                "2024-01-01",
+                "--end",
+                "2024-01-03",
+            ]
+        )
+        == 2
+    )
+    assert "error: start_date: start and start_date both" in capsys.readouterr().err

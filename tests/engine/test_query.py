@@ -69,3 +69,45 @@ def test_cursor_round_trip_and_binding() -> None:
         build(metric=["steps"], cursor=[cursor])
     with pytest.raises(InvalidParameter, match="not both"):
         build(cursor=[cursor], page_number=["2"])
+
+
+def test_start_date_and_end_date_are_days_with_end_date_inclusive() -> None:
+    dates = {"start": [], "end": [], "start_date": ["2024-01-01"], "end_date": ["2024-01-02"]}
+    q = build(**dates)
+    assert q.start == datetime(2024, 1, 1, tzinfo=UTC)
+    assert q.end == datetime(2024, 1, 3, tzinfo=UTC)  # through the end of Jan 2
+    assert q.fingerprint() == build(end=["2024-01-03"]).fingerprint()  # the same answer
+    one_day = build(start=[], end=[], start_date=["2024-01-05"], end_date=["2024-01-05"])
+    assert (one_day.start, one_day.end) == (
+        datetime(2024, 1, 5, tzinfo=UTC),
+        datetime(2024, 1, 6, tzinfo=UTC),
+    )
+    mixed = build(end=[], end_date=["2024-01-01"])  # start 2024-01-01 + end_date: one day
+    assert mixed.end == datetime(2024, 1, 2, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("changes", "parameter", "fragment"),
+    [
+        ({"start_date": ["2024-01-01"]}, "start_date", "start and start_date both"),
+        ({"end_date": ["2024-01-01"]}, "end_date", "end and end_date both"),
+        ({"end": [], "end_date": ["2024-01-02T12:00:00Z"]}, "end_date", "use end"),
+        ({"start": [], "start_date": ["2024-01-01 06:00"]}, "start_date", "is a date-time"),
+        ({"start": [], "start_date": ["Jan 1"]}, "start_date", "is not a date"),
+        ({"start": [], "end": []}, "start", "or start_date"),
+        ({"page": ["2"]}, "page", "page_number?"),
+        ({"format": ["csv"]}, "format", "valid: user_id, metric, start, end, start_date"),
+    ],
+)
+def test_span_aliases_and_unknown_parameters_are_refused_by_name(
+    changes: dict, parameter: str, fragment: str
+) -> None:
+    with pytest.raises(InvalidParameter) as caught:
+        build(**changes)
+    assert caught.value.parameter == parameter
+    assert fragment in caught.value.message
+
+
+def test_a_caller_may_allow_parameters_it_reads_itself() -> None:
+    params = {**GOOD, "format": ["csv"]}
+    assert build_query(params, SETTINGS, also_allowed=("format",)).users == (1, 2)

@@ -150,8 +150,11 @@ def test_another_delimiter_is_named(
 ) -> None:
     # A spreadsheet export in a semicolon locale: every column looked missing, with no hint.
     line = delimiter.join(["ts", "user_id", "metric", "value"])
-    path = write(tmp_path, "export.csv", f"{line}\n2024-01-01T00:00:00Z{delimiter}1{delimiter}"
-                 f"steps{delimiter}60\n")  # fmt: skip
+    path = write(
+        tmp_path,
+        "export.csv",
+        f"{line}\n2024-01-01T00:00:00Z{delimiter}1{delimiter}steps{delimiter}60\n",
+    )
     with pytest.raises(IngestRejected) as caught:
         ingest_files(warm_url, [path])
     assert caught.value.message == (

@@ -92,9 +92,13 @@ def test_progress_counts_every_user_day_against_a_total_known_up_front(
     calls: list[tuple[int, int, int]] = []
 
     result = tier_warm_store(
-        warm_url, lake, older_than_days=1, today=TODAY, batch_days=3,
+        warm_url,
+        lake,
+        older_than_days=1,
+        today=TODAY,
+        batch_days=3,
         progress=lambda done, total, rows: calls.append((done, total, rows)),
-    )  # fmt: skip
+    )
 
     assert result.days == 7
     assert calls[0] == (0, 7, 0)

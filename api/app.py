@@ -407,7 +407,8 @@ def prometheus(request: Request[Any, Any, Any], state: State) -> Response[str]:
     reject_unknown(request.query_params, ())
     service = _service(state)
     text = service.telemetry.render(service.engine.budget.stats())
-    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+    # Litestar appends "; charset=utf-8" to text/* itself: naming it here declared it twice.
+    return Response(text, media_type="text/plain; version=0.0.4")
 
 
 # -- the app -----------------------------------------------------------------------------

@@ -57,7 +57,8 @@ def test_metrics_in_prometheus_text(client: TestClient) -> None:
     client.get("/nowhere")
     response = client.get("/metrics")
     assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
+    # Prometheus' text exposition format, charset declared once.
+    assert response.headers.get_list("content-type") == ["text/plain; version=0.0.4; charset=utf-8"]
     text = response.text
 
     def value(pattern: str) -> float:

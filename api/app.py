@@ -26,6 +26,8 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Example
 from litestar.params import QueryParameter
 from litestar.response import Stream
+from litestar.static_files import create_static_files_router
+from swagger_ui_bundle import swagger_ui_path
 
 from api import render
 from api.errors import EXCEPTION_HANDLERS, retry_after
@@ -414,6 +416,21 @@ def prometheus(request: Request[Any, Any, Any], state: State) -> Response[str]:
 # -- the app -----------------------------------------------------------------------------
 
 
+# Swagger UI's files come from the swagger-ui-bundle-v2 package, served here: Litestar's
+# default loads them from a CDN, and the page is blank without the internet.
+SWAGGER_ASSETS = "/schema/assets"
+
+
+def _swagger() -> SwaggerRenderPlugin:
+    return SwaggerRenderPlugin(
+        path="/swagger",
+        js_url=f"{SWAGGER_ASSETS}/swagger-ui-bundle.js",
+        css_url=f"{SWAGGER_ASSETS}/swagger-ui.css",
+        standalone_preset_js_url=f"{SWAGGER_ASSETS}/swagger-ui-standalone-preset.js",
+        favicon=f"<link rel='icon' type='image/png' href='{SWAGGER_ASSETS}/favicon-32x32.png'>",
+    )
+
+
 def create_app(settings: Settings, database_url: str | None) -> Litestar:
     """One Engine for the app's lifetime; the catalog is loaded at startup so lake-only spans
     keep working if the warm store goes down later."""
@@ -425,8 +442,11 @@ def create_app(settings: Settings, database_url: str | None) -> Litestar:
     async def close_engine() -> None:
         await anyio.to_thread.run_sync(service.close)
 
+    swagger_assets = create_static_files_router(
+        SWAGGER_ASSETS, directories=[swagger_ui_path], include_in_schema=False
+    )
     app = Litestar(
-        route_handlers=[data, plan, catalog, health, ready, prometheus],
+        route_handlers=[data, plan, catalog, health, ready, prometheus, swagger_assets],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         state=State({"service": service}),
         on_startup=[load_catalog],
@@ -436,10 +456,7 @@ def create_app(settings: Settings, database_url: str | None) -> Litestar:
             version="0.1.0",
             description="Participant time series from a hybrid PostgreSQL + Delta Lake store.",
             path="/schema",
-            render_plugins=[
-                JsonRenderPlugin(path=["/", "/openapi.json"]),
-                SwaggerRenderPlugin(path="/swagger"),
-            ],
+            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), _swagger()],
         ),
         logging_config=None,
     )

@@ -112,3 +112,19 @@ def test_openapi_schema_documents_data_parameters_with_examples(client: TestClie
             assert parameters[name].get("examples"), name
             assert parameters[name].get("description"), name
     assert "inclusive" in parameters["end_date"]["description"]
+
+
+def test_swagger_ui_is_served_from_the_package_not_a_cdn(client: TestClient) -> None:
+    page = client.get("/schema/swagger")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "://" not in page.text  # no asset (nor anything else) from another host
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text)
+    kinds = {"js": "javascript", "css": "text/css", "png": "image/png"}
+    assert sorted(a.rsplit(".", 1)[1] for a in assets) == ["css", "js", "js", "png"]
+    for asset in assets:
+        assert asset.startswith("/schema/assets/"), asset
+        response = client.get(asset)
+        assert response.status_code == 200, asset
+        assert kinds[asset.rsplit(".", 1)[1]] in response.headers["content-type"], asset
+        assert len(response.content) > 0
+    assert "/schema/assets" not in client.get("/schema/openapi.json").json()["paths"]

@@ -86,7 +86,7 @@ class SyncResult:
     days: int  # (user, day) pairs exported and verified in every tier
     failed: list[tuple[int, date, str]]  # (user, day, tier) whose read-back did not match
     skipped_stale: int  # pending days left for later: their rollups are not fresh
-    rows: dict[str, int]  # rows exported per tier
+    rows: dict[str, int]  # per tier: rows of the partitions written, each counted once
     bytes: int  # bytes of the files written
     files: int
     versions: dict[str, int]  # lake version per tier after the run's last commit
@@ -116,11 +116,27 @@ class _Snapshot:
 @dataclass
 class _Tally:
     days: int = 0
-    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LAKE_TABLES, 0))
-    bytes: int = 0
-    files: int = 0
+    # (rows, bytes, files) of each (tier, partition) as this run last wrote it. A coarse
+    # partition (agg_1h: user-month, agg_1d: user-year) is rewritten whole by every batch
+    # holding one of its days: counted once, as it stands in the lake, not once per batch.
+    written: dict[tuple[str, PartitionKey], tuple[int, int, int]] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)
     failed: list[tuple[int, date, str]] = field(default_factory=list)
+
+    @property
+    def rows(self) -> dict[str, int]:
+        per_tier = dict.fromkeys(LAKE_TABLES, 0)
+        for (tier, _), (rows, _, _) in self.written.items():
+            per_tier[tier] += rows
+        return per_tier
+
+    @property
+    def bytes(self) -> int:
+        return sum(size for _, size, _ in self.written.values())
+
+    @property
+    def files(self) -> int:
+        return sum(files for _, _, files in self.written.values())
 
 
 Progress = Callable[[int, int, int], None]  # (days done, days total, rows exported)
@@ -335,10 +351,12 @@ def _export_batch(conn: psycopg.Connection, lake: Lake, snapshot: _Snapshot, tal
         verified[tier] = {p: back[p] for p in pairs if back[p] == source.get(p, (0, 0))}
         failed[tier] = {p for p in pairs if p not in verified[tier]}
         stale_rows[tier] = {p for p, stat in others.items() if back[p] != stat}
-        size, files = _written(lake, tier, version, partitions)
-        tally.rows[tier] += table.num_rows
-        tally.bytes += size
-        tally.files += files
+        rows = dict.fromkeys(partitions, 0)
+        for (u, d), (count, _) in source.items():
+            rows[partition_of(tier, u, d)] += count
+        sizes = _written(lake, tier, version, partitions)
+        for key in partitions:
+            tally.written[(tier, key)] = (rows[key], *sizes.get(key, (0, 0)))
         tally.versions[tier] = version
         for u, d in sorted(failed[tier]):
             log.error(
@@ -372,20 +390,23 @@ def _recorded_in(
     return {(u, d): (r, c) for u, d, r, c in rows if (u, d) not in skip}
 
 
-def _written(lake: Lake, tier: str, version: int, partitions: set[PartitionKey]) -> tuple[int, int]:
-    """Bytes and files of the given partitions at `version` (just written by us)."""
+def _written(
+    lake: Lake, tier: str, version: int, partitions: set[PartitionKey]
+) -> dict[PartitionKey, tuple[int, int]]:
+    """Bytes and files of each given partition at `version` (just written by us)."""
     if not partitions:
-        return 0, 0
+        return {}
     users = sorted({key[0] for key in partitions})
     spans = [partition_days(tier, key) for key in partitions]
     start = midnight(min(lo for lo, _ in spans))
     end = midnight(max(hi for _, hi in spans) + timedelta(days=1))
-    files = [
-        f
-        for f in lake.files(tier, users, start, end, version=version).files
-        if partition_of(tier, f.user_id, f.first_day) in partitions
-    ]
-    return sum(f.size_bytes for f in files), len(files)
+    sizes: dict[PartitionKey, tuple[int, int]] = {}
+    for f in lake.files(tier, users, start, end, version=version).files:
+        key = partition_of(tier, f.user_id, f.first_day)
+        if key in partitions:
+            size, files = sizes.get(key, (0, 0))
+            sizes[key] = (size + f.size_bytes, files + 1)
+    return sizes
 
 
 def _record(

@@ -84,15 +84,15 @@ def test_only_verified_unchanged_days_leave_the_warm_store(flavour_url: str, lak
 
 
 def test_progress_counts_every_user_day_against_a_total_known_up_front(
-    warm_url: str, lake: Lake
+    flavour_url: str, lake: Lake
 ) -> None:
     # On TimescaleDB most days leave with whole chunks before any row-by-row batch: the bar
     # must count those too (it sat at "0/0 0 rows" for the minutes the chunk drops took).
-    ingest_rows(warm_url, [(f"{CHANGED}T10:00:00Z", 1, "heart_rate", 80.0)])  # stays warm
+    ingest_rows(flavour_url, [(f"{CHANGED}T10:00:00Z", 1, "heart_rate", 80.0)])  # stays warm
     calls: list[tuple[int, int, int]] = []
 
     result = tier_warm_store(
-        warm_url,
+        flavour_url,
         lake,
         older_than_days=1,
         today=TODAY,

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from psycopg.conninfo import conninfo_to_dict
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from engine.errors import ConfigurationError
 from engine.settings import Settings
 from sync import localdb
-from sync.schema_check import pending_migrations
+from sync.schema_check import database_label, pending_migrations
 
 # Messages carry user text (paths, values, error reasons): never read it as rich markup, and
 # never wrap it (piped output is 80 columns wide to rich; a wrapped path or cursor breaks).
@@ -51,9 +50,7 @@ def require_schema(url: str, settings: Settings) -> None:
         return
     db = settings.database
     if db.url:
-        info = conninfo_to_dict(url)
-        port = f" port {info['port']}" if info.get("port") else ""
-        where = f"database {info.get('dbname')} on {info.get('host')}{port}"
+        where = database_label(url)
         setting, elsewhere = "STRATUM_DATABASE_URL", "point STRATUM_DATABASE_URL at your warm store"
     else:
         where = f"private PostgreSQL under {db.home.resolve()}"

@@ -8,6 +8,7 @@ unexpected STRATUM_HOME, a wrong STRATUM_DATABASE_URL) fails deep inside with `r
 from __future__ import annotations
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from sync.schema import migration_files
 
@@ -21,3 +22,10 @@ def pending_migrations(url: str) -> list[str] | None:
             return None
         applied = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
     return [name for version, name, _ in migration_files() if version not in applied]
+
+
+def database_label(url: str) -> str:
+    """The database a URL names, for a message (never its password)."""
+    info = conninfo_to_dict(url)
+    port = f" port {info['port']}" if info.get("port") else ""
+    return f"database {info.get('dbname')} on {info.get('host')}{port}"

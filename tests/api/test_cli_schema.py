@@ -4,7 +4,7 @@ empty private server under the wrong STRATUM_HOME, a wrong STRATUM_DATABASE_URL)
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -36,17 +36,22 @@ def empty_url(pg_server: LocalPostgres) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def use_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """Point the CLI at a database URL, with its own STRATUM_HOME."""
+    monkeypatch.setenv("STRATUM_HOME", str(tmp_path / "home"))
+    return lambda url: monkeypatch.setenv("STRATUM_DATABASE_URL", url)
+
+
 @pytest.mark.parametrize("argv", NEEDS_SCHEMA, ids=" ".join)
 def test_a_database_without_the_schema_gets_a_clear_error(
     argv: list[str],
     empty_url: str,
     pg_server: LocalPostgres,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    use_database: Callable[[str], None],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("STRATUM_DATABASE_URL", empty_url)
-    monkeypatch.setenv("STRATUM_HOME", str(tmp_path / "home"))
+    use_database(empty_url)
     assert main(argv) == 2
     err = capsys.readouterr().err
     name = empty_url.rsplit("/", 1)[1]
@@ -62,12 +67,11 @@ def test_a_database_without_the_schema_gets_a_clear_error(
 
 def test_ingest_into_a_database_without_the_schema(
     empty_url: str,
+    use_database: Callable[[str], None],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("STRATUM_DATABASE_URL", empty_url)
-    monkeypatch.setenv("STRATUM_HOME", str(tmp_path / "home"))
+    use_database(empty_url)
     data = tmp_path / "data.csv"
     data.write_text("ts,user_id,metric,value\n2024-01-01T00:00:00Z,1,steps,60\n")
     assert main(["ingest", str(data)]) == 2
@@ -77,15 +81,11 @@ def test_ingest_into_a_database_without_the_schema(
 
 
 def test_a_database_missing_a_migration_names_it(
-    warm_url: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    warm_url: str, use_database: Callable[[str], None], capsys: pytest.CaptureFixture[str]
 ) -> None:
     with psycopg.connect(warm_url, autocommit=True) as conn:
         conn.execute("DELETE FROM schema_migrations WHERE version = 3")
-    monkeypatch.setenv("STRATUM_DATABASE_URL", warm_url)
-    monkeypatch.setenv("STRATUM_HOME", str(tmp_path / "home"))
+    use_database(warm_url)
     assert main(["status"]) == 2
     assert "lacks 003_sync_jobs.sql: run `stratum db init`" in capsys.readouterr().err
 

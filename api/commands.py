@@ -50,10 +50,11 @@ def db_stop(args: argparse.Namespace, ctx: Context) -> int:
 
 def ingest(args: argparse.Namespace, ctx: Context) -> int:
     total_rows = 0
+    url = ctx.url  # checked before a progress bar shows
     with progress() as bar:
         task = bar.add_task("ingest", total=len(args.files), rows=0)
         for path in args.files:
-            result = ingest_files(ctx.url, [path])
+            result = ingest_files(url, [path])
             total_rows += result.rows
             bar.update(task, advance=1, rows=total_rows)
             console.print(

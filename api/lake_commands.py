@@ -84,10 +84,11 @@ def sync_command(args: argparse.Namespace, ctx: Context) -> int:
     if not args.no_refresh:
         refreshed = jobs.require_ok(jobs.refresh_job(ctx.url))
         console.print(f"rollups: refreshed {refreshed.days} user-days")
+    url = ctx.url  # checked before a progress bar shows
     bar, update = _progress_callback("sync")
     try:
         with bar:
-            result = jobs.sync_job(ctx.url, ctx.settings.lake, progress=update)
+            result = jobs.sync_job(url, ctx.settings.lake, progress=update)
     except VerificationFailed as exc:
         print_sync(exc.result)
         raise
@@ -111,10 +112,11 @@ def print_sync(result: SyncResult) -> None:
 
 
 def tier_command(args: argparse.Namespace, ctx: Context) -> int:
+    url = ctx.url  # checked before a progress bar shows
     bar, update = _progress_callback("tier")
     with bar:
         result = jobs.tiering_job(
-            ctx.url, ctx.settings.lake, older_than_days=args.older_than, progress=update
+            url, ctx.settings.lake, older_than_days=args.older_than, progress=update
         )
     tiered = result.detail
     assert isinstance(tiered, TieringResult)

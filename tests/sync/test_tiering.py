@@ -4,7 +4,6 @@ tiered day copies it back from the lake first (rehydration)."""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -24,8 +23,6 @@ from tests.sync.lakesync import (
     ingest_rows,
     lake_days,
     lake_stats,
-    load_cohort,
-    make_lake,
     run_sync,
     source_stats,
 )
@@ -48,14 +45,6 @@ def warm_rows(url: str, table: str, user_id: int, day: date) -> int:
 
 def tier(url: str, lake: Lake, older_than: int = 1) -> TieringResult:
     return tier_warm_store(url, lake, older_than_days=older_than, today=TODAY, batch_days=3)
-
-
-@pytest.fixture
-def lake(flavour_url: str, tmp_path: Path) -> Lake:
-    load_cohort(flavour_url)
-    lake = make_lake(tmp_path)
-    run_sync(flavour_url, lake)
-    return lake
 
 
 def test_only_verified_unchanged_days_leave_the_warm_store(flavour_url: str, lake: Lake) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from api.cli import main
 from engine.errors import ConfigurationError
+from lake import Lake
 from sync import timescale
 from sync.rollups import refresh_rollups
 from sync.schema import init_schema
@@ -27,7 +27,6 @@ from tests.sync.lakesync import (
     assert_lake_equals_source,
     ingest_rows,
     load_cohort,
-    make_lake,
     run_sync,
     source_stats,
 )
@@ -108,12 +107,9 @@ def test_installed_but_not_loaded_is_a_clear_error(
 @needs_timescaledb
 @pytest.mark.parametrize("flavour", ["timescaledb"])
 def test_tiering_drops_whole_chunks_and_keeps_those_with_untiered_days(
-    flavour: str, flavour_url: str, tmp_path: Path
+    flavour: str, flavour_url: str, lake: Lake
 ) -> None:
-    url = flavour_url
-    load_cohort(url)  # 2 users x 5 days: one chunk per day and table
-    lake = make_lake(tmp_path)
-    run_sync(url, lake)
+    url = flavour_url  # 2 users x 5 days, synced: one chunk per day and table
     days = [FIRST_DAY + timedelta(days=i) for i in range(5)]
     assert chunk_days(url, "raw_data") == chunk_days(url, "data_1m") == days
     ingest_rows(url, [(f"{CHANGED}T10:00:00Z", 1, "heart_rate", 80.0)])  # user 1 changed
@@ -134,12 +130,9 @@ def test_tiering_drops_whole_chunks_and_keeps_those_with_untiered_days(
 @needs_timescaledb
 @pytest.mark.parametrize("flavour", ["timescaledb"])
 def test_an_ingest_into_a_dropped_chunk_rehydrates_the_day(
-    flavour: str, flavour_url: str, tmp_path: Path
+    flavour: str, flavour_url: str, lake: Lake
 ) -> None:
     url = flavour_url
-    load_cohort(url)
-    lake = make_lake(tmp_path)
-    run_sync(url, lake)
     full = source_stats(url, "raw")[(2, FIRST_DAY)]
     tier(url, lake)
     assert FIRST_DAY not in chunk_days(url, "raw_data")

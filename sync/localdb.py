@@ -235,8 +235,8 @@ def ensure_local_postgres(
         )
     log_file = data_dir / "server.log"
     try:
-        _run([str(bin_dir / "pg_ctl"), f"--pgdata={data_dir}", f"--log={log_file}", "-w",
-              "--timeout=60", "start"])  # fmt: skip
+        pg_ctl = str(bin_dir / "pg_ctl")
+        _run([pg_ctl, f"--pgdata={data_dir}", f"--log={log_file}", "-w", "--timeout=60", "start"])
     except RuntimeError as exc:
         raise ConfigurationError(
             f"the private PostgreSQL in {data_dir} did not start: {exc}; its log is {log_file}",

@@ -39,8 +39,8 @@ def test_the_services_are_the_ones_the_readme_lists() -> None:
 
 
 def test_the_timescaledb_image_is_the_version_ci_tests() -> None:
-    tested = re.search(r"installs the\s+TimescaleDB (\d+\.\d+\.\d+) build for PostgreSQL (\d+)",
-                       section("Development"))  # fmt: skip
+    pattern = r"installs the\s+TimescaleDB (\d+\.\d+\.\d+) build for PostgreSQL (\d+)"
+    tested = re.search(pattern, section("Development"))
     assert tested, "the Development section names the TimescaleDB and PostgreSQL CI tests"
     version, pg_major = tested.groups()
     assert (version, pg_major) == ("2.28.3", "15")  # the build ../shared/timescaledb ships

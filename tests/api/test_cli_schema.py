@@ -3,6 +3,9 @@ empty private server under the wrong STRATUM_HOME, a wrong STRATUM_DATABASE_URL)
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -94,16 +97,21 @@ def test_a_database_missing_a_migration_names_it(
 
 
 def test_a_new_private_server_under_another_home_says_to_set_stratum_home(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # What a user met running stratum from another folder: a fresh, empty private server.
-    home = tmp_path / "elsewhere" / ".stratum"
+    # Its home lives outside pytest's temp tree, which pytest keeps 0700 (closed to the
+    # postgres account when we run as root) and another pytest run may tighten at any time.
+    elsewhere = Path(tempfile.mkdtemp(prefix="stratum-test-elsewhere-"))
+    os.chmod(elsewhere, 0o755)
+    home = elsewhere / ".stratum"
     monkeypatch.delenv("STRATUM_DATABASE_URL", raising=False)
     monkeypatch.setenv("STRATUM_HOME", str(home))
     try:
         assert main(["status"]) == 2
     finally:
         stop_local_postgres(home)
+        shutil.rmtree(elsewhere, ignore_errors=True)
     err = capsys.readouterr().err
     assert err.splitlines()[-1] == (
         f"error: the warm store (private PostgreSQL under {home.resolve()}) has no stratum "

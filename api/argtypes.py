@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 
@@ -46,3 +46,25 @@ def output_file(text: str) -> Path:
             f"folder {str(path.parent)!r} does not exist; create it first or pick another"
         )
     return path
+
+
+_DURATION_UNITS = {"d": "days", "h": "hours", "w": "weeks"}
+
+
+def duration(text: str) -> timedelta:
+    """'90d', '12h', '2w' -> a timedelta."""
+    number, unit = text[:-1], text[-1:].lower()
+    if unit not in _DURATION_UNITS or not number.isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90d, 12h or 2w")
+    return timedelta(**{_DURATION_UNITS[unit]: int(number)})
+
+
+def timestamp(text: str) -> datetime:
+    """An ISO 8601 date or date-time (UTC when no zone is given)."""
+    try:
+        value = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date or date-time (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ)"
+        ) from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.text import Text
 
-from api import commands, lake_commands
+from api import access_commands, commands, lake_commands
 from api.argtypes import comma_list, iso_date, output_file, positive
 from api.console import err_console
 from engine.errors import InvalidParameter, StratumError
@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.set_defaults(run=commands.bench, needs_schema=False)
     lake_commands.add_parsers(sub)  # sync, sync status, tier, maintain, scheduler
+    access_commands.add_parsers(sub)  # cohort, key, audit
     return parser
 
 

@@ -78,3 +78,16 @@ class ConfigurationError(StratumError):
     """A STRATUM_* setting is malformed."""
 
     code = "configuration_error"
+
+
+class Unauthenticated(StratumError):
+    """No key, or one that is unknown, expired or revoked (HTTP 401)."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(StratumError):
+    """The key may not see what was asked (HTTP 403). Worded the same whether or not the
+    participant exists: a refusal must not reveal who is in the store."""
+
+    code = "forbidden"

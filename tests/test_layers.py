@@ -26,6 +26,7 @@ ONLY = {
             "engine.errors",
             "engine.tiers",
             "engine.timestamps",
+            "engine.access",
         }
     }
 }

@@ -1,0 +1,95 @@
+"""Who is asking: the Principal a query carries, and keys checked against the warm store.
+
+A key is a random 256-bit secret shown once; the warm store keeps only its SHA-256 (a fast
+hash is right for random secrets: there is no dictionary to try). The scope is read at each
+request, so a revoked or expired key, or a participant removed from a cohort, stops working
+at once. A leaf of `engine` (the write side, sync/access.py, shares hash_key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import psycopg
+
+from engine.errors import Forbidden, Unauthenticated
+
+KEY_PREFIX = "stratum_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A key's name and scope. `users`/`metrics` None: all of them."""
+
+    name: str
+    admin: bool
+    users: frozenset[int] | None
+    metrics: frozenset[str] | None
+
+    def sees_user(self, user_id: int) -> bool:
+        return self.users is None or user_id in self.users
+
+    def sees_metric(self, metric: str) -> bool:
+        return self.metrics is None or metric in self.metrics
+
+    def require(self, users: Iterable[int], metrics: Iterable[str]) -> None:
+        """Forbidden unless every user and metric is in scope. The message names what was
+        asked and says only that it is outside the key's scope: the same answer whether the
+        participant exists or not."""
+        outside_users = sorted(u for u in users if not self.sees_user(u))
+        if outside_users:
+            raise Forbidden(
+                f"participant {outside_users[0]} is outside the cohorts of key {self.name!r}",
+                parameter="user_id",
+            )
+        outside_metrics = sorted(m for m in metrics if not self.sees_metric(m))
+        if outside_metrics:
+            raise Forbidden(
+                f"metric {outside_metrics[0]!r} is outside the metrics of key {self.name!r}",
+                parameter="metric",
+            )
+
+    def require_admin(self, what: str) -> None:
+        if not self.admin:
+            raise Forbidden(f"{what} needs an admin key; key {self.name!r} is not one")
+
+
+# The CLI on the server's own machine: it has the database's credentials anyway.
+LOCAL_ADMIN = Principal(name="local", admin=True, users=None, metrics=None)
+
+
+def new_key_text() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)  # 256 random bits
+
+
+def hash_key(key_text: str) -> bytes:
+    return hashlib.sha256(key_text.encode()).digest()
+
+
+_KEY = (
+    "SELECT name, admin, cohorts, metrics FROM api_keys WHERE key_hash = %s "
+    "AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
+)
+_MEMBERS = "SELECT DISTINCT user_id FROM cohort_members WHERE cohort = ANY(%s)"
+
+
+def authenticate(conn: psycopg.Connection, key_text: str) -> Principal:
+    """The principal of a live key; Unauthenticated for an unknown, expired or revoked one
+    (one message for all three: which of them it is helps only a guesser)."""
+    row = conn.execute(_KEY, (hash_key(key_text),)).fetchone()
+    if row is None:
+        raise Unauthenticated(
+            "the key is not valid (unknown, expired or revoked); send Authorization: "
+            "Bearer <key> with a live key"
+        )
+    name, admin, cohorts, metrics = row
+    users = None if admin else frozenset(r[0] for r in conn.execute(_MEMBERS, (list(cohorts),)))
+    return Principal(
+        name=name,
+        admin=admin,
+        users=users,
+        metrics=None if metrics is None else frozenset(metrics),
+    )

@@ -23,13 +23,14 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
-from litestar.openapi.spec import Example
+from litestar.openapi.spec import Components, Example, SecurityScheme
 from litestar.params import QueryParameter
 from litestar.response import Stream
 from litestar.static_files import create_static_files_router
 from swagger_ui_bundle import swagger_ui_path
 
 from api import render
+from api.auth import AUTHENTICATION, admin_only, principal_of
 from api.errors import EXCEPTION_HANDLERS, retry_after
 from api.telemetry import Telemetry
 from engine.errors import InvalidParameter, WarmStoreUnavailable
@@ -299,7 +300,9 @@ def data(
 ) -> Response[Any]:
     service = _service(state)
     format_name = render.choose_format(_last(params.get("format")), request.headers.get("accept"))
-    query = build_query(params, service.settings.query, also_allowed=_API_ONLY)
+    query = build_query(
+        params, service.settings.query, principal=principal_of(request), also_allowed=_API_ONLY
+    )
     if query.page_size == 0 and format_name not in render.STREAMING_FORMATS:
         raise InvalidParameter(
             "page_size",
@@ -330,9 +333,13 @@ def data(
     summary="How /data would answer",
     description="Segments per store and tier, users, time ranges, lake files and estimated rows.",
 )
-def plan(state: State, params: NamedDependency[dict[str, list[str]]]) -> dict[str, Any]:
+def plan(
+    request: Request[Any, Any, Any], state: State, params: NamedDependency[dict[str, list[str]]]
+) -> dict[str, Any]:
     service = _service(state)
-    query = build_query(params, service.settings.query, also_allowed=_API_ONLY)
+    query = build_query(
+        params, service.settings.query, principal=principal_of(request), also_allowed=_API_ONLY
+    )
     return service.engine.plan(query).describe()
 
 
@@ -344,7 +351,8 @@ def plan(state: State, params: NamedDependency[dict[str, list[str]]]) -> dict[st
 )
 def catalog(request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
     reject_unknown(request.query_params, ())
-    summary = _service(state).engine.overview()
+    principal = principal_of(request)
+    summary = _service(state).engine.overview(principal)
     coverage, runs = summary.coverage, summary.last_runs
     return {
         "metrics": [
@@ -356,6 +364,7 @@ def catalog(request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
                 "description": m.description,
             }
             for m in (METRICS[name] for name in metric_names())
+            if principal.sees_metric(m.name)
         ],
         "users": None if coverage is None else [c["user_id"] for c in coverage],
         "coverage": coverage,
@@ -384,6 +393,7 @@ def _health(service: Service, ready: bool) -> Response[dict[str, Any]]:
 @get(
     "/health",
     sync_to_thread=True,
+    exclude_from_auth=True,
     summary="Liveness; readiness with ?ready=1",
     description="200 while the process is alive; with ready=1, 503 when the warm store is down.",
 )
@@ -398,13 +408,24 @@ def health(
     return _health(_service(state), ready not in (None, "", "0", "false"))
 
 
-@get("/ready", sync_to_thread=True, summary="Readiness: 503 when the warm store is down")
+@get(
+    "/ready",
+    sync_to_thread=True,
+    exclude_from_auth=True,
+    summary="Readiness: 503 when the warm store is down",
+)
 def ready(request: Request[Any, Any, Any], state: State) -> Response[dict[str, Any]]:
     reject_unknown(request.query_params, ())
     return _health(_service(state), True)
 
 
-@get("/metrics", sync_to_thread=False, summary="Prometheus metrics", media_type="text/plain")
+@get(
+    "/metrics",
+    sync_to_thread=False,
+    guards=[admin_only],
+    summary="Prometheus metrics (admin keys)",
+    media_type="text/plain",
+)
 def prometheus(request: Request[Any, Any, Any], state: State) -> Response[str]:
     reject_unknown(request.query_params, ())
     service = _service(state)
@@ -451,12 +472,17 @@ def create_app(settings: Settings, database_url: str | None) -> Litestar:
         state=State({"service": service}),
         on_startup=[load_catalog],
         on_shutdown=[close_engine],
+        middleware=[AUTHENTICATION],
         openapi_config=OpenAPIConfig(
             title="stratum",
             version="0.1.0",
             description="Participant time series from a hybrid PostgreSQL + Delta Lake store.",
             path="/schema",
             render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), _swagger()],
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
+            ),
+            security=[{"bearer": []}],
         ),
         logging_config=None,
     )

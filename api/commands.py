@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 import sys
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -17,8 +18,10 @@ from rich.table import Table
 
 from api.console import Context, console, err_console, progress
 from api.lake_commands import demo_sync
+from engine.access import LOCAL_ADMIN
 from engine.errors import StratumError
-from sync import localdb
+from engine.settings import require_auth_or_loopback
+from sync import access, localdb
 from sync.cohort_files import write_cohort
 from sync.generate import generate_cohort
 from sync.ingest import ingest_files, ingest_tables
@@ -145,8 +148,10 @@ def demo(args: argparse.Namespace, ctx: Context) -> int:
         port = args.port or server.port
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         console.rule(f"serving the API on http://{shown}:{port} (Ctrl-C stops)")
+        key_text = demo_key(ctx.url, args.users)
+        console.print(f"the demo cohort's key (for participants 1-{args.users}): {key_text}")
         for example in demo_requests(
-            f"http://{shown}:{port}", args.users, default_start(args.days), args.days
+            f"http://{shown}:{port}", args.users, default_start(args.days), args.days, key_text
         ):
             console.print(example, highlight=False)
         console.print(
@@ -266,7 +271,7 @@ def query(args: argparse.Namespace, ctx: Context) -> int:
     from engine.query import build_query
     from engine.run import Engine
 
-    data_query = build_query(query_params(args), ctx.settings.query)
+    data_query = build_query(query_params(args), ctx.settings.query, principal=LOCAL_ADMIN)
     binary = args.format in ("parquet", "arrow")
     if data_query.page_size == 0 and args.format == "table":
         raise InvalidParameter(
@@ -317,22 +322,38 @@ def serve(args: argparse.Namespace, ctx: Context) -> int:
     server = ctx.settings.server
     host = args.host or server.host
     port = args.port or server.port
+    require_auth_or_loopback(ctx.settings.access.auth, host)
     logging.getLogger().setLevel(server.log_level.upper())
     app = create_app(ctx.settings, ctx.url)
     uvicorn.run(app, host=host, port=port, log_level=server.log_level)
     return 0
 
 
-def demo_requests(base: str, users: int, start: date, days: int) -> list[str]:
-    """Three example requests against the demo cohort."""
+def demo_key(url: str, users: int) -> str:
+    """A new key for the `demo` cohort (participants 1..users), made for this run."""
+    members = list(range(1, users + 1))
+    if any(c.name == "demo" for c in access.list_cohorts(url)):
+        access.add_members(url, "demo", members)
+    else:
+        access.create_cohort(url, "demo", members)
+    name = f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    return access.create_key(
+        url, name, admin=False, cohorts=["demo"], metrics=None, expires_in=timedelta(days=30)
+    )
+
+
+def demo_requests(base: str, users: int, start: date, days: int, key_text: str) -> list[str]:
+    """Three example requests against the demo cohort, with its key."""
     first, last = start.isoformat(), (start + timedelta(days=days)).isoformat()
     hour = f"{(start + timedelta(days=days - 1)).isoformat()}T12:00:00Z"
     hour_end = f"{(start + timedelta(days=days - 1)).isoformat()}T13:00:00Z"
     cohort = ",".join(str(u) for u in range(1, min(users, 3) + 1))
+    header = f'-H "Authorization: Bearer {key_text}"'
     return [
-        f"curl '{base}/data?user_id=1&metric=heart_rate&start={hour}&end={hour_end}&page_size=5'",
-        f"curl '{base}/data?user_id={cohort}&metric=steps,heart_rate&start={first}&end={last}"
-        "&resolution=1d&format=csv'",
-        f"curl -o cohort.parquet '{base}/data?user_id={cohort}&metric=heart_rate"
+        f"curl {header} '{base}/data?user_id=1&metric=heart_rate&start={hour}&end={hour_end}"
+        "&page_size=5'",
+        f"curl {header} '{base}/data?user_id={cohort}&metric=steps,heart_rate&start={first}"
+        f"&end={last}&resolution=1d&format=csv'",
+        f"curl {header} -o cohort.parquet '{base}/data?user_id={cohort}&metric=heart_rate"
         f"&start={first}&end={last}&resolution=1m&page_size=0&format=parquet'",
     ]

@@ -17,7 +17,14 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from engine.errors import ConfigurationError, InvalidParameter, StratumError, Unavailable
+from engine.errors import (
+    ConfigurationError,
+    Forbidden,
+    InvalidParameter,
+    StratumError,
+    Unauthenticated,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,10 @@ def to_http(exc: Exception) -> HttpError:
     if isinstance(exc, ConfigurationError):  # the server's problem, not the client's
         log.error("configuration error: %s", exc.message)
         return HttpError(500, exc.code, INTERNAL_MESSAGE)
+    if isinstance(exc, Unauthenticated):
+        return HttpError(401, exc.code, exc.message, None, {"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, Forbidden):  # the same words whether the participant exists or not
+        return HttpError(403, exc.code, exc.message, exc.parameter)
     if isinstance(exc, StratumError):  # InvalidParameter, IngestRejected, ...
         return HttpError(400, exc.code, exc.message, exc.parameter)
     if isinstance(exc, HTTPException) and exc.status_code < 500:

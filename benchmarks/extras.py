@@ -221,7 +221,7 @@ def budget_proof(serve_command: Sequence[str], dataset: Dataset, out_dir: Path) 
             "raw",
             "raw",
         )
-        client = HttpArrow(server.base_url, preset.page_size)
+        client = HttpArrow(server.base_url, preset.page_size, server.key)
         try:
             run = client.prepare(scan)
             with sampler.window() as peak:
@@ -254,7 +254,7 @@ def budget_proof(serve_command: Sequence[str], dataset: Dataset, out_dir: Path) 
             "raw",
         )
         concurrent = concurrent_load(
-            lambda: HttpArrow(server.base_url, preset.page_size),
+            lambda: HttpArrow(server.base_url, preset.page_size, server.key),
             [longest],
             8,
             8,

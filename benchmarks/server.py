@@ -7,13 +7,16 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 
 from benchmarks.dataset import Dataset
+from sync.access import create_key
 
 
 def proc_status_kib(pid: int, field: str) -> int | None:
@@ -86,6 +89,15 @@ class ServerProcess:
     ) -> None:
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
+        # The bench reads every participant: an admin key of its own, as any client would.
+        self.key = create_key(
+            dataset.url,
+            f"bench-{uuid.uuid4().hex[:12]}",
+            admin=True,
+            cohorts=(),
+            metrics=None,
+            expires_in=timedelta(days=1),
+        )
         full_env = {
             **os.environ,
             "STRATUM_HOME": str(dataset.home),

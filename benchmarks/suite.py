@@ -97,7 +97,7 @@ def _make_backends(
                 if server is None:
                     made[key] = server_note
                     continue
-                made[key] = cls(server.base_url, dataset.preset.page_size)
+                made[key] = cls(server.base_url, dataset.preset.page_size, server.key)
             else:
                 made[key] = cls(dataset)  # type: ignore[call-arg]
         except bk.NotApplicable as exc:
@@ -273,8 +273,8 @@ def _backend_factory(
     cls = BACKEND_CLASSES[key]
     if issubclass(cls, bk._Http):
         assert server is not None
-        base_url, size = server.base_url, dataset.preset.page_size
-        return lambda: cls(base_url, size)
+        base_url, size, key = server.base_url, dataset.preset.page_size, server.key
+        return lambda: cls(base_url, size, key)
     shared = cls(dataset)  # type: ignore[call-arg]
     # The engine is shared by every analyst thread, as one server's is.
     return lambda: shared

@@ -8,6 +8,7 @@ from typing import Literal
 
 from benchmarks.dataset import Dataset
 from benchmarks.presets import SPAN_DAYS
+from engine.access import LOCAL_ADMIN
 from engine.query import build_query
 from engine.settings import QuerySettings
 from engine.tiers import Resolution
@@ -78,7 +79,7 @@ def resolve(
         "end": [end.isoformat()],
         "resolution": ["auto"],
     }
-    return build_query(params, query).resolution
+    return build_query(params, query, principal=LOCAL_ADMIN).resolution
 
 
 def _users_axis(dataset: Dataset) -> list[tuple[str, tuple[int, ...]]]:

@@ -73,7 +73,30 @@ _KEY = (
     "SELECT name, admin, cohorts, metrics FROM api_keys WHERE key_hash = %s "
     "AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
 )
+_LIVE_KEYS = (
+    "SELECT key_hash, name, admin, cohorts, metrics FROM api_keys "
+    "WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
+)
 _MEMBERS = "SELECT DISTINCT user_id FROM cohort_members WHERE cohort = ANY(%s)"
+
+
+def _principal(
+    conn: psycopg.Connection, name: str, admin: bool, cohorts: list[str], metrics: list[str] | None
+) -> Principal:
+    users = None if admin else frozenset(r[0] for r in conn.execute(_MEMBERS, (list(cohorts),)))
+    return Principal(
+        name=name,
+        admin=admin,
+        users=users,
+        metrics=None if metrics is None else frozenset(metrics),
+    )
+
+
+def live_principals(conn: psycopg.Connection) -> dict[bytes, Principal]:
+    """Every live key's principal by key hash: what the server falls back on if the warm
+    store goes down (loaded at start-up, like the lake coverage)."""
+    rows = conn.execute(_LIVE_KEYS).fetchall()
+    return {bytes(digest): _principal(conn, *rest) for digest, *rest in rows}
 
 
 def authenticate(conn: psycopg.Connection, key_text: str) -> Principal:
@@ -85,11 +108,4 @@ def authenticate(conn: psycopg.Connection, key_text: str) -> Principal:
             "the key is not valid (unknown, expired or revoked); send Authorization: "
             "Bearer <key> with a live key"
         )
-    name, admin, cohorts, metrics = row
-    users = None if admin else frozenset(r[0] for r in conn.execute(_MEMBERS, (list(cohorts),)))
-    return Principal(
-        name=name,
-        admin=admin,
-        users=users,
-        metrics=None if metrics is None else frozenset(metrics),
-    )
+    return _principal(conn, *row)

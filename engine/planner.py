@@ -79,6 +79,8 @@ def _user_runs(
 
 
 def plan(query: DataQuery, catalog: Catalog) -> Plan:
+    # Scope is checked here, once, whatever the entry point (HTTP, CLI, cursor, job).
+    query.principal.require(query.users, query.metrics)
     tier = TIERS[query.resolution]
     lake_coverage = catalog.lake_days.get(tier.lake_table, Coverage())
     version = catalog.lake_versions.get(tier.lake_table)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
+from engine.access import Principal
 from engine.errors import InvalidParameter
 from engine.registry import METRICS, metric_names
 from engine.resolution import choose_resolution
@@ -45,6 +46,7 @@ class DataQuery:
     max_points: int
     page_size: int  # 0: the whole answer
     page_number: int  # 1-based
+    principal: Principal  # who asks: the planner refuses what is outside its scope
     after: Key | None = None  # from a cursor: answer rows strictly after this key
 
     @property
@@ -245,9 +247,11 @@ def build_query(
     params: Mapping[str, Sequence[str]],
     settings: QuerySettings,
     *,
+    principal: Principal,
     also_allowed: Sequence[str] = (),
 ) -> DataQuery:
     """Validate request parameters (each a list of strings, as in a query string).
+    `principal`: who asks (every entry point names one: no default can widen a scope).
     `also_allowed`: parameters the caller reads itself (the API's `format`)."""
     reject_unknown(params, (*QUERY_PARAMETERS, *also_allowed))
 
@@ -300,6 +304,7 @@ def build_query(
         max_points=max_points,
         page_size=page_size,
         page_number=page_number,
+        principal=principal,
     )
     if cursor_text:
         if number_text is not None:

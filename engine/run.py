@@ -22,9 +22,10 @@ import psycopg_pool
 import pyarrow as pa
 
 from engine import paging, planner
+from engine.access import Principal, authenticate, hash_key, live_principals
 from engine.budget import QUERY_OVERHEAD_BYTES, MemoryBudget, resident_bytes, split_budget
 from engine.catalog import Catalog, CatalogSource
-from engine.errors import WarmStoreUnavailable
+from engine.errors import Unauthenticated, WarmStoreUnavailable
 from engine.lakeexec import BATCH_ROWS, DEFAULT_TUNING, ScanTuning, connect_duckdb, stream_lake
 from engine.merge import merge_sorted, take
 from engine.overview import Health, Overview, coverage, last_runs, ping
@@ -72,6 +73,7 @@ class Engine:
         self._warm_down_until = 0.0
         self._pool: psycopg_pool.ConnectionPool | None = None
         self._lock = threading.Lock()
+        self._principals: dict[bytes, Principal] = {}  # last known scope per key hash
 
     # -- warm-store connections ------------------------------------------------------------
 
@@ -135,15 +137,18 @@ class Engine:
     # -- the pipeline ------------------------------------------------------------------------
 
     def preload(self) -> bool:
-        """Load the lake coverage now (at start-up), so lake-only spans are still planned if
-        the warm store goes down later. False when the warm store is unreachable."""
+        """Load the lake coverage and the live keys now (at start-up), so lake-only spans are
+        still planned and keys still checked if the warm store goes down later. False when
+        the warm store is unreachable."""
         with self._connection() as conn:
             if conn is None:
                 return False
             self.catalogs.load(conn, (), date(1970, 1, 1), date(1970, 1, 1))
+            self._principals = live_principals(conn)
             return True
 
     def catalog(self, query: DataQuery) -> Catalog:
+        query.principal.require(query.users, query.metrics)  # before any I/O for it
         first, last = query.days
         try:
             with self._connection() as conn:
@@ -194,17 +199,43 @@ class Engine:
 
     # -- what /catalog and /health report --------------------------------------------------
 
-    def overview(self) -> Overview:
-        """Lake versions, and from the warm store (when it answers) coverage and last runs."""
+    def overview(self, principal: Principal) -> Overview:
+        """Lake versions, and from the warm store (when it answers) coverage and last runs,
+        as far as `principal` may see: its participants' coverage; job runs (whose counts
+        span every participant) for admins only."""
         versions = self.lake_versions()
         try:
             with self._connection() as conn:
                 if conn is None:
                     return Overview(versions)
-                return Overview(versions, coverage(conn), last_runs(conn))
+                seen = [c for c in coverage(conn) if principal.sees_user(c["user_id"])]
+                return Overview(versions, seen, last_runs(conn) if principal.admin else None)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             log.warning("overview without the warm store: %s", exc)
             return Overview(versions)
+
+    def authenticate(self, key_text: str) -> Principal:
+        """The principal of a live key, read from the warm store at each request (so
+        revocation and expiry act at once). While the warm store is unreachable a key that
+        was live when last checked keeps its scope: nobody can revoke it meanwhile, and
+        lake-only spans stay readable."""
+        digest = hash_key(key_text)
+        try:
+            with self._connection() as conn:
+                if conn is not None:
+                    try:
+                        principal = authenticate(conn, key_text)
+                    except Unauthenticated:
+                        self._principals.pop(digest, None)
+                        raise
+                    self._principals[digest] = principal
+                    return principal
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            log.warning("checking a key without the warm store: %s", exc)
+        known = self._principals.get(digest)
+        if known is None:
+            raise WarmStoreUnavailable("the warm store is unreachable: keys cannot be checked")
+        return known
 
     def health(self) -> Health:
         warm = False

@@ -8,6 +8,7 @@ STRATUM_* variable that is not declared.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -65,6 +66,11 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class AccessSettings:
+    auth: bool  # False: every request is the local admin (a loopback bind only)
+
+
+@dataclass(frozen=True)
 class SchedulerSettings:
     nightly_cron: str  # crontab fields, UTC
     misfire_grace_s: int
@@ -78,6 +84,7 @@ class Settings:
     query: QuerySettings
     server: ServerSettings
     scheduler: SchedulerSettings
+    access: AccessSettings
 
 
 Parser = Callable[[str, str], Any]  # (text, variable name) -> value, or ConfigurationError
@@ -127,6 +134,15 @@ def text(value: str, name: str) -> str:
 
 def lowercase(value: str, name: str) -> str:
     return value.lower()
+
+
+def on_off(value: str, name: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("on", "true", "1", "yes"):
+        return True
+    if lowered in ("off", "false", "0", "no"):
+        return False
+    raise ConfigurationError(f"{name}={value!r}: use on or off", parameter=name)
 
 
 def path(value: str, name: str) -> Path:
@@ -326,6 +342,15 @@ SETTINGS: tuple[Setting, ...] = (
         meaning="how late a scheduled job may still start",
         field="scheduler.misfire_grace_s",
     ),
+    Setting(
+        name="STRATUM_AUTH",
+        default="on",
+        parse=on_off,
+        meaning="`on`: every endpoint but `/health` and `/ready` needs `Authorization: Bearer "
+        "KEY`; `off` (every request is an admin) is refused unless the server binds a "
+        "loopback address",
+        field="access.auth",
+    ),
 )
 
 _CONCERNS = {
@@ -335,7 +360,30 @@ _CONCERNS = {
     "query": QuerySettings,
     "server": ServerSettings,
     "scheduler": SchedulerSettings,
+    "access": AccessSettings,
 }
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
+def require_auth_or_loopback(auth: bool, host: str) -> None:
+    """STRATUM_AUTH=off serves every participant to whoever connects: only a loopback bind
+    keeps that to this machine."""
+    if not auth and not is_loopback(host):
+        raise ConfigurationError(
+            f"STRATUM_AUTH=off serves all data without a key, so the server binds only a "
+            f"loopback address (127.0.0.1, ::1, localhost), not {host}: turn auth on "
+            "(unset STRATUM_AUTH) and give clients keys (`stratum key create`), or bind "
+            "127.0.0.1",
+            parameter="STRATUM_AUTH",
+        )
 
 
 def read_settings(env: Mapping[str, str]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from litestar.testing import TestClient
 
 from api.app import Service, create_app
 from engine.settings import Settings, load_settings
+from sync.access import create_key
 from sync.generate import generate_cohort
 from sync.ingest import ingest_tables
 from sync.localdb import LocalPostgres
@@ -47,6 +49,32 @@ def load_cohort(url: str) -> None:
     refresh_rollups(url)
 
 
+def new_key(url: str, *, cohorts: tuple[str, ...] = (), metrics: list[str] | None = None) -> str:
+    """A fresh key's text: admin unless scoped to `cohorts`."""
+    return create_key(
+        url,
+        f"k{uuid.uuid4().hex[:12]}",
+        admin=not cohorts,
+        cohorts=cohorts,
+        metrics=metrics,
+        expires_in=None,
+    )
+
+
+def keyed(client: TestClient, key_text: str) -> TestClient:
+    """The client sends `Authorization: Bearer key_text` with every request."""
+    client.headers["Authorization"] = f"Bearer {key_text}"
+    return client
+
+
+@contextmanager
+def admin_client(app: Litestar, url: str) -> Iterator[TestClient]:
+    """A started TestClient of `app` that sends a new admin key of the database at `url`."""
+    key_text = new_key(url)
+    with TestClient(app) as test_client:
+        yield keyed(test_client, key_text)
+
+
 def service(app: Litestar) -> Service:
     found: Service = app.state.service
     return found
@@ -71,5 +99,5 @@ def cohort_url(pg_server: LocalPostgres) -> Iterator[str]:
 def client(cohort_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """One app (one Engine) over the shared cohort for a module's read-only tests."""
     app = create_app(api_settings(tmp_path_factory.mktemp("api")), cohort_url)
-    with TestClient(app) as test_client:
+    with admin_client(app, cohort_url) as test_client:
         yield test_client

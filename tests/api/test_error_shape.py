@@ -17,6 +17,7 @@ from litestar.testing import TestClient
 
 from api.app import create_app
 from api.errors import INTERNAL_MESSAGE, to_http
+from engine.access import LOCAL_ADMIN
 from engine.errors import (
     BudgetExhausted,
     ConfigurationError,
@@ -28,7 +29,7 @@ from engine.errors import (
 )
 from engine.query import Key, build_query
 from engine.registry import metric_names
-from tests.api.conftest import MAX_PAGE_SIZE, MAX_USERS, api_settings, service
+from tests.api.conftest import MAX_PAGE_SIZE, MAX_USERS, admin_client, api_settings, service
 
 OK = {"user_id": "1", "metric": "heart_rate", "start": "2024-01-01", "end": "2024-01-02"}
 
@@ -36,7 +37,11 @@ OK = {"user_id": "1", "metric": "heart_rate", "start": "2024-01-01", "end": "202
 def _other_query_cursor() -> str:
     """A well-formed cursor of a different query (steps instead of heart_rate)."""
     settings = api_settings(Path("/nonexistent"))
-    other = build_query({**{k: [v] for k, v in OK.items()}, "metric": ["steps"]}, settings.query)
+    other = build_query(
+        {**{k: [v] for k, v in OK.items()}, "metric": ["steps"]},
+        settings.query,
+        principal=LOCAL_ADMIN,
+    )
     return other.cursor_after(Key(1, "steps", 1_704_067_200_000_000))
 
 
@@ -219,7 +224,7 @@ def test_error_shape_500_is_generic_and_logged(
 
 def test_error_shape_503_when_the_budget_is_full(cohort_url: str, tmp_path: Path) -> None:
     app = create_app(api_settings(tmp_path), cohort_url)
-    with TestClient(app) as test_client:
+    with admin_client(app, cohort_url) as test_client:
         budget = service(app).engine.budget
         budget.wait_s = 0.05
         held = budget.reserve(budget.budget_bytes)  # another query holds all of it
@@ -244,7 +249,10 @@ def _closed_port() -> int:
 def down_client(tmp_path: Path) -> Iterator[TestClient]:
     """An app whose warm store refuses connections (nothing listens on the port)."""
     url = f"postgresql://stratum@127.0.0.1:{_closed_port()}/stratum"
-    with TestClient(create_app(api_settings(tmp_path), url)) as test_client:
+    # Keys live in the warm store: with it down from the start none can be checked (a 503,
+    # tests/api/test_access.py). These tests are about the outage, so auth is off.
+    settings = api_settings(tmp_path, STRATUM_AUTH="off")
+    with TestClient(create_app(settings, url)) as test_client:
         yield test_client
 
 

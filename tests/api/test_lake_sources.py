@@ -14,7 +14,7 @@ from litestar.testing import TestClient
 from api.app import create_app
 from lake import Lake
 from sync.export import sync_to_lake
-from tests.api.conftest import api_settings, load_cohort
+from tests.api.conftest import admin_client, api_settings, load_cohort
 
 SPAN = {"user_id": "1,2,3", "metric": "heart_rate,steps", "page_size": "50000"}
 BOTH_DAYS = {**SPAN, "start": "2024-01-01", "end": "2024-01-03"}
@@ -47,7 +47,7 @@ def test_lake_and_warm_answer_alike_and_lake_survives_a_warm_outage(
     load_cohort(warm_url)
     settings = api_settings(tmp_path)
     app = create_app(settings, warm_url)
-    with TestClient(app) as client:
+    with admin_client(app, warm_url) as client:
         warm_both, meta = rows(client, {**BOTH_DAYS, "resolution": resolution})
         warm_day, _ = rows(client, {**LAKE_DAY, "resolution": resolution})
         assert meta["sources"] == ["warm"] and warm_both
@@ -79,12 +79,14 @@ def test_catalog_loaded_at_startup_serves_the_lake_through_an_outage(
 ) -> None:
     load_cohort(warm_url)
     settings = api_settings(tmp_path)
-    with TestClient(create_app(settings, warm_url)) as client:
+    with admin_client(create_app(settings, warm_url), warm_url) as client:
         expected, _ = rows(client, {**LAKE_DAY, "resolution": "1h"})
     sync_to_lake(
         warm_url, Lake(settings.lake.path), grace_days=1, batch_days=8, today=date(2024, 1, 3)
     )
-    with TestClient(create_app(settings, warm_url)) as client:  # startup loads the catalog
+    with admin_client(
+        create_app(settings, warm_url), warm_url
+    ) as client:  # startup loads the catalog
         refuse_connections(warm_url)  # before the first request
         got, meta = rows(client, {**LAKE_DAY, "resolution": "1h"})
         assert meta["sources"] == ["lake"] and got == expected

@@ -16,7 +16,7 @@ from litestar.testing import TestClient
 
 from api import commands
 from api.cli import main
-from tests.api.conftest import MAX_USERS, api_settings
+from tests.api.conftest import MAX_USERS, admin_client, api_settings
 
 SPAN = shlex.split(
     "--user 1 --user 2,3 --metric heart_rate,steps --start 2024-01-01 --end 2024-01-03"
@@ -42,7 +42,9 @@ def http_rows(cohort_url: str, tmp_path: Path, **params: str) -> list[dict[str, 
         "page_size": "50000",
         **params,
     }
-    with TestClient(create_app(api_settings(tmp_path / "http"), cohort_url)) as client:
+    with admin_client(
+        create_app(api_settings(tmp_path / "http"), cohort_url), cohort_url
+    ) as client:
         body = client.get("/data", params=query).json()
     return list(body["data"])
 
@@ -118,6 +120,25 @@ def test_serve_runs_uvicorn_with_the_configured_address(
     assert calls[1]["host"] == "0.0.0.0" and calls[1]["port"] == 9000
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.5", "example.org"])
+def test_serve_with_auth_off_refuses_a_non_loopback_bind(
+    host: str,
+    env: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    calls: list[Any] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: calls.append(kwargs))
+    monkeypatch.setenv("STRATUM_AUTH", "off")
+    assert main(["serve", "--host", host]) == 2
+    err = capsys.readouterr().err
+    assert "STRATUM_AUTH=off" in err and host in err and "loopback" in err
+    assert calls == []
+    for loopback in ("127.0.0.1", "::1", "localhost"):
+        assert main(["serve", "--host", loopback]) == 0
+    assert [c["host"] for c in calls] == ["127.0.0.1", "::1", "localhost"]
+
+
 def test_demo_serve_prints_three_requests_then_serves(
     env: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -139,10 +160,14 @@ def test_demo_requests_are_valid_queries(tmp_path: Path, cohort_url: str) -> Non
 
     from api.app import create_app
 
-    requests = commands.demo_requests("http://testserver", 3, date(2024, 1, 1), 2)
+    key_text = commands.demo_key(cohort_url, 3)  # scoped to the demo cohort, not an admin
+    requests = commands.demo_requests("http://testserver", 3, date(2024, 1, 1), 2, key_text)
     assert len(requests) == 3
     with TestClient(create_app(api_settings(tmp_path), cohort_url)) as client:
         for request in requests:
+            header = request.split('"')[1]
+            assert header == f"Authorization: Bearer {key_text}"
+            client.headers["Authorization"] = header.split(": ", 1)[1]
             url = request.split("'")[1].replace("http://testserver", "")
             response = client.get(url)
             assert response.status_code == 200, response.text

@@ -13,7 +13,7 @@ from litestar import Litestar
 from schemathesis.checks import not_a_server_error
 
 from api.app import create_app
-from tests.api.conftest import api_settings
+from tests.api.conftest import api_settings, new_key
 
 # The document does not depend on the database: build it from an app without one.
 SPEC: dict[str, Any] = create_app(
@@ -25,6 +25,7 @@ schema = schemathesis.openapi.from_dict(SPEC)
 @pytest.fixture(scope="module")
 def fuzz_app(cohort_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Litestar]:
     app = create_app(api_settings(tmp_path_factory.mktemp("fuzz")), cohort_url)
+    app.state.fuzz_key = new_key(cohort_url)
     yield app
     app.state.service.close()  # in case a call ran without the lifespan
 
@@ -37,4 +38,5 @@ def test_served_document_is_the_one_fuzzed(fuzz_app: Litestar) -> None:
 @schema.parametrize()
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_server_errors(case: schemathesis.Case, fuzz_app: Litestar) -> None:
-    case.call_and_validate(app=fuzz_app, checks=[not_a_server_error])
+    headers = {"Authorization": f"Bearer {fuzz_app.state.fuzz_key}"}
+    case.call_and_validate(app=fuzz_app, headers=headers, checks=[not_a_server_error])

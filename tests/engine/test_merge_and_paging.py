@@ -8,6 +8,7 @@ import pyarrow as pa
 from hypothesis import given
 from hypothesis import strategies as st
 
+from engine.access import LOCAL_ADMIN
 from engine.catalog import Coverage
 from engine.merge import merge_sorted, take
 from engine.paging import locate
@@ -66,6 +67,7 @@ def query(start: str, end: str, users: tuple[int, ...] = (1, 2)) -> DataQuery:
         max_points=1,
         page_size=10,
         page_number=1,
+        principal=LOCAL_ADMIN,
     )
 
 

@@ -6,6 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from engine.access import LOCAL_ADMIN
 from engine.catalog import Catalog, Coverage
 from engine.planner import plan
 from engine.query import DataQuery
@@ -25,6 +26,7 @@ def q(start: str, end: str, resolution: str = "raw", users: tuple[int, ...] = (1
         max_points=10_000,
         page_size=100,
         page_number=1,
+        principal=LOCAL_ADMIN,
     )
 
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from engine.access import LOCAL_ADMIN
 from engine.errors import InvalidParameter
 from engine.query import Key, build_query, decode_cursor
 from engine.settings import QuerySettings
@@ -21,7 +22,7 @@ GOOD = {
 
 def build(**changes: list[str]):  # type: ignore[no-untyped-def]
     params = {**GOOD, **changes}
-    return build_query({k: v for k, v in params.items() if v}, SETTINGS)
+    return build_query({k: v for k, v in params.items() if v}, SETTINGS, principal=LOCAL_ADMIN)
 
 
 def test_defaults_and_normalisation() -> None:
@@ -110,4 +111,7 @@ def test_span_aliases_and_unknown_parameters_are_refused_by_name(
 
 def test_a_caller_may_allow_parameters_it_reads_itself() -> None:
     params = {**GOOD, "format": ["csv"]}
-    assert build_query(params, SETTINGS, also_allowed=("format",)).users == (1, 2)
+    assert build_query(params, SETTINGS, principal=LOCAL_ADMIN, also_allowed=("format",)).users == (
+        1,
+        2,
+    )

@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from engine.access import LOCAL_ADMIN
 from engine.overview import Health
 from engine.query import build_query
 from engine.run import Engine
@@ -42,7 +43,7 @@ def params(**extra: str) -> dict[str, list[str]]:
 
 
 def rows(engine: Engine, **extra: str) -> list[dict]:
-    answer = engine.run(build_query(params(**extra), engine.settings.query))
+    answer = engine.run(build_query(params(**extra), engine.settings.query, principal=LOCAL_ADMIN))
     return pa.Table.from_batches(list(answer.batches), schema=answer.schema).to_pylist()
 
 
@@ -67,7 +68,9 @@ def test_pages_and_cursor_walk_equal_the_whole_answer(engine: Engine, resolution
         extra = {"resolution": resolution, "page_size": str(size)}
         if cursor:
             extra["cursor"] = cursor
-        answer = engine.run(build_query(params(**extra), engine.settings.query))
+        answer = engine.run(
+            build_query(params(**extra), engine.settings.query, principal=LOCAL_ADMIN)
+        )
         by_cursor += pa.Table.from_batches(list(answer.batches), schema=answer.schema).to_pylist()
         cursor = answer.next_cursor
         if not answer.has_more:
@@ -93,7 +96,9 @@ def test_fresh_tail_is_computed_from_raw(engine: Engine, warm_url: str) -> None:
         }
     )
     ingest_tables(warm_url, [late])  # not refreshed: data_1h is stale for that day
-    plan = engine.plan(build_query(params(resolution="1h"), engine.settings.query))
+    plan = engine.plan(
+        build_query(params(resolution="1h"), engine.settings.query, principal=LOCAL_ADMIN)
+    )
     assert any(s.rollup_from_raw for s in plan.segments)
     after = rows(engine, resolution="1h", page_size="0")
     changed = [a for a, b in zip(after, before, strict=True) if a != b]
@@ -108,13 +113,16 @@ def test_fresh_tail_is_computed_from_raw(engine: Engine, warm_url: str) -> None:
 def test_overview_and_health_come_from_the_engines_own_connections(
     engine: Engine, tmp_path: Path
 ) -> None:
-    summary = engine.overview()
+    summary = engine.overview(LOCAL_ADMIN)
     assert summary.warm_store and [c["user_id"] for c in summary.coverage or []] == [1, 2, 3]
     assert set(summary.lake_versions) == {"raw", "agg_1m", "agg_1h", "agg_1d"}
     assert engine.health().ok
     offline = Engine(engine.settings, None)  # no warm store configured
     try:
-        assert not offline.overview().warm_store and offline.overview().coverage is None
+        assert (
+            not offline.overview(LOCAL_ADMIN).warm_store
+            and offline.overview(LOCAL_ADMIN).coverage is None
+        )
         assert offline.health() == Health(warm_store=False, lake=True)
     finally:
         offline.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from engine.access import LOCAL_ADMIN
 from engine.lakeexec import ScanTuning
 from engine.query import build_query
 from engine.run import Engine
@@ -42,7 +43,11 @@ def run(engine: Engine, **extra: str) -> tuple[list[dict], str | None]:
         "resolution": "raw",
         **extra,
     }
-    answer = engine.run(build_query({k: [v] for k, v in params.items()}, engine.settings.query))
+    answer = engine.run(
+        build_query(
+            {k: [v] for k, v in params.items()}, engine.settings.query, principal=LOCAL_ADMIN
+        )
+    )
     rows = pa.Table.from_batches(list(answer.batches), schema=answer.schema).to_pylist()
     return rows, answer.next_cursor
 
@@ -59,7 +64,9 @@ def test_series_scans_equal_one_sorted_query(
     engine: Engine, warm_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     one_series = {"user_id": "1", "metric": "steps", "start": "2024-05-01", "end": "2024-05-07"}
-    query = build_query({k: [v] for k, v in one_series.items()}, engine.settings.query)
+    query = build_query(
+        {k: [v] for k, v in one_series.items()}, engine.settings.query, principal=LOCAL_ADMIN
+    )
     assert engine.plan(query).sources == ["lake", "warm"]
     sorted_whole, _ = run(engine, page_size="0")
     sorted_pages = [run(engine, page_size="700", page_number=str(n))[0] for n in (1, 5, 9)]

@@ -10,12 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from litestar.testing import TestClient
 
 from api.app import create_app
 from sync.localdb import LocalPostgres, ensure_local_postgres, stop_local_postgres
 from sync.schema import init_schema
-from tests.api.conftest import api_settings, load_cohort
+from tests.api.conftest import admin_client, api_settings, load_cohort
 
 SPAN = {"user_id": "1,2", "metric": "heart_rate", "start": "2024-01-01", "end": "2024-01-02"}
 QUERIES = [{**SPAN, "resolution": "raw"}, {**SPAN, "resolution": "1h"}]
@@ -38,7 +37,7 @@ def own_server() -> Iterator[tuple[Path, LocalPostgres]]:
 
 def test_queries_answer_right_after_a_restart(own_server: tuple[Path, LocalPostgres]) -> None:
     home, server = own_server
-    with TestClient(create_app(api_settings(home), server.url)) as client:
+    with admin_client(create_app(api_settings(home), server.url), server.url) as client:
         # Several requests at once leave several pooled connections, all dead after a restart.
         with ThreadPoolExecutor(4) as pool:
             warm = list(pool.map(lambda p: client.get("/data", params=p), QUERIES * 4))
@@ -58,7 +57,7 @@ def test_queries_answer_right_after_a_restart(own_server: tuple[Path, LocalPostg
 
 def test_an_outage_answer_carries_no_driver_text(own_server: tuple[Path, LocalPostgres]) -> None:
     home, server = own_server
-    with TestClient(create_app(api_settings(home), server.url)) as client:
+    with admin_client(create_app(api_settings(home), server.url), server.url) as client:
         assert client.get("/data", params=QUERIES[0]).status_code == 200
         stop_local_postgres(home)
         response = client.get("/data", params=QUERIES[0])

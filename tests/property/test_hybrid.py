@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from engine.access import LOCAL_ADMIN
 from engine.query import build_query
 from engine.run import Engine
 from engine.settings import load_settings
@@ -66,7 +67,11 @@ def expected(truth: dict, start: datetime, end: datetime, resolution: str) -> li
 
 
 def answer(engine: Engine, params: dict[str, str]) -> list[tuple]:
-    result = engine.run(build_query({k: [v] for k, v in params.items()}, engine.settings.query))
+    result = engine.run(
+        build_query(
+            {k: [v] for k, v in params.items()}, engine.settings.query, principal=LOCAL_ADMIN
+        )
+    )
     table = pa.Table.from_batches(list(result.batches), schema=result.schema)
     columns = [c for c in table.column_names if c != "avg"]
     return [tuple(r[c] for c in columns) for r in table.to_pylist()]
@@ -170,7 +175,9 @@ class Scenario:
                 "end": end.isoformat(),
                 "resolution": resolution,
             }
-            query = build_query({k: [v] for k, v in params.items()}, hybrid.settings.query)
+            query = build_query(
+                {k: [v] for k, v in params.items()}, hybrid.settings.query, principal=LOCAL_ADMIN
+            )
             event(f"sources: {'+'.join(hybrid.plan(query).sources)}")
             whole = answer(hybrid, {**params, "page_size": "0"})
             assert whole == expected(truth, start, end, resolution)

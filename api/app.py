@@ -301,7 +301,11 @@ def data(
     service = _service(state)
     format_name = render.choose_format(_last(params.get("format")), request.headers.get("accept"))
     query = build_query(
-        params, service.settings.query, principal=principal_of(request), also_allowed=_API_ONLY
+        params,
+        service.settings.query,
+        principal=principal_of(request),
+        cursor_secret=service.engine.cursor_secret(),
+        also_allowed=_API_ONLY,
     )
     if query.page_size == 0 and format_name not in render.STREAMING_FORMATS:
         raise InvalidParameter(
@@ -338,7 +342,11 @@ def plan(
 ) -> dict[str, Any]:
     service = _service(state)
     query = build_query(
-        params, service.settings.query, principal=principal_of(request), also_allowed=_API_ONLY
+        params,
+        service.settings.query,
+        principal=principal_of(request),
+        cursor_secret=service.engine.cursor_secret(),
+        also_allowed=_API_ONLY,
     )
     return service.engine.plan(query).describe()
 

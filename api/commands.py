@@ -271,18 +271,23 @@ def query(args: argparse.Namespace, ctx: Context) -> int:
     from engine.query import build_query
     from engine.run import Engine
 
-    data_query = build_query(query_params(args), ctx.settings.query, principal=LOCAL_ADMIN)
-    binary = args.format in ("parquet", "arrow")
-    if data_query.page_size == 0 and args.format == "table":
-        raise InvalidParameter(
-            "page_size", "page_size 0 (the whole answer) needs --format csv, parquet or arrow"
-        )
-    if binary and args.out is None and sys.stdout.isatty():
-        raise InvalidParameter(
-            "out", f"--format {args.format} is binary: pass --out FILE or redirect stdout"
-        )
     engine = Engine(ctx.settings, ctx.url)
     try:
+        data_query = build_query(
+            query_params(args),
+            ctx.settings.query,
+            principal=LOCAL_ADMIN,
+            cursor_secret=engine.cursor_secret(),
+        )
+        binary = args.format in ("parquet", "arrow")
+        if data_query.page_size == 0 and args.format == "table":
+            raise InvalidParameter(
+                "page_size", "page_size 0 (the whole answer) needs --format csv, parquet or arrow"
+            )
+        if binary and args.out is None and sys.stdout.isatty():
+            raise InvalidParameter(
+                "out", f"--format {args.format} is binary: pass --out FILE or redirect stdout"
+            )
         answer = engine.run(data_query)
         if args.format == "table":
             page = pa.Table.from_batches(list(answer.batches), schema=answer.schema)

@@ -109,3 +109,18 @@ def authenticate(conn: psycopg.Connection, key_text: str) -> Principal:
             "Bearer <key> with a live key"
         )
     return _principal(conn, *row)
+
+
+_NEW_SECRET = (
+    "INSERT INTO server_secrets (name, secret) VALUES ('cursor', %s) ON CONFLICT DO NOTHING"
+)
+_SECRET = "SELECT secret FROM server_secrets WHERE name = 'cursor'"
+
+
+def cursor_secret(conn: psycopg.Connection) -> bytes:
+    """The HMAC key of cursors, made on first use. Kept in the warm store so every server
+    process over it accepts the others' cursors (and a restart keeps them valid)."""
+    conn.execute(_NEW_SECRET, (secrets.token_bytes(32),))
+    row = conn.execute(_SECRET).fetchone()
+    assert row is not None  # inserted just now, or already there
+    return bytes(row[0])

@@ -6,10 +6,11 @@ import base64
 import binascii
 import difflib
 import hashlib
+import hmac
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
@@ -48,6 +49,9 @@ class DataQuery:
     page_number: int  # 1-based
     principal: Principal  # who asks: the planner refuses what is outside its scope
     after: Key | None = None  # from a cursor: answer rows strictly after this key
+    # The server's HMAC key for cursors (Engine.cursor_secret()): a cursor is signed over the
+    # answer, the principal and the position, so it cannot be forged or used by another key.
+    cursor_secret: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def days(self) -> tuple[date, date]:
@@ -66,8 +70,15 @@ class DataQuery:
         )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def cursor_tag(self, key: Key) -> str:
+        """HMAC of the answer's fingerprint, the principal's name and the position."""
+        text = json.dumps(
+            [self.fingerprint(), self.principal.name, key.user_id, key.metric, key.ts_us]
+        )
+        return hmac.new(self.cursor_secret, text.encode(), hashlib.sha256).hexdigest()[:32]
+
     def cursor_after(self, key: Key) -> str:
-        payload = {"f": self.fingerprint(), "u": key.user_id, "m": key.metric, "t": key.ts_us}
+        payload = {"f": self.cursor_tag(key), "u": key.user_id, "m": key.metric, "t": key.ts_us}
         raw = json.dumps(payload, separators=(",", ":")).encode()
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -161,10 +172,14 @@ def decode_cursor(text: str, query: DataQuery) -> Key:
         raise InvalidParameter(
             "cursor", "cursor is malformed; pass back the `next` value of a previous page"
         ) from None
-    if fingerprint != query.fingerprint():
+    if not isinstance(fingerprint, str) or not hmac.compare_digest(
+        fingerprint.encode(), query.cursor_tag(key).encode()
+    ):
         raise InvalidParameter(
             "cursor",
-            "cursor belongs to a different query (users, metrics, span or resolution changed)",
+            "cursor belongs to a different query (users, metrics, span or resolution "
+            "changed) or another key, or was altered; pass back the `next` value of a "
+            "previous page of this query",
         )
     return key
 
@@ -248,10 +263,12 @@ def build_query(
     settings: QuerySettings,
     *,
     principal: Principal,
+    cursor_secret: bytes = b"",
     also_allowed: Sequence[str] = (),
 ) -> DataQuery:
     """Validate request parameters (each a list of strings, as in a query string).
     `principal`: who asks (every entry point names one: no default can widen a scope).
+    `cursor_secret`: the server's cursor key (Engine.cursor_secret()); servers always pass it.
     `also_allowed`: parameters the caller reads itself (the API's `format`)."""
     reject_unknown(params, (*QUERY_PARAMETERS, *also_allowed))
 
@@ -305,6 +322,7 @@ def build_query(
         page_size=page_size,
         page_number=page_number,
         principal=principal,
+        cursor_secret=cursor_secret,
     )
     if cursor_text:
         if number_text is not None:

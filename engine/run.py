@@ -22,7 +22,7 @@ import psycopg_pool
 import pyarrow as pa
 
 from engine import paging, planner
-from engine.access import Principal, authenticate, hash_key, live_principals
+from engine.access import Principal, authenticate, cursor_secret, hash_key, live_principals
 from engine.budget import QUERY_OVERHEAD_BYTES, MemoryBudget, resident_bytes, split_budget
 from engine.catalog import Catalog, CatalogSource
 from engine.errors import Unauthenticated, WarmStoreUnavailable
@@ -74,6 +74,7 @@ class Engine:
         self._pool: psycopg_pool.ConnectionPool | None = None
         self._lock = threading.Lock()
         self._principals: dict[bytes, Principal] = {}  # last known scope per key hash
+        self._cursor_secret: bytes | None = None
 
     # -- warm-store connections ------------------------------------------------------------
 
@@ -145,6 +146,7 @@ class Engine:
                 return False
             self.catalogs.load(conn, (), date(1970, 1, 1), date(1970, 1, 1))
             self._principals = live_principals(conn)
+            self._cursor_secret = cursor_secret(conn)
             return True
 
     def catalog(self, query: DataQuery) -> Catalog:
@@ -213,6 +215,21 @@ class Engine:
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             log.warning("overview without the warm store: %s", exc)
             return Overview(versions)
+
+    def cursor_secret(self) -> bytes:
+        """The server's cursor HMAC key, read from the warm store once."""
+        if self._cursor_secret is None:
+            try:
+                with self._connection() as conn:
+                    if conn is not None:
+                        self._cursor_secret = cursor_secret(conn)
+            except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+                log.warning("cursor secret unreadable: %s", exc)
+            if self._cursor_secret is None:
+                raise WarmStoreUnavailable(
+                    "the warm store is unreachable: cursors cannot be signed or checked"
+                )
+        return self._cursor_secret
 
     def authenticate(self, key_text: str) -> Principal:
         """The principal of a live key, read from the warm store at each request (so

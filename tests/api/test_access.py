@@ -128,3 +128,40 @@ def test_a_key_unseen_while_the_store_is_down_is_503_not_401(tmp_path: Path) -> 
         )
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "warm_store_unavailable"
+
+
+def cursor_of(client: TestClient, key_text: str, **extra: str) -> str:
+    response = client.get(
+        "/data",
+        params={**OK, "page_size": "5", **extra},
+        headers={"Authorization": f"Bearer {key_text}"},
+    )
+    assert response.status_code == 200, response.text
+    cursor = response.json()["meta"]["next"]
+    assert isinstance(cursor, str)
+    return cursor
+
+
+def test_a_cursor_works_only_for_its_key_and_unaltered(
+    app_client: TestClient, cohort_url: str
+) -> None:
+    import base64
+    import json
+
+    first, second = new_key(cohort_url), new_key(cohort_url)
+    cursor = cursor_of(app_client, first)
+    params = {**OK, "page_size": "5", "cursor": cursor}
+    own = app_client.get("/data", params=params, headers={"Authorization": f"Bearer {first}"})
+    assert own.status_code == 200
+    other = app_client.get("/data", params=params, headers={"Authorization": f"Bearer {second}"})
+    assert other.status_code == 400 and other.json()["error"]["parameter"] == "cursor"
+    # The same position with its tag kept but the timestamp moved: a forgery.
+    payload = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    payload["t"] += 60_000_000
+    forged = base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+    response = app_client.get(
+        "/data",
+        params={**params, "cursor": forged},
+        headers={"Authorization": f"Bearer {first}"},
+    )
+    assert response.status_code == 400 and response.json()["error"]["parameter"] == "cursor"

@@ -115,3 +115,21 @@ def test_a_caller_may_allow_parameters_it_reads_itself() -> None:
         1,
         2,
     )
+
+
+def test_cursor_tags_are_keyed_by_the_secret_and_the_principal() -> None:
+    from dataclasses import replace
+
+    from engine.access import Principal
+
+    key = Key(1, "heart_rate", 123)
+    signed = replace(build(), cursor_secret=b"s" * 32)
+    cursor = signed.cursor_after(key)
+    assert decode_cursor(cursor, signed) == key
+    for other in (
+        replace(signed, cursor_secret=b"t" * 32),  # another server secret (or none)
+        replace(signed, cursor_secret=b""),
+        replace(signed, principal=Principal("someone", True, None, None)),  # another key
+    ):
+        with pytest.raises(InvalidParameter, match="another key"):
+            decode_cursor(cursor, other)

@@ -7,7 +7,7 @@ else: not logged, not stored (the warm store keeps its hash).
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from rich.table import Table
 
@@ -54,6 +54,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     audit.add_argument("--user", type=int, default=None, help="only requests for this participant")
     audit.add_argument("--since", type=timestamp, default=None, help="date or date-time (UTC)")
     audit.add_argument("--limit", type=positive, default=100)
+    audit.add_argument(
+        "--prune",
+        action="store_true",
+        help="drop rows older than $STRATUM_AUDIT_RETENTION_DAYS first",
+    )
     audit.set_defaults(run=audit_command)
 
 
@@ -134,6 +139,10 @@ def key_revoke(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def audit_command(args: argparse.Namespace, ctx: Context) -> int:
+    if args.prune:
+        days = ctx.settings.access.audit_retention_days
+        dropped = access.prune_audit(ctx.url, timedelta(days=days))
+        console.print(f"dropped {dropped:,} access-log rows older than {days} days")
     rows = access.read_audit(
         ctx.url, key_name=args.key, user_id=args.user, since=args.since, limit=args.limit
     )

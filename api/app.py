@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -29,17 +31,21 @@ from litestar.response import Stream
 from litestar.static_files import create_static_files_router
 from swagger_ui_bundle import swagger_ui_path
 
-from api import render
+from api import audit, render
 from api.auth import AUTHENTICATION, admin_only, principal_of
 from api.errors import EXCEPTION_HANDLERS, retry_after
 from api.telemetry import Telemetry
+from engine.audit import AuditEntry
 from engine.errors import InvalidParameter, WarmStoreUnavailable
 from engine.query import RESOLUTION_CHOICES, DataQuery, build_query, reject_unknown
 from engine.registry import METRICS, metric_names
 from engine.run import Answer, Engine
 from engine.settings import Settings
+from sync.access import prune_audit
 
 log = logging.getLogger(__name__)
+
+PRUNE_EVERY_S = 3600.0
 
 
 class Service:
@@ -51,6 +57,7 @@ class Service:
         self.database_url = database_url
         self.telemetry = Telemetry()
         self._engine: Engine | None = None
+        self._next_prune = 0.0  # time.monotonic() of the next access-log pruning
         self._lock = threading.Lock()
 
     @property
@@ -59,6 +66,21 @@ class Service:
             if self._engine is None:
                 self._engine = Engine(self.settings, self.database_url)
             return self._engine
+
+    def record_audit(self, entry: AuditEntry) -> None:
+        """Append the request's access-log row (blocking; the audit wrapper runs it in a
+        worker thread), and drop rows past the retention about once an hour."""
+        if not self.settings.access.auth:  # no key to account for
+            return
+        self.engine.record_audit(entry)
+        now = time.monotonic()
+        if self.database_url is not None and now >= self._next_prune:
+            self._next_prune = now + PRUNE_EVERY_S
+            retention = timedelta(days=self.settings.access.audit_retention_days)
+            try:
+                prune_audit(self.database_url, retention)
+            except Exception:  # the log grows a while longer: not worth failing a request
+                log.warning("pruning the access log failed", exc_info=True)
 
     def close(self) -> None:
         with self._lock:
@@ -242,7 +264,10 @@ def _meta_headers(meta: dict[str, Any], next_url: str | None) -> dict[str, str]:
 
 
 def _counted(
-    batches: Iterator[pa.RecordBatch], telemetry: Telemetry, format_name: str
+    batches: Iterator[pa.RecordBatch],
+    telemetry: Telemetry,
+    format_name: str,
+    request: Request[Any, Any, Any],
 ) -> Iterator[pa.RecordBatch]:
     """The engine's batches, counting rows served; peeks the first batch eagerly so errors
     at the start of execution still become a proper HTTP status."""
@@ -252,9 +277,11 @@ def _counted(
         try:
             if first is not None:
                 telemetry.add_rows(format_name, first.num_rows)
+                audit.add_rows(request, first.num_rows)
                 yield first
             for batch in batches:
                 telemetry.add_rows(format_name, batch.num_rows)
+                audit.add_rows(request, batch.num_rows)
                 yield batch
         finally:
             close = getattr(batches, "close", None)
@@ -307,6 +334,7 @@ def data(
         cursor_secret=service.engine.cursor_secret(),
         also_allowed=_API_ONLY,
     )
+    audit.note_query(request, query, format_name)
     if query.page_size == 0 and format_name not in render.STREAMING_FORMATS:
         raise InvalidParameter(
             "page_size",
@@ -321,8 +349,9 @@ def data(
     if format_name == "json":
         body = render.json_page(answer.batches, meta)
         service.telemetry.add_rows("json", answer.rows or 0)
+        audit.add_rows(request, answer.rows or 0)
         return Response(body, media_type=media_type, headers=headers)
-    batches = _counted(answer.batches, service.telemetry, format_name)
+    batches = _counted(answer.batches, service.telemetry, format_name, request)
     chunks = render.stream(format_name, batches, answer.schema)
     return Stream(_iterate_in_thread(chunks), media_type=media_type, headers=headers)
 
@@ -348,6 +377,7 @@ def plan(
         cursor_secret=service.engine.cursor_secret(),
         also_allowed=_API_ONLY,
     )
+    audit.note_query(request, query, "plan")
     return service.engine.plan(query).describe()
 
 
@@ -494,6 +524,8 @@ def create_app(settings: Settings, database_url: str | None) -> Litestar:
         ),
         logging_config=None,
     )
-    # Outermost, so 404s and errors raised before routing are counted too.
+    # The access log sees the response as sent; telemetry, outermost, counts 404s and errors
+    # raised before routing too.
+    app.asgi_handler = audit.wrap(app.asgi_handler, service.record_audit)
     app.asgi_handler = service.telemetry.wrap(app.asgi_handler)
     return app

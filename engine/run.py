@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from engine import paging, planner
 from engine.access import Principal, authenticate, cursor_secret, hash_key, live_principals
+from engine.audit import AuditEntry, write_entry
 from engine.budget import QUERY_OVERHEAD_BYTES, MemoryBudget, resident_bytes, split_budget
 from engine.catalog import Catalog, CatalogSource
 from engine.errors import Unauthenticated, WarmStoreUnavailable
@@ -215,6 +216,20 @@ class Engine:
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             log.warning("overview without the warm store: %s", exc)
             return Overview(versions)
+
+    def record_audit(self, entry: AuditEntry) -> bool:
+        """Append an access-log row; False (logged, without any key text) when the warm
+        store cannot take it."""
+        try:
+            with self._connection() as conn:
+                if conn is not None:
+                    write_entry(conn, entry)
+                    return True
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            log.warning("audit row not written (%s): %s", exc, entry)
+            return False
+        log.warning("audit row not written (warm store down): %s", entry)
+        return False
 
     def cursor_secret(self) -> bytes:
         """The server's cursor HMAC key, read from the warm store once."""

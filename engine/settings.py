@@ -68,6 +68,7 @@ class ServerSettings:
 @dataclass(frozen=True)
 class AccessSettings:
     auth: bool  # False: every request is the local admin (a loopback bind only)
+    audit_retention_days: int  # access-log rows older than this are dropped
 
 
 @dataclass(frozen=True)
@@ -350,6 +351,14 @@ SETTINGS: tuple[Setting, ...] = (
         "KEY`; `off` (every request is an admin) is refused unless the server binds a "
         "loopback address",
         field="access.auth",
+    ),
+    Setting(
+        name="STRATUM_AUDIT_RETENTION_DAYS",
+        default="365",
+        parse=integer(minimum=1),
+        meaning="access-log rows older than this are dropped (by the server, hourly, and by "
+        "`stratum audit --prune`)",
+        field="access.audit_retention_days",
     ),
 )
 

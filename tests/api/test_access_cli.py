@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -96,3 +97,32 @@ def test_duplicate_names_are_refused(cli_url: str, capsys: pytest.CaptureFixture
     assert code == 2 and "exists" in err and out == ""
     assert run(capsys, "cohort", "create", "c", "--users", "1")[0] == 0
     assert run(capsys, "cohort", "create", "c", "--users", "1")[0] == 2
+
+
+def test_audit_reads_filters_and_prunes(cli_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.audit import AuditEntry, write_entry
+
+    with psycopg.connect(cli_url, autocommit=True) as conn:
+        for name, users, status in (("ana", (1, 2), 200), ("bob", (7,), 403)):
+            write_entry(
+                conn,
+                AuditEntry(name, "GET", "/data", "10.0.0.1", users=users, status=status),
+            )
+        write_entry(conn, AuditEntry("old", "GET", "/catalog", None, status=200))
+        conn.execute(
+            "UPDATE access_audit SET at = now() - interval '400 days' WHERE key_name = 'old'"
+        )
+    code, out, _ = run(capsys, "audit")
+    assert code == 0 and all(name in out for name in ("ana", "bob", "old"))
+    code, out, _ = run(capsys, "audit", "--key", "bob")
+    assert "bob" in out and "ana" not in out and "403" in out
+    code, out, _ = run(capsys, "audit", "--user", "2")
+    assert "ana" in out and "bob" not in out
+    since = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+    code, out, _ = run(capsys, "audit", "--since", since)
+    assert "ana" in out and "/catalog" not in out
+    code, out, _ = run(capsys, "audit", "--prune")
+    assert code == 0 and "dropped 1 access-log rows older than 365 days" in out
+    assert "old" not in out.splitlines()[-1]
+    code, out, _ = run(capsys, "audit", "--key", "old")
+    assert "/catalog" not in out

@@ -32,7 +32,7 @@ from litestar.static_files import create_static_files_router
 from swagger_ui_bundle import swagger_ui_path
 
 from api import audit, render
-from api.auth import AUTHENTICATION, admin_only, principal_of
+from api.auth import AUTHENTICATION, KEY_LIMIT, KeySlots, admin_only, principal_of
 from api.errors import EXCEPTION_HANDLERS, retry_after
 from api.telemetry import Telemetry
 from engine.audit import AuditEntry
@@ -58,6 +58,7 @@ class Service:
         self.telemetry = Telemetry()
         self._engine: Engine | None = None
         self._next_prune = 0.0  # time.monotonic() of the next access-log pruning
+        self.key_slots = KeySlots(settings.access.max_requests_per_key)
         self._lock = threading.Lock()
 
     @property
@@ -510,7 +511,7 @@ def create_app(settings: Settings, database_url: str | None) -> Litestar:
         state=State({"service": service}),
         on_startup=[load_catalog],
         on_shutdown=[close_engine],
-        middleware=[AUTHENTICATION],
+        middleware=[AUTHENTICATION, KEY_LIMIT],
         openapi_config=OpenAPIConfig(
             title="stratum",
             version="0.1.0",

@@ -91,3 +91,11 @@ class Forbidden(StratumError):
     participant exists: a refusal must not reveal who is in the store."""
 
     code = "forbidden"
+
+
+class KeyBusy(StratumError):
+    """The key already has its most concurrent requests running (HTTP 429): one key must
+    not take the whole memory budget. `retry_after_s` is the API's Retry-After."""
+
+    code = "key_busy"
+    retry_after_s = 1  # requests finish in seconds; the key's own next one may proceed

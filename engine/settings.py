@@ -69,6 +69,7 @@ class ServerSettings:
 class AccessSettings:
     auth: bool  # False: every request is the local admin (a loopback bind only)
     audit_retention_days: int  # access-log rows older than this are dropped
+    max_requests_per_key: int  # concurrent requests one key may have running
 
 
 @dataclass(frozen=True)
@@ -359,6 +360,14 @@ SETTINGS: tuple[Setting, ...] = (
         meaning="access-log rows older than this are dropped (by the server, hourly, and by "
         "`stratum audit --prune`)",
         field="access.audit_retention_days",
+    ),
+    Setting(
+        name="STRATUM_MAX_REQUESTS_PER_KEY",
+        default="4",
+        parse=integer(minimum=1),
+        meaning="requests one key may have running at once (streams count until their last "
+        "byte); beyond it 429 + `Retry-After`, so one key cannot take the whole memory budget",
+        field="access.max_requests_per_key",
     ),
 )
 

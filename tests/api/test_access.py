@@ -165,3 +165,29 @@ def test_a_cursor_works_only_for_its_key_and_unaltered(
         headers={"Authorization": f"Bearer {first}"},
     )
     assert response.status_code == 400 and response.json()["error"]["parameter"] == "cursor"
+
+
+def test_a_key_with_its_requests_all_running_gets_429(
+    app_client: TestClient, cohort_url: str
+) -> None:
+    from api.errors import retry_after
+    from engine.errors import KeyBusy
+
+    key_text = new_key(cohort_url)
+    name = key_name(cohort_url, key_text)
+    slots = app_client.app.state.service.key_slots
+    headers = {"Authorization": f"Bearer {key_text}"}
+    for _ in range(slots.limit):  # that many requests of this key are running
+        slots.acquire(name)
+    try:
+        busy = app_client.get("/data", params=OK, headers=headers)
+        assert busy.status_code == 429 and busy.json()["error"]["code"] == "key_busy"
+        assert busy.headers["retry-after"] == retry_after(KeyBusy)["Retry-After"]
+        other = new_key(cohort_url)  # another key is not held back
+        free = app_client.get("/data", params=OK, headers={"Authorization": f"Bearer {other}"})
+        assert free.status_code == 200
+    finally:
+        for _ in range(slots.limit):
+            slots.release(name)
+    assert app_client.get("/data", params=OK, headers=headers).status_code == 200
+    assert name not in slots.running  # every request gave its slot back

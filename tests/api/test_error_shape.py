@@ -21,9 +21,12 @@ from engine.access import LOCAL_ADMIN
 from engine.errors import (
     BudgetExhausted,
     ConfigurationError,
+    Forbidden,
     IngestRejected,
     InvalidParameter,
+    KeyBusy,
     SyncFailed,
+    Unauthenticated,
     WarmStoreBusy,
     WarmStoreUnavailable,
 )
@@ -283,6 +286,9 @@ def test_error_shape_503_when_the_warm_store_is_down(down_client: TestClient) ->
         (WarmStoreUnavailable("down"), 503, "warm_store_unavailable", None, "10"),
         (WarmStoreBusy("busy"), 503, "warm_store_unavailable", None, "2"),
         (SyncFailed("lock held"), 503, "sync_failed", None, "30"),
+        (KeyBusy("4 running"), 429, "key_busy", None, "1"),
+        (Unauthenticated("no key"), 401, "unauthenticated", None, None),
+        (Forbidden("outside", parameter="user_id"), 403, "forbidden", "user_id", None),
         (
             ConfigurationError("STRATUM_X=1", parameter="STRATUM_X"),
             500,
@@ -309,6 +315,7 @@ def test_the_one_exception_map(
     error = to_http(exc)
     assert (error.status, error.code, error.parameter) == (status, code, parameter)
     assert (error.headers or {}).get("Retry-After") == retry_after
+    assert (error.headers or {}).get("WWW-Authenticate") == ("Bearer" if status == 401 else None)
     assert set(error.body()["error"]) == {"code", "message", "parameter"}
     if status == 500:
         assert "internals" not in error.message and "STRATUM_X" not in error.message

@@ -31,7 +31,7 @@ from litestar.response import Stream
 from litestar.static_files import create_static_files_router
 from swagger_ui_bundle import swagger_ui_path
 
-from api import audit, render
+from api import audit, hosts, render
 from api.auth import AUTHENTICATION, KEY_LIMIT, KeySlots, admin_only, principal_of
 from api.errors import EXCEPTION_HANDLERS, retry_after
 from api.telemetry import Telemetry
@@ -40,7 +40,7 @@ from engine.errors import InvalidParameter, WarmStoreUnavailable
 from engine.query import RESOLUTION_CHOICES, DataQuery, build_query, reject_unknown
 from engine.registry import METRICS, metric_names
 from engine.run import Answer, Engine
-from engine.settings import Settings
+from engine.settings import Settings, served_hosts
 from sync.access import prune_audit
 
 log = logging.getLogger(__name__)
@@ -528,5 +528,6 @@ def create_app(settings: Settings, database_url: str | None) -> Litestar:
     # The access log sees the response as sent; telemetry, outermost, counts 404s and errors
     # raised before routing too.
     app.asgi_handler = audit.wrap(app.asgi_handler, service.record_audit)
+    app.asgi_handler = hosts.wrap(app.asgi_handler, served_hosts(settings.server))
     app.asgi_handler = service.telemetry.wrap(app.asgi_handler)
     return app

@@ -7,6 +7,7 @@ import logging
 import secrets
 import sys
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -329,7 +330,9 @@ def serve(args: argparse.Namespace, ctx: Context) -> int:
     port = args.port or server.port
     require_auth_or_loopback(ctx.settings.access.auth, host)
     logging.getLogger().setLevel(server.log_level.upper())
-    app = create_app(ctx.settings, ctx.url)
+    # The bind address as given on the command line is a Host the API answers by default.
+    settings = replace(ctx.settings, server=replace(server, host=host))
+    app = create_app(settings, ctx.url)
     uvicorn.run(app, host=host, port=port, log_level=server.log_level)
     return 0
 

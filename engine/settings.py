@@ -63,6 +63,19 @@ class ServerSettings:
     host: str
     port: int
     log_level: str
+    allowed_hosts: tuple[str, ...] | None  # None: the bind address and localhost
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def served_hosts(server: ServerSettings) -> tuple[str, ...]:
+    """The Host names the API answers: STRATUM_ALLOWED_HOSTS, else the bind address (unless
+    it is a wildcard) and localhost."""
+    if server.allowed_hosts is not None:
+        return server.allowed_hosts
+    bound = () if server.host in ("0.0.0.0", "::", "") else (server.host.strip("[]").lower(),)
+    return tuple(dict.fromkeys((*bound, *LOOPBACK_NAMES)))
 
 
 @dataclass(frozen=True)
@@ -145,6 +158,13 @@ def on_off(value: str, name: str) -> bool:
     if lowered in ("off", "false", "0", "no"):
         return False
     raise ConfigurationError(f"{name}={value!r}: use on or off", parameter=name)
+
+
+def host_list(value: str, name: str) -> tuple[str, ...]:
+    hosts = tuple(h.strip().strip("[]").lower() for h in value.split(",") if h.strip())
+    if not hosts:
+        raise ConfigurationError(f"{name}={value!r}: give host names, comma-separated")
+    return hosts
 
 
 def path(value: str, name: str) -> Path:
@@ -329,6 +349,16 @@ SETTINGS: tuple[Setting, ...] = (
         parse=lowercase,
         meaning="log level of the server",
         field="server.log_level",
+    ),
+    Setting(
+        name="STRATUM_ALLOWED_HOSTS",
+        default=None,
+        parse=host_list,
+        meaning="comma-separated `Host` names the API answers (`*`: any); others get 400, so a "
+        "DNS-rebinding page cannot read a loopback server; `Link` headers carry the request's "
+        "(allowed) host",
+        field="server.allowed_hosts",
+        shown="the bind address and localhost (`localhost`, `127.0.0.1`, `::1`)",
     ),
     Setting(
         name="STRATUM_NIGHTLY_CRON",

@@ -38,6 +38,9 @@ def api_settings(home: Path, **extra: str) -> Settings:
         "STRATUM_DUCKDB_THREADS": "2",
         "STRATUM_MAX_USERS": str(MAX_USERS),
         "STRATUM_MAX_PAGE_SIZE": str(MAX_PAGE_SIZE),
+        # TestClient's host name (the defaults, bind address and localhost, are tested in
+        # tests/api/test_hosts.py).
+        "STRATUM_ALLOWED_HOSTS": "testserver.local,testserver,localhost",
         **extra,
     }
     return load_settings(env)

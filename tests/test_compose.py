@@ -109,3 +109,17 @@ def test_services_start_in_the_order_the_readme_says() -> None:
         }
         assert "once `init` has finished" in ROWS[name][0]
     assert SERVICES["init"]["command"] == ["db", "init"]
+
+
+def test_access_defaults_are_safe_and_documented() -> None:
+    """Auth on, no password in the file, the port on the host's loopback only."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    environment = SERVICES["api"]["environment"]
+    assert environment["STRATUM_AUTH"] == "on" and "`STRATUM_AUTH` `on`" in PRODUCTION
+    password = SERVICES["timescaledb"]["environment"]["POSTGRES_PASSWORD"]
+    assert password == "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}"  # required, no default
+    assert "${POSTGRES_PASSWORD:?" in environment["STRATUM_DATABASE_URL"]
+    assert not re.search(r"POSTGRES_PASSWORD:-", text) and "stratum:stratum@" not in text
+    assert "`POSTGRES_PASSWORD`" in PRODUCTION
+    (mapping,) = SERVICES["api"]["ports"]
+    assert mapping.startswith("127.0.0.1:") and "loopback only (`127.0.0.1:" in PRODUCTION

@@ -56,3 +56,20 @@ CREATE TABLE access_audit (
 );
 CREATE INDEX access_audit_at ON access_audit (at);
 CREATE INDEX access_audit_key_at ON access_audit (key_name, at);
+
+-- Append-only: a row is never rewritten, and only rows past a day old can be deleted (the
+-- retention pruning; STRATUM_AUDIT_RETENTION_DAYS is at least 1), so whoever holds the
+-- serving role cannot cover the tracks of what a key just read.
+CREATE FUNCTION access_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND OLD.at < now() - interval '1 day' THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'access_audit is append-only: % refused', TG_OP
+        USING HINT = 'only rows older than a day may be deleted (retention)';
+END
+$$;
+CREATE TRIGGER access_audit_append_only BEFORE UPDATE OR DELETE ON access_audit
+    FOR EACH ROW EXECUTE FUNCTION access_audit_append_only();
+CREATE TRIGGER access_audit_no_truncate BEFORE TRUNCATE ON access_audit
+    FOR EACH STATEMENT EXECUTE FUNCTION access_audit_append_only();

@@ -108,9 +108,9 @@ def test_audit_reads_filters_and_prunes(cli_url: str, capsys: pytest.CaptureFixt
                 conn,
                 AuditEntry(name, "GET", "/data", "10.0.0.1", users=users, status=status),
             )
-        write_entry(conn, AuditEntry("old", "GET", "/catalog", None, status=200))
         conn.execute(
-            "UPDATE access_audit SET at = now() - interval '400 days' WHERE key_name = 'old'"
+            "INSERT INTO access_audit (at, key_name, method, path, status, duration_ms) "
+            "VALUES (now() - interval '400 days', 'old', 'GET', '/catalog', 200, 1)"
         )
     code, out, _ = run(capsys, "audit")
     assert code == 0 and all(name in out for name in ("ana", "bob", "old"))
@@ -126,3 +126,18 @@ def test_audit_reads_filters_and_prunes(cli_url: str, capsys: pytest.CaptureFixt
     assert "old" not in out.splitlines()[-1]
     code, out, _ = run(capsys, "audit", "--key", "old")
     assert "/catalog" not in out
+
+
+def test_the_audit_log_is_append_only(cli_url: str) -> None:
+    from engine.audit import AuditEntry, write_entry
+
+    with psycopg.connect(cli_url, autocommit=True) as conn:
+        write_entry(conn, AuditEntry("ana", "GET", "/data", None, status=200))
+        for statement in (
+            "UPDATE access_audit SET key_name = 'someone else'",
+            "DELETE FROM access_audit",
+            "TRUNCATE access_audit",
+        ):
+            with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+                conn.execute(statement)
+        assert conn.execute("SELECT key_name FROM access_audit").fetchall() == [("ana",)]

@@ -40,7 +40,7 @@ from engine.errors import InvalidParameter, WarmStoreUnavailable
 from engine.query import RESOLUTION_CHOICES, DataQuery, build_query, reject_unknown
 from engine.registry import METRICS, metric_names
 from engine.run import Answer, Engine
-from engine.settings import Settings, served_hosts
+from engine.settings import Settings, require_auth_or_loopback, served_hosts
 from sync.access import prune_audit
 
 log = logging.getLogger(__name__)
@@ -494,6 +494,9 @@ def _swagger() -> SwaggerRenderPlugin:
 def create_app(settings: Settings, database_url: str | None) -> Litestar:
     """One Engine for the app's lifetime; the catalog is loaded at startup so lake-only spans
     keep working if the warm store goes down later."""
+    # Here too, not only in `stratum serve`: an app built another way (another ASGI server)
+    # must not serve everything without keys beyond this machine either.
+    require_auth_or_loopback(settings.access.auth, settings.server.host)
     service = Service(settings, database_url)
 
     async def load_catalog() -> None:

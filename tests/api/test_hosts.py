@@ -58,3 +58,11 @@ def test_a_star_answers_any_host(tmp_path: Path) -> None:
     with TestClient(app, base_url="http://127.0.0.1:8000") as client:
         response = client.get("/health", headers={"Host": "anything.example"})
     assert response.status_code == 200
+
+
+def test_an_app_with_auth_off_is_refused_beyond_loopback(tmp_path: Path) -> None:
+    from engine.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="STRATUM_AUTH=off"):
+        create_app(settings(tmp_path, STRATUM_AUTH="off", STRATUM_HOST="0.0.0.0"), None)
+    create_app(settings(tmp_path, STRATUM_AUTH="off"), None)  # 127.0.0.1: allowed

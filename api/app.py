@@ -423,6 +423,7 @@ def _health(service: Service, ready: bool) -> Response[dict[str, Any]]:
         "status": "ok" if health.ok else "degraded",
         "warm_store": health.warm_store,
         "lake": health.lake,
+        "lake_damaged": health.damaged,
     }
     if ready and not health.warm_store:
         return Response(body, status_code=503, headers=retry_after(WarmStoreUnavailable))

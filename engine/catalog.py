@@ -8,15 +8,21 @@ Loading it is the only I/O of planning. Two parts, with different freshness rule
   partial-indexed sets). They override lake coverage, so late data is never served stale,
   whatever the cache holds and however transactions interleave.
 When the warm store is down, the last lake coverage still plans lake-only spans.
+
+Lake days that must not be served from the lake although lake_days lists them (issue 11):
+those recorded in lake_damage, those verified at a Delta version newer than the one this
+process can read (the log lost commits), and those this process found damaged itself. With
+the days whose raw and 1m rows were tiered out of the warm store, the planner decides whether
+the warm store answers for them or the request gets 503 lake_damaged.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import psycopg
 
@@ -47,6 +53,8 @@ class Catalog:
     lake_versions: Mapping[str, int | None]  # the pinned version per lake table
     list_files: ListFiles  # exact files of a pinned version
     warm_available: bool = True
+    unservable: Mapping[str, Coverage] = field(default_factory=dict)  # per lake table
+    tiered: Coverage = field(default_factory=Coverage)  # raw and 1m gone from the warm store
 
 
 _ISLANDS = """
@@ -65,6 +73,35 @@ _RECENT = (
 )
 _UNSYNCED = _RECENT.format(condition="change_seq > synced_seq")
 _STALE = _RECENT.format(condition="change_seq > refreshed_seq")
+_DAMAGED = "SELECT user_id, day FROM lake_damage WHERE tier = %(lake_table)s"
+_TIERED = "SELECT user_id, day FROM day_state WHERE tiered_seq IS NOT NULL"
+# Verified at a version this process's view of the table does not reach: the log lost commits.
+_AHEAD = (
+    "SELECT user_id, day FROM current_lake_days "
+    "WHERE tier = %(lake_table)s AND lake_version > %(version)s"
+)
+
+
+def union(*coverages: Coverage) -> Coverage:
+    """Days in any of the coverages, as sorted, disjoint, non-adjacent ranges."""
+    ranges: dict[int, list[DayRange]] = {}
+    for coverage in coverages:
+        for user_id, spans in coverage.ranges.items():
+            ranges.setdefault(user_id, []).extend(spans)
+    merged: dict[int, tuple[DayRange, ...]] = {}
+    for user_id, listed in ranges.items():
+        out: list[DayRange] = []
+        for first, last in sorted(listed):
+            if out and first <= out[-1][1] + timedelta(days=1):
+                out[-1] = (out[-1][0], max(out[-1][1], last))
+            else:
+                out.append((first, last))
+        merged[user_id] = tuple(out)
+    return Coverage(merged)
+
+
+def from_days(days: Iterable[tuple[int, date]]) -> Coverage:
+    return union(Coverage({}), *(Coverage({u: ((d, d),)}) for u, d in days))
 
 
 def _islands(conn: psycopg.Connection, days_sql: str, params: dict[str, object]) -> Coverage:
@@ -81,6 +118,20 @@ class CatalogSource:
         self.lake = lake
         self._lock = threading.Lock()
         self._coverage: tuple[int, dict[str, Coverage]] | None = None
+        # lake_damage per lake table and the tiered days, cached with the coverage.
+        self._damage: tuple[dict[str, Coverage], Coverage] = ({}, Coverage())
+        # Days verified at versions the log does not reach, per (generation, versions).
+        self._ahead: tuple[tuple[int, tuple[int | None, ...]], dict[str, Coverage]] | None = None
+        self._found: dict[str, set[tuple[int, date]]] = {}  # damage this process found
+
+    def mark_damaged(self, lake_table: str, days: Iterable[tuple[int, date]]) -> None:
+        """Days this process found damaged: never served from the lake again by it."""
+        with self._lock:
+            self._found.setdefault(lake_table, set()).update(days)
+
+    def found_damage(self) -> dict[str, set[tuple[int, date]]]:
+        with self._lock:
+            return {table: set(days) for table, days in self._found.items()}
 
     def _list_files(
         self,
@@ -101,10 +152,36 @@ class CatalogSource:
         coverage = {
             table: _islands(conn, _LAKE_DAYS, {"lake_table": table}) for table in LAKE_TABLES
         }
+        damage = {table: _islands(conn, _DAMAGED, {"lake_table": table}) for table in LAKE_TABLES}
+        tiered = _islands(conn, _TIERED, {})
         with self._lock:
             self._coverage = (generation, coverage)
+            self._damage = (damage, tiered)
         log.debug("lake coverage reloaded at catalog_seq %d", generation)
         return coverage
+
+    def _days_ahead(
+        self, conn: psycopg.Connection, versions: Mapping[str, int | None]
+    ) -> dict[str, Coverage]:
+        cached_coverage = self._coverage
+        key = (cached_coverage[0] if cached_coverage else -1, tuple(versions.values()))
+        cached = self._ahead
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        ahead = {}
+        for table, version in versions.items():
+            params = {"lake_table": table, "version": -1 if version is None else version}
+            ahead[table] = _islands(conn, _AHEAD, params)
+            if ahead[table].ranges:
+                log.error(
+                    "lake table %s is at version %s but days were verified at later versions: "
+                    "its log lost commits; those days are not served from the lake",
+                    table,
+                    version,
+                )
+        with self._lock:
+            self._ahead = (key, ahead)
+        return ahead
 
     def load(
         self, conn: psycopg.Connection | None, users: Sequence[int], first: date, last: date
@@ -113,20 +190,49 @@ class CatalogSource:
         if conn is None:
             cached = self._coverage
             coverage = cached[1] if cached else {t: Coverage() for t in LAKE_TABLES}
-            return self._catalog(coverage, Coverage(), Coverage(), warm_available=False)
+            versions = self._versions()
+            ahead = self._ahead[1] if self._ahead else {}
+            return self._catalog(
+                coverage, Coverage(), Coverage(), versions, ahead, warm_available=False
+            )
         coverage = self._lake_coverage(conn)
         recent = {"users": list(users), "first": first, "last": last}
         unsynced = _islands(conn, _UNSYNCED, recent)
         stale = _islands(conn, _STALE, recent)
         # Versions pinned after reading lake_days: every verified day's commit is included.
-        return self._catalog(coverage, unsynced, stale, warm_available=True)
+        versions = self._versions()
+        ahead = self._days_ahead(conn, versions)
+        return self._catalog(coverage, unsynced, stale, versions, ahead, warm_available=True)
+
+    def _versions(self) -> dict[str, int | None]:
+        return {table: self.lake.version(table) for table in LAKE_TABLES}
 
     def _catalog(
         self,
         coverage: dict[str, Coverage],
         unsynced: Coverage,
         stale: Coverage,
+        versions: dict[str, int | None],
+        ahead: Mapping[str, Coverage],
         warm_available: bool,
     ) -> Catalog:
-        versions = {table: self.lake.version(table) for table in LAKE_TABLES}
-        return Catalog(coverage, unsynced, stale, versions, self._list_files, warm_available)
+        damage, tiered = self._damage
+        found = self.found_damage()
+        unservable = {
+            table: union(
+                damage.get(table, Coverage()),
+                ahead.get(table, Coverage()),
+                from_days(found.get(table, ())),
+            )
+            for table in LAKE_TABLES
+        }
+        return Catalog(
+            coverage,
+            unsynced,
+            stale,
+            versions,
+            self._list_files,
+            warm_available,
+            unservable,
+            tiered,
+        )

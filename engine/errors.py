@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 
 class StratumError(Exception):
     """Base of every error stratum reports to a user. `code` is stable and machine-readable."""
@@ -99,3 +101,27 @@ class KeyBusy(StratumError):
 
     code = "key_busy"
     retry_after_s = 1  # requests finish in seconds; the key's own next one may proceed
+
+
+class LakeDamaged(Unavailable):
+    """Lake days an answer needs are damaged or lost, and the warm store no longer holds them.
+
+    Never a silently short 200: the request is refused naming the days, until `stratum
+    repair` (or a restore from a backup) brings them back.
+    """
+
+    code = "lake_damaged"
+    retry_after_s = 300  # a repair is an operator's job: minutes at least
+
+    def __init__(self, tier: str, days: list[tuple[int, date, date]]) -> None:
+        shown = ", ".join(
+            f"user {u} {first}" + ("" if last == first else f"..{last}")
+            for u, first, last in days[:10]
+        )
+        more = f" and {len(days) - 10} more" if len(days) > 10 else ""
+        super().__init__(
+            f"the lake copy ({tier}) of {shown}{more} is damaged and the warm store no longer "
+            "holds those days; `stratum repair` lists what must be restored from a backup"
+        )
+        self.tier = tier
+        self.days = days

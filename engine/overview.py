@@ -6,7 +6,7 @@ shaped for people: which participants exist, which days each store holds, the la
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
@@ -31,14 +31,23 @@ _LAST_RUNS = (
 )
 
 
+# Damage recorded, and days verified at a version newer than the table's log reaches.
+_DAMAGED = "SELECT tier, user_id, day, reason FROM lake_damage"
+_AHEAD = (
+    "SELECT tier, user_id, day, lake_version FROM current_lake_days "
+    "WHERE tier = %s AND lake_version > %s"
+)
+
+
 @dataclass(frozen=True)
 class Health:
     warm_store: bool  # answers a query now
     lake: bool  # every lake table's log is readable
+    damaged: list[dict[str, Any]] = field(default_factory=list)  # lake days not served
 
     @property
     def ok(self) -> bool:
-        return self.warm_store and self.lake
+        return self.warm_store and self.lake and not self.damaged
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,23 @@ class Overview:
 def ping(conn: psycopg.Connection) -> None:
     """Raises if the warm store does not answer."""
     conn.execute("SELECT 1")
+
+
+def damaged_days(
+    conn: psycopg.Connection, versions: dict[str, int | None]
+) -> dict[tuple[str, int, date], str]:
+    """(lake table, user, day) -> why, for lake days that must not be served from the lake."""
+    found: dict[tuple[str, int, date], str] = {}
+    for table, version in versions.items():
+        for tier, user_id, day, verified in conn.execute(
+            _AHEAD, (table, -1 if version is None else version)
+        ):
+            found[(tier, user_id, day)] = (
+                f"verified at lake version {verified}, but the table's log ends at {version}"
+            )
+    for tier, user_id, day, reason in conn.execute(_DAMAGED):
+        found[(tier, user_id, day)] = reason
+    return found
 
 
 def _span(first: date, last: date, days: int) -> dict[str, Any]:

@@ -5,6 +5,9 @@ Per user, each day of the span is served from exactly one place:
   less catalog.unsynced);
 - otherwise the warm store: its rollup table, or, while the day's rollups lag its raw rows,
   a rollup computed from raw on the fly, so the answer is never stale.
+A lake day the catalog marks unservable (damaged, or verified at a version the log does not
+reach) comes from the warm store; if the warm store no longer holds it (raw and 1m of a
+tiered day) the plan is refused with LakeDamaged naming the days: never a short answer.
 Users whose days fall the same way share segments.
 """
 
@@ -14,9 +17,10 @@ from collections import defaultdict
 from datetime import date, datetime, timedelta
 
 from engine.catalog import Catalog, Coverage
+from engine.errors import LakeDamaged
 from engine.plan import DayRange, Plan, Segment
 from engine.query import DataQuery
-from engine.tiers import RAW, TIERS
+from engine.tiers import RAW, TIERED, TIERS
 from engine.timestamps import midnight
 
 ONE_DAY = timedelta(days=1)
@@ -59,15 +63,32 @@ def _label_days(
     return merged
 
 
+def _intersect(a: list[DayRange], b: list[DayRange]) -> list[DayRange]:
+    out = []
+    for lo_a, hi_a in a:
+        for lo_b, hi_b in b:
+            lo, hi = max(lo_a, lo_b), min(hi_a, hi_b)
+            if lo <= hi:
+                out.append((lo, hi))
+    return out
+
+
 def _user_runs(
     query: DataQuery, user_id: int, lake: Coverage, catalog: Catalog
 ) -> list[tuple[str, datetime, datetime]]:
     first, last = query.days
-    # Earlier layers win: a day with stale rollups is rolled up from raw; a day written
-    # since its last sync comes from the warm store, whatever the lake holds.
+    tier = TIERS[query.resolution]
+    unservable = _clip(catalog.unservable.get(tier.lake_table, Coverage()).of(user_id), first, last)
+    # Earlier layers win: a damaged lake day the warm store no longer holds is lost; a day
+    # with stale rollups is rolled up from raw; a damaged lake day or one written since its
+    # last sync comes from the warm store, whatever the lake holds.
     layers = []
+    if tier in TIERED and unservable:
+        tiered = _clip(catalog.tiered.of(user_id), first, last)
+        layers.append(("lost", _intersect(unservable, tiered)))
     if query.resolution != "raw":
         layers.append(("warm_from_raw", _clip(catalog.stale_rollups.of(user_id), first, last)))
+    layers.append(("warm", unservable))
     layers.append(("warm", _clip(catalog.unsynced.of(user_id), first, last)))
     layers.append(("lake", _clip(lake.of(user_id), first, last)))
     runs = []
@@ -88,9 +109,14 @@ def plan(query: DataQuery, catalog: Catalog) -> Plan:
         lake_coverage = Coverage()  # nothing verified can be read without a table
     # Group users by identical runs so one segment serves all of them.
     shared: dict[tuple[str, datetime, datetime], list[int]] = defaultdict(list)
+    lost: list[tuple[int, date, date]] = []
     for user_id in query.users:
         for run in _user_runs(query, user_id, lake_coverage, catalog):
+            if run[0] == "lost":
+                lost.append((user_id, run[1].date(), (run[2] - timedelta(microseconds=1)).date()))
             shared[run].append(user_id)
+    if lost:
+        raise LakeDamaged(tier.lake_table, lost)
     segments = []
     for (label, start, end), users in sorted(shared.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         if label == "lake":

@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 import psycopg
 import psycopg_pool
@@ -27,9 +28,10 @@ from engine.audit import AuditEntry, write_entry
 from engine.budget import QUERY_OVERHEAD_BYTES, MemoryBudget, resident_bytes, split_budget
 from engine.catalog import Catalog, CatalogSource
 from engine.errors import Unauthenticated, WarmStoreUnavailable
+from engine.integrity import FileChecker
 from engine.lakeexec import BATCH_ROWS, DEFAULT_TUNING, ScanTuning, connect_duckdb, stream_lake
 from engine.merge import merge_sorted, take
-from engine.overview import Health, Overview, coverage, last_runs, ping
+from engine.overview import Health, Overview, coverage, damaged_days, last_runs, ping
 from engine.plan import Plan, Segment
 from engine.query import DataQuery, Key
 from engine.settings import Settings
@@ -69,6 +71,7 @@ class Engine:
         self.duck = connect_duckdb(settings.memory, duckdb_bytes)
         self.budget = MemoryBudget(admission_bytes)
         self.catalogs = CatalogSource(self.lake)
+        self.files = FileChecker(self.lake)
         self.database_url = database_url
         self._warm: WarmPool | None = None
         self._warm_down_until = 0.0
@@ -170,9 +173,22 @@ class Engine:
         )
         return result
 
-    def run(self, query: DataQuery) -> Answer:
+    def checked_plan(self, query: DataQuery) -> tuple[Plan, Catalog]:
+        """The plan, with every lake file it reads verified first: days of a damaged file
+        are planned again from the warm store (or refused with LakeDamaged)."""
         catalog = self.catalog(query)
         plan = self.plan(query, catalog)
+        damaged = self.files.damaged(plan, self._file_records)
+        if not damaged:
+            return plan, catalog
+        for table, days in damaged.items():
+            self.catalogs.mark_damaged(table, days)
+            self._record_damage(table, days)
+        catalog = self.catalog(query)
+        return self.plan(query, catalog), catalog
+
+    def run(self, query: DataQuery) -> Answer:
+        plan, catalog = self.checked_plan(query)
         if plan.needs_warm and not catalog.warm_available:
             raise WarmStoreUnavailable(
                 "the warm store is unreachable and this span needs it; spans already in "
@@ -199,6 +215,42 @@ class Engine:
         # The reservation covers the page until the caller has rendered (consumed) it.
         answer.batches = self._released(answer.batches, reservation)
         return answer
+
+    # -- lake integrity ----------------------------------------------------------------------
+
+    def _file_records(self, table: str, paths: Sequence[str]) -> dict[str, tuple[int, str]] | None:
+        """What lake_files recorded for these files; None while the warm store is down."""
+        try:
+            with self._connection() as conn:
+                if conn is None:
+                    return None
+                rows = conn.execute(
+                    "SELECT path, size, sha256 FROM lake_files WHERE tier = %s AND path = ANY(%s)",
+                    (table, list(paths)),
+                ).fetchall()
+        except (psycopg.Error, psycopg_pool.PoolTimeout):
+            log.warning("lake file records unreadable; checking files by structure only")
+            return None
+        return {path: (int(size), digest) for path, size, digest in rows}
+
+    def _record_damage(self, table: str, days: dict[tuple[int, date], str]) -> None:
+        """Queue the days for `stratum repair` and tell other processes (best effort: this
+        process stops serving them from the lake either way)."""
+        try:
+            with self._connection() as conn:
+                if conn is None:
+                    return
+                keys = sorted(days)
+                conn.execute(
+                    "INSERT INTO lake_damage (user_id, tier, day, reason) "
+                    "SELECT u, %s, d, r "
+                    "FROM unnest(%s::int[], %s::date[], %s::text[]) AS x(u, d, r) "
+                    "ON CONFLICT (user_id, tier, day) DO NOTHING",
+                    (table, [u for u, _ in keys], [d for _, d in keys], [days[k] for k in keys]),
+                )
+                conn.execute("SELECT nextval('catalog_seq')")
+        except (psycopg.Error, psycopg_pool.PoolTimeout):
+            log.warning("could not record lake damage in the warm store", exc_info=True)
 
     # -- what /catalog and /health report --------------------------------------------------
 
@@ -278,7 +330,26 @@ class Engine:
                     warm = True
         except (psycopg.Error, psycopg_pool.PoolTimeout):
             warm = False
-        return Health(warm_store=warm, lake=self._lake_readable())
+        return Health(warm_store=warm, lake=self._lake_readable(), damaged=self.damaged_days())
+
+    def damaged_days(self) -> list[dict[str, Any]]:
+        """Lake days not served from the lake: recorded damage, days verified at a version
+        the log no longer reaches, and what this process found itself."""
+        found = {
+            (table, user_id, day): "found damaged by this process"
+            for table, days in self.catalogs.found_damage().items()
+            for user_id, day in days
+        }
+        try:
+            with self._connection() as conn:
+                if conn is not None:
+                    found.update(damaged_days(conn, self.lake_versions()))
+        except (psycopg.Error, psycopg_pool.PoolTimeout):
+            pass
+        return [
+            {"tier": t, "user_id": u, "day": d.isoformat(), "reason": why}
+            for (t, u, d), why in sorted(found.items())
+        ]
 
     def lake_versions(self) -> dict[str, int | None]:
         versions: dict[str, int | None] = {}

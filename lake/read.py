@@ -17,7 +17,8 @@ def read_partition_file(tier: str, path: str, partition: PartitionKey) -> pa.Tab
     from the path, with its own types.
     """
     stored = file_schema(tier)
-    raw = pq.ParquetFile(path).read(columns=stored.names)
+    # Page checksums (written since issue 11) are verified: a flipped byte raises here.
+    raw = pq.ParquetFile(path, page_checksum_verification=True).read(columns=stored.names)
     rows = raw.num_rows
     columns: dict[str, pa.Array | pa.ChunkedArray] = {
         name: raw.column(name).cast(stored.field(name).type) for name in stored.names

@@ -23,6 +23,7 @@ from lake.layout import (
     PartitionKey,
     check_tier,
     partition_columns,
+    partition_days,
     partition_of,
     tier_schema,
 )
@@ -30,7 +31,7 @@ from lake.locking import writer_lock
 from lake.maintenance import CompactResult, VacuumResult, compact_partitions
 from lake.prepare import sort_rows, split_partitions
 from lake.read import read_partition_file
-from lake.snapshot import LakeFiles, Snapshot
+from lake.snapshot import LakeFile, LakeFiles, Snapshot
 from lake.writer import remove_action, write_file
 
 # Table properties set at creation. A checkpoint every 50 commits keeps loading a table with
@@ -101,11 +102,16 @@ class Lake:
         return LakeFiles(tier, snapshot.version, snapshot.select(user_ids, first_day, last_day))
 
     def day_stats(
-        self, tier: str, pairs: Iterable[tuple[int, date]], version: int | None = None
+        self,
+        tier: str,
+        pairs: Iterable[tuple[int, date]],
+        version: int | None = None,
+        damaged: dict[DayKey, str] | None = None,
     ) -> dict[DayKey, DayStat]:
         """(rows, checksum) per requested (user_id, day), read back from the lake files.
 
-        Days without rows in the lake report (0, 0).
+        Days without rows in the lake report (0, 0). A file that cannot be read raises, unless
+        ``damaged`` is given: its days then go there (with the file and the reason) instead.
         """
         wanted = _pairs(pairs)
         snapshot = self._snapshot(tier, version)
@@ -115,12 +121,34 @@ class Lake:
                 jobs.extend((e.file.path, key) for e in snapshot.by_partition.get(key, ()))
 
         def stats_of(job: tuple[str, PartitionKey]) -> dict[DayKey, DayStat]:
-            table = read_partition_file(tier, job[0], job[1])
+            try:
+                table = read_partition_file(tier, job[0], job[1])
+            except (pa.ArrowException, OSError) as exc:
+                if damaged is None:
+                    raise
+                first, last = partition_days(tier, job[1])
+                for user_id, day in wanted:
+                    if user_id == job[1][0] and first <= day <= last:
+                        damaged[(user_id, day)] = f"{job[0]}: {exc}"
+                return {}
             return {k: v for k, v in day_checksums(tier, table).items() if k in wanted}
 
         with ThreadPoolExecutor(_IO_THREADS) as pool:
             merged = merge_checksums(pool.map(stats_of, jobs))
-        return {pair: merged.get(pair, (0, 0)) for pair in sorted(wanted)}
+        lost = set(damaged or ())
+        return {pair: merged.get(pair, (0, 0)) for pair in sorted(wanted) if pair not in lost}
+
+    def entries(self, tier: str, version: int | None = None) -> list[tuple[str, LakeFile]]:
+        """(path relative to the table folder, file) of every file of a version (latest if
+        None); empty while the table does not exist."""
+        snapshot = self._snapshot(tier, version)
+        if snapshot is None:
+            return []
+        return [(e.relative_path, e.file) for e in snapshot.by_path.values()]
+
+    def relative_path(self, tier: str, lake_file: LakeFile) -> str:
+        """A file's path relative to its table folder (how the catalog records it)."""
+        return os.path.relpath(lake_file.path, self.table_dir(tier))
 
     def total_bytes(self, tier: str | None = None) -> int:
         """Bytes of the files in the latest version of one tier (None: all tiers)."""

@@ -91,6 +91,8 @@ def write_file(
         use_dictionary=[name for name in ("metric", "date") if name in names],
         column_encoding=_column_encodings(part.schema),
         write_statistics=True,
+        # Readers that can (pyarrow: page_checksum_verification) then detect a flipped byte.
+        write_page_checksum=True,
         sorting_columns=[
             pq.SortingColumn(names.index("metric")),
             pq.SortingColumn(names.index("ts")),

@@ -39,7 +39,9 @@ from engine.errors import SyncFailed
 from engine.tiers import LAKE_TABLES, by_lake_table
 from engine.timestamps import midnight
 from lake import Lake, day_checksums, partition_of
+from lake.integrity import file_digest
 from lake.layout import PartitionKey, data_schema, derived_column, partition_days, value_columns
+from sync.lakefiles import record_files, require_current_log
 from sync.prefetch import prefetched
 from sync.runs import SYNC_LOCK, advisory_lock
 
@@ -169,6 +171,7 @@ def sync_to_lake(
         advisory_lock(url, SYNC_LOCK, "sync or tiering run"),
         psycopg.connect(url, autocommit=True) as conn,
     ):
+        require_current_log(conn, lake)
         candidates = pending_days(conn, cutoff)
         stale_row = conn.execute(_STALE, (cutoff,)).fetchone()
         stale = int(stale_row[0]) if stale_row else 0
@@ -337,6 +340,7 @@ def _export_batch(conn: psycopg.Connection, lake: Lake, snapshot: _Snapshot, tal
     failed: dict[str, set[Pair]] = {}
     stale_rows: dict[str, set[Pair]] = {}  # other days' lake_days rows no longer true
     versions: dict[str, int] = {}
+    files: dict[str, list[tuple[str, int, str]]] = {}
     for tier in LAKE_TABLES:
         table = snapshot.tables[tier]
         partitions = {partition_of(tier, u, d) for u, d in pairs}
@@ -346,6 +350,8 @@ def _export_batch(conn: psycopg.Connection, lake: Lake, snapshot: _Snapshot, tal
         source = day_checksums(tier, table)  # here, not on the reader: it waits on PostgreSQL
         version = lake.replace_days(tier, table, pairs)
         versions[tier] = version
+        # Hashed before the read-back: what is recorded is what was verified.
+        files[tier] = _file_records(lake, tier, version, partitions)
         wanted = set(pairs) | set(others)
         back = lake.day_stats(tier, wanted, version=version)
         verified[tier] = {p: back[p] for p in pairs if back[p] == source.get(p, (0, 0))}
@@ -370,7 +376,48 @@ def _export_batch(conn: psycopg.Connection, lake: Lake, snapshot: _Snapshot, tal
             tally.failed.append((u, d, tier))
     synced = [p for p in pairs if all(p in verified[t] for t in LAKE_TABLES)]
     _record(conn, snapshot, verified, failed, stale_rows, versions, synced)
+    _record_files(conn, files, versions, verified)
     tally.days += len(synced)
+
+
+def _file_records(
+    lake: Lake, tier: str, version: int, partitions: set[PartitionKey]
+) -> list[tuple[str, int, str]]:
+    """(relative path, size, content hash) of the files of these partitions at `version`."""
+    if not partitions:
+        return []
+    users = sorted({key[0] for key in partitions})
+    spans = [partition_days(tier, key) for key in partitions]
+    start = midnight(min(lo for lo, _ in spans))
+    end = midnight(max(hi for _, hi in spans) + timedelta(days=1))
+    return [
+        (lake.relative_path(tier, f), f.size_bytes, file_digest(f.path))
+        for f in lake.files(tier, users, start, end, version=version).files
+        if partition_of(tier, f.user_id, f.first_day) in partitions
+    ]
+
+
+def _record_files(
+    conn: psycopg.Connection,
+    files: dict[str, list[tuple[str, int, str]]],
+    versions: dict[str, int],
+    verified: dict[str, dict[Pair, Stat]],
+) -> None:
+    """Record the committed files' sizes and hashes; a re-exported day is no longer damaged."""
+    rows = [
+        (t, path, size, digest, versions[t])
+        for t, listed in files.items()
+        for path, size, digest in listed
+    ]
+    record_files(conn, rows)
+    repaired = [(u, t, d) for t, stats in verified.items() for u, d in stats]
+    if repaired:
+        conn.execute(
+            "DELETE FROM lake_damage l USING unnest(%s::int[], %s::text[], %s::date[]) "
+            "AS x(user_id, tier, day) "
+            "WHERE l.user_id = x.user_id AND l.tier = x.tier AND l.day = x.day",
+            [list(c) for c in zip(*repaired, strict=True)],
+        )
 
 
 def _recorded_in(

@@ -1,0 +1,90 @@
+"""Is a lake file still the one that was committed? Content hashes, and a per-process cache.
+
+Sync records each file's size and content hash when it commits it (the warm store keeps
+them, see sync/migrations/005). A reader checks a file against that record before it first
+serves it, and remembers the result by (path, size, mtime): later queries pay one stat. A
+file without a record (written before records were kept, or while the record cannot be
+read) is read whole with its Parquet page checksums verified, which finds truncation and
+most flipped bytes, though not another valid file copied over it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+HASH_NAME = "sha256"
+
+
+def file_digest(path: str) -> str:
+    """Hex content hash of a file."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, HASH_NAME).hexdigest()
+
+
+def check_structure(path: str) -> str | None:
+    """Why a Parquet file does not read back whole (every page, checksums verified); None
+    when it does."""
+    try:
+        pq.ParquetFile(path, page_checksum_verification=True).read()
+    except (pa.ArrowException, OSError) as exc:
+        return f"unreadable: {exc}"
+    return None
+
+
+def check_file(path: str, size: int | None, digest: str | None) -> str | None:
+    """Why the file at ``path`` is not the one recorded (``size``, ``digest``; None: not
+    recorded); None when it is."""
+    try:
+        found = os.stat(path).st_size
+    except FileNotFoundError:
+        return "file is missing"
+    except OSError as exc:
+        return f"cannot read: {exc.strerror}"
+    if size is not None and found != size:
+        return f"size is {found} bytes, {size} recorded at commit"
+    if digest is None:
+        return check_structure(path)
+    try:
+        actual = file_digest(path)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror}"
+    if actual != digest:
+        return "content differs from the hash recorded at commit"
+    return None
+
+
+def _identity(path: str) -> tuple[str, int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (path, stat.st_size, stat.st_mtime_ns)
+
+
+class VerifiedFiles:
+    """Files this process found intact, by (path, size, mtime): a file is hashed once, and
+    again only after it changed on disk. Thread-safe; bounded by the files of the lake."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._good: set[tuple[str, int, int]] = set()
+
+    def known_good(self, path: str) -> bool:
+        identity = _identity(path)
+        with self._lock:
+            return identity is not None and identity in self._good
+
+    def remember(self, path: str) -> None:
+        identity = _identity(path)
+        if identity is not None:
+            with self._lock:
+                self._good.add(identity)
+
+    def forget(self, path: str) -> None:
+        with self._lock:
+            self._good = {i for i in self._good if i[0] != path}

@@ -1,0 +1,140 @@
+"""Issue 11: a 200 is never wrong or short. A damaged lake file (a flipped byte, another
+day's file copied over it, truncated, missing) or a lost Delta commit is never served: the day
+comes from the warm store while it holds it, else 503 lake_damaged naming the day; /health
+reports the damage."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+from api.app import create_app
+from engine.settings import Settings
+from lake import Lake
+from sync.export import sync_to_lake
+from sync.tiering import tier_warm_store
+from tests.api.conftest import api_settings, load_cohort
+
+DAY = {"user_id": "1,2", "metric": "heart_rate,steps", "page_size": "50000"}
+LAKE_DAY = {**DAY, "start": "2024-01-01", "end": "2024-01-02", "resolution": "raw"}
+BOTH_DAYS = {**DAY, "start": "2024-01-01", "end": "2024-01-03", "resolution": "raw"}
+
+
+def answer(settings: Settings, url: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """One request from a fresh process (a new app: nothing cached)."""
+    with TestClient(create_app(settings, url)) as client:
+        response = client.get("/data", params=params)
+        return response.status_code, response.json()
+
+
+def health(settings: Settings, url: str) -> dict[str, Any]:
+    with TestClient(create_app(settings, url)) as client:
+        body: dict[str, Any] = client.get("/health").json()
+        return body
+
+
+def lake_file(settings: Settings, user_id: int, day: str, tier: str = "raw") -> Path:
+    (found,) = (settings.lake.path / tier / f"user_id={user_id}" / f"date={day}").glob("*.parquet")
+    return found
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def copy_other_day(path: Path) -> None:
+    other = Path(str(path).replace("user_id=1", "user_id=2"))
+    shutil.copyfile(next(other.parent.glob("*.parquet")), path)
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGE: dict[str, Callable[[Path], None]] = {
+    "flipped byte": flip_byte,
+    "another day's file": copy_other_day,
+    "truncated": truncate,
+    "missing": Path.unlink,
+}
+
+
+def synced(warm_url: str, tmp_path: Path) -> tuple[Settings, dict[str, Any]]:
+    """The cohort with 2024-01-01 in the lake; the warm store's own answer for that day."""
+    load_cohort(warm_url)
+    settings = api_settings(tmp_path)
+    status, warm_only = answer(settings, warm_url, LAKE_DAY)
+    assert status == 200 and warm_only["meta"]["sources"] == ["warm"]
+    lake = Lake(settings.lake.path)
+    sync_to_lake(warm_url, lake, grace_days=1, batch_days=8, today=date(2024, 1, 3))
+    status, from_lake = answer(settings, warm_url, LAKE_DAY)
+    assert from_lake["meta"]["sources"] == ["lake"] and from_lake["data"] == warm_only["data"]
+    return settings, warm_only
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+def test_a_damaged_lake_file_is_served_from_the_warm_store(
+    warm_url: str, tmp_path: Path, damage: str
+) -> None:
+    settings, warm_only = synced(warm_url, tmp_path)
+    DAMAGE[damage](lake_file(settings, 1, "2024-01-01"))
+
+    status, body = answer(settings, warm_url, LAKE_DAY)
+    assert status == 200, body
+    assert body["data"] == warm_only["data"]
+    assert "warm" in body["meta"]["sources"]
+    report = health(settings, warm_url)
+    assert report["status"] == "degraded"
+    assert {(d["tier"], d["user_id"], d["day"]) for d in report["lake_damaged"]} == {
+        ("raw", 1, "2024-01-01")
+    }
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated"])
+def test_a_damaged_day_the_warm_store_no_longer_holds_is_503_naming_it(
+    warm_url: str, tmp_path: Path, damage: str
+) -> None:
+    settings, _ = synced(warm_url, tmp_path)
+    tiered = tier_warm_store(
+        warm_url, Lake(settings.lake.path), older_than_days=1, today=date(2024, 1, 3)
+    )
+    assert tiered.days == 3
+    DAMAGE[damage](lake_file(settings, 1, "2024-01-01"))
+
+    status, body = answer(settings, warm_url, LAKE_DAY)
+    assert status == 503, body
+    assert body["error"]["code"] == "lake_damaged"
+    assert "user 1 2024-01-01" in body["error"]["message"]
+    # The other user's day is intact and still served.
+    status, body = answer(settings, warm_url, {**LAKE_DAY, "user_id": "2"})
+    assert status == 200 and body["data"] and body["meta"]["sources"] == ["lake"]
+
+
+def test_a_lost_delta_commit_is_never_read_as_the_table(warm_url: str, tmp_path: Path) -> None:
+    load_cohort(warm_url)
+    settings = api_settings(tmp_path)
+    status, warm_only = answer(settings, warm_url, BOTH_DAYS)
+    lake = Lake(settings.lake.path)
+    sync_to_lake(warm_url, lake, grace_days=1, batch_days=8, today=date(2024, 1, 3))
+    sync_to_lake(warm_url, lake, grace_days=1, batch_days=8, today=date(2024, 1, 4))
+    status, both = answer(settings, warm_url, BOTH_DAYS)
+    assert both["meta"]["sources"] == ["lake"] and both["data"] == warm_only["data"]
+
+    newest = sorted((settings.lake.path / "raw" / "_delta_log").glob("*.json"))[-1]
+    newest.unlink()
+
+    status, body = answer(settings, warm_url, BOTH_DAYS)
+    assert status == 200, body
+    assert body["data"] == warm_only["data"]
+    assert body["meta"]["sources"] == ["lake", "warm"]
+    report = health(settings, warm_url)
+    assert report["status"] == "degraded"
+    assert {(d["tier"], d["day"]) for d in report["lake_damaged"]} == {("raw", "2024-01-02")}

@@ -1,4 +1,5 @@
-"""The lake jobs from the CLI: `stratum sync`, `sync status`, `tier`, `maintain`, `scheduler`."""
+"""The lake jobs from the CLI: `stratum sync`, `sync status`, `tier`, `maintain`, `verify`,
+`repair`, `scheduler`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC
+from datetime import UTC, date
 
 from rich import box
 from rich.progress import Progress
@@ -21,10 +22,12 @@ from lake import Lake
 from sync import jobs
 from sync.coverage import lake_summary, user_coverage
 from sync.export import SyncResult, VerificationFailed
+from sync.lakefiles import damage_report
 from sync.maintenance import MaintainResult
 from sync.runs import recent_runs
 from sync.scheduler import run_scheduler
 from sync.tiering import TieringResult
+from sync.verify import RepairResult, VerifyResult
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -62,6 +65,16 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="keep unreferenced files younger than this (default $STRATUM_VACUUM_RETENTION_HOURS)",
     )
     maintain.set_defaults(run=maintain_command)
+
+    verify = sub.add_parser(
+        "verify", help="scrub the lake: every file against its recorded size and hash"
+    )
+    verify.set_defaults(run=verify_command)
+    repair = sub.add_parser(
+        "repair",
+        help="re-export damaged lake days the warm store holds; list what needs a backup",
+    )
+    repair.set_defaults(run=repair_command)
 
     scheduler = sub.add_parser(
         "scheduler", help="run the nightly sync and the hourly rollup refresh (UTC)"
@@ -148,7 +161,52 @@ def maintain_command(args: argparse.Namespace, ctx: Context) -> int:
         f"compacted {done.files_rewritten} files; vacuum deleted {done.files_deleted} files "
         f"older than {settings.vacuum_retention_hours}h; {done.seconds:.1f}s"
     )
+    jobs.require_ok(result)  # damaged partitions were skipped and named: exit non-zero
     return 0
+
+
+def verify_command(args: argparse.Namespace, ctx: Context) -> int:
+    result = jobs.verify_job(ctx.url, ctx.settings.lake)
+    done = result.detail
+    assert isinstance(done, VerifyResult)
+    console.print(
+        f"verified {done.files:,} lake files ({_size(done.bytes)}) in {done.seconds:.1f}s; "
+        f"{len(done.damaged)} damaged lake days found"
+    )
+    _print_damage(done.damaged)
+    if done.damaged:
+        console.print("run `stratum repair`", style="red")
+    jobs.require_ok(result)
+    return 0
+
+
+def repair_command(args: argparse.Namespace, ctx: Context) -> int:
+    result = jobs.repair_job(ctx.url, ctx.settings.lake)
+    done = result.detail
+    assert isinstance(done, RepairResult)
+    console.print(f"re-exported {len(done.requeued)} damaged lake days from the warm store")
+    if done.sync is not None:
+        print_sync(done.sync)
+    if done.backup_only:
+        console.print(
+            f"{len(done.backup_only)} lake days are held nowhere else: restore them from a "
+            "backup of the lake (then run `stratum verify`)",
+            style="red",
+        )
+        _print_damage(done.backup_only)
+    jobs.require_ok(result)
+    return 0
+
+
+def _print_damage(rows: list[tuple[int, str, date, str]]) -> None:
+    if not rows:
+        return
+    table = Table(title="damaged lake days", box=box.SIMPLE_HEAD)
+    for name in ("user", "tier", "day", "why"):
+        table.add_column(name)
+    for user_id, tier, day, why in rows:
+        table.add_row(str(user_id), tier, day.isoformat(), why)
+    console.print(table)
 
 
 def scheduler_command(args: argparse.Namespace, ctx: Context) -> int:
@@ -239,6 +297,13 @@ def sync_status(args: argparse.Namespace, ctx: Context) -> int:
             f"{cov.days_tiered:,}",
         )
     console.print(users)
+    damaged = damage_report(ctx.url, Lake(ctx.settings.lake.path))
+    _print_damage(damaged)
+    if damaged:
+        raise SyncFailed(
+            f"{len(damaged)} lake days are damaged or lost and not served from the lake; "
+            "run `stratum verify`, then `stratum repair`"
+        )
     return 0
 
 

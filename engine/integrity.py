@@ -12,22 +12,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import date, timedelta
+from datetime import date
 
 from engine.plan import Plan
-from lake import Lake, LakeFile
-from lake.integrity import VerifiedFiles, check_file
+from lake import Lake
+from lake.integrity import VerifiedFiles, check_file, file_days
 
 log = logging.getLogger(__name__)
 
 DayKey = tuple[int, date]
 # (lake table, relative paths) -> path -> (size, content hash); None: records unreadable now.
 Records = Callable[[str, Sequence[str]], dict[str, tuple[int, str]] | None]
-
-
-def file_days(lake_file: LakeFile) -> list[DayKey]:
-    days = (lake_file.last_day - lake_file.first_day).days + 1
-    return [(lake_file.user_id, lake_file.first_day + timedelta(days=i)) for i in range(days)]
 
 
 class FileChecker:

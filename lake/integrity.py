@@ -13,11 +13,20 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from datetime import date, timedelta
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lake.snapshot import LakeFile
+
 HASH_NAME = "sha256"
+
+
+def file_days(lake_file: LakeFile) -> list[tuple[int, date]]:
+    """The (user_id, day)s a file may hold."""
+    days = (lake_file.last_day - lake_file.first_day).days + 1
+    return [(lake_file.user_id, lake_file.first_day + timedelta(days=i)) for i in range(days)]
 
 
 def file_digest(path: str) -> str:

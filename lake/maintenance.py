@@ -12,7 +12,7 @@ from deltalake.transaction import AddAction, RemoveAction
 from lake.layout import PartitionKey
 from lake.prepare import sort_rows, split_partitions
 from lake.read import read_partition_file
-from lake.snapshot import Entry
+from lake.snapshot import Entry, LakeFile
 from lake.writer import remove_action, write_file
 
 
@@ -26,6 +26,8 @@ class CompactResult:
     bytes_before: int
     bytes_after: int
     seconds: float
+    # Files that could not be read (partition left as it was): (relative path, file, why).
+    damaged: tuple[tuple[str, LakeFile, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -38,20 +40,35 @@ class VacuumResult:
         return sum(self.files_deleted.values())
 
 
+def _read_all(
+    tier: str, key: PartitionKey, entries: Sequence[Entry], damaged: list[tuple[str, LakeFile, str]]
+) -> pa.Table | None:
+    """The partition's rows, or None (and its bad files in ``damaged``) if one is unreadable."""
+    parts = []
+    for entry in entries:
+        try:
+            parts.append(read_partition_file(tier, entry.file.path, key))
+        except (pa.ArrowException, OSError) as exc:
+            damaged.append((entry.relative_path, entry.file, str(exc)))
+    return pa.concat_tables(parts) if len(parts) == len(entries) else None
+
+
 def compact_partitions(
     tier: str,
     table_dir: Path,
     crowded: Mapping[PartitionKey, Sequence[Entry]],
     now_ms: int,
+    damaged: list[tuple[str, LakeFile, str]],
 ) -> tuple[list[AddAction | RemoveAction], int, int, int]:
     """Rewrite each partition's files as one sorted file; return the actions of one commit,
-    files added, bytes before and bytes after. ``dataChange=false``: rows do not change."""
+    files added, bytes before and bytes after. ``dataChange=false``: rows do not change.
+    A partition with an unreadable file is left alone; the file goes to ``damaged``."""
     actions: list[AddAction | RemoveAction] = []
     added = bytes_before = bytes_after = 0
     for key, entries in crowded.items():
-        rows = pa.concat_tables(
-            read_partition_file(tier, entry.file.path, key) for entry in entries
-        )
+        rows = _read_all(tier, key, entries, damaged)
+        if rows is None:
+            continue
         # split_partitions re-validates; one partition comes out.
         for part_key, part in split_partitions(tier, rows):
             add = write_file(table_dir, tier, part_key, sort_rows(part), data_change=False)

@@ -307,20 +307,24 @@ class Lake:
                 return CompactResult(
                     tier, snapshot.version, 0, 0, 0, 0, 0, time.perf_counter() - started
                 )
+            damaged: list[tuple[str, LakeFile, str]] = []
             actions, added, bytes_before, bytes_after = compact_partitions(
-                tier, self.table_dir(tier), crowded, int(time.time() * 1000)
+                tier, self.table_dir(tier), crowded, int(time.time() * 1000), damaged
             )
-            removed = sum(len(entries) for entries in crowded.values())
-            version = self._commit(tier, table, actions, "compact")
+            bad = {partition_of(tier, f.user_id, f.first_day) for _, f, _ in damaged}
+            done = {k: v for k, v in crowded.items() if k not in bad}
+            removed = sum(len(entries) for entries in done.values())
+            version = self._commit(tier, table, actions, "compact") if actions else table.version()
             return CompactResult(
                 tier,
                 version,
-                len(crowded),
+                len(done),
                 removed,
                 added,
                 bytes_before,
                 bytes_after,
                 time.perf_counter() - started,
+                tuple(damaged),
             )
 
     def vacuum(self, retention_hours: int) -> VacuumResult:

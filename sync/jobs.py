@@ -1,7 +1,7 @@
 """The sync jobs as plain functions: each records its run in sync_runs and returns a JobResult.
 
 The CLI calls them one at a time; the scheduler (sync/scheduler.py) calls `nightly_job`
-(refresh rollups, sync, tier, maintain) and `refresh_job` on their triggers.
+(refresh rollups, sync, tier, maintain, verify) and `refresh_job` on their triggers.
 """
 
 from __future__ import annotations
@@ -17,11 +17,14 @@ import psycopg
 from engine.errors import SyncFailed
 from engine.settings import LakeSettings
 from lake import Lake
+from lake.integrity import file_days
 from sync.export import Progress, SyncResult, sync_to_lake
+from sync.lakefiles import record_damage, require_current_log
 from sync.maintenance import maintain_lake
 from sync.rollups import refresh_rollups
 from sync.runs import NIGHTLY_LOCK, JobResult, finish_run, start_run
 from sync.tiering import tier_warm_store
+from sync.verify import repair_lake, verify_lake
 
 log = logging.getLogger(__name__)
 
@@ -136,17 +139,83 @@ def tiering_job(
 
 def maintain_job(url: str, settings: LakeSettings) -> JobResult:
     def body() -> JobResult:
-        done = maintain_lake(Lake(settings.path), settings.vacuum_retention_hours)
+        lake = Lake(settings.path)
+        with psycopg.connect(url, autocommit=True) as conn:
+            require_current_log(conn, lake)  # a compaction commit would reuse lost versions
+            done = maintain_lake(lake, settings.vacuum_retention_hours)
+            damaged = [
+                (user_id, table, day, f"{relative}: {why}")
+                for table, compacted in done.compacted.items()
+                for relative, lake_file, why in compacted.damaged
+                for user_id, day in file_days(lake_file)
+            ]
+            record_damage(conn, damaged)
+        error = None
+        if damaged:
+            error = f"{len(damaged)} damaged lake days left uncompacted (queued for repair): " + (
+                ", ".join(f"user {u} {d} {t}" for u, t, d, _ in damaged[:5])
+            )
         return JobResult(
             "maintain",
+            status="failed" if damaged else "ok",
             files=done.files_rewritten + done.files_deleted,
             bytes=done.bytes_after,
             seconds=done.seconds,
             lake_versions=done.versions,
+            error=error,
             detail=done,
         )
 
     return run_job(url, "maintain", body)
+
+
+def verify_job(url: str, settings: LakeSettings) -> JobResult:
+    def body() -> JobResult:
+        done = verify_lake(url, Lake(settings.path))
+        error = None
+        if done.damaged:
+            error = f"{len(done.damaged)} damaged lake days (run `stratum repair`): " + ", ".join(
+                f"user {u} {d} {t}: {why}" for u, t, d, why in done.damaged[:3]
+            )
+        return JobResult(
+            "verify",
+            status="failed" if done.damaged else "ok",
+            days=len(done.damaged),
+            files=done.files,
+            bytes=done.bytes,
+            seconds=done.seconds,
+            error=error,
+            detail=done,
+        )
+
+    return run_job(url, "verify", body)
+
+
+def repair_job(url: str, settings: LakeSettings, *, today: date | None = None) -> JobResult:
+    def body() -> JobResult:
+        done = repair_lake(
+            url,
+            Lake(settings.path),
+            grace_days=settings.sync_grace_days,
+            batch_days=settings.sync_batch_days,
+            today=today,
+        )
+        error = None
+        if done.backup_only:
+            error = f"{len(done.backup_only)} lake days only a backup can restore: " + ", ".join(
+                f"user {u} {d} {t}" for u, t, d, _ in done.backup_only[:5]
+            )
+        return JobResult(
+            "repair",
+            status="failed" if done.backup_only else "ok",
+            days=len(done.requeued),
+            rows=done.sync.total_rows if done.sync else 0,
+            seconds=done.seconds,
+            error=error,
+            detail=done,
+        )
+
+    return run_job(url, "repair", body)
 
 
 def nightly_job(url: str, settings: LakeSettings, *, today: date | None = None) -> JobResult:
@@ -170,6 +239,7 @@ def _nightly_steps(url: str, settings: LakeSettings, today: date | None) -> JobR
         ("sync", lambda: sync_job(url, settings, today=today)),
         ("tier", lambda: tiering_job(url, settings, today=today)),
         ("maintain", lambda: maintain_job(url, settings)),
+        ("verify", lambda: verify_job(url, settings)),  # the nightly scrub
     ]
     results: dict[str, JobResult] = {}
     errors: list[str] = []

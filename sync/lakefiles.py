@@ -80,3 +80,16 @@ def require_current_log(conn: psycopg.Connection, lake: Lake) -> None:
             f"({len(ahead)} days, e.g. {shown}): commits were lost. Run `stratum verify` to "
             "record them, then `stratum repair`"
         )
+
+
+def damage_report(url: str, lake: Lake) -> list[DamageRow]:
+    """Lake days not served from the lake: recorded damage, and days verified at a version
+    the table's log no longer reaches (not yet recorded)."""
+    with psycopg.connect(url) as conn:
+        recorded = [
+            (int(u), t, d, why)
+            for u, t, d, why in conn.execute(
+                "SELECT user_id, tier, day, reason FROM lake_damage ORDER BY user_id, tier, day"
+            ).fetchall()
+        ]
+        return recorded + days_ahead(conn, lake)

@@ -27,6 +27,7 @@ from engine.tiers import TIERED
 from engine.timestamps import midnight
 from lake import Lake
 from sync import timescale
+from sync.lakefiles import record_damage
 from sync.runs import SYNC_LOCK, advisory_lock
 
 log = logging.getLogger(__name__)
@@ -203,14 +204,25 @@ def _verified(
     if not locked:
         return []
     pairs = [day.pair for day in locked]
-    lake_raw = lake.day_stats(RAW.lake_table, pairs)
-    lake_1m = lake.day_stats(MINUTE.lake_table, pairs)
+    # A file that cannot be read refuses its days only: the rest of the run goes on.
+    damaged_raw: dict[Pair, str] = {}
+    damaged_1m: dict[Pair, str] = {}
+    lake_raw = lake.day_stats(RAW.lake_table, pairs, damaged=damaged_raw)
+    lake_1m = lake.day_stats(MINUTE.lake_table, pairs, damaged=damaged_1m)
+    record_damage(
+        conn,
+        [(u, RAW.lake_table, d, why) for (u, d), why in damaged_raw.items()]
+        + [(u, MINUTE.lake_table, d, why) for (u, d), why in damaged_1m.items()],
+    )
     warm = _warm_counts(conn, pairs)
     good: list[Pair] = []
     bad: list[Pair] = []
     for day in locked:
         why = None
-        if lake_raw[day.pair] != day.raw or lake_1m[day.pair] != day.agg_1m:
+        problem = damaged_raw.get(day.pair) or damaged_1m.get(day.pair)
+        if problem is not None:
+            why = f"lake file damaged (queued for repair): {problem}"
+        elif lake_raw[day.pair] != day.raw or lake_1m[day.pair] != day.agg_1m:
             why = "lake copy differs from its verification record"
         elif warm[day.pair] != (day.raw[0], day.agg_1m[0]):
             why = "warm-store row count differs from the verified export"

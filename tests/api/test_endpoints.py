@@ -44,7 +44,12 @@ def test_health_and_ready(client: TestClient) -> None:
     for path in ("/health", "/health?ready=1", "/ready"):
         response = client.get(path)
         assert response.status_code == 200
-        assert response.json() == {"status": "ok", "warm_store": True, "lake": True}
+        assert response.json() == {
+            "status": "ok",
+            "warm_store": True,
+            "lake": True,
+            "lake_damaged": [],
+        }
 
 
 def test_metrics_in_prometheus_text(client: TestClient) -> None:

@@ -1,0 +1,140 @@
+"""Scrub and repair the lake (`stratum verify`, nightly; `stratum repair`).
+
+verify: every file of every table's latest version is checked against the size and content
+hash recorded when it was committed (files without a record: their size in the log, and a
+full read with page checksums verified); every verified lake day must still have a file in
+its partition; and no day may be verified at a version newer than its table's log reaches.
+What fails is recorded in lake_damage: the router stops serving those days from the lake at
+once (the warm store answers while it holds them, else 503 lake_damaged).
+
+repair: a damaged day the warm store still holds (not tiered, or a 1h/1d rollup, which the
+warm store keeps) is queued for a fresh export and synced now; the others are listed: only a
+backup of the lake can restore them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import date
+
+import psycopg
+
+from engine.tiers import LAKE_TABLES, TIERED
+from lake import Lake, partition_of
+from lake.integrity import check_file, file_days
+from sync.export import SyncResult, sync_to_lake
+from sync.lakefiles import DamageRow, days_ahead, record_damage
+from sync.runs import SYNC_LOCK, advisory_lock
+
+log = logging.getLogger(__name__)
+
+_FINE = tuple(t.lake_table for t in TIERED)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    files: int  # files checked
+    bytes: int
+    damaged: list[DamageRow]  # (user, tier, day, why), newly found
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    requeued: list[tuple[int, str, date]]  # re-exported from the warm store
+    backup_only: list[DamageRow]  # the warm store no longer holds these: restore from backup
+    sync: SyncResult | None
+    seconds: float
+
+
+def verify_lake(url: str, lake: Lake) -> VerifyResult:
+    started = time.perf_counter()
+    files = size = 0
+    damaged: dict[tuple[int, str, date], str] = {}
+    with psycopg.connect(url, autocommit=True) as conn:
+        for user_id, table, day, why in days_ahead(conn, lake):
+            damaged[(user_id, table, day)] = why
+        for table in LAKE_TABLES:
+            records: dict[str, tuple[int, str | None]] = {
+                path: (int(recorded_size), digest)
+                for path, recorded_size, digest in conn.execute(
+                    "SELECT path, size, sha256 FROM lake_files WHERE tier = %s", (table,)
+                )
+            }
+            partitions = set()
+            for relative, lake_file in lake.entries(table):
+                files += 1
+                size += lake_file.size_bytes
+                partitions.add(partition_of(table, lake_file.user_id, lake_file.first_day))
+                recorded_size, digest = records.get(relative, (lake_file.size_bytes, None))
+                problem = check_file(lake_file.path, recorded_size, digest)
+                if problem is not None:
+                    log.error("verify: %s/%s: %s", table, relative, problem)
+                    for user_id, day in file_days(lake_file):
+                        damaged[(user_id, table, day)] = f"{relative}: {problem}"
+            version = lake.version(table)
+            for user_id, day in conn.execute(
+                "SELECT user_id, day FROM current_lake_days WHERE tier = %s AND rows > 0",
+                (table,),
+            ):
+                if partition_of(table, user_id, day) not in partitions:
+                    damaged.setdefault(
+                        (user_id, table, day),
+                        f"verified in the lake, but no file of version {version} holds it",
+                    )
+        known = {
+            (u, t, d)
+            for u, t, d in conn.execute("SELECT user_id, tier, day FROM lake_damage").fetchall()
+        }
+        new = [
+            (u, t, d, why) for (u, t, d), why in sorted(damaged.items()) if (u, t, d) not in known
+        ]
+        record_damage(conn, new)
+    return VerifyResult(files, size, new, time.perf_counter() - started)
+
+
+def repair_lake(
+    url: str, lake: Lake, *, grace_days: int, batch_days: int, today: date | None = None
+) -> RepairResult:
+    """Verify, re-export the damaged days the warm store holds, list the rest."""
+    started = time.perf_counter()
+    verify_lake(url, lake)
+    with (
+        advisory_lock(url, SYNC_LOCK, "sync or tiering run"),
+        psycopg.connect(url) as conn,
+        conn.transaction(),
+    ):
+        rows = conn.execute(
+            "SELECT x.user_id, x.tier, x.day, x.reason, s.tiered_seq IS NOT NULL "
+            "FROM lake_damage x LEFT JOIN day_state s USING (user_id, day) "
+            "ORDER BY x.user_id, x.tier, x.day FOR UPDATE OF x"
+        ).fetchall()
+        requeue = [(u, t, d) for u, t, d, _, tiered in rows if not (tiered and t in _FINE)]
+        backup = [(u, t, d, why) for u, t, d, why, tiered in rows if tiered and t in _FINE]
+        if requeue:
+            columns = [list(c) for c in zip(*requeue, strict=True)]
+            # Forget the damaged copies and make the days pending: the next export
+            # rewrites their partitions from the warm store and clears the damage rows.
+            conn.execute(
+                "DELETE FROM lake_days l USING unnest(%s::int[], %s::text[], %s::date[]) "
+                "AS x(user_id, tier, day) "
+                "WHERE l.user_id = x.user_id AND l.tier = x.tier AND l.day = x.day",
+                columns,
+            )
+            conn.execute(
+                "UPDATE day_state d SET synced_seq = 0 "
+                "FROM unnest(%s::int[], %s::date[]) AS x(user_id, day) "
+                "WHERE d.user_id = x.user_id AND d.day = x.day",
+                (columns[0], columns[2]),
+            )
+            conn.execute("SELECT nextval('catalog_seq')")
+    synced = None
+    if requeue:
+        synced = sync_to_lake(url, lake, grace_days=grace_days, batch_days=batch_days, today=today)
+    for user_id, table, day, why in backup:
+        log.error(
+            "repair: user %s %s %s needs a restore from a backup: %s", user_id, day, table, why
+        )
+    return RepairResult(requeue, backup, synced, time.perf_counter() - started)

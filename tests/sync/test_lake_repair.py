@@ -1,0 +1,129 @@
+"""Issue 11: jobs do not crash-loop on a damaged lake. `tier`, `sync`, `maintain` skip a
+damaged day, name it, queue it for repair and finish the rest (status failed, so the CLI
+exits non-zero); `verify` scrubs the whole lake; `repair` re-exports what the warm store
+holds and lists what only a backup can restore."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from engine.errors import SyncFailed
+from engine.settings import LakeSettings, Settings, load_settings
+from lake import Lake
+from sync import jobs
+from sync.lakefiles import damage_report
+from sync.verify import RepairResult, VerifyResult
+from tests.sync.lakesync import FIRST_DAY, TODAY, assert_lake_equals_source, load_cohort
+
+DAMAGED = (1, FIRST_DAY)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    base = load_settings({"STRATUM_HOME": str(tmp_path / "home")})
+    lake = LakeSettings(
+        path=tmp_path / "lake",
+        sync_grace_days=1,
+        sync_batch_days=3,
+        vacuum_retention_hours=0,
+        tier_older_than_days=1,
+    )
+    return replace(base, lake=lake)
+
+
+def raw_file(settings: Settings, user_id: int = 1) -> Path:
+    folder = settings.lake.path / "raw" / f"user_id={user_id}" / f"date={FIRST_DAY}"
+    (found,) = folder.glob("*.parquet")
+    return found
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def damage_rows(url: str) -> set[tuple[int, str, str]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT user_id, tier, day::text FROM lake_damage").fetchall()
+    return {(u, t, d) for u, t, d in rows}
+
+
+def test_tier_skips_a_truncated_day_names_it_and_finishes_the_rest(
+    warm_url: str, settings: Settings
+) -> None:
+    load_cohort(warm_url)
+    jobs.sync_job(warm_url, settings.lake, today=TODAY)
+    truncate(raw_file(settings))
+
+    result = jobs.tiering_job(warm_url, settings.lake, today=TODAY)
+    assert result.status == "failed"
+    assert result.error is not None and f"user 1 {FIRST_DAY}" in result.error
+    with pytest.raises(SyncFailed, match=f"user 1 {FIRST_DAY}"):
+        jobs.require_ok(result)
+    # The next run does not trip over it again: the day waits for its repair.
+    assert jobs.tiering_job(warm_url, settings.lake, today=TODAY).status == "ok"
+    with psycopg.connect(warm_url) as conn:
+        row = conn.execute("SELECT count(*) FROM day_state WHERE tiered_seq IS NOT NULL").fetchone()
+    assert row is not None and row[0] == 8 - 1  # 2 users x 4 synced days, less the damaged
+    assert (1, "raw", str(FIRST_DAY)) in damage_rows(warm_url)
+
+    # The day was not tiered, so the warm store re-exports it: the next sync repairs it.
+    jobs.sync_job(warm_url, settings.lake, today=TODAY)
+    assert damage_rows(warm_url) == set()
+    assert jobs.verify_job(warm_url, settings.lake).status == "ok"
+
+
+def test_verify_finds_damage_and_repair_reexports_or_lists_it(
+    warm_url: str, settings: Settings
+) -> None:
+    load_cohort(warm_url)
+    jobs.sync_job(warm_url, settings.lake, today=TODAY)
+    assert jobs.verify_job(warm_url, settings.lake).status == "ok"
+    # User 2's first day is tiered: the lake holds its only copy.
+    with psycopg.connect(warm_url, autocommit=True) as conn:
+        conn.execute("UPDATE day_state SET tiered_seq = change_seq WHERE user_id = 2")
+    raw_file(settings, 1).write_bytes(raw_file(settings, 2).read_bytes())  # another day's file
+    truncate(raw_file(settings, 2))
+
+    verified = jobs.verify_job(warm_url, settings.lake)
+    assert verified.status == "failed"
+    assert isinstance(verified.detail, VerifyResult)
+    assert {(u, t, d) for u, t, d, _ in verified.detail.damaged} == {
+        (1, "raw", FIRST_DAY),
+        (2, "raw", FIRST_DAY),
+    }
+    assert len(damage_report(warm_url, Lake(settings.lake.path))) == 2
+
+    repaired = jobs.repair_job(warm_url, settings.lake, today=TODAY)
+    assert isinstance(repaired.detail, RepairResult)
+    assert repaired.detail.requeued == [(1, "raw", FIRST_DAY)]
+    assert [(u, t, d) for u, t, d, _ in repaired.detail.backup_only] == [(2, "raw", FIRST_DAY)]
+    assert repaired.status == "failed" and f"user 2 {FIRST_DAY}" in (repaired.error or "")
+    assert damage_rows(warm_url) == {(2, "raw", str(FIRST_DAY))}
+    assert jobs.verify_job(warm_url, settings.lake).status == "ok"  # nothing new found
+
+
+def test_sync_and_maintain_refuse_a_log_that_lost_commits(
+    warm_url: str, settings: Settings
+) -> None:
+    load_cohort(warm_url)
+    jobs.sync_job(warm_url, settings.lake, today=TODAY)
+    newest = sorted((settings.lake.path / "raw" / "_delta_log").glob("*.json"))[-1]
+    newest.unlink()
+
+    for job in (jobs.sync_job, jobs.maintain_job):
+        with pytest.raises(SyncFailed, match="commits were lost"):
+            job(warm_url, settings.lake)
+    lost = damage_report(warm_url, Lake(settings.lake.path))
+    assert lost and {t for _, t, _, _ in lost} == {"raw"}
+
+    # verify records the lost days; repair re-exports them from the warm store.
+    assert jobs.verify_job(warm_url, settings.lake).status == "failed"
+    assert jobs.repair_job(warm_url, settings.lake, today=TODAY).status == "ok"
+    assert damage_report(warm_url, Lake(settings.lake.path)) == []
+    assert jobs.verify_job(warm_url, settings.lake).status == "ok"
+    assert_lake_equals_source(warm_url, Lake(settings.lake.path), TODAY - timedelta(days=1))

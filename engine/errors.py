@@ -113,15 +113,18 @@ class LakeDamaged(Unavailable):
     code = "lake_damaged"
     retry_after_s = 300  # a repair is an operator's job: minutes at least
 
-    def __init__(self, tier: str, days: list[tuple[int, date, date]]) -> None:
+    def __init__(
+        self, tier: str, days: list[tuple[int, date, date]], reason: str | None = None
+    ) -> None:
         shown = ", ".join(
             f"user {u} {first}" + ("" if last == first else f"..{last}")
             for u, first, last in days[:10]
         )
         more = f" and {len(days) - 10} more" if len(days) > 10 else ""
-        super().__init__(
-            f"the lake copy ({tier}) of {shown}{more} is damaged and the warm store no longer "
-            "holds those days; `stratum repair` lists what must be restored from a backup"
+        reason = reason or (
+            "is damaged and the warm store no longer holds those days; `stratum repair` "
+            "lists what must be restored from a backup"
         )
+        super().__init__(f"the lake copy ({tier}) of {shown}{more} {reason}")
         self.tier = tier
         self.days = days

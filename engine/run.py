@@ -15,9 +15,10 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
+import duckdb
 import psycopg
 import psycopg_pool
 import pyarrow as pa
@@ -27,7 +28,7 @@ from engine.access import Principal, authenticate, cursor_secret, hash_key, live
 from engine.audit import AuditEntry, write_entry
 from engine.budget import QUERY_OVERHEAD_BYTES, MemoryBudget, resident_bytes, split_budget
 from engine.catalog import Catalog, CatalogSource
-from engine.errors import Unauthenticated, WarmStoreUnavailable
+from engine.errors import LakeDamaged, Unauthenticated, WarmStoreUnavailable
 from engine.integrity import FileChecker
 from engine.lakeexec import BATCH_ROWS, DEFAULT_TUNING, ScanTuning, connect_duckdb, stream_lake
 from engine.merge import merge_sorted, take
@@ -395,8 +396,25 @@ class Engine:
         self, segment: Segment, metrics: tuple[str, ...], after: Key | None, limit: int | None
     ) -> Iterator[pa.RecordBatch]:
         if segment.backend == "lake":
-            return stream_lake(self.duck, segment, metrics, after, limit, self.scan_tuning)
+            return self._lake_stream(segment, metrics, after, limit)
         return stream_warm(self._warm_pool(), segment, metrics, after, limit)
+
+    def _lake_stream(
+        self, segment: Segment, metrics: tuple[str, ...], after: Key | None, limit: int | None
+    ) -> Iterator[pa.RecordBatch]:
+        """A file damaged after this process verified it (same size and mtime: bit rot) can
+        still fail in DuckDB: a 503, never a 500, and the files are checked again next time."""
+        try:
+            yield from stream_lake(self.duck, segment, metrics, after, limit, self.scan_tuning)
+        except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+            log.error("lake read failed for %s: %s", segment.source, exc)
+            for lake_file in segment.files:
+                self.files.verified.forget(lake_file.path)
+            last = (segment.end - timedelta(microseconds=1)).date()
+            days = [(user_id, segment.start.date(), last) for user_id in segment.users]
+            raise LakeDamaged(
+                segment.source, days, "could not be read; it is checked again on the next request"
+            ) from None
 
     def _stream(
         self, plan: Plan, after: Key | None, skip: int, limit: int | None

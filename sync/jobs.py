@@ -219,8 +219,8 @@ def repair_job(url: str, settings: LakeSettings, *, today: date | None = None) -
 
 
 def nightly_job(url: str, settings: LakeSettings, *, today: date | None = None) -> JobResult:
-    """Refresh rollups, sync, tier and maintain, each recorded; later steps run even when an
-    earlier one failed (each is safe alone). Skipped if another scheduler runs it now."""
+    """Refresh rollups, sync, tier, maintain and verify, each recorded; later steps run even
+    when an earlier one failed (each is safe alone). Skipped if another scheduler runs it now."""
     with psycopg.connect(url, autocommit=True) as lock:
         row = lock.execute("SELECT pg_try_advisory_lock(%s)", (NIGHTLY_LOCK,)).fetchone()
         if not row or not row[0]:

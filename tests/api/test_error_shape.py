@@ -8,6 +8,7 @@ import ast
 import logging
 import socket
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from engine.errors import (
     IngestRejected,
     InvalidParameter,
     KeyBusy,
+    LakeDamaged,
     SyncFailed,
     Unauthenticated,
     WarmStoreBusy,
@@ -289,6 +291,13 @@ def test_error_shape_503_when_the_warm_store_is_down(down_client: TestClient) ->
         (KeyBusy("4 running"), 429, "key_busy", None, "1"),
         (Unauthenticated("no key"), 401, "unauthenticated", None, None),
         (Forbidden("outside", parameter="user_id"), 403, "forbidden", "user_id", None),
+        (
+            LakeDamaged("raw", [(1, date(2024, 1, 10), date(2024, 1, 10))]),
+            503,
+            "lake_damaged",
+            None,
+            "300",
+        ),
         (
             ConfigurationError("STRATUM_X=1", parameter="STRATUM_X"),
             500,

@@ -5,6 +5,7 @@ reports the damage."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from datetime import date
@@ -138,3 +139,25 @@ def test_a_lost_delta_commit_is_never_read_as_the_table(warm_url: str, tmp_path:
     report = health(settings, warm_url)
     assert report["status"] == "degraded"
     assert {(d["tier"], d["day"]) for d in report["lake_damaged"]} == {("raw", "2024-01-02")}
+
+
+def test_a_file_damaged_after_it_was_verified_is_a_503_not_a_500(
+    warm_url: str, tmp_path: Path
+) -> None:
+    settings, _ = synced(warm_url, tmp_path)
+    path = lake_file(settings, 1, "2024-01-01")
+    with TestClient(create_app(settings, warm_url)) as client:
+        assert client.get("/data", params=LAKE_DAY).status_code == 200  # verified, cached
+        # Rot in place: same size, same mtime, so the cached verification still matches.
+        stat = path.stat()
+        path.write_bytes(b"\0" * stat.st_size)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        response = client.get("/data", params=LAKE_DAY)
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "lake_damaged"
+        # Checked again on the next request: the warm store answers.
+        response = client.get("/data", params=LAKE_DAY)
+        assert response.status_code == 200 and response.json()["meta"]["sources"] == [
+            "lake",  # user 2's day, intact
+            "warm",  # user 1's
+        ]

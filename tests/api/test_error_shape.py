@@ -269,7 +269,12 @@ def test_error_shape_503_when_the_warm_store_is_down(down_client: TestClient) ->
     assert response.headers["retry-after"] == str(WarmStoreUnavailable.retry_after_s)
     health = down_client.get("/health")
     assert health.status_code == 200
-    assert health.json() == {"status": "degraded", "warm_store": False, "lake": True}
+    assert health.json() == {
+        "status": "degraded",
+        "warm_store": False,
+        "lake": True,
+        "lake_damaged": [],
+    }
     for path in ("/ready", "/health?ready=1"):
         ready = down_client.get(path)
         assert ready.status_code == 503 and ready.json()["warm_store"] is False

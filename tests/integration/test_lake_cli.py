@@ -82,3 +82,25 @@ def test_scheduler_once_runs_the_nightly_job(env: str, capsys: pytest.CaptureFix
     assert "nightly job: ok" in capsys.readouterr().out
     jobs = {r.job: r.status for r in recent_runs(env)}
     assert jobs == dict.fromkeys(("nightly", "refresh", "sync", "tier", "maintain", "verify"), "ok")
+
+
+def test_verify_and_repair(env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A truncated lake file: `verify` names it (exit 2), `sync status` too, `repair`
+    re-exports the day from the warm store (exit 0) and `verify` is clean again."""
+    assert main(["sync"]) == 0
+    assert main(["verify"]) == 0
+    capsys.readouterr()
+    day = datetime.now(UTC).date() - timedelta(days=DAYS)
+    (path,) = (tmp_path / "lake" / "raw" / "user_id=1" / f"date={day}").glob("*.parquet")
+    path.write_bytes(path.read_bytes()[:100])
+
+    assert main(["verify"]) == 2
+    out = capsys.readouterr()
+    assert "1 damaged lake days" in out.out and str(day) in out.out + out.err
+    assert main(["sync", "status"]) == 2
+    assert "damaged lake days" in capsys.readouterr().out
+
+    assert main(["repair"]) == 0
+    assert "re-exported 1 damaged lake days" in capsys.readouterr().out
+    assert main(["verify"]) == 0
+    assert main(["sync", "status"]) == 0

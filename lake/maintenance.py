@@ -28,6 +28,7 @@ class CompactResult:
     seconds: float
     # Files that could not be read (partition left as it was): (relative path, file, why).
     damaged: tuple[tuple[str, LakeFile, str], ...] = ()
+    added: tuple[tuple[str, int], ...] = ()  # (relative path, size) of the files written
 
 
 @dataclass(frozen=True)

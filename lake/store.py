@@ -325,6 +325,7 @@ class Lake:
                 bytes_after,
                 time.perf_counter() - started,
                 tuple(damaged),
+                tuple((a.path, a.size) for a in actions if isinstance(a, AddAction)),
             )
 
     def vacuum(self, retention_hours: int) -> VacuumResult:

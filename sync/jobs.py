@@ -17,9 +17,9 @@ import psycopg
 from engine.errors import SyncFailed
 from engine.settings import LakeSettings
 from lake import Lake
-from lake.integrity import file_days
+from lake.integrity import file_days, file_digest
 from sync.export import Progress, SyncResult, sync_to_lake
-from sync.lakefiles import record_damage, require_current_log
+from sync.lakefiles import record_damage, record_files, require_current_log
 from sync.maintenance import maintain_lake
 from sync.rollups import refresh_rollups
 from sync.runs import NIGHTLY_LOCK, JobResult, finish_run, start_run
@@ -150,6 +150,16 @@ def maintain_job(url: str, settings: LakeSettings) -> JobResult:
                 for user_id, day in file_days(lake_file)
             ]
             record_damage(conn, damaged)
+            # Compacted files are committed files too: their hashes are what readers check.
+            record_files(
+                conn,
+                [
+                    (table, path, size, file_digest(str(lake.table_dir(table) / path)), version)
+                    for table, compacted in done.compacted.items()
+                    if (version := compacted.version) is not None
+                    for path, size in compacted.added
+                ],
+            )
         error = None
         if damaged:
             error = f"{len(damaged)} damaged lake days left uncompacted (queued for repair): " + (

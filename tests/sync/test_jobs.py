@@ -109,6 +109,12 @@ def test_maintain_job_compacts_and_vacuums(
     assert result.detail.files_deleted >= 2  # type: ignore[attr-defined]  # replaced files
     assert_lake_equals_source(warm_url, lake, before=TODAY - timedelta(days=1))
     assert [r.job for r in recent_runs(warm_url)] == ["maintain", "sync"]
+    # The compacted file is recorded like any committed file: readers check its hash.
+    (compacted,) = lake.files("raw", [1], *_day_span(pair[1])).files
+    with psycopg.connect(warm_url) as conn:
+        recorded_paths = {r[0] for r in conn.execute("SELECT path FROM lake_files")}
+    assert lake.relative_path("raw", compacted) in recorded_paths
+    assert jobs.verify_job(warm_url, settings.lake).status == "ok"
 
 
 def _day_span(day: date) -> tuple[datetime, datetime]:

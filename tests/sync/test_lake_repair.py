@@ -11,10 +11,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from deltalake import write_deltalake
 
 from engine.errors import SyncFailed
 from engine.settings import LakeSettings, Settings, load_settings
 from lake import Lake
+from lake.read import read_partition_file
 from sync import jobs
 from sync.lakefiles import damage_report
 from sync.verify import RepairResult, VerifyResult
@@ -36,8 +38,11 @@ def settings(tmp_path: Path) -> Settings:
     return replace(base, lake=lake)
 
 
-def raw_file(settings: Settings, user_id: int = 1) -> Path:
+def raw_file(settings: Settings, user_id: int = 1, several: bool = False) -> Path:
+    """The day's one raw file (its folder, with `several`)."""
     folder = settings.lake.path / "raw" / f"user_id={user_id}" / f"date={FIRST_DAY}"
+    if several:
+        return folder
     (found,) = folder.glob("*.parquet")
     return found
 
@@ -127,3 +132,26 @@ def test_sync_and_maintain_refuse_a_log_that_lost_commits(
     assert damage_report(warm_url, Lake(settings.lake.path)) == []
     assert jobs.verify_job(warm_url, settings.lake).status == "ok"
     assert_lake_equals_source(warm_url, Lake(settings.lake.path), TODAY - timedelta(days=1))
+
+
+def test_maintain_skips_a_damaged_partition_names_it_and_compacts_the_rest(
+    warm_url: str, settings: Settings
+) -> None:
+    load_cohort(warm_url)
+    jobs.sync_job(warm_url, settings.lake, today=TODAY)
+    lake = Lake(settings.lake.path)
+    # Two crowded partitions (as another Delta writer could leave them); one file truncated.
+    for user_id in (1, 2):
+        rows = read_partition_file("raw", str(raw_file(settings, user_id)), (user_id, FIRST_DAY))
+        for part in (rows.slice(0, 100), rows.slice(100)):
+            write_deltalake(str(lake.table_dir("raw")), part, mode="append")
+    folder = raw_file(settings, 1, several=True)
+    truncate(max(folder.glob("*.parquet"), key=lambda p: p.stat().st_mtime_ns))
+
+    result = jobs.maintain_job(warm_url, settings.lake)
+
+    assert result.status == "failed"
+    assert f"user 1 {FIRST_DAY} raw" in (result.error or "")
+    compacted = result.detail.compacted["raw"]  # type: ignore[attr-defined]
+    assert compacted.partitions == 1  # user 2's
+    assert (1, "raw", str(FIRST_DAY)) in damage_rows(warm_url)

@@ -19,7 +19,12 @@ from engine.settings import LakeSettings
 from lake import Lake
 from lake.integrity import file_days, file_digest
 from sync.export import Progress, SyncResult, sync_to_lake
-from sync.lakefiles import record_damage, record_files, require_current_log
+from sync.lakefiles import (
+    prune_file_records,
+    record_damage,
+    record_files,
+    require_current_log,
+)
 from sync.maintenance import maintain_lake
 from sync.rollups import refresh_rollups
 from sync.runs import NIGHTLY_LOCK, JobResult, finish_run, start_run
@@ -160,6 +165,7 @@ def maintain_job(url: str, settings: LakeSettings) -> JobResult:
                     for path, size in compacted.added
                 ],
             )
+            prune_file_records(conn, lake)
         error = None
         if damaged:
             error = f"{len(damaged)} damaged lake days left uncompacted (queued for repair): " + (

@@ -43,6 +43,25 @@ def record_files(conn: psycopg.Connection, rows: Sequence[FileRow]) -> None:
     )
 
 
+def prune_file_records(conn: psycopg.Connection, lake: Lake) -> int:
+    """Forget the records of files the latest versions no longer reference (replaced by later
+    syncs or compactions; vacuum deletes them). Rows deleted."""
+    deleted = 0
+    for table in LAKE_TABLES:
+        version = lake.version(table)
+        if version is None:
+            continue
+        current = [path for path, _ in lake.entries(table, version)]
+        # Records of later commits (a sync running meanwhile) are not ours to judge.
+        cur = conn.execute(
+            "DELETE FROM lake_files WHERE tier = %s AND lake_version <= %s "
+            "AND NOT (path = ANY(%s))",
+            (table, version, current),
+        )
+        deleted += max(cur.rowcount, 0)
+    return deleted
+
+
 def record_damage(conn: psycopg.Connection, rows: Iterable[DamageRow]) -> None:
     """Queue days for repair; the router stops serving them from the lake at once."""
     rows = list(rows)

@@ -1,9 +1,11 @@
 """Scrub and repair the lake (`stratum verify`, nightly; `stratum repair`).
 
 verify: every file of every table's latest version is checked against the size and content
-hash recorded when it was committed (files without a record: their size in the log, and a
-full read with page checksums verified); every verified lake day must still have a file in
-its partition; and no day may be verified at a version newer than its table's log reaches.
+hash recorded when it was committed (a file without a record, committed before records were
+kept: its size in the log, a full read with page checksums verified, and its rows against the
+days' verified checksums, after which its hash is recorded); every verified lake day must
+still have a file in its partition; and no day may be verified at a version newer than its
+table's log reaches.
 What fails is recorded in lake_damage: the router stops serving those days from the lake at
 once (the warm store answers while it holds them, else 503 lake_damaged).
 
@@ -16,16 +18,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import date
 
 import psycopg
 
 from engine.tiers import LAKE_TABLES, TIERED
-from lake import Lake, partition_of
-from lake.integrity import check_file, file_days
+from lake import Lake, LakeFile, day_checksums, partition_of
+from lake.integrity import check_file, file_days, file_digest
+from lake.layout import partition_days
+from lake.read import read_partition_file
 from sync.export import SyncResult, sync_to_lake
-from sync.lakefiles import DamageRow, days_ahead, record_damage
+from sync.lakefiles import DamageRow, days_ahead, record_damage, record_files
 from sync.runs import SYNC_LOCK, advisory_lock
 
 log = logging.getLogger(__name__)
@@ -63,18 +68,23 @@ def verify_lake(url: str, lake: Lake) -> VerifyResult:
                     "SELECT path, size, sha256 FROM lake_files WHERE tier = %s", (table,)
                 )
             }
-            partitions = set()
-            for relative, lake_file in lake.entries(table):
+            version = lake.version(table)
+            entries = lake.entries(table)
+            per_partition = Counter(partition_of(table, f.user_id, f.first_day) for _, f in entries)
+            partitions = set(per_partition)
+            for relative, lake_file in entries:
                 files += 1
                 size += lake_file.size_bytes
-                partitions.add(partition_of(table, lake_file.user_id, lake_file.first_day))
+                partition = partition_of(table, lake_file.user_id, lake_file.first_day)
                 recorded_size, digest = records.get(relative, (lake_file.size_bytes, None))
                 problem = check_file(lake_file.path, recorded_size, digest)
+                if problem is None and digest is None:
+                    crowded = per_partition[partition] > 1
+                    problem = _adopt(conn, table, relative, lake_file, version, crowded)
                 if problem is not None:
                     log.error("verify: %s/%s: %s", table, relative, problem)
                     for user_id, day in file_days(lake_file):
                         damaged[(user_id, table, day)] = f"{relative}: {problem}"
-            version = lake.version(table)
             for user_id, day in conn.execute(
                 "SELECT user_id, day FROM current_lake_days WHERE tier = %s AND rows > 0",
                 (table,),
@@ -93,6 +103,41 @@ def verify_lake(url: str, lake: Lake) -> VerifyResult:
         ]
         record_damage(conn, new)
     return VerifyResult(files, size, new, time.perf_counter() - started)
+
+
+def _adopt(
+    conn: psycopg.Connection,
+    table: str,
+    relative: str,
+    lake_file: LakeFile,
+    version: int | None,
+    crowded: bool,
+) -> str | None:
+    """A file without a recorded hash (committed before records were kept): compare its rows
+    with the days' verified checksums and, when they agree, record its hash now. Why it does
+    not agree, or None."""
+    partition = partition_of(table, lake_file.user_id, lake_file.first_day)
+    first, last = partition_days(table, partition)
+    expected = {
+        (int(u), d): (int(r), int(c))
+        for u, d, r, c in conn.execute(
+            "SELECT user_id, day, rows, checksum FROM current_lake_days "
+            "WHERE tier = %s AND user_id = %s AND day BETWEEN %s AND %s",
+            (table, lake_file.user_id, first, last),
+        )
+    }
+    if not expected or version is None:
+        return None  # nothing verified to compare with: the structure check must do
+    if crowded:
+        return None  # one file of several: its rows alone are not the day's
+    found = day_checksums(table, read_partition_file(table, lake_file.path, partition))
+    for day, stat in expected.items():
+        if found.get(day, (0, 0)) != stat:
+            return f"rows differ from the checksum verified for {day[1]}"
+    record_files(
+        conn, [(table, relative, lake_file.size_bytes, file_digest(lake_file.path), version)]
+    )
+    return None
 
 
 def repair_lake(

@@ -114,6 +114,9 @@ def test_maintain_job_compacts_and_vacuums(
     with psycopg.connect(warm_url) as conn:
         recorded_paths = {r[0] for r in conn.execute("SELECT path FROM lake_files")}
     assert lake.relative_path("raw", compacted) in recorded_paths
+    # ...and only files the latest versions reference keep a record.
+    current = {path for t in ("raw", "agg_1m", "agg_1h", "agg_1d") for path, _ in lake.entries(t)}
+    assert recorded_paths == current
     assert jobs.verify_job(warm_url, settings.lake).status == "ok"
 
 

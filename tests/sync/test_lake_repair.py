@@ -155,3 +155,24 @@ def test_maintain_skips_a_damaged_partition_names_it_and_compacts_the_rest(
     compacted = result.detail.compacted["raw"]  # type: ignore[attr-defined]
     assert compacted.partitions == 1  # user 2's
     assert (1, "raw", str(FIRST_DAY)) in damage_rows(warm_url)
+
+
+def test_verify_adopts_files_committed_before_hashes_were_recorded(
+    warm_url: str, settings: Settings
+) -> None:
+    load_cohort(warm_url)
+    jobs.sync_job(warm_url, settings.lake, today=TODAY)
+    with psycopg.connect(warm_url, autocommit=True) as conn:
+        recorded = conn.execute("SELECT tier, path, sha256 FROM lake_files").fetchall()
+        conn.execute("DELETE FROM lake_files")  # as a lake synced before migration 005
+
+    assert jobs.verify_job(warm_url, settings.lake).status == "ok"
+
+    with psycopg.connect(warm_url) as conn:
+        adopted = conn.execute("SELECT tier, path, sha256 FROM lake_files").fetchall()
+    lake = Lake(settings.lake.path)
+    current = {
+        (t, path) for t in ("raw", "agg_1m", "agg_1h", "agg_1d") for path, _ in lake.entries(t)
+    }
+    assert {(t, path) for t, path, _ in adopted} == current
+    assert set(adopted) <= set(recorded)  # the very hashes recorded at commit

@@ -353,10 +353,12 @@ def _export_batch(conn: psycopg.Connection, lake: Lake, snapshot: _Snapshot, tal
         # Hashed before the read-back: what is recorded is what was verified.
         files[tier] = _file_records(lake, tier, version, partitions)
         wanted = set(pairs) | set(others)
-        back = lake.day_stats(tier, wanted, version=version)
-        verified[tier] = {p: back[p] for p in pairs if back[p] == source.get(p, (0, 0))}
+        # A file that does not read back fails its days only (absent from `back`).
+        unreadable: dict[Pair, str] = {}
+        back = lake.day_stats(tier, wanted, version=version, damaged=unreadable)
+        verified[tier] = {p: back[p] for p in pairs if back.get(p) == source.get(p, (0, 0))}
         failed[tier] = {p for p in pairs if p not in verified[tier]}
-        stale_rows[tier] = {p for p, stat in others.items() if back[p] != stat}
+        stale_rows[tier] = {p for p, stat in others.items() if back.get(p) != stat}
         rows = dict.fromkeys(partitions, 0)
         for (u, d), (count, _) in source.items():
             rows[partition_of(tier, u, d)] += count
@@ -370,7 +372,7 @@ def _export_batch(conn: psycopg.Connection, lake: Lake, snapshot: _Snapshot, tal
                 tier,
                 u,
                 d,
-                back[(u, d)],
+                back.get((u, d), unreadable.get((u, d))),
                 source.get((u, d), (0, 0)),
             )
             tally.failed.append((u, d, tier))

@@ -115,7 +115,16 @@ def read_days(lake: Lake, tier: Tier, days: list[Pair]) -> pa.Table:
             user_days = sorted(d for u, d in days if u == user_id)
             start, end = midnight(user_days[0]), midnight(user_days[-1] + timedelta(days=1))
             files = lake.files(tier.lake_table, [user_id], start, end)
-            table = lake_relation(conn, files).to_arrow_table()
+            try:
+                table = lake_relation(conn, files).to_arrow_table()
+            except duckdb.Error as exc:
+                # The lake holds these days' only copy: refuse the write rather than
+                # rebuild the days from a fragment.
+                raise SyncFailed(
+                    f"the lake copy of user {user_id}'s tiered days "
+                    f"{user_days[0]}..{user_days[-1]} ({tier.lake_table}) cannot be read "
+                    f"({exc}); run `stratum verify` and `stratum repair`"
+                ) from None
             keep = pc.is_in(table.column("date"), value_set=pa.array(user_days, pa.date32()))
             parts.append(table.filter(keep))
     if not parts:

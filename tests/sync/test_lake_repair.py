@@ -5,11 +5,13 @@ holds and lists what only a backup can restore."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import psycopg
+import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
@@ -18,9 +20,16 @@ from engine.settings import LakeSettings, Settings, load_settings
 from lake import Lake
 from lake.read import read_partition_file
 from sync import jobs
+from sync.export import VerificationFailed, sync_to_lake
 from sync.lakefiles import damage_report
 from sync.verify import RepairResult, VerifyResult
-from tests.sync.lakesync import FIRST_DAY, TODAY, assert_lake_equals_source, load_cohort
+from tests.sync.lakesync import (
+    FIRST_DAY,
+    TODAY,
+    assert_lake_equals_source,
+    ingest_rows,
+    load_cohort,
+)
 
 DAMAGED = (1, FIRST_DAY)
 
@@ -176,3 +185,37 @@ def test_verify_adopts_files_committed_before_hashes_were_recorded(
     }
     assert {(t, path) for t, path, _ in adopted} == current
     assert set(adopted) <= set(recorded)  # the very hashes recorded at commit
+
+
+class RottingLake(Lake):
+    """Fault injection: user 1's first raw day is truncated right after it is committed."""
+
+    def replace_days(self, tier: str, data: pa.Table, days: Iterable[tuple[int, date]]) -> int:
+        version = super().replace_days(tier, data, days)
+        folder = self.table_dir("raw") / "user_id=1" / f"date={FIRST_DAY}"
+        if tier == "raw" and folder.is_dir():
+            for path in folder.glob("*.parquet"):
+                truncate(path)
+        return version
+
+
+def test_sync_fails_a_day_that_does_not_read_back_and_finishes_the_rest(
+    warm_url: str, settings: Settings
+) -> None:
+    load_cohort(warm_url)
+    lake = RottingLake(settings.lake.path)
+    with pytest.raises(VerificationFailed, match=f"user 1 {FIRST_DAY} raw") as failed:
+        sync_to_lake(warm_url, lake, grace_days=1, batch_days=3, today=TODAY)
+    assert failed.value.result.failed == [(1, FIRST_DAY, "raw")]
+    assert failed.value.result.days == 8 - 1
+
+
+def test_late_data_into_a_tiered_day_whose_lake_copy_is_unreadable_is_refused(
+    warm_url: str, settings: Settings
+) -> None:
+    load_cohort(warm_url)
+    jobs.sync_job(warm_url, settings.lake, today=TODAY)
+    assert jobs.tiering_job(warm_url, settings.lake, today=TODAY).status == "ok"
+    truncate(raw_file(settings, 1))
+    with pytest.raises(SyncFailed, match=f"user 1's tiered days {FIRST_DAY}"):
+        ingest_rows(warm_url, [(f"{FIRST_DAY}T12:00:00Z", 1, "heart_rate", 70.0)])

@@ -116,8 +116,8 @@ def test_read_back_mismatch_keeps_the_day_out_and_fails(
     refresh_rollups(warm_url)
     real_day_stats = Lake.day_stats
 
-    def corrupt(self: Lake, tier: str, pairs, version=None):
-        stats = real_day_stats(self, tier, pairs, version)
+    def corrupt(self: Lake, tier: str, pairs, version=None, damaged=None):
+        stats = real_day_stats(self, tier, pairs, version, damaged)
         if tier == "agg_1m" and (1, bad_day) in stats:
             rows, checksum = stats[(1, bad_day)]
             stats[(1, bad_day)] = (rows, checksum ^ 1)

@@ -64,8 +64,9 @@ def test_failed_sync_is_recorded_with_its_error(
     load_cohort(warm_url, users=1, days=2)
     real = Lake.day_stats
 
-    def wrong(self: Lake, tier, pairs, version=None):
-        return {p: (rows + 1, checksum) for p, (rows, checksum) in real(self, tier, pairs).items()}
+    def wrong(self: Lake, tier, pairs, version=None, damaged=None):
+        stats = real(self, tier, pairs, version, damaged)
+        return {p: (rows + 1, checksum) for p, (rows, checksum) in stats.items()}
 
     monkeypatch.setattr(Lake, "day_stats", wrong)
     with pytest.raises(VerificationFailed):

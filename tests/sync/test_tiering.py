@@ -104,8 +104,8 @@ def test_a_day_not_synced_in_every_tier_is_not_tiered(
     refresh_rollups(flavour_url)
     real_day_stats = Lake.day_stats
 
-    def hourly_mismatch(self: Lake, tier, pairs, version=None):  # type: ignore[no-untyped-def]
-        stats = real_day_stats(self, tier, pairs, version)
+    def hourly_mismatch(self: Lake, tier, pairs, version=None, damaged=None):  # type: ignore[no-untyped-def]
+        stats = real_day_stats(self, tier, pairs, version, damaged)
         if tier == "agg_1h" and (1, CHANGED) in stats:
             stats[(1, CHANGED)] = (0, 0)
         return stats

@@ -15,15 +15,15 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import adbc_driver_postgresql.dbapi as adbc
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.errors import SyncFailed
 from engine.tiers import RAW, TIERED, Tier
 from engine.timestamps import midnight
-from lake import Lake, lake_relation
+from lake import Lake, partition_of
 from lake.layout import value_columns
+from lake.read import read_partition_file
 
 log = logging.getLogger(__name__)
 
@@ -108,25 +108,28 @@ def rehydrate(cur: adbc.Cursor, lake: Lake, days: list[Pair]) -> int:
 
 
 def read_days(lake: Lake, tier: Tier, days: list[Pair]) -> pa.Table:
-    """The lake rows of those (user, day) pairs, as the warm-store table's columns."""
+    """The lake rows of those (user, day) pairs, as the warm-store table's columns.
+
+    Read with pyarrow, page checksums verified: the lake holds these days' only copy, so a
+    damaged file refuses the write (naming the days) rather than copying wrong rows back or
+    rebuilding the days from a fragment.
+    """
     parts = []
-    with duckdb.connect() as conn:
-        for user_id in sorted({u for u, _ in days}):
-            user_days = sorted(d for u, d in days if u == user_id)
-            start, end = midnight(user_days[0]), midnight(user_days[-1] + timedelta(days=1))
-            files = lake.files(tier.lake_table, [user_id], start, end)
+    for user_id in sorted({u for u, _ in days}):
+        user_days = sorted(d for u, d in days if u == user_id)
+        start, end = midnight(user_days[0]), midnight(user_days[-1] + timedelta(days=1))
+        for lake_file in lake.files(tier.lake_table, [user_id], start, end).files:
+            key = partition_of(tier.lake_table, lake_file.user_id, lake_file.first_day)
             try:
-                table = lake_relation(conn, files).to_arrow_table()
-            except duckdb.Error as exc:
-                # The lake holds these days' only copy: refuse the write rather than
-                # rebuild the days from a fragment.
+                table = read_partition_file(tier.lake_table, lake_file.path, key)
+            except (pa.ArrowException, OSError) as exc:
                 raise SyncFailed(
                     f"the lake copy of user {user_id}'s tiered days "
                     f"{user_days[0]}..{user_days[-1]} ({tier.lake_table}) cannot be read "
                     f"({exc}); run `stratum verify` and `stratum repair`"
                 ) from None
             keep = pc.is_in(table.column("date"), value_set=pa.array(user_days, pa.date32()))
-            parts.append(table.filter(keep))
+            parts.append(table.filter(keep).select(list(_columns(tier))))
     if not parts:
         return pa.table({c: [] for c in _columns(tier)})
-    return pa.concat_tables(parts).select(list(_columns(tier)))
+    return pa.concat_tables(parts)

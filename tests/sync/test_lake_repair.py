@@ -5,7 +5,7 @@ holds and lists what only a backup can restore."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
@@ -210,12 +210,19 @@ def test_sync_fails_a_day_that_does_not_read_back_and_finishes_the_rest(
     assert failed.value.result.days == 8 - 1
 
 
-def test_late_data_into_a_tiered_day_whose_lake_copy_is_unreadable_is_refused(
-    warm_url: str, settings: Settings
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [truncate, flip_byte], ids=["truncated", "flipped byte"])
+def test_late_data_into_a_tiered_day_whose_lake_copy_is_damaged_is_refused(
+    warm_url: str, settings: Settings, damage: Callable[[Path], None]
 ) -> None:
     load_cohort(warm_url)
     jobs.sync_job(warm_url, settings.lake, today=TODAY)
     assert jobs.tiering_job(warm_url, settings.lake, today=TODAY).status == "ok"
-    truncate(raw_file(settings, 1))
+    damage(raw_file(settings, 1))
     with pytest.raises(SyncFailed, match=f"user 1's tiered days {FIRST_DAY}"):
         ingest_rows(warm_url, [(f"{FIRST_DAY}T12:00:00Z", 1, "heart_rate", 70.0)])

@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from litestar.testing import TestClient
 
 from api.app import create_app
 from engine.settings import Settings
 from lake import Lake
 from sync.export import sync_to_lake
 from sync.tiering import tier_warm_store
-from tests.api.conftest import api_settings, load_cohort
+from tests.api.conftest import admin_client, api_settings, load_cohort
 
 DAY = {"user_id": "1,2", "metric": "heart_rate,steps", "page_size": "50000"}
 LAKE_DAY = {**DAY, "start": "2024-01-01", "end": "2024-01-02", "resolution": "raw"}
@@ -29,13 +28,13 @@ BOTH_DAYS = {**DAY, "start": "2024-01-01", "end": "2024-01-03", "resolution": "r
 
 def answer(settings: Settings, url: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
     """One request from a fresh process (a new app: nothing cached)."""
-    with TestClient(create_app(settings, url)) as client:
+    with admin_client(create_app(settings, url), url) as client:
         response = client.get("/data", params=params)
         return response.status_code, response.json()
 
 
 def health(settings: Settings, url: str) -> dict[str, Any]:
-    with TestClient(create_app(settings, url)) as client:
+    with admin_client(create_app(settings, url), url) as client:
         body: dict[str, Any] = client.get("/health").json()
         return body
 
@@ -146,7 +145,7 @@ def test_a_file_damaged_after_it_was_verified_is_a_503_not_a_500(
 ) -> None:
     settings, _ = synced(warm_url, tmp_path)
     path = lake_file(settings, 1, "2024-01-01")
-    with TestClient(create_app(settings, warm_url)) as client:
+    with admin_client(create_app(settings, warm_url), warm_url) as client:
         assert client.get("/data", params=LAKE_DAY).status_code == 200  # verified, cached
         # Rot in place: same size, same mtime, so the cached verification still matches.
         stat = path.stat()

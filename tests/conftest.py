@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import tempfile
 import time
 import uuid
@@ -115,13 +116,21 @@ def create_from_template(server: LocalPostgres, name: str) -> None:
                 time.sleep(0.1)
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @pytest.fixture(scope="session")
 def pg_servers() -> Iterator[Servers]:
+    # A run killed with SIGTERM (a CI or `timeout` limit) is treated as Ctrl-C: pytest then
+    # tears its fixtures down, and these servers with them, instead of dying around them.
+    previous = signal.signal(signal.SIGTERM, _interrupted)
     servers = Servers()
     try:
         yield servers
     finally:
         servers.stop()
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture(scope="session")

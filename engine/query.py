@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 from engine.access import Principal
 from engine.errors import InvalidParameter
@@ -25,6 +25,13 @@ from engine.timestamps import midnight
 RESOLUTION_CHOICES = ("auto", *RESOLUTIONS)
 MAX_POINTS_LIMIT = 10_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The span a query may cover. Far inside what Python, PostgreSQL, DuckDB and Arrow's
+# microseconds can represent, so no bound, day after the last or cursor position overflows.
+MIN_INSTANT = datetime(1900, 1, 1, tzinfo=UTC)
+MAX_INSTANT = datetime(2200, 1, 1, tzinfo=UTC)
+# A cursor is ~150 characters; a longer one is forged, and is not worth decoding.
+MAX_CURSOR_CHARS = 1024
+_ASCII_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 @dataclass(frozen=True, order=True)
@@ -104,6 +111,9 @@ def parse_time(parameter: str, text: str) -> datetime:
         if len(text) == 10:
             return midnight(date.fromisoformat(text))
         parsed = datetime.fromisoformat(text.replace("z", "Z"))
+        instant = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:  # year 1 east of UTC, year 9999 west of it
+        raise InvalidParameter(parameter, _out_of_span(parameter, text)) from None
     except ValueError:
         hint = ""
         if _LOST_PLUS.search(text):
@@ -116,13 +126,31 @@ def parse_time(parameter: str, text: str) -> datetime:
             f"{parameter}={text!r} is not an ISO 8601 date or date-time "
             f"(e.g. 2024-01-01 or 2024-01-01T06:00:00Z){hint}",
         ) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    return instant
+
+
+def _out_of_span(parameter: str, text: str) -> str:
+    return (
+        f"{parameter}={text!r} is outside the span stratum answers; allowed: "
+        f"{MIN_INSTANT:%Y-%m-%d} to {MAX_INSTANT:%Y-%m-%d} (UTC)"
+    )
+
+
+def _within_span(parameter: str, text: str, instant: datetime) -> datetime:
+    if not MIN_INSTANT <= instant <= MAX_INSTANT:
+        raise InvalidParameter(parameter, _out_of_span(parameter, text))
+    return instant
 
 
 def _int(parameter: str, text: str, minimum: int, maximum: int) -> int:
+    # ASCII digits only: Python's int() also takes Arabic-Indic and full-width digits and
+    # underscores ("1_0"), which no other client would read as the same id.
+    stripped = text.strip() if isinstance(text, str) else ""
     try:
-        value = int(text)
-    except (TypeError, ValueError):
+        if not _ASCII_INTEGER.fullmatch(stripped):
+            raise ValueError(text)
+        value = int(stripped)
+    except ValueError:  # also: more digits than int() converts
         raise InvalidParameter(parameter, f"{parameter}={text!r} is not an integer") from None
     if not minimum <= value <= maximum:
         raise InvalidParameter(
@@ -161,17 +189,22 @@ def parse_metrics(values: Iterable[str]) -> tuple[str, ...]:
 
 
 def decode_cursor(text: str, query: DataQuery) -> Key:
+    malformed = InvalidParameter(
+        "cursor", "cursor is malformed; pass back the `next` value of a previous page"
+    )
+    if len(text) > MAX_CURSOR_CHARS:
+        raise malformed
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         payload = json.loads(raw)
-        fingerprint, key = (
-            payload["f"],
-            Key(int(payload["u"]), str(payload["m"]), int(payload["t"])),
-        )
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise InvalidParameter(
-            "cursor", "cursor is malformed; pass back the `next` value of a previous page"
-        ) from None
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
+        raise malformed from None
+    if not isinstance(payload, dict):
+        raise malformed
+    fingerprint, user_id, metric, ts_us = (payload.get(k) for k in ("f", "u", "m", "t"))
+    if not (_is_int(user_id) and isinstance(metric, str) and _is_int(ts_us)):
+        raise malformed
+    key = Key(user_id, metric, ts_us)
     if not isinstance(fingerprint, str) or not hmac.compare_digest(
         fingerprint.encode(), query.cursor_tag(key).encode()
     ):
@@ -181,7 +214,20 @@ def decode_cursor(text: str, query: DataQuery) -> Key:
             "changed) or another key, or was altered; pass back the `next` value of a "
             "previous page of this query",
         )
+    # Only a position inside this query's answer: a forged one would reach SQL as a huge
+    # number or a string PostgreSQL cannot hold (NUL, lone surrogates).
+    inside = (
+        user_id in query.users
+        and metric in query.metrics
+        and to_us(query.start) <= ts_us < to_us(query.end)
+    )
+    if not inside:
+        raise malformed
     return key
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # Every parameter build_query reads; `start_date`/`end_date` are the original /data
@@ -249,13 +295,15 @@ def _bound(one: Callable[[str], str | None], name: str) -> tuple[str, str, datet
         )
     if day_text is not None:
         day = parse_day(alias, day_text)
+        if not MIN_INSTANT.date() <= day < MAX_INSTANT.date():
+            raise InvalidParameter(alias, _out_of_span(alias, day_text))
         return alias, day_text, midnight(day + timedelta(days=1) if name == "end" else day)
     if text is None:
         example = "2024-01-01" if name == "start" else "2024-02-01, exclusive"
         raise InvalidParameter(
             name, f"{name} is required (ISO 8601, e.g. {example}; or {alias}, a date)"
         )
-    return name, text, parse_time(name, text)
+    return name, text, _within_span(name, text, parse_time(name, text))
 
 
 def build_query(

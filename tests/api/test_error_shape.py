@@ -35,6 +35,7 @@ from engine.errors import (
 from engine.query import Key, build_query
 from engine.registry import metric_names
 from tests.api.conftest import MAX_PAGE_SIZE, MAX_USERS, admin_client, api_settings, service
+from tests.engine.test_hostile_input import GOOD, HOSTILE
 
 OK = {"user_id": "1", "metric": "heart_rate", "start": "2024-01-01", "end": "2024-01-02"}
 
@@ -178,6 +179,24 @@ def test_error_shape_400(
         )
         for word in words:
             assert word in error["message"], (word, error["message"])
+
+
+def _hostile_params(changes: dict[str, list[str]]) -> dict[str, str]:
+    params = {**{k: v[-1] for k, v in GOOD.items()}, **{k: v[-1] for k, v in changes.items() if v}}
+    return {k: v for k, v in params.items() if changes.get(k, [None])}
+
+
+@pytest.mark.parametrize(
+    ("changes", "parameter"), [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE]
+)
+def test_hostile_values_are_a_400_naming_the_parameter(
+    client: TestClient, changes: dict[str, list[str]], parameter: str
+) -> None:
+    """Year 1 and 9999, forged cursors (huge numbers, NUL, lone surrogates, deep nesting):
+    each was a 500 (OverflowError, RecursionError, a driver's DataError)."""
+    params = _hostile_params(changes)
+    for path in ("/data", "/plan"):
+        assert_error_shape(client.get(path, params=params), 400, "invalid_parameter", parameter)
 
 
 def test_an_unescaped_plus_in_an_offset_gets_the_hint(client: TestClient) -> None:

@@ -17,6 +17,7 @@ from litestar.testing import TestClient
 from api import commands
 from api.cli import main
 from tests.api.conftest import MAX_USERS, admin_client, api_settings
+from tests.engine.test_hostile_input import nested
 
 SPAN = shlex.split(
     "--user 1 --user 2,3 --metric heart_rate,steps --start 2024-01-01 --end 2024-01-03"
@@ -94,6 +95,11 @@ def test_query_table_prints_rows_and_the_next_cursor(
         (["--page-size", "0"], "page_size"),  # the table needs pages
         (["--resolution", "5m"], "resolution"),
         (["--cursor", "nope"], "cursor"),
+        # Each was an unexpected error (exit 1): an overflow, a recursion, a driver's error.
+        (["--end", "9999-12-31T23:59:59Z"], "end"),
+        (["--start", "0001-01-01T00:00:00+01:00"], "start"),
+        (["--cursor", nested(3000)], "cursor"),
+        (["--user", "\u0661"], "user_id"),
     ],
 )
 def test_query_errors_name_the_parameter(

@@ -115,13 +115,30 @@ _ZONES = st.one_of(
         timezone
     ),
 )
-_INSTANTS = st.datetimes(timezones=_ZONES).map(lambda d: d.isoformat())
-_DATES = st.dates().map(date.isoformat)
+# Edges drawn as often as everything else: plain strategies rarely reach them.
+_EDGE_INSTANTS = st.sampled_from(
+    [
+        "0001-01-01T00:00:00+01:00",
+        "0001-01-01",
+        "9999-12-31T23:59:59Z",
+        "9999-12-31T23:59:59-23:59",
+        "9999-12-31",
+        "1899-12-31T23:59:59.999999Z",
+        "2200-01-01T00:00:00.000001Z",
+    ]
+)
+_INSTANTS = _EDGE_INSTANTS | st.datetimes(timezones=_ZONES).map(lambda d: d.isoformat())
+_DATES = st.sampled_from(["0001-01-01", "9999-12-31", "2199-12-31"]) | st.dates().map(
+    date.isoformat
+)
 _NUMBERS = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70).map(str),
-    st.sampled_from(["1e400", "NaN", "-0", "1_0", "\u0661", "\uff11", " 7 ", "0x10"]),
+    st.sampled_from(["1e400", "NaN", "-0", "1_0", "\u0661", "\uff11", " 7 ", "0x10", "9" * 5000]),
 )
-_JSON = st.recursive(
+_EDGE_JSON = st.sampled_from(
+    [2**63, -(2**63) - 1, 10**30, float("inf"), float("nan"), 1.5, True, "\x00", "\ud800", ""]
+)
+_JSON = _EDGE_JSON | st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
     lambda children: st.lists(children) | st.dictionaries(st.text(), children),
     max_leaves=10,
@@ -130,16 +147,18 @@ _JSON = st.recursive(
 
 @st.composite
 def _cursors(draw: st.DrawFn) -> str:
-    kind = draw(st.sampled_from(["payload", "key", "text"]))
+    kind = draw(st.sampled_from(["payload", "key", "text", "nested"]))
     if kind == "text":
         return draw(st.text())
+    if kind == "nested":
+        return nested(draw(st.integers(min_value=1, max_value=3000)))
     if kind == "payload":
         return forged(draw(_JSON))
     field = draw(st.sampled_from(["u", "m", "t"]))
     return forged_key(**{field: draw(_JSON)})
 
 
-_PARAMS = st.fixed_dictionaries(
+HOSTILE_PARAMS = st.fixed_dictionaries(
     {},
     optional={
         "user_id": st.lists(_NUMBERS, min_size=1, max_size=2),
@@ -156,12 +175,44 @@ _PARAMS = st.fixed_dictionaries(
 )
 
 
+@st.composite
+def one_hostile_value(draw: st.DrawFn) -> dict[str, list[str]]:
+    """GOOD with one parameter made extreme, so no other parameter is refused first."""
+    name = draw(
+        st.sampled_from(
+            ["start", "end", "start_date", "end_date", "user_id", "max_points", "cursor"]
+        )
+    )
+    params = dict(GOOD)
+    if name.endswith("_date"):
+        del params[name.removesuffix("_date")]
+        value = draw(_DATES)
+    elif name in ("start", "end"):
+        value = draw(_INSTANTS | _DATES)
+    elif name == "cursor":
+        value = draw(_cursors())
+    else:
+        value = draw(_NUMBERS)
+    return {**params, name: [value]}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(one_hostile_value())
+def test_one_extreme_value_gives_a_named_refusal_or_a_plannable_query(
+    params: dict[str, list[str]],
+) -> None:
+    refused_or_plannable(params)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-@given(_PARAMS)
+@given(HOSTILE_PARAMS)
 def test_any_parameters_give_a_named_refusal_or_a_plannable_query(
     params: dict[str, list[str]],
 ) -> None:
-    params = {"metric": ["heart_rate"], "user_id": ["1"], **params}
+    refused_or_plannable({"metric": ["heart_rate"], "user_id": ["1"], **params})
+
+
+def refused_or_plannable(params: dict[str, list[str]]) -> None:
     try:
         query = build_query(params, SETTINGS)
     except InvalidParameter as refused:

@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = sub.add_parser("ingest", help="load CSV, Parquet or NDJSON files into raw_data")
     ingest.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    ingest.add_argument(
+        "--ts-unit",
+        choices=("s", "ms", "us"),
+        default=None,
+        help="ts holds integer epochs in seconds, milliseconds or microseconds "
+        "(without it, integer ts columns are refused)",
+    )
     ingest.set_defaults(run=commands.ingest)
 
     sub.add_parser("aggregate", help="refresh the 1m/1h/1d rollups of changed days").set_defaults(

@@ -58,7 +58,7 @@ def ingest(args: argparse.Namespace, ctx: Context) -> int:
     with progress() as bar:
         task = bar.add_task("ingest", total=len(args.files), rows=0)
         for path in args.files:
-            result = ingest_files(url, [path])
+            result = ingest_files(url, [path], ts_unit=args.ts_unit)
             total_rows += result.rows
             bar.update(task, advance=1, rows=total_rows)
             console.print(

@@ -68,16 +68,18 @@ def ingest_files(
     paths: Iterable[Path],
     lake_root: Path | None = None,
     csv_block_bytes: int = CSV_BLOCK_BYTES,
+    ts_unit: str | None = None,
 ) -> IngestResult:
     """Ingest each file in its own transaction; the first bad file raises IngestRejected.
 
     ``lake_root``: where tiered days are read back from (default: where tiering put them);
-    ``csv_block_bytes``: CSV text read per batch.
+    ``csv_block_bytes``: CSV text read per batch (and the longest line allowed);
+    ``ts_unit``: ``ts`` holds integer epochs in s, ms or us (else integers are refused).
     """
     started = time.perf_counter()
     files = rows = days = 0
     for path in paths:
-        batches = read_validated(Path(path), csv_block_bytes)
+        batches = read_validated(Path(path), csv_block_bytes, ts_unit)
         loaded, marked = _load(url, batches, lake_root)
         files, rows, days = files + 1, rows + loaded, days + marked
     return IngestResult(files, rows, days, time.perf_counter() - started)

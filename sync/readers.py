@@ -7,8 +7,10 @@ stream in batches, so a file larger than memory is still checked row by row.
 
 from __future__ import annotations
 
+import collections
 import csv
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +33,12 @@ RAW_SCHEMA = pa.schema(
     ]
 )
 BATCH_ROWS = 1 << 20
+# Also the longest line (header included) a CSV may have: pyarrow parses whole blocks, so a
+# longer line is refused rather than read into memory.
 CSV_BLOCK_BYTES = 64 << 20
+# --ts-unit: integer epochs in these units, as microseconds (the warm store's unit).
+TS_UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1}
+_RAGGED = re.compile(r"Expected (\d+) columns, got (\d+)")
 _ZONE_SUFFIX = r"(Z|z|[+-]\d\d(:?\d\d)?)$"
 FORMATS = {
     ".csv": "csv",
@@ -52,11 +59,18 @@ def file_format(path: Path) -> str:
     return fmt
 
 
-def read_validated(path: Path, csv_block_bytes: int = CSV_BLOCK_BYTES) -> Iterator[pa.Table]:
+def read_validated(
+    path: Path, csv_block_bytes: int = CSV_BLOCK_BYTES, ts_unit: str | None = None
+) -> Iterator[pa.Table]:
     """Yield validated batches of `path`; raise IngestRejected at the first bad row.
 
-    `csv_block_bytes`: how much CSV text each batch holds.
+    `csv_block_bytes`: how much CSV text each batch holds (and the longest line allowed);
+    `ts_unit`: `ts` holds integer epochs in s, ms or us (otherwise integers are refused).
     """
+    if ts_unit is not None and ts_unit not in TS_UNITS:
+        raise IngestRejected(
+            str(path), None, f"ts unit {ts_unit!r}; allowed: {', '.join(TS_UNITS)}"
+        )
     if not path.is_file():
         raise IngestRejected(str(path), None, "no such file")
     fmt = file_format(path)
@@ -67,11 +81,17 @@ def read_validated(path: Path, csv_block_bytes: int = CSV_BLOCK_BYTES) -> Iterat
     first_row = 1
     for batch in batches:
         table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
-        yield _validate(table, str(path), first_row)
+        yield _validate(table, str(path), first_row, ts_unit)
         first_row += table.num_rows
 
 
 def _require_columns(names: list[str], file: str, hint: str = "") -> None:
+    repeated = sorted(name for name, count in collections.Counter(names).items() if count > 1)
+    if repeated:
+        # Which of two `value` columns is the value? Guessing would store the wrong one.
+        raise IngestRejected(
+            file, None, f"column(s) {', '.join(repeated)} appear more than once in the header"
+        )
     missing = [c for c in COLUMNS if c not in names]
     if missing:
         raise IngestRejected(
@@ -93,26 +113,73 @@ def _delimiter_hint(header_line: str) -> str:
 
 
 def _csv_batches(path: Path, block_bytes: int) -> Iterator[pa.RecordBatch]:
+    with path.open("rb") as handle:
+        first_line = handle.readline(block_bytes + 1)  # bounded: never a whole 1 GB line
+    if len(first_line) > block_bytes:
+        raise IngestRejected(
+            str(path),
+            None,
+            f"the header (first line) is longer than {block_bytes} bytes; it must hold the "
+            f"column names {','.join(COLUMNS)}",
+        )
     # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first name.
-    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
-        header_line = handle.readline()
+    header_line = first_line.decode("utf-8-sig", errors="replace")
     header = next(csv.reader([header_line]), [])
     _require_columns([h.strip() for h in header], str(path), _delimiter_hint(header_line))
-    # Everything as text: we convert and report errors ourselves, with the row number.
-    reader = pa_csv.open_csv(
-        path,
-        read_options=pa_csv.ReadOptions(block_size=block_bytes),
-        convert_options=pa_csv.ConvertOptions(
-            column_types={c: pa.string() for c in COLUMNS},
-            include_columns=list(COLUMNS),
-            strings_can_be_null=True,  # an empty field is a missing value
-            null_values=[""],
-        ),
-    )
-    try:
+    try:  # opening parses the first block already
+        # Everything as text: we convert and report errors ourselves, with the row number.
+        reader = pa_csv.open_csv(
+            path,
+            read_options=pa_csv.ReadOptions(block_size=block_bytes),
+            convert_options=pa_csv.ConvertOptions(
+                column_types={c: pa.string() for c in COLUMNS},
+                include_columns=list(COLUMNS),
+                strings_can_be_null=True,  # an empty field is a missing value
+                null_values=[""],
+            ),
+        )
         yield from reader
     except pa.ArrowInvalid as exc:
-        raise IngestRejected(str(path), None, f"malformed CSV: {exc}") from None
+        raise _csv_refusal(path, block_bytes, str(exc)) from None
+
+
+def _csv_refusal(path: Path, block_bytes: int, message: str) -> IngestRejected:
+    """pyarrow's parse error as a refusal naming the row (its streaming reader knows none)."""
+    if "straddles" in message:
+        return IngestRejected(
+            str(path),
+            None,
+            f"a line is longer than {block_bytes} bytes (the CSV block size); is it a CSV "
+            "of one row per line?",
+        )
+    ragged = _RAGGED.search(message)
+    if ragged is None:
+        return IngestRejected(str(path), None, f"malformed CSV: {message}")
+    expected = int(ragged.group(1))
+    return IngestRejected(
+        str(path),
+        _first_ragged_row(path, expected, block_bytes),
+        f"{ragged.group(2)} fields where the header has {expected} ({','.join(COLUMNS)})",
+    )
+
+
+def _first_ragged_row(path: Path, expected: int, block_bytes: int) -> int | None:
+    """The data row (1-based, as the other errors count, blank lines skipped) whose field
+    count differs from the header's. Only on the error path: it reads the file again."""
+    limit = csv.field_size_limit()
+    csv.field_size_limit(block_bytes)  # lines longer than a block were refused already
+    try:
+        with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+            records = (fields for fields in csv.reader(handle) if fields)
+            next(records, None)  # the header
+            for row, fields in enumerate(records, start=1):
+                if len(fields) != expected:
+                    return row
+    except csv.Error:
+        return None
+    finally:
+        csv.field_size_limit(limit)
+    return None
 
 
 def _parquet_batches(path: Path) -> Iterator[pa.RecordBatch]:
@@ -122,13 +189,6 @@ def _parquet_batches(path: Path) -> Iterator[pa.RecordBatch]:
         raise IngestRejected(str(path), None, f"not a readable Parquet file: {exc}") from None
     schema = parquet.schema_arrow
     _require_columns(schema.names, str(path))
-    ts_type = schema.field("ts").type
-    if pa.types.is_timestamp(ts_type) and ts_type.tz is None:
-        raise IngestRejected(
-            str(path),
-            None,
-            "column ts is a timestamp without time zone; store it with a zone (UTC)",
-        )
     yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=list(COLUMNS))
 
 
@@ -182,7 +242,61 @@ def _cast(
         ) from None
 
 
-def _validate(table: pa.Table, file: str, first_row: int) -> pa.Table:
+def _is_text(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
+
+
+def _check_ts_type(kind: pa.DataType, file: str) -> None:
+    """Refuse a `ts` type that would be stored as some other instant (epoch seconds read as
+    microseconds, a date as its UTC midnight, a local time as UTC)."""
+    if _is_text(kind) or (pa.types.is_timestamp(kind) and kind.tz is not None):
+        return
+    how = (
+        "store a timestamp with a zone (e.g. timestamp[us, tz=UTC]) or ISO 8601 text with Z "
+        "or an offset (2024-01-01T00:00:00Z)"
+    )
+    if pa.types.is_timestamp(kind):
+        reason = f"column ts is {kind}, a timestamp without time zone; {how}"
+    elif pa.types.is_integer(kind):
+        reason = (
+            f"column ts is {kind}, a number rather than a time; {how}; or, for epoch "
+            "seconds, milliseconds or microseconds, pass --ts-unit s, ms or us"
+        )
+    elif pa.types.is_date(kind):
+        reason = f"column ts is {kind}, a date without a time of day or zone; {how}"
+    else:
+        reason = f"column ts is {kind}; {how}"
+    raise IngestRejected(file, None, reason)
+
+
+def _epochs(table: pa.Table, unit: str, file: str, first_row: int) -> pa.ChunkedArray:
+    """`ts` as integer epochs in `unit` (--ts-unit), as the warm store's timestamps."""
+    kind = table["ts"].type
+    if not (_is_text(kind) or pa.types.is_integer(kind)):
+        raise IngestRejected(
+            file, None, f"--ts-unit {unit} reads integer epochs; column ts is {kind}"
+        )
+    epochs = _cast(table, "ts", pa.int64(), file, first_row, f"an integer epoch ({unit})")
+    limit = (2**63 - 1) // TS_UNITS[unit]
+    index = _first_index(pc.greater(pc.abs(pc.max_element_wise(epochs, -limit)), limit))
+    if index is not None:
+        raise IngestRejected(
+            file, first_row + index, f"ts {epochs[index].as_py()} is out of range for epoch {unit}"
+        )
+    micros = pc.multiply(epochs, TS_UNITS[unit])
+    return micros.cast(RAW_SCHEMA.field("ts").type)
+
+
+def _check_number_type(name: str, kind: pa.DataType, file: str, allowed: str) -> None:
+    numeric = pa.types.is_integer(kind) or (
+        name == "value" and (pa.types.is_floating(kind) or pa.types.is_decimal(kind))
+    )
+    if not (numeric or _is_text(kind)):
+        # A boolean would be stored as 1.0/0.0, silently: refuse it like any other type.
+        raise IngestRejected(file, None, f"column {name} is {kind}; it must hold {allowed}")
+
+
+def _validate(table: pa.Table, file: str, first_row: int, ts_unit: str | None = None) -> pa.Table:
     for name in COLUMNS:
         index = _first_index(pc.is_null(table[name]))
         if index is not None:
@@ -198,19 +312,28 @@ def _validate(table: pa.Table, file: str, first_row: int) -> pa.Table:
             f"unknown metric {metric[index].as_py()!r}; valid metrics: {', '.join(metric_names())}",
         )
 
+    _check_number_type("user_id", table["user_id"].type, file, "integer user ids")
+    _check_number_type("value", table["value"].type, file, "numbers (1.0/0.0, not true/false)")
+    if ts_unit is not None:
+        return _typed(table, _epochs(table, ts_unit, file, first_row), metric, file, first_row)
+    _check_ts_type(table["ts"].type, file)
     ts = table["ts"]
-    if pa.types.is_string(ts.type) or pa.types.is_large_string(ts.type):
+    if _is_text(ts.type):
         ts = pc.utf8_trim_whitespace(ts)
         index = _first_index(pc.invert(pc.match_substring_regex(ts, _ZONE_SUFFIX)))
         if index is not None:
+            shown = ts[index].as_py()
+            epoch_hint = (
+                "; for epoch seconds, milliseconds or microseconds pass --ts-unit s, ms or us"
+                if re.fullmatch(r"-?[0-9]+", shown)
+                else ""
+            )
             raise IngestRejected(
                 file,
                 first_row + index,
-                f"timestamp {ts[index].as_py()!r} has no time zone; "
-                "use ISO 8601 with Z or an offset, e.g. 2024-01-01T00:00:00Z",
+                f"timestamp {shown!r} has no time zone; use ISO 8601 with Z or an offset, "
+                f"e.g. 2024-01-01T00:00:00Z{epoch_hint}",
             )
-    elif pa.types.is_timestamp(ts.type) and ts.type.tz is None:
-        raise IngestRejected(file, None, "column ts is a timestamp without time zone")
     ts = _cast(
         table.set_column(0, "ts", ts),
         "ts",
@@ -219,7 +342,12 @@ def _validate(table: pa.Table, file: str, first_row: int) -> pa.Table:
         first_row,
         "an ISO 8601 timestamp",
     )
+    return _typed(table, ts, metric, file, first_row)
 
+
+def _typed(
+    table: pa.Table, ts: pa.ChunkedArray, metric: pa.ChunkedArray, file: str, first_row: int
+) -> pa.Table:
     user_id = _cast(table, "user_id", pa.int32(), file, first_row, "an integer user id")
     index = _first_index(pc.less(user_id, 0))
     if index is not None:

@@ -48,6 +48,20 @@ def test_generate_ingests_directly(env: str) -> None:
     assert counts(env)["raw_data"] > 0
 
 
+def test_ingest_ts_unit_reads_epoch_seconds(
+    env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    epochs = tmp_path / "epochs.csv"
+    epochs.write_text("ts,user_id,metric,value\n1704067200,1,steps,60\n")
+    assert main(["db", "init"]) == 0
+    assert main(["ingest", str(epochs)]) == 2
+    assert "--ts-unit" in capsys.readouterr().err
+    assert main(["ingest", "--ts-unit", "s", str(epochs)]) == 0
+    with psycopg.connect(env) as conn:
+        stored = conn.execute("SELECT ts::text FROM raw_data").fetchone()
+    assert stored == ("2024-01-01 00:00:00+00",)
+
+
 def test_bad_file_exits_2_with_row_and_reason(
     env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

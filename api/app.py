@@ -20,9 +20,10 @@ from urllib.parse import urlencode
 
 import anyio
 import pyarrow as pa
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Request, Response, Router, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, Example, SecurityScheme
@@ -34,6 +35,7 @@ from swagger_ui_bundle import swagger_ui_path
 from api import audit, hosts, render
 from api.auth import AUTHENTICATION, KEY_LIMIT, KeySlots, admin_only, principal_of
 from api.errors import EXCEPTION_HANDLERS, retry_after
+from api.head import answer_head
 from api.telemetry import Telemetry
 from engine.audit import AuditEntry
 from engine.errors import InvalidParameter, WarmStoreUnavailable
@@ -492,6 +494,14 @@ def _swagger() -> SwaggerRenderPlugin:
     )
 
 
+def _schema_not_found(response: Response[Any]) -> Response[Any]:
+    """Litestar answers an unknown /schema/* path (/schema/redoc) with an HTML page of its
+    own: raising here sends it through the one error map instead."""
+    if response.status_code == 404:
+        raise NotFoundException()
+    return response
+
+
 def create_app(settings: Settings, database_url: str | None) -> Litestar:
     """One Engine for the app's lifetime; the catalog is loaded at startup so lake-only spans
     keep working if the warm store goes down later."""
@@ -521,6 +531,12 @@ def create_app(settings: Settings, database_url: str | None) -> Litestar:
             version="0.1.0",
             description="Participant time series from a hybrid PostgreSQL + Delta Lake store.",
             path="/schema",
+            openapi_router=Router(
+                "/schema",
+                route_handlers=[],
+                include_in_schema=False,
+                after_request=_schema_not_found,
+            ),
             render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), _swagger()],
             components=Components(
                 security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
@@ -529,8 +545,9 @@ def create_app(settings: Settings, database_url: str | None) -> Litestar:
         ),
         logging_config=None,
     )
-    # The access log sees the response as sent; telemetry, outermost, counts 404s and errors
-    # raised before routing too.
+    # HEAD runs as GET underneath everything else. The access log sees the response as sent;
+    # telemetry, outermost, counts 404s and errors raised before routing too.
+    app.asgi_handler = answer_head(app.asgi_handler)
     app.asgi_handler = audit.wrap(app.asgi_handler, service.record_audit)
     app.asgi_handler = hosts.wrap(app.asgi_handler, served_hosts(settings.server))
     app.asgi_handler = service.telemetry.wrap(app.asgi_handler)

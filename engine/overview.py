@@ -24,9 +24,15 @@ _COLUMNS = (
     "SELECT column_name FROM information_schema.columns "
     "WHERE table_schema = current_schema() AND table_name = 'sync_runs'"
 )
-# The newest run of each job (sync, tier, maintain, refresh, nightly).
+# The newest run of each job (sync, tier, maintain, refresh, nightly). A run still marked
+# running whose connection is gone died with its process: 'interrupted' (as sync/runs.py
+# reports it to `sync status`).
 _LAST_RUNS = (
-    "SELECT DISTINCT ON (job) job, to_jsonb(r) - 'backend_pid' FROM sync_runs r "
+    "SELECT DISTINCT ON (job) job, jsonb_set(to_jsonb(r) - 'backend_pid', '{status}', "
+    "to_jsonb(CASE WHEN r.status = 'running' AND NOT EXISTS ("
+    " SELECT 1 FROM pg_stat_activity a"
+    " WHERE a.pid = r.backend_pid AND a.backend_start <= r.started_at)"
+    " THEN 'interrupted' ELSE r.status END)) FROM sync_runs r "
     "ORDER BY job, started_at DESC, id DESC"
 )
 

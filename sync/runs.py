@@ -72,13 +72,20 @@ def advisory_lock(url: str, key: int, what: str) -> Iterator[psycopg.Connection]
             conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
+# A run recorded as running whose connection is gone: its process died (a killed job's
+# connection closes with it; a reused pid has a later backend_start).
+_PROCESS_GONE = (
+    "r.status = 'running' AND NOT EXISTS ("
+    " SELECT 1 FROM pg_stat_activity a"
+    " WHERE a.pid = r.backend_pid AND a.backend_start <= r.started_at)"
+)
+
+
 def start_run(conn: psycopg.Connection, job: str) -> int:
     """Record a running job; runs of it whose process died are marked 'interrupted' first."""
     conn.execute(
-        "UPDATE sync_runs r SET status = 'interrupted', finished_at = now() "
-        "WHERE r.job = %s AND r.status = 'running' AND NOT EXISTS ("
-        " SELECT 1 FROM pg_stat_activity a"
-        " WHERE a.pid = r.backend_pid AND a.backend_start <= r.started_at)",
+        "UPDATE sync_runs r SET status = 'interrupted', finished_at = now() "  # noqa: S608
+        f"WHERE r.job = %s AND {_PROCESS_GONE}",
         (job,),
     )
     row = conn.execute(
@@ -108,12 +115,14 @@ def finish_run(conn: psycopg.Connection, run_id: int, result: JobResult) -> None
 
 
 def recent_runs(url: str, limit: int = 10, job: str | None = None) -> list[RunRecord]:
-    """The latest runs, newest first (of one job if given)."""
+    """The latest runs, newest first (of one job if given). A run whose process died shows
+    'interrupted' at once, not only once the next run of its job records it."""
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT id, job, status, started_at, finished_at, days, rows, bytes, files, "
-            "lake_versions, error FROM sync_runs "
-            "WHERE %(job)s::text IS NULL OR job = %(job)s "
+            "SELECT id, job, "  # noqa: S608
+            f"CASE WHEN {_PROCESS_GONE} THEN 'interrupted' ELSE status END, "
+            "started_at, finished_at, days, rows, bytes, files, lake_versions, error "
+            "FROM sync_runs r WHERE %(job)s::text IS NULL OR job = %(job)s "
             "ORDER BY started_at DESC, id DESC LIMIT %(limit)s",
             {"job": job, "limit": limit},
         ).fetchall()

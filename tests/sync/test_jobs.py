@@ -14,6 +14,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from deltalake import write_deltalake
 
 from engine.errors import ConfigurationError
+from engine.overview import last_runs
 from engine.settings import LakeSettings, Settings, load_settings
 from lake import Lake, lake_relation
 from sync import jobs
@@ -84,6 +85,23 @@ def test_a_run_whose_process_died_is_marked_interrupted(warm_url: str) -> None:
         start_run(alive, "sync")
         statuses = sorted(r.status for r in recent_runs(warm_url))
     assert statuses == ["interrupted", "running"]
+
+
+def test_a_killed_run_shows_interrupted_before_the_next_run_starts(warm_url: str) -> None:
+    with psycopg.connect(warm_url, autocommit=True) as dead:
+        start_run(dead, "tier")  # killed: its connection (and pid) goes with it
+        with psycopg.connect(warm_url, autocommit=True) as alive:
+            start_run(alive, "sync")
+            assert {r.job: r.status for r in recent_runs(warm_url)} == {
+                "tier": "running",
+                "sync": "running",
+            }
+    assert [r.status for r in recent_runs(warm_url)] == ["interrupted", "interrupted"]
+    with psycopg.connect(warm_url) as conn:  # what /catalog shows
+        assert {job: run["status"] for job, run in (last_runs(conn) or {}).items()} == {
+            "tier": "interrupted",
+            "sync": "interrupted",
+        }
 
 
 def test_maintain_job_compacts_and_vacuums(

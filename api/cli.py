@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -151,7 +152,20 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=positive, default=None, help="port (default $STRATUM_PORT)")
 
 
+# Lake files, cohort files and the private database's files hold participants' data: what
+# stratum creates is readable by its owner only (grant others access explicitly).
+OWNER_ONLY_UMASK = 0o077
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    previous = os.umask(OWNER_ONLY_UMASK)
+    try:
+        return _main(argv)
+    finally:
+        os.umask(previous)  # the caller's, when main is called in-process (tests)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -62,6 +62,27 @@ def test_ingest_ts_unit_reads_epoch_seconds(
     assert stored == ("2024-01-01 00:00:00+00",)
 
 
+def _umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def test_lake_files_are_readable_by_their_owner_only(
+    env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = tmp_path / "lake"
+    monkeypatch.setenv("STRATUM_LAKE_PATH", str(lake))
+    before = _umask()
+    generate = "generate --users 1 --days 2 --start 2024-01-01 --every 3600 --metrics steps"
+    assert main(shlex.split(generate)) == 0
+    assert main(["sync"]) == 0
+    written = [lake, *lake.rglob("*")]
+    assert any(p.suffix == ".parquet" for p in written)
+    assert [str(p) for p in written if p.stat().st_mode & 0o077] == []
+    assert _umask() == before  # main restores its caller's umask
+
+
 def test_bad_file_exits_2_with_row_and_reason(
     env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

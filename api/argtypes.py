@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -17,7 +18,10 @@ def iso_date(text: str) -> date:
 
 def integer_at_least(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
+        # ASCII digits only: int() also reads "1_0" and Arabic-Indic or full-width digits.
         try:
+            if not re.fullmatch(r"[+-]?[0-9]+", text.strip()):
+                raise ValueError(text)
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None

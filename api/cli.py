@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.text import Text
 
 from api import access_commands, commands, lake_commands
-from api.argtypes import comma_list, iso_date, output_file, positive
+from api.argtypes import comma_list, iso_date, non_negative, output_file, positive
 from api.console import err_console
 from engine.errors import InvalidParameter, StratumError
 from engine.settings import load_settings
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="sample every N seconds instead of each metric's native interval",
     )
-    generate.add_argument("--first-user", type=int, default=1, help="first user id")
+    generate.add_argument("--first-user", type=non_negative, default=1, help="first user id")
     generate.add_argument(
         "--out",
         type=output_file,

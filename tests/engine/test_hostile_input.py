@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.access import LOCAL_ADMIN
 from engine.catalog import Catalog, Coverage
 from engine.errors import InvalidParameter
 from engine.planner import plan
@@ -29,7 +30,7 @@ GOOD = {
 
 
 def build(**changes: list[str]):  # type: ignore[no-untyped-def]
-    return build_query({**GOOD, **changes}, SETTINGS)
+    return build_query({**GOOD, **changes}, SETTINGS, principal=LOCAL_ADMIN)
 
 
 def forged(payload: Any) -> str:
@@ -103,8 +104,9 @@ def test_a_cursor_at_the_span_edges_is_accepted_and_past_them_refused() -> None:
     query = build()
     for ts_us in (to_us(query.start) - 1, to_us(query.end)):
         with pytest.raises(InvalidParameter, match="cursor"):
-            decode_cursor(forged_key(t=ts_us), query)
-    assert decode_cursor(forged_key(t=to_us(query.end) - 1), query).ts_us == to_us(query.end) - 1
+            decode_cursor(query.cursor_after(Key(1, "heart_rate", ts_us)), query)
+    last = query.cursor_after(Key(1, "heart_rate", to_us(query.end) - 1))
+    assert decode_cursor(last, query).ts_us == to_us(query.end) - 1
 
 
 # -- property: whatever the text, a 400 or a query that plans --------------------------------
@@ -214,7 +216,7 @@ def test_any_parameters_give_a_named_refusal_or_a_plannable_query(
 
 def refused_or_plannable(params: dict[str, list[str]]) -> None:
     try:
-        query = build_query(params, SETTINGS)
+        query = build_query(params, SETTINGS, principal=LOCAL_ADMIN)
     except InvalidParameter as refused:
         assert refused.parameter in params or refused.parameter in ("start", "end")
         return

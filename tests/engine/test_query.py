@@ -123,7 +123,7 @@ def test_cursor_tags_are_keyed_by_the_secret_and_the_principal() -> None:
 
     from engine.access import Principal
 
-    key = Key(1, "heart_rate", 123)
+    key = Key(1, "heart_rate", 1_704_067_200_000_123)  # inside the span
     signed = replace(build(), cursor_secret=b"s" * 32)
     cursor = signed.cursor_after(key)
     assert decode_cursor(cursor, signed) == key

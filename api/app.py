@@ -314,6 +314,21 @@ async def _iterate_in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
                 await anyio.to_thread.run_sync(close)
 
 
+def _query(
+    request: Request[Any, Any, Any], service: Service, params: dict[str, list[str]], shape: str
+) -> DataQuery:
+    """The request's query, under its key's principal, noted for the audit row."""
+    query = build_query(
+        params,
+        service.settings.query,
+        principal=principal_of(request),
+        cursor_secret=service.engine.cursor_secret(),
+        also_allowed=_API_ONLY,
+    )
+    audit.note_query(request, query, shape)
+    return query
+
+
 @get(
     "/data",
     sync_to_thread=True,
@@ -330,14 +345,7 @@ def data(
 ) -> Response[Any]:
     service = _service(state)
     format_name = render.choose_format(_last(params.get("format")), request.headers.get("accept"))
-    query = build_query(
-        params,
-        service.settings.query,
-        principal=principal_of(request),
-        cursor_secret=service.engine.cursor_secret(),
-        also_allowed=_API_ONLY,
-    )
-    audit.note_query(request, query, format_name)
+    query = _query(request, service, params, format_name)
     if query.page_size == 0 and format_name not in render.STREAMING_FORMATS:
         raise InvalidParameter(
             "page_size",
@@ -373,15 +381,7 @@ def plan(
     request: Request[Any, Any, Any], state: State, params: NamedDependency[dict[str, list[str]]]
 ) -> dict[str, Any]:
     service = _service(state)
-    query = build_query(
-        params,
-        service.settings.query,
-        principal=principal_of(request),
-        cursor_secret=service.engine.cursor_secret(),
-        also_allowed=_API_ONLY,
-    )
-    audit.note_query(request, query, "plan")
-    return service.engine.plan(query).describe()
+    return service.engine.plan(_query(request, service, params, "plan")).describe()
 
 
 @get(

@@ -7,15 +7,9 @@ has, so "forbidden" and "does not exist" are exercised alike.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
-import pyarrow.ipc as ipc
-import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -25,6 +19,7 @@ from api.app import create_app
 from engine.registry import metric_names
 from sync.access import create_cohort
 from tests.api.conftest import METRICS, api_settings, new_key
+from tests.api.test_data import parse
 
 IDS = (1, 2, 3, 4, 77)  # 4 and 77 are nobody
 FORMATS = ("json", "ndjson", "csv", "arrow", "parquet")
@@ -36,18 +31,6 @@ def scope_client(cohort_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     settings_ = api_settings(tmp_path_factory.mktemp("scope"), STRATUM_MAX_REQUESTS_PER_KEY="50")
     with TestClient(create_app(settings_, cohort_url)) as test_client:
         yield test_client
-
-
-def rows_of(format_name: str, body: bytes) -> list[dict[str, Any]]:
-    if format_name == "json":
-        return list(json.loads(body)["data"])
-    if format_name == "ndjson":
-        return [json.loads(line) for line in body.decode().splitlines()]
-    if format_name == "csv":
-        return list(csv.DictReader(io.StringIO(body.decode())))
-    if format_name == "arrow":
-        return list(ipc.open_stream(body).read_all().to_pylist())
-    return list(pq.read_table(io.BytesIO(body)).to_pylist())
 
 
 def request_params(users: list[int], metrics: list[str], resolution: str) -> dict[str, str]:
@@ -124,7 +107,7 @@ def test_no_key_sees_outside_its_scope(
                 assert "X-Stratum-Rows" not in response.headers
                 break
             assert response.status_code == 200, response.text
-            for row in rows_of(format_name, response.content):
+            for row in parse(format_name, response.content):
                 assert int(row["user_id"]) in members and row["metric"] in visible_metrics
             cursor = response.headers.get("X-Stratum-Next")
             pages += 1

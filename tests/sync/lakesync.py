@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 import pyarrow as pa
 
+from engine.settings import LakeSettings, Settings, load_settings
 from engine.tiers import by_lake_table
 from lake import TIERS, Lake, day_checksums
 from sync.export import SyncResult, sync_to_lake
@@ -90,6 +92,19 @@ def day_state(url: str) -> dict[Pair, tuple[int, int, int, int | None]]:
             "SELECT user_id, day, change_seq, refreshed_seq, synced_seq, tiered_seq FROM day_state"
         ).fetchall()
     return {(u, d): (c, r, s, t) for u, d, c, r, s, t in rows}
+
+
+def job_settings(tmp_path: Path, tier_older_than_days: int) -> Settings:
+    """Settings for the job tests: a lake under tmp_path, small batches, no vacuum retention."""
+    base = load_settings({"STRATUM_HOME": str(tmp_path / "home")})
+    lake = LakeSettings(
+        path=tmp_path / "lake",
+        sync_grace_days=1,
+        sync_batch_days=3,
+        vacuum_retention_hours=0,
+        tier_older_than_days=tier_older_than_days,
+    )
+    return replace(base, lake=lake)
 
 
 def make_lake(tmp_path: Path) -> Lake:

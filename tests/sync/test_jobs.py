@@ -15,7 +15,7 @@ from deltalake import write_deltalake
 
 from engine.errors import ConfigurationError
 from engine.overview import last_runs
-from engine.settings import LakeSettings, Settings, load_settings
+from engine.settings import Settings
 from lake import Lake, lake_relation
 from sync import jobs
 from sync.export import VerificationFailed
@@ -27,6 +27,7 @@ from tests.sync.lakesync import (
     FIRST_DAY,
     TODAY,
     assert_lake_equals_source,
+    job_settings,
     lake_days,
     lake_stats,
     load_cohort,
@@ -36,15 +37,7 @@ from tests.sync.lakesync import (
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    base = load_settings({"STRATUM_HOME": str(tmp_path / "home")})
-    lake = LakeSettings(
-        path=tmp_path / "lake",
-        sync_grace_days=1,
-        sync_batch_days=3,
-        vacuum_retention_hours=0,
-        tier_older_than_days=3,
-    )
-    return replace(base, lake=lake)
+    return job_settings(tmp_path, tier_older_than_days=3)
 
 
 def test_sync_job_records_its_run(warm_url: str, settings: Settings) -> None:

@@ -6,7 +6,6 @@ holds and lists what only a backup can restore."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from deltalake import write_deltalake
 
 from engine.errors import SyncFailed
-from engine.settings import LakeSettings, Settings, load_settings
+from engine.settings import Settings
 from lake import Lake
 from lake.read import read_partition_file
 from sync import jobs
@@ -28,6 +27,7 @@ from tests.sync.lakesync import (
     TODAY,
     assert_lake_equals_source,
     ingest_rows,
+    job_settings,
     load_cohort,
 )
 
@@ -36,15 +36,7 @@ DAMAGED = (1, FIRST_DAY)
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    base = load_settings({"STRATUM_HOME": str(tmp_path / "home")})
-    lake = LakeSettings(
-        path=tmp_path / "lake",
-        sync_grace_days=1,
-        sync_batch_days=3,
-        vacuum_retention_hours=0,
-        tier_older_than_days=1,
-    )
-    return replace(base, lake=lake)
+    return job_settings(tmp_path, tier_older_than_days=1)
 
 
 def raw_file(settings: Settings, user_id: int = 1, several: bool = False) -> Path:

@@ -38,6 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub.add_parser("stop", help="stop the private PostgreSQL, if one runs").set_defaults(
         run=commands.db_stop, needs_schema=False
     )
+    compress = db_sub.add_parser(
+        "compress", help="move warm chunks past their grace period to TimescaleDB's columnstore"
+    )
+    compress.add_argument(
+        "--older-than",
+        type=positive,
+        default=None,
+        metavar="DAYS",
+        help="compress chunks ending this many days ago or earlier "
+        "(default $STRATUM_COLUMNSTORE_AFTER_DAYS)",
+    )
+    compress.set_defaults(run=lake_commands.db_compress)
 
     ingest = sub.add_parser("ingest", help="load CSV, Parquet or NDJSON files into raw_data")
     ingest.add_argument("files", nargs="+", type=Path, metavar="FILE")

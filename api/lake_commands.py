@@ -1,5 +1,5 @@
-"""The lake jobs from the CLI: `stratum sync`, `sync status`, `tier`, `maintain`, `verify`,
-`repair`, `scheduler`."""
+"""The lake jobs from the CLI: `stratum sync`, `sync status`, `tier`, `db compress`, `maintain`,
+`verify`, `repair`, `scheduler`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from engine.errors import SyncFailed
 from engine.tiers import TIERS
 from lake import Lake
 from sync import jobs
+from sync.columnstore import ColumnstoreResult
 from sync.coverage import lake_summary, user_coverage
 from sync.export import SyncResult, VerificationFailed
 from sync.lakefiles import damage_report
@@ -122,6 +123,21 @@ def print_sync(result: SyncResult) -> None:
         console.print(f"{result.skipped_stale} changed days wait for a rollup refresh")
     if result.failed:
         console.print(f"{len(result.failed)} (user, day, tier) failed verification", style="red")
+
+
+def db_compress(args: argparse.Namespace, ctx: Context) -> int:
+    result = jobs.columnstore_job(ctx.url, ctx.settings.lake, after_days=args.older_than)
+    done = result.detail
+    if not isinstance(done, ColumnstoreResult):
+        console.print("columnstore off (STRATUM_COLUMNSTORE_AFTER_DAYS=0): nothing compressed")
+    elif not done.bytes_before:
+        console.print("TimescaleDB: not available, plain PostgreSQL tables: nothing to compress")
+    else:
+        console.print(
+            f"compressed {done.chunks} chunks in {done.seconds:.1f}s: raw_data and data_1m "
+            f"{_size(done.bytes_before)} -> {_size(done.bytes_after)}"
+        )
+    return 0
 
 
 def tier_command(args: argparse.Namespace, ctx: Context) -> int:

@@ -41,6 +41,7 @@ class LakeSettings:
     sync_batch_days: int  # (user, day) pairs per Delta commit
     vacuum_retention_hours: int  # unreferenced files younger than this survive vacuum
     tier_older_than_days: int  # scheduler's tiering horizon for raw and 1m rows
+    columnstore_after_days: int  # TimescaleDB chunks this old are compressed; 0: never
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,14 @@ SETTINGS: tuple[Setting, ...] = (
         parse=integer(minimum=1),
         meaning="the scheduler's tiering horizon for raw and 1m rows",
         field="lake.tier_older_than_days",
+    ),
+    Setting(
+        name="STRATUM_COLUMNSTORE_AFTER_DAYS",
+        default="2",
+        parse=integer(),
+        meaning="on TimescaleDB, the nightly job compresses `raw_data` and `data_1m` chunks "
+        "older than this many days (late rows still land, exactly); `0`: never",
+        field="lake.columnstore_after_days",
     ),
     Setting(
         name="STRATUM_MEMORY_BUDGET",

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lake import Lake
-from sync import rehydrate
+from sync import rehydrate, timescale
 from sync.readers import CSV_BLOCK_BYTES, RAW_SCHEMA, read_validated
 
 _STAGING = "stratum_ingest_staging"
@@ -145,6 +145,7 @@ def _load(url: str, tables: Iterable[pa.Table], lake_root: Path | None) -> tuple
     rows = 0
     days: list[pa.Table] = []
     with adbc.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(timescale.ALLOW_COLUMNSTORE_WRITES)
         for table in _rebatched(tables):
             batch = _last_per_key(table)
             cur.adbc_ingest(_RANGES, _ranges(batch), mode="replace", temporary=True)

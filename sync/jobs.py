@@ -1,7 +1,7 @@
 """The sync jobs as plain functions: each records its run in sync_runs and returns a JobResult.
 
 The CLI calls them one at a time; the scheduler (sync/scheduler.py) calls `nightly_job`
-(refresh rollups, sync, tier, maintain, verify) and `refresh_job` on their triggers.
+(refresh rollups, sync, tier, compress, maintain, verify) and `refresh_job` on their triggers.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from engine.errors import SyncFailed
 from engine.settings import LakeSettings
 from lake import Lake
 from lake.integrity import file_days, file_digest
+from sync.columnstore import compress_warm_store
 from sync.export import Progress, SyncResult, sync_to_lake
 from sync.lakefiles import (
     prune_file_records,
@@ -142,6 +143,32 @@ def tiering_job(
     return run_job(url, "tier", body)
 
 
+def columnstore_job(
+    url: str,
+    settings: LakeSettings,
+    *,
+    after_days: int | None = None,
+    today: date | None = None,
+) -> JobResult:
+    """Compress the warm chunks older than `after_days` (TimescaleDB only; 0: none)."""
+    days = settings.columnstore_after_days if after_days is None else after_days
+
+    def body() -> JobResult:
+        if days == 0:
+            return JobResult("compress")
+        cutoff = datetime.combine(today or utc_now().date(), datetime.min.time(), UTC)
+        done = compress_warm_store(url, cutoff - timedelta(days=days))
+        return JobResult(
+            "compress",
+            files=done.chunks,
+            bytes=done.bytes_after,
+            seconds=done.seconds,
+            detail=done,
+        )
+
+    return run_job(url, "compress", body)
+
+
 def maintain_job(url: str, settings: LakeSettings) -> JobResult:
     def body() -> JobResult:
         lake = Lake(settings.path)
@@ -254,6 +281,7 @@ def _nightly_steps(url: str, settings: LakeSettings, today: date | None) -> JobR
         ("refresh", lambda: refresh_job(url)),
         ("sync", lambda: sync_job(url, settings, today=today)),
         ("tier", lambda: tiering_job(url, settings, today=today)),
+        ("compress", lambda: columnstore_job(url, settings, today=today)),
         ("maintain", lambda: maintain_job(url, settings)),
         ("verify", lambda: verify_job(url, settings)),  # the nightly scrub
     ]

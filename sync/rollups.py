@@ -18,6 +18,7 @@ from itertools import pairwise
 import psycopg
 
 from engine.tiers import RAW, TIERS, WARM_TABLES, Tier
+from sync import timescale
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +126,10 @@ def _refresh_batch(conn: psycopg.Connection, batch_days: int) -> tuple[int, dict
         count = conn.execute("SELECT count(DISTINCT (user_id, day)) FROM refresh_window").fetchone()
         if not count or not count[0]:
             return 0, written
+        conn.execute(timescale.ALLOW_COLUMNSTORE_WRITES)
         for target, source, select in _STEPS:
             t0 = time.perf_counter()
-            conn.execute(
-                f"DELETE FROM {target} s USING refresh_window w WHERE {_IN_WINDOW}"  # noqa: S608
-            )
+            _delete_windows(conn, target)
             cur = conn.execute(
                 f"INSERT INTO {target} (ts, user_id, metric, count, sum, min, max) "  # noqa: S608
                 f"SELECT {select} FROM {source} s JOIN refresh_window w "
@@ -148,6 +148,27 @@ def _refresh_batch(conn: psycopg.Connection, batch_days: int) -> tuple[int, dict
             "WHERE d.user_id = w.user_id AND d.day = w.day AND d.refreshed_seq < w.change_seq"
         )
         return int(count[0]), written
+
+
+def _delete_windows(conn: psycopg.Connection, target: str) -> None:
+    """Delete the buckets of every refresh window from `target`.
+
+    A hypertable's compressed chunks decompress what a DELETE's conditions select: one
+    statement joined to refresh_window, or one with bound parameters under a generic plan,
+    gives TimescaleDB no constants to select batches by, and it decompresses every batch of
+    every compressed chunk. So hypertables get one statement per window, sent unprepared
+    (each planned with its own values) in one pipeline; plain tables, one join."""
+    if target not in timescale.HYPERTABLES:
+        conn.execute(f"DELETE FROM {target} s USING refresh_window w WHERE {_IN_WINDOW}")  # noqa: S608
+        return
+    windows = conn.execute("SELECT user_id, metric, lo, hi FROM refresh_window").fetchall()
+    delete = (
+        f"DELETE FROM {target} WHERE user_id = %s AND metric = %s "  # noqa: S608
+        "AND ts >= %s AND ts < %s"
+    ).encode()
+    with conn.pipeline(), conn.cursor() as cur:
+        for window in windows:
+            cur.execute(delete, window, prepare=False)
 
 
 def _refresh_day_counts(conn: psycopg.Connection) -> None:

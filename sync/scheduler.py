@@ -1,7 +1,7 @@
 """APScheduler wiring (`stratum scheduler`), and nothing else: the jobs live in sync/jobs.py.
 
-Two jobs, in UTC: the nightly job (refresh, sync, tier, maintain, verify: the lake scrub) at
-STRATUM_NIGHTLY_CRON, and an hourly rollup refresh. Neither runs twice at once
+Two jobs, in UTC: the nightly job (refresh, sync, tier, compress, maintain, verify: the lake
+scrub) at STRATUM_NIGHTLY_CRON, and an hourly rollup refresh. Neither runs twice at once
 (max_instances=1), missed runs collapse into one (coalesce) and start only within
 STRATUM_MISFIRE_GRACE_S of their time.
 Two schedulers may run side by side: the nightly job takes an advisory lock and the sync
@@ -69,7 +69,7 @@ def build_scheduler(
         nightly_trigger(settings.scheduler.nightly_cron),
         args=(url, settings.lake),
         id="nightly",
-        name="nightly: refresh, sync, tier, maintain, verify",
+        name="nightly: refresh, sync, tier, compress, maintain, verify",
         replace_existing=True,
         **catch_up,
     )

@@ -2,8 +2,10 @@
 
 The warm store works on plain PostgreSQL (tests, quick start). When the `timescaledb`
 extension is available (production, docker compose) raw_data and data_1m become
-hypertables and tiering drops whole chunks. The SQL follows TimescaleDB 2.x documentation:
-create_hypertable with the by_range dimension builder (2.13+), show_chunks, drop_chunks.
+hypertables and tiering drops whole chunks; chunks past a grace period move to the
+columnstore (compressed, segmented by participant and metric). The SQL follows TimescaleDB
+2.x documentation: create_hypertable with the by_range dimension builder (2.13+),
+show_chunks, drop_chunks, the columnstore options and compress_chunk (2.18+).
 """
 
 from __future__ import annotations
@@ -13,6 +15,13 @@ from datetime import datetime
 import psycopg
 
 HYPERTABLES = ("raw_data", "data_1m")
+
+# Every read and write names one participant and metric and a span of time: segments by
+# (user_id, metric) ordered by ts let TimescaleDB skip whole batches on all three.
+_COLUMNSTORE = (
+    "timescaledb.enable_columnstore = true, timescaledb.segmentby = 'user_id, metric', "
+    "timescaledb.orderby = 'ts'"
+)
 
 
 def extension_available(conn: psycopg.Connection) -> bool:
@@ -58,7 +67,8 @@ def enabled(conn: psycopg.Connection) -> bool:
 
 
 def enable(conn: psycopg.Connection, chunk_interval: str) -> None:
-    """Create the extension and turn raw_data and data_1m into hypertables (idempotent)."""
+    """Create the extension and turn raw_data and data_1m into hypertables that may move
+    chunks to the columnstore (idempotent)."""
     conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
     for table in HYPERTABLES:
         # Table names are our constants; the interval is a bound parameter.
@@ -67,6 +77,16 @@ def enable(conn: psycopg.Connection, chunk_interval: str) -> None:
             "if_not_exists => TRUE, migrate_data => TRUE)",
             (chunk_interval,),
         )
+    configured = {
+        row[0]
+        for row in conn.execute(
+            "SELECT hypertable_name FROM timescaledb_information.hypertables "
+            "WHERE compression_enabled"
+        )
+    }
+    for table in HYPERTABLES:
+        if table not in configured:  # the settings cannot change once chunks are compressed
+            conn.execute(f"ALTER TABLE {table} SET ({_COLUMNSTORE})")
 
 
 def hypertable_names(conn: psycopg.Connection) -> list[str]:
@@ -105,3 +125,29 @@ def drop_chunks_between(
         (older_than, newer_than),
     ).fetchall()
     return len(rows)
+
+
+def uncompressed_chunks(conn: psycopg.Connection, table: str, older_than: datetime) -> list[str]:
+    """Chunks of `table` ending before older_than that are not (wholly) in the columnstore:
+    never compressed, or compressed with rows written since (status PARTIAL)."""
+    rows = conn.execute(
+        "SELECT format('%%I.%%I', chunk_schema, chunk_name) FROM timescaledb_information.chunks "
+        "WHERE hypertable_name = %s AND range_end <= %s AND (NOT is_compressed OR 'PARTIAL' = "
+        "ANY(_timescaledb_functions.chunk_status_text(format('%%I.%%I', chunk_schema, "
+        "chunk_name)::regclass))) ORDER BY range_start",
+        (table, older_than),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def compress_chunk(conn: psycopg.Connection, chunk: str) -> None:
+    """Move a chunk to the columnstore; a partial one is recompressed with its new rows."""
+    conn.execute("SELECT compress_chunk(%s::regclass)", (chunk,))
+
+
+# Run first in a transaction that writes into the hypertables: it lifts, for that transaction,
+# the cap on rows a write may decompress (100,000 by default). Late rows, rollup refreshes and
+# rehydration write into compressed chunks; each decompresses only the batches of the
+# participant, metric and span it touches, which a large late delivery can take past the cap.
+# On plain PostgreSQL it sets an unused placeholder.
+ALLOW_COLUMNSTORE_WRITES = "SET LOCAL timescaledb.max_tuples_decompressed_per_dml_transaction = 0"

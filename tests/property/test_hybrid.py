@@ -28,6 +28,7 @@ from engine.access import LOCAL_ADMIN
 from engine.query import build_query
 from engine.run import Engine
 from engine.settings import load_settings
+from sync.columnstore import compress_warm_store
 from sync.export import sync_to_lake
 from sync.ingest import ingest_tables
 from sync.rollups import refresh_rollups
@@ -96,6 +97,7 @@ def flavour_urls(pg_servers: Servers) -> Iterator[dict[str, str]]:
     late=st.lists(sample, max_size=20),
     grace=st.integers(2, 7),  # days left out of the lake: 2 exports all, 7 none
     tier_after=st.one_of(st.none(), st.integers(3, 7)),
+    compress=st.booleans(),  # TimescaleDB: late rows then land in compressed chunks
     refresh_late=st.booleans(),
     sync_late=st.booleans(),
     window=st.tuples(st.integers(0, SPAN_S), st.integers(1, SPAN_S)),
@@ -108,6 +110,7 @@ def test_hybrid_equals_warm_only_and_raw(
     late: list,
     grace: int,
     tier_after: int | None,
+    compress: bool,
     refresh_late: bool,
     sync_late: bool,
     window: tuple[int, int],
@@ -117,7 +120,7 @@ def test_hybrid_equals_warm_only_and_raw(
     lo, length = window
     start = BASE + timedelta(seconds=min(lo, SPAN_S - 1))
     end = min(start + timedelta(seconds=length), BASE + timedelta(seconds=SPAN_S))
-    scenario = Scenario(first, late, grace, tier_after, refresh_late, sync_late)
+    scenario = Scenario(first, late, grace, tier_after, compress, refresh_late, sync_late)
     answers = {
         flavour: scenario.run(url, start, end, resolution, page_size)
         for flavour, url in flavour_urls.items()
@@ -134,6 +137,7 @@ class Scenario:
     late: list
     grace: int
     tier_after: int | None
+    compress: bool
     refresh_late: bool
     sync_late: bool
 
@@ -160,6 +164,8 @@ class Scenario:
             sync_to_lake(warm_url, hybrid.lake, grace_days=self.grace, batch_days=3, today=TODAY)
             if self.tier_after is not None:
                 tier_warm_store(warm_url, hybrid.lake, older_than_days=self.tier_after, today=TODAY)
+            if self.compress:  # every chunk left, to the columnstore
+                compress_warm_store(warm_url, datetime(2100, 1, 1, tzinfo=UTC))
             deliver(self.late)  # late rows, possibly into synced or tiered days
             if self.refresh_late:
                 refresh_rollups(warm_url)

@@ -10,6 +10,7 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sync.columnstore import compress_warm_store
 from sync.ingest import ingest_tables
 from sync.rollups import refresh_rollups
 from tests.property.rows import raw_table
@@ -71,20 +72,31 @@ def assert_day_counts(conn: psycopg.Connection, raw: dict) -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(batches=deliveries, refresh_between=st.lists(st.booleans(), min_size=4, max_size=4))
+@given(
+    batches=deliveries,
+    refresh_between=st.lists(st.booleans(), min_size=4, max_size=4),
+    compress_between=st.lists(st.booleans(), min_size=4, max_size=4),
+)
 def test_rollups_equal_direct_buckets(
-    flavour_url: str, batches: list[list[tuple]], refresh_between: list[bool]
+    flavour_url: str,
+    batches: list[list[tuple]],
+    refresh_between: list[bool],
+    compress_between: list[bool],
 ) -> None:
     with psycopg.connect(flavour_url, autocommit=True) as conn:
         conn.execute("TRUNCATE raw_data, data_1m, data_1h, data_1d, day_state, day_counts")
         conn.execute("SET timezone = 'UTC'")
         truth: dict[tuple[int, str, datetime], float] = {}
-        for batch, refresh in zip(batches, refresh_between, strict=False):
+        for batch, refresh, compress in zip(
+            batches, refresh_between, compress_between, strict=False
+        ):
             ingest_tables(flavour_url, [raw_table(batch, BASE)])
             for user, metric, seconds, value in batch:  # later copies replace earlier ones
                 truth[(user, metric, BASE + timedelta(seconds=seconds))] = value
             if refresh:  # later deliveries then land in days that were already refreshed
                 refresh_rollups(flavour_url)
+            if compress:  # TimescaleDB: and into compressed chunks (plain PostgreSQL: no-op)
+                compress_warm_store(flavour_url, datetime(2100, 1, 1, tzinfo=UTC))
         refresh_rollups(flavour_url)
         assert_same(stored(conn, "data_1m"), expected_buckets(truth, "minute"))
         assert_same(stored(conn, "data_1h"), expected_buckets(truth, "hour"))

@@ -103,6 +103,7 @@ def job_settings(tmp_path: Path, tier_older_than_days: int) -> Settings:
         sync_batch_days=3,
         vacuum_retention_hours=0,
         tier_older_than_days=tier_older_than_days,
+        columnstore_after_days=2,
     )
     return replace(base, lake=lake)
 

@@ -151,7 +151,7 @@ def test_nightly_job_refreshes_syncs_tiers_and_maintains(warm_url: str, settings
     assert result.status == "ok", result.error
     assert result.days == 8  # all but the last day of each user
     runs = {r.job: r for r in recent_runs(warm_url)}
-    assert set(runs) == {"nightly", "refresh", "sync", "tier", "maintain", "verify"}
+    assert set(runs) == {"nightly", "refresh", "sync", "tier", "compress", "maintain", "verify"}
     assert all(r.status == "ok" for r in runs.values())
     assert runs["tier"].days == 4  # days older than TODAY - 3: two per user
     assert last_success(warm_url, "nightly") == runs["nightly"].started_at

@@ -26,6 +26,7 @@ SECTIONS = (
     "## Concurrent analysts",
     "## Ingest and sync",
     "## Storage",
+    "## Warm columnstore (TimescaleDB)",
     "## Memory",
     "## Plots",
     "## Not available",
@@ -486,6 +487,79 @@ def storage_section(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def columnstore_section(results: dict[str, Any]) -> list[str]:
+    data = results.get("columnstore") or {}
+    if data.get("status") != "ok":
+        return [f"Not measured: {data.get('note', 'no result')}.", ""]
+    row, col, ratio = data["rowstore"], data["columnstore"], data["ratios"]
+    lines = [
+        f"{data['users']} participant(s) x {data['days']} days at native rates "
+        f"({data['rows']:,} raw rows) in two scratch databases: one in the row store, one "
+        f"with the chunks older than 2 days before the last day compressed ({col['chunks']} "
+        f"chunks in {fmt_s(col['compress_s'])}). Then the same steps on each.",
+        "",
+    ]
+    lines += _table(
+        ["measure", "row store", "columnstore", "ratio"],
+        [
+            [
+                "warm bytes per raw row (all four tables)",
+                f"{row['bytes_per_raw_row']:.1f}",
+                f"{col['bytes_per_raw_row']:.1f}",
+                fmt_ratio(ratio["bytes_per_raw_row"]),
+            ],
+            [
+                "of which compressed chunks, per raw row they hold",
+                "–",
+                f"{col['compressed_bytes_per_raw_row']:.2f}",
+                "",
+            ],
+            [
+                "ingest (before compression)",
+                fmt_rate(row["ingest_rows_per_s"]),
+                fmt_rate(col["ingest_rows_per_s"]),
+                "",
+            ],
+            [
+                "rollup refresh (raw rows/s, before compression)",
+                fmt_rate(row["refresh_raw_rows_per_s"]),
+                fmt_rate(col["refresh_raw_rows_per_s"]),
+                "",
+            ],
+            [
+                "raw read, one participant x 2 (compressed) days",
+                fmt_s(row["read_s"]),
+                fmt_s(col["read_s"]),
+                fmt_ratio(ratio["read_s"]),
+            ],
+            [
+                f"late re-delivery of a participant-day ({row['late_rows']:,} rows)",
+                fmt_s(row["late_ingest_s"]),
+                fmt_s(col["late_ingest_s"]),
+                fmt_ratio(ratio["late_ingest_s"]),
+            ],
+            [
+                "its rollup refresh",
+                fmt_s(row["late_refresh_s"]),
+                fmt_s(col["late_refresh_s"]),
+                fmt_ratio(ratio["late_refresh_s"]),
+            ],
+            [
+                "lake sync of every day",
+                fmt_s(row["sync_s"]),
+                fmt_s(col["sync_s"]),
+                fmt_ratio(ratio["sync_s"]),
+            ],
+        ],
+    )
+    lines.append(
+        "At the defaults the warm store holds 30 days, the last 2 in the row store: "
+        f"about {data['steady_state_bytes_per_raw_row']:.1f} bytes per raw row."
+    )
+    lines.append("")
+    return lines
+
+
 def memory_section(results: dict[str, Any]) -> list[str]:
     lines = []
     peak = results.get("server_peak_rss_bytes")
@@ -708,6 +782,7 @@ def render(results: dict[str, Any], plot: Path | None) -> str:
     lines += ["## Concurrent analysts", ""] + concurrency_section(results)
     lines += ["## Ingest and sync", ""] + ingest_section(results)
     lines += ["## Storage", ""] + storage_section(results)
+    lines += ["## Warm columnstore (TimescaleDB)", ""] + columnstore_section(results)
     lines += ["## Memory", ""] + memory_section(results)
     lines += ["## Plots", ""]
     lines += [f"![latency against span]({plot.name})", ""] if plot else ["No span workloads.", ""]

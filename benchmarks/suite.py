@@ -17,6 +17,7 @@ import psycopg
 from rich.progress import Progress
 
 from benchmarks import backends as bk
+from benchmarks.columnstore import columnstore_effect
 from benchmarks.dataset import Dataset, bench_home, open_dataset
 from benchmarks.extras import budget_proof, concurrent_load, ingest_and_sync, storage
 from benchmarks.measure import CaseResult, run_case
@@ -250,6 +251,9 @@ def run_suite(
         progress.update(task, advance=1, rows=results["ingest_sync"].get("file_rows", 0))
         task = progress.add_task("storage", total=1, rows=0)
         results["storage"] = _stage(stages, "storage", lambda: storage(dataset))
+        progress.update(task, advance=1)
+        task = progress.add_task("warm columnstore (scratch)", total=1, rows=0)
+        results["columnstore"] = _stage(stages, "columnstore", lambda: columnstore_effect(dataset))
         progress.update(task, advance=1)
         task = progress.add_task("memory budget proof", total=1, rows=0)
         if server is None or serve_command is None:

@@ -60,6 +60,15 @@ def table_bytes(conn: psycopg.Connection, table: str) -> int:
     return int(row[0] or 0) if row else 0
 
 
+def columnstore_bytes(conn: psycopg.Connection, table: str) -> int:
+    """On-disk bytes of the compressed chunks of hypertable `table` (0 when none)."""
+    row = conn.execute(
+        "SELECT after_compression_total_bytes FROM hypertable_columnstore_stats(%s::regclass)",
+        (table,),
+    ).fetchone()
+    return int(row[0] or 0) if row else 0
+
+
 def enabled(conn: psycopg.Connection) -> bool:
     """True when the extension is installed in this database."""
     row = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone()

@@ -87,6 +87,13 @@ def test_side_workloads_have_numbers(ci_run: tuple[Path, dict]) -> None:
         assert results["budget"]["status"] == "ok"
         assert results["budget"]["peak_rss_bytes"] > 0
         assert isinstance(results["budget"]["passed"], bool)
+    columnstore = results["columnstore"]
+    if results["machine"]["timescaledb"]:  # compressed chunks take less than row-store ones
+        assert columnstore["status"] == "ok"
+        assert 0 < columnstore["columnstore"]["bytes"] < columnstore["rowstore"]["bytes"]
+        assert columnstore["columnstore"]["chunks"] > 0
+    else:
+        assert columnstore["status"] == "not available" and columnstore["note"]
     if results["dataset"]["lake_synced"]:
         assert results["ingest_sync"]["sync"]["ok"]
         assert results["storage"]["lake"]["raw"]["bytes"] > 0

@@ -80,12 +80,15 @@ def enable(conn: psycopg.Connection, chunk_interval: str) -> None:
     chunks to the columnstore (idempotent)."""
     conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
     for table in HYPERTABLES:
-        # Table names are our constants; the interval is a bound parameter.
+        # Table names are our constants; the interval is a bound parameter. Every read and
+        # write goes by the (user_id, metric, ts) primary key: the default (ts DESC) index
+        # would only cost writes and bytes (9% of raw_data's, measured on per-minute data).
         conn.execute(
             f"SELECT create_hypertable('{table}', by_range('ts', %s::interval), "
-            "if_not_exists => TRUE, migrate_data => TRUE)",
+            "create_default_indexes => FALSE, if_not_exists => TRUE, migrate_data => TRUE)",
             (chunk_interval,),
         )
+        conn.execute(f"DROP INDEX IF EXISTS {table}_ts_idx")  # made by stratum before 2026-11
     configured = {
         row[0]
         for row in conn.execute(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
 import psycopg
@@ -43,28 +44,41 @@ CROSS JOIN metrics AS m
 
 _IN_WINDOW = "s.user_id = w.user_id AND s.metric = w.metric AND s.ts >= w.lo AND s.ts < w.hi"
 
+# One day of the batch at a time: bounds on ts that the planner sees as constants let
+# TimescaleDB scan only that day's chunk. Joined to the windows by parameters alone, every
+# window probed every chunk of the hypertable (30 per window for a 30-day warm store).
+_DAY = "w.day = %(day)s AND s.ts >= %(lo)s AND s.ts < %(hi)s"
+
 _DAY_COUNTS = f"""
 INSERT INTO day_counts (user_id, metric, day, rows_raw, rows_1m, rows_1h)
 SELECT w.user_id, w.metric, w.day, d.count,
-       (SELECT count(*) FROM data_1m s WHERE {_IN_WINDOW}),
-       (SELECT count(*) FROM data_1h s WHERE {_IN_WINDOW})
+       (SELECT count(*) FROM data_1m s WHERE {_IN_WINDOW} AND {_DAY}),
+       (SELECT count(*) FROM data_1h s WHERE {_IN_WINDOW} AND {_DAY})
 FROM refresh_window w
 JOIN data_1d d ON d.user_id = w.user_id AND d.metric = w.metric AND d.ts = w.lo
+WHERE w.day = %(day)s
 """  # noqa: S608 (constants only)
 
 
-def _step(finer: Tier, coarser: Tier) -> tuple[str, str, str]:
-    """(target, source, select list over the source rows `s`): `coarser` from `finer`."""
+def _step(finer: Tier, coarser: Tier) -> tuple[str, str]:
+    """(target, the statement filling one day of it from `finer`'s rows `s`)."""
     bucket = f"date_trunc('{coarser.bucket_unit}', s.ts), s.user_id, s.metric"
     if finer is RAW:
         measures = "count(*), sum(s.value), min(s.value), max(s.value)"
     else:
         measures = "sum(s.count), sum(s.sum), min(s.min), max(s.max)"
-    return coarser.warm_table, finer.warm_table, f"{bucket}, {measures}"
+    return coarser.warm_table, (
+        f"INSERT INTO {coarser.warm_table} (ts, user_id, metric, count, sum, min, max) "  # noqa: S608
+        f"SELECT {bucket}, {measures} FROM {finer.warm_table} s JOIN refresh_window w "
+        f"ON {_IN_WINDOW} WHERE {_DAY} "
+        # Key order: index insertions then walk the primary key instead of jumping.
+        "GROUP BY 1, 2, 3 ORDER BY 2, 3, 1"
+    )
 
 
 # Each tier from the next finer one (1m from raw, 1h from 1m, 1d from 1h): exact, as every
 # rollup keeps count, sum, min and max. Tables and units are the tier table's constants.
+# A day's buckets of every tier lie inside that UTC day, so each day refreshes on its own.
 _STEPS = tuple(_step(finer, coarser) for finer, coarser in pairwise(TIERS.values()))
 
 
@@ -95,7 +109,7 @@ def refresh_rollups(url: str, batch_days: int = 256) -> RefreshResult:
     """Refresh every pending (user, day) window, `batch_days` windows per transaction."""
     started = time.perf_counter()
     days = 0
-    rows = {target: 0 for target, _, _ in _STEPS}
+    rows = {target: 0 for target, _ in _STEPS}
     with psycopg.connect(url) as conn:
         while True:
             done, written = _refresh_batch(conn, batch_days)
@@ -108,7 +122,6 @@ def refresh_rollups(url: str, batch_days: int = 256) -> RefreshResult:
 
 
 def _refresh_batch(conn: psycopg.Connection, batch_days: int) -> tuple[int, dict[str, int]]:
-    written: dict[str, int] = {}
     with conn.transaction():
         conn.execute("SET LOCAL timezone = 'UTC'")  # date_trunc buckets in UTC
         # Every join here is a few hundred windows against big tables: one primary-key range
@@ -125,23 +138,24 @@ def _refresh_batch(conn: psycopg.Connection, batch_days: int) -> tuple[int, dict
         conn.execute("ANALYZE refresh_window")
         count = conn.execute("SELECT count(DISTINCT (user_id, day)) FROM refresh_window").fetchone()
         if not count or not count[0]:
-            return 0, written
+            return 0, {}
         conn.execute(timescale.ALLOW_COLUMNSTORE_WRITES)
-        for target, source, select in _STEPS:
-            t0 = time.perf_counter()
+        for target, _ in _STEPS:
             _delete_windows(conn, target)
-            cur = conn.execute(
-                f"INSERT INTO {target} (ts, user_id, metric, count, sum, min, max) "  # noqa: S608
-                f"SELECT {select} FROM {source} s JOIN refresh_window w "
-                f"ON {_IN_WINDOW} "
-                # Key order: index insertions then walk the primary key instead of jumping.
-                "GROUP BY 1, 2, 3 ORDER BY 2, 3, 1"
-            )
-            written[target] = cur.rowcount
-            log.debug(
-                "refresh %s: %d rows in %.2fs", target, cur.rowcount, time.perf_counter() - t0
-            )
-        _refresh_day_counts(conn)
+        conn.execute(
+            "DELETE FROM day_counts c USING refresh_window w "
+            "WHERE c.user_id = w.user_id AND c.metric = w.metric AND c.day = w.day"
+        )
+        t0 = time.perf_counter()
+        written = {target: 0 for target, _ in _STEPS}
+        for (day,) in conn.execute("SELECT DISTINCT day FROM refresh_window ORDER BY 1").fetchall():
+            lo = datetime.combine(day, datetime.min.time(), UTC)
+            bounds = {"day": day, "lo": lo, "hi": lo + timedelta(days=1)}
+            # Unprepared: each statement is planned with its day's bounds as constants.
+            for target, insert in _STEPS:
+                written[target] += conn.execute(insert.encode(), bounds, prepare=False).rowcount
+            conn.execute(_DAY_COUNTS.encode(), bounds, prepare=False)
+        log.debug("refresh: %s rows in %.2fs", written, time.perf_counter() - t0)
         conn.execute("SELECT nextval('catalog_seq')")  # the router's coverage changed
         conn.execute(
             "UPDATE day_state d SET refreshed_seq = w.change_seq FROM refresh_window w "
@@ -169,12 +183,3 @@ def _delete_windows(conn: psycopg.Connection, target: str) -> None:
     with conn.pipeline(), conn.cursor() as cur:
         for window in windows:
             cur.execute(delete, window, prepare=False)
-
-
-def _refresh_day_counts(conn: psycopg.Connection) -> None:
-    """Rows per (user, metric, day) at each resolution, for the windows just rebuilt."""
-    conn.execute(
-        "DELETE FROM day_counts c USING refresh_window w "
-        "WHERE c.user_id = w.user_id AND c.metric = w.metric AND c.day = w.day"
-    )
-    conn.execute(_DAY_COUNTS)

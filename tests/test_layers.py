@@ -1,4 +1,6 @@
 """The folders are the architecture: one stack, imports point down it, no cycles (README, Layout).
+The Python client (`client/stratum_client`) stands apart: it imports nothing of the stack, and
+nothing of the stack imports it.
 
 The import graph is read from the source (every `import`, `from ... import` and module
 named to `importlib.import_module`, at module level or inside a function), so a late import
@@ -8,7 +10,9 @@ cannot hide a cycle.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable
+import sys
+import tomllib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # Bottom to top: a package may import itself and the packages below it, never one above.
 STACK = ("lake", "engine", "sync", "benchmarks", "api")
+# A package of its own (client/, installed apart from the server): talks to the API over HTTP.
+CLIENT = "stratum_client"
+CLIENT_ROOT = ROOT / "client"
 # Narrower than the stack: the write side shares only leaf modules of the query side, so that
 # it validates against the same registry, writes the same tables and renders the same text.
 ONLY = {
@@ -65,12 +72,16 @@ def _imported(node: ast.AST, module: str, is_package: bool, known: set[str]) -> 
             yield name
 
 
-def import_graph(root: Path, packages: Iterable[str]) -> dict[str, set[str]]:
-    """module -> the modules of `packages` it imports anywhere in its source."""
+def import_graph(
+    root: Path, packages: Iterable[str], elsewhere: Mapping[str, Path] | None = None
+) -> dict[str, set[str]]:
+    """module -> the modules of `packages` it imports anywhere in its source; `elsewhere`
+    names packages that live under another root folder (package -> that folder)."""
+    roots = {package: root for package in packages} | dict(elsewhere or {})
     paths = {
-        module_name(root, path): path
-        for package in packages
-        for path in sorted((root / package).rglob("*.py"))
+        module_name(package_root, path): path
+        for package, package_root in roots.items()
+        for path in sorted((package_root / package).rglob("*.py"))
     }
     known = set(paths)
     graph: dict[str, set[str]] = {}
@@ -123,19 +134,22 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(found)
 
 
-GRAPH = import_graph(ROOT, STACK)
+GRAPH = import_graph(ROOT, STACK, {CLIENT: CLIENT_ROOT})
 
 
 def test_the_graph_is_read_from_every_package() -> None:
     packages = {module.split(".")[0] for module in GRAPH}
-    assert packages == set(STACK)
+    assert packages == {*STACK, CLIENT}
     assert "engine.settings" in GRAPH["engine.run"]
+    assert "stratum_client.errors" in GRAPH["stratum_client.client"]
     # A function-level import counts as much as one at the top.
     assert "benchmarks.suite" in GRAPH["api.commands"]
 
 
 def may_import(package: str, target: str) -> bool:
     target_package = target.split(".")[0]
+    if CLIENT in (package, target_package):  # the client and the stack never meet
+        return package == target_package
     if STACK.index(target_package) > STACK.index(package):
         return False
     only = ONLY.get(package, {}).get(target_package)
@@ -151,13 +165,17 @@ def may_import(package: str, target: str) -> bool:
         ("lake", "engine.settings", False),
         ("sync", "engine.settings", True),
         ("sync", "engine.run", False),
+        ("stratum_client", "engine.errors", False),
+        ("stratum_client", "stratum_client.errors", True),
+        ("api", "stratum_client.client", False),
+        ("benchmarks", "stratum_client", False),
     ],
 )
 def test_the_rule_reads_the_stack(package: str, target: str, allowed: bool) -> None:
     assert may_import(package, target) is allowed
 
 
-@pytest.mark.parametrize("package", STACK)
+@pytest.mark.parametrize("package", [*STACK, CLIENT])
 def test_imports_point_down_the_stack(package: str) -> None:
     wrong = sorted(
         f"{module} -> {target}"
@@ -206,3 +224,26 @@ def test_api_opens_no_database_connections_of_its_own() -> None:
             elif isinstance(node, ast.Import):
                 found.update((path.name, alias.name.split(".")[0]) for alias in node.names)
     assert sorted((name, module) for name, module in found if module in drivers) == []
+
+
+def test_the_client_imports_only_the_standard_library_and_its_dependencies() -> None:
+    """`pip install ./client` brings pyarrow and httpx (pandas and polars as extras): a
+    server package or another third-party import would fail in a notebook's environment."""
+    project = tomllib.loads((CLIENT_ROOT / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"], *sum(project["optional-dependencies"].values(), [])]
+    allowed = {requirement.split(">")[0].split("[")[0] for requirement in declared}
+    assert allowed == {"pyarrow", "httpx", "pandas", "polars"}
+    found = set()
+    for path in (CLIENT_ROOT / CLIENT).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {(path.name, alias.name.split(".")[0]) for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add((path.name, node.module.split(".")[0]))
+    wrong = sorted(
+        (name, module)
+        for name, module in found
+        if module not in sys.stdlib_module_names and module not in allowed | {CLIENT}
+    )
+    assert wrong == []
+    assert ("client.py", "httpx") in found  # the scan sees the client's imports

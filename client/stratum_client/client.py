@@ -1,0 +1,355 @@
+"""`Client`: /data as a pandas DataFrame, an Arrow table or a polars frame; /plan; /catalog."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from stratum_client.errors import StratumError, from_response
+
+if TYPE_CHECKING:
+    import pandas
+    import polars
+
+# Busy answers (429: the key's requests are all running; 503: the memory budget is in use or
+# a store is down) are retried this many times, each after the wait the server names in
+# Retry-After (capped at max_retry_wait_s); then the last one is raised as StratumError.
+DEFAULT_RETRIES = 5
+DEFAULT_MAX_RETRY_WAIT_S = 60.0
+RETRIED_STATUSES = (429, 503)
+ARROW_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
+
+When = str | date | datetime
+
+
+def _text(value: When) -> str:
+    # A date or datetime as ISO 8601; a datetime without a zone is read as UTC by the server.
+    return value if isinstance(value, str) else value.isoformat()
+
+
+def _joined(values: int | str | Iterable[int | str]) -> str:
+    if isinstance(values, int | str):
+        return str(values)
+    return ",".join(str(v) for v in values)
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    """Retry-After as seconds: a number, or an HTTP date (RFC 9110); None if absent or bad."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class _ChunkReader(io.RawIOBase):
+    """A readable file over a response's byte chunks, so pyarrow reads the stream as it
+    arrives (one record batch in memory at a time)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = chunk
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+def _interrupted(exc: BaseException) -> StratumError:
+    return StratumError(
+        None,
+        "stream_interrupted",
+        f"the answer stopped before its end ({type(exc).__name__}: {exc}); nothing partial "
+        "is returned: read again",
+    )
+
+
+@dataclass
+class _Seen:
+    """What the last /data response said besides its rows."""
+
+    schema: pa.Schema | None = None
+    next_cursor: str | None = None
+
+
+class Client:
+    """A stratum server at `url`, read with `key` (sent as `Authorization: Bearer`).
+
+    Every request is retried up to `retries` times while the server answers 429 or 503,
+    each after its Retry-After (at most `max_retry_wait_s`); other errors are raised at once
+    as StratumError.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        key: str | None = None,
+        *,
+        timeout_s: float = 300.0,
+        retries: int = DEFAULT_RETRIES,
+        max_retry_wait_s: float = DEFAULT_MAX_RETRY_WAIT_S,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if retries < 0:
+            raise ValueError(f"retries={retries}: must be 0 or more")
+        headers = {"User-Agent": "stratum-client/0.1"}
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        self.url = url.rstrip("/")
+        self.retries = retries
+        self.max_retry_wait_s = max_retry_wait_s
+        self._sleep = sleep  # the wait before a retry (a test observes it)
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _send(self, path: str, params: dict[str, str], accept: str) -> httpx.Response:
+        """An open (streaming) response with a 2xx status, after any retries."""
+        attempt = 0
+        while True:
+            request = self._http.build_request(
+                "GET", path, params=params, headers={"Accept": accept}
+            )
+            try:
+                response = self._http.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                raise StratumError(
+                    None, "connection_failed", f"{self.url}{path}: {type(exc).__name__}: {exc}"
+                ) from exc
+            if response.is_success:
+                return response
+            try:
+                body = response.read()
+            except httpx.HTTPError:
+                body = b""
+            finally:
+                response.close()
+            wait = _retry_after_s(response.headers.get("Retry-After"))
+            if response.status_code in RETRIED_STATUSES and attempt < self.retries:
+                attempt += 1
+                self._sleep(min(self.max_retry_wait_s, 1.0 if wait is None else wait))
+                continue
+            raise from_response(response.status_code, body, wait)
+
+    def _json(self, path: str, params: dict[str, str]) -> Any:
+        response = self._send(path, params, "application/json")
+        try:
+            response.read()
+        except httpx.HTTPError as exc:
+            raise _interrupted(exc) from exc
+        finally:
+            response.close()
+        return response.json()
+
+    def _arrow_batches(self, params: dict[str, str], seen: _Seen) -> Iterator[pa.RecordBatch]:
+        """The batches of one /data Arrow answer; its schema and next cursor go to `seen`."""
+        response = self._send("/data", params, ARROW_MEDIA_TYPE)
+        seen.next_cursor = response.headers.get("X-Stratum-Next")
+        try:
+            reader = ipc.open_stream(io.BufferedReader(_ChunkReader(response.iter_bytes())))
+            seen.schema = reader.schema
+            yield from reader
+        except (httpx.HTTPError, pa.ArrowInvalid) as exc:
+            # A server that fails after its 200 went out aborts the connection: the stream
+            # ends without its end marker, and a short answer must not pass for a whole one.
+            raise _interrupted(exc) from exc
+        finally:
+            response.close()
+
+    @staticmethod
+    def _params(
+        users: int | Iterable[int],
+        metrics: str | Iterable[str],
+        start: When,
+        end: When,
+        resolution: str,
+        tz: str | None,
+        max_points: int | None,
+    ) -> dict[str, str]:
+        params = {
+            "user_id": _joined(users),
+            "metric": _joined(metrics),
+            "start": _text(start),
+            "end": _text(end),
+            "resolution": resolution,
+        }
+        # Only when asked: a server without the parameter refuses names it does not know.
+        if tz is not None:
+            params["tz"] = tz
+        if max_points is not None:
+            params["max_points"] = str(max_points)
+        return params
+
+    # -- the API -------------------------------------------------------------------------
+
+    def iter_batches(
+        self,
+        users: int | Iterable[int],
+        metrics: str | Iterable[str],
+        start: When,
+        end: When,
+        resolution: str = "auto",
+        tz: str | None = None,
+        *,
+        page_size: int | None = None,
+        max_points: int | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        """The answer's Arrow record batches as they arrive, in the server's row order.
+
+        `page_size=None` streams the whole answer in one response (`page_size=0`); a number
+        reads it in pages of that many rows, following each page's cursor (each page is its
+        own request, so a busy answer mid-way is retried for that page only).
+        """
+        yield from self._batches(
+            self._params(users, metrics, start, end, resolution, tz, max_points), page_size, _Seen()
+        )
+
+    def _batches(
+        self, params: dict[str, str], page_size: int | None, seen: _Seen
+    ) -> Iterator[pa.RecordBatch]:
+        params = {**params, "format": "arrow"}
+        if page_size is None:
+            params["page_size"] = "0"
+            yield from self._arrow_batches(params, seen)
+            return
+        if page_size < 1:
+            raise ValueError(f"page_size={page_size}: a number of rows >= 1, or None to stream")
+        params["page_size"] = str(page_size)
+        while True:
+            yield from self._arrow_batches(params, seen)
+            if not seen.next_cursor:
+                return
+            params["cursor"] = seen.next_cursor
+
+    def read_arrow(
+        self,
+        users: int | Iterable[int],
+        metrics: str | Iterable[str],
+        start: When,
+        end: When,
+        resolution: str = "auto",
+        tz: str | None = None,
+        *,
+        page_size: int | None = None,
+        max_points: int | None = None,
+    ) -> pa.Table:
+        """The whole answer as a pyarrow Table (columns as /data's Arrow format names them:
+        user_id, metric, ts, value for raw; count, sum, min, max, avg for rollups)."""
+        seen = _Seen()
+        params = self._params(users, metrics, start, end, resolution, tz, max_points)
+        batches = list(self._batches(params, page_size, seen))
+        return pa.Table.from_batches(batches, schema=seen.schema)
+
+    def read(
+        self,
+        users: int | Iterable[int],
+        metrics: str | Iterable[str],
+        start: When,
+        end: When,
+        resolution: str = "auto",
+        tz: str | None = None,
+        *,
+        page_size: int | None = None,
+        max_points: int | None = None,
+    ) -> pandas.DataFrame:
+        """The whole answer as a pandas DataFrame (`ts` is a UTC-aware datetime column)."""
+        try:
+            import pandas  # noqa: F401  (pyarrow's to_pandas needs it)
+        except ImportError as exc:
+            raise ImportError(
+                "Client.read returns a pandas DataFrame: pip install 'stratum-client[pandas]' "
+                "(or use read_arrow)"
+            ) from exc
+        table = self.read_arrow(
+            users, metrics, start, end, resolution, tz, page_size=page_size, max_points=max_points
+        )
+        return table.to_pandas()
+
+    def read_polars(
+        self,
+        users: int | Iterable[int],
+        metrics: str | Iterable[str],
+        start: When,
+        end: When,
+        resolution: str = "auto",
+        tz: str | None = None,
+        *,
+        page_size: int | None = None,
+        max_points: int | None = None,
+    ) -> polars.DataFrame:
+        """The whole answer as a polars DataFrame."""
+        try:
+            import polars
+        except ImportError as exc:
+            raise ImportError(
+                "Client.read_polars needs polars: pip install 'stratum-client[polars]'"
+            ) from exc
+        table = self.read_arrow(
+            users, metrics, start, end, resolution, tz, page_size=page_size, max_points=max_points
+        )
+        frame = polars.from_arrow(table)
+        assert isinstance(frame, polars.DataFrame)  # a Table gives a frame, never a Series
+        return frame
+
+    def plan(
+        self,
+        users: int | Iterable[int],
+        metrics: str | Iterable[str],
+        start: When,
+        end: When,
+        resolution: str = "auto",
+        tz: str | None = None,
+        *,
+        max_points: int | None = None,
+    ) -> dict[str, Any]:
+        """How /data would answer: segments per store and tier, lake files, estimated rows."""
+        params = self._params(users, metrics, start, end, resolution, tz, max_points)
+        answer: dict[str, Any] = self._json("/plan", params)
+        return answer
+
+    def catalog(self) -> dict[str, Any]:
+        """Metrics with their units, the participants the key sees, coverage per store."""
+        answer: dict[str, Any] = self._json("/catalog", {})
+        return answer

@@ -118,6 +118,9 @@ class Client:
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries={retries}: must be 0 or more")
+        if key is not None and (not key or key != key.strip() or not key.isprintable()):
+            # Sent as a header: whitespace or control characters would make another header.
+            raise ValueError("key: the key's text as `stratum key create` printed it, or None")
         headers = {"User-Agent": "stratum-client/0.1"}
         if key is not None:
             headers["Authorization"] = f"Bearer {key}"

@@ -28,6 +28,8 @@ DEFAULT_RETRIES = 5
 DEFAULT_MAX_RETRY_WAIT_S = 60.0
 RETRIED_STATUSES = (429, 503)
 ARROW_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
+# The Arrow IPC stream's end marker: continuation token, then a zero length.
+END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
 
 When = str | date | datetime
 
@@ -65,9 +67,14 @@ class _ChunkReader(io.RawIOBase):
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
         self._pending = b""
+        self.tail = b""  # the last bytes handed out: a whole stream ends with END_OF_STREAM
 
     def readable(self) -> bool:
         return True
+
+    def drain(self) -> None:
+        for _ in self._chunks:
+            pass
 
     def readinto(self, buffer: Any) -> int:
         while not self._pending:
@@ -77,6 +84,7 @@ class _ChunkReader(io.RawIOBase):
             self._pending = chunk
         size = min(len(buffer), len(self._pending))
         buffer[:size] = self._pending[:size]
+        self.tail = (self.tail + self._pending[:size])[-len(END_OF_STREAM) :]
         self._pending = self._pending[size:]
         return size
 
@@ -190,10 +198,15 @@ class Client:
         """The batches of one /data Arrow answer; its schema and next cursor go to `seen`."""
         response = self._send("/data", params, ARROW_MEDIA_TYPE)
         seen.next_cursor = response.headers.get("X-Stratum-Next")
+        chunks = _ChunkReader(response.iter_bytes())
         try:
-            reader = ipc.open_stream(io.BufferedReader(_ChunkReader(response.iter_bytes())))
+            reader = ipc.open_stream(io.BufferedReader(chunks))
             seen.schema = reader.schema
             yield from reader
+            if chunks.tail != END_OF_STREAM:
+                # pyarrow takes a stream cut between two batches for a whole one.
+                raise _interrupted(EOFError("no end-of-stream marker"))
+            chunks.drain()  # to the body's own end: a chunked body cut after it is an error too
         except (httpx.HTTPError, pa.ArrowInvalid) as exc:
             # A server that fails after its 200 went out aborts the connection: the stream
             # ends without its end marker, and a short answer must not pass for a whole one.

@@ -4,6 +4,7 @@ of times."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
@@ -105,6 +106,14 @@ def test_following_cursors_gives_what_one_stream_gives(stratum: Client, resoluti
     assert paged.schema == streamed.schema
 
 
+def test_max_points_steers_the_automatic_resolution(stratum: Client) -> None:
+    """Two days: at most 5000 points per series gives minutes; 48 gives hours."""
+    assert stratum.plan(1, "heart_rate", START, END)["resolution"] == "1m"
+    assert stratum.plan(1, "heart_rate", START, END, max_points=48)["resolution"] == "1h"
+    hourly = stratum.read_arrow(1, "heart_rate", START, END, max_points=48)
+    assert hourly.equals(stratum.read_arrow(1, "heart_rate", START, END, "1h"))
+
+
 def test_arguments_in_their_python_types(stratum: Client) -> None:
     as_text = stratum.read_arrow("1,2", "heart_rate", "2024-01-01T06:00:00Z", "2024-01-01T07:00Z")
     as_objects = stratum.read_arrow(
@@ -180,7 +189,10 @@ def test_without_a_live_key_it_is_401(served: Served, key: str | None) -> None:
 
 
 def test_a_server_that_is_not_there_is_a_stratum_error() -> None:
-    with Client("http://127.0.0.1:9", retries=0) as client, pytest.raises(StratumError) as raised:
+    with socket.socket() as sock:  # a port just free: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with Client(f"http://127.0.0.1:{port}") as client, pytest.raises(StratumError) as raised:
         client.catalog()
     assert raised.value.status is None and raised.value.code == "connection_failed"
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 from stratum_client import Client, StratumError
+from stratum_client.client import _retry_after_s
 
 from sync.access import create_cohort
 from tests.client.conftest import BIG_USER, Served, held_stream
@@ -279,3 +281,29 @@ def test_arrow_tables_keep_the_server_types(stratum: Client) -> None:
     assert raw.schema.field("ts").type == pa.timestamp("us", tz="UTC")
     assert raw.schema.field("user_id").type == pa.int32()
     assert raw.schema.field("value").type == pa.float64()
+
+
+def test_each_wait_is_capped(tight: Served) -> None:
+    key = tight.key()
+    waited: list[float] = []
+    with (
+        held_stream(tight, key),
+        Client(tight.url, key, retries=1, max_retry_wait_s=0.25, sleep=waited.append) as client,
+        pytest.raises(StratumError),
+    ):
+        client.read_arrow(1, "heart_rate", START, END, "1h")
+    assert waited == [0.25]  # the server asked for 1 s
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("2", 2.0), ("0", 0.0), ("-3", 0.0), (None, None), ("soon", None), ("", None)],
+)
+def test_retry_after_is_read_as_seconds(header: str | None, seconds: float | None) -> None:
+    assert _retry_after_s(header) == seconds
+
+
+def test_retry_after_may_be_an_http_date() -> None:
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
+    assert 0 < (_retry_after_s(later) or 0) <= 120
+    assert _retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # past: at once

@@ -1,5 +1,5 @@
-"""The lake jobs from the CLI: `stratum sync`, `sync status`, `tier`, `db compress`, `maintain`,
-`verify`, `repair`, `scheduler`."""
+"""The lake jobs from the CLI: `stratum sync`, `sync status`, `backfill`, `tier`, `db compress`,
+`maintain`, `verify`, `repair`, `scheduler`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, date
+from pathlib import Path
 
 from rich import box
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 from rich.table import Table
 from rich.text import Text
 
@@ -20,9 +21,11 @@ from engine.errors import SyncFailed
 from engine.tiers import TIERS
 from lake import Lake
 from sync import jobs
+from sync.backfill import BATCH_ROWS, BackfillFailed, BackfillResult
 from sync.columnstore import ColumnstoreResult
 from sync.coverage import lake_summary, user_coverage
 from sync.export import SyncResult, VerificationFailed
+from sync.fitbit import time_zone
 from sync.lakefiles import damage_report
 from sync.maintenance import MaintainResult
 from sync.runs import recent_runs
@@ -45,6 +48,52 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     status = actions.add_parser("status", help="last runs, lake versions, per-user coverage")
     status.add_argument("--runs", type=positive, default=10, help="runs to show")
     status.set_defaults(run=sync_status)
+
+    backfill = sub.add_parser(
+        "backfill",
+        help="load archives older than the warm horizon straight into the lake",
+        description="Load CSV, Parquet, NDJSON or Fitbit Web API intraday files (heart rate, "
+        "steps) of days older than the warm horizon into the lake, every tier, verified. "
+        "Each file is checked whole first: a bad row, a day inside the horizon or a day "
+        "the warm store holds refuses it with nothing written. A day already in the lake "
+        "is replaced for the metrics the file holds on it.",
+    )
+    backfill.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    backfill.add_argument(
+        "--ts-unit",
+        choices=("s", "ms", "us"),
+        default=None,
+        help="ts holds integer epochs in seconds, milliseconds or microseconds",
+    )
+    backfill.add_argument(
+        "--user",
+        type=non_negative,
+        default=None,
+        metavar="ID",
+        help="participant of Fitbit Web API files (they do not name one)",
+    )
+    backfill.add_argument(
+        "--tz",
+        default=None,
+        metavar="ZONE",
+        help="IANA time zone of the device of Fitbit Web API files, e.g. Europe/Berlin "
+        "(their times are local)",
+    )
+    backfill.add_argument(
+        "--older-than",
+        type=positive,
+        default=None,
+        metavar="DAYS",
+        help="the warm horizon: only days older than this (default $STRATUM_TIER_OLDER_THAN_DAYS)",
+    )
+    backfill.add_argument(
+        "--batch-rows",
+        type=positive,
+        default=BATCH_ROWS,
+        metavar="ROWS",
+        help="raw rows per Delta commit (whole participant-days)",
+    )
+    backfill.set_defaults(run=backfill_command)
 
     tier = sub.add_parser(
         "tier", help="remove raw and 1m rows verified in the lake from the warm store"
@@ -138,6 +187,50 @@ def db_compress(args: argparse.Namespace, ctx: Context) -> int:
             f"{_size(done.bytes_before)} -> {_size(done.bytes_after)}"
         )
     return 0
+
+
+def backfill_command(args: argparse.Namespace, ctx: Context) -> int:
+    zone = None if args.tz is None else time_zone(args.tz)
+    url = ctx.url  # checked before a progress bar shows
+    bar = progress()
+    tasks: dict[Path, TaskID] = {}
+
+    def update(path: Path, done: int, total: int, rows: int) -> None:
+        if path not in tasks:
+            tasks[path] = bar.add_task(f"backfill {path.name}", total=total, rows=rows)
+        bar.update(tasks[path], completed=done, total=total, rows=rows)
+
+    try:
+        with bar:
+            result = jobs.backfill_job(
+                url,
+                ctx.settings.lake,
+                args.files,
+                older_than_days=args.older_than,
+                batch_rows=args.batch_rows,
+                user_id=args.user,
+                zone=zone,
+                ts_unit=args.ts_unit,
+                progress=update,
+            )
+    except BackfillFailed as exc:
+        print_backfill(exc.result)
+        raise
+    assert isinstance(result.detail, BackfillResult)
+    print_backfill(result.detail)
+    return 0
+
+
+def print_backfill(result: BackfillResult) -> None:
+    per_table = ", ".join(f"{table} {rows:,}" for table, rows in result.lake_rows.items())
+    console.print(
+        f"backfilled {result.files} files: {result.rows:,} raw rows, {result.days} user-days "
+        f"({result.replaced} replaced) in {result.batches} commits per tier, "
+        f"{result.seconds:.1f}s = {result.rows_per_s:,.0f} raw rows/s; lake rows written: "
+        f"{per_table}; {result.bytes / 2**20:,.1f} MiB in {result.lake_files} files"
+    )
+    if result.failed:
+        console.print(f"{len(result.failed)} (user, day, tier) failed verification", style="red")
 
 
 def tier_command(args: argparse.Namespace, ctx: Context) -> int:

@@ -104,7 +104,7 @@ class SyncResult:
 
 
 @dataclass
-class _Snapshot:
+class Snapshot:
     """One batch read from the warm store in one snapshot."""
 
     change_seq: dict[Pair, int]
@@ -116,7 +116,7 @@ class _Snapshot:
 
 
 @dataclass
-class _Tally:
+class Tally:
     days: int = 0
     # (rows, bytes, files) of each (tier, partition) as this run last wrote it. A coarse
     # partition (agg_1h: user-month, agg_1d: user-year) is rewritten whole by every batch
@@ -166,7 +166,7 @@ def sync_to_lake(
     VerificationFailed (after finishing the rest) if some day did not read back equal."""
     started = time.perf_counter()
     cutoff = sync_cutoff(today or datetime.now(UTC).date(), grace_days)
-    tally = _Tally()
+    tally = Tally()
     with (
         advisory_lock(url, SYNC_LOCK, "sync or tiering run"),
         psycopg.connect(url, autocommit=True) as conn,
@@ -185,14 +185,14 @@ def sync_to_lake(
             progress(0, len(candidates), 0)
         with adbc.connect(url, autocommit=True) as reader, reader.cursor() as cur:
 
-            def read(batch: list[Pair]) -> _Snapshot:
+            def read(batch: list[Pair]) -> Snapshot:
                 return _read_snapshot(cur, batch, metrics, cutoff)
 
             reads = (read(batch) for batch in batches)
             with closing(prefetched(reads, name="sync-reader")) as snapshots:
                 for batch, snapshot in zip(batches, snapshots, strict=True):
                     if snapshot.change_seq:
-                        _export_batch(conn, lake, snapshot, tally)
+                        export_batch(conn, lake, snapshot, tally)
                     done += len(batch)
                     if progress:
                         progress(done, len(candidates), sum(tally.rows.values()))
@@ -268,7 +268,7 @@ def _tier_sql(tier: str) -> str:
 
 def _read_snapshot(
     cur: adbc.Cursor, batch: list[Pair], metrics: Sequence[str], cutoff: date
-) -> _Snapshot:
+) -> Snapshot:
     days = pa.table(
         {
             "user_id": pa.array([u for u, _ in batch], pa.int32()),
@@ -290,18 +290,33 @@ def _read_snapshot(
                 strict=True,
             )
         }
-        windows = _windows(sorted(change_seq), metrics, cutoff)
-        tables: dict[str, pa.Table] = {}
-        if change_seq:
-            cur.adbc_ingest("stratum_export_windows", windows, mode="replace", temporary=True)
-            for tier in LAKE_TABLES:
-                cur.execute(_tier_sql(tier))
-                tables[tier] = _assemble(tier, cur.fetch_arrow_table(), windows, metrics)
+        tables = read_tiers(cur, sorted(change_seq), metrics, cutoff, LAKE_TABLES)
         cur.execute("COMMIT")
     except BaseException:
         cur.execute("ROLLBACK")
         raise
-    return _Snapshot(change_seq, tables)
+    return Snapshot(change_seq, tables)
+
+
+def read_tiers(
+    cur: adbc.Cursor,
+    pairs: Sequence[Pair],
+    metrics: Sequence[str],
+    cutoff: date,
+    tiers: Sequence[str],
+) -> dict[str, pa.Table]:
+    """The warm-store rows of each of `tiers` for the partitions holding `pairs`: the days
+    themselves for raw/agg_1m, their whole months/years (up to `cutoff`) for agg_1h/agg_1d.
+    Runs in the caller's transaction."""
+    if not pairs:
+        return {}
+    windows = _windows(pairs, metrics, cutoff)
+    cur.adbc_ingest("stratum_export_windows", windows, mode="replace", temporary=True)
+    tables: dict[str, pa.Table] = {}
+    for tier in tiers:
+        cur.execute(_tier_sql(tier))
+        tables[tier] = _assemble(tier, cur.fetch_arrow_table(), windows, metrics)
+    return tables
 
 
 def _assemble(tier: str, fetched: pa.Table, windows: pa.Table, metrics: Sequence[str]) -> pa.Table:
@@ -334,7 +349,7 @@ def _assemble(tier: str, fetched: pa.Table, windows: pa.Table, metrics: Sequence
 # -- writing, verifying and recording one batch --------------------------------------------
 
 
-def _export_batch(conn: psycopg.Connection, lake: Lake, snapshot: _Snapshot, tally: _Tally) -> None:
+def export_batch(conn: psycopg.Connection, lake: Lake, snapshot: Snapshot, tally: Tally) -> None:
     pairs = snapshot.pairs
     verified: dict[str, dict[Pair, Stat]] = {}
     failed: dict[str, set[Pair]] = {}
@@ -460,7 +475,7 @@ def _written(
 
 def _record(
     conn: psycopg.Connection,
-    snapshot: _Snapshot,
+    snapshot: Snapshot,
     verified: dict[str, dict[Pair, Stat]],
     failed: dict[str, set[Pair]],
     stale_rows: dict[str, set[Pair]],

@@ -94,7 +94,7 @@ def ingest_tables(
     return IngestResult(1, rows, days, time.perf_counter() - started)
 
 
-def _last_per_key(table: pa.Table) -> pa.Table:
+def last_per_key(table: pa.Table) -> pa.Table:
     """Sort by the key and keep the last copy of each (user, metric, ts), as a re-delivery would."""
     table = table.sort_by([("user_id", "ascending"), ("metric", "ascending"), ("ts", "ascending")])
     if table.num_rows < 2:
@@ -147,7 +147,7 @@ def _load(url: str, tables: Iterable[pa.Table], lake_root: Path | None) -> tuple
     with adbc.connect(url) as conn, conn.cursor() as cur:
         cur.execute(timescale.ALLOW_COLUMNSTORE_WRITES)
         for table in _rebatched(tables):
-            batch = _last_per_key(table)
+            batch = last_per_key(table)
             cur.adbc_ingest(_RANGES, _ranges(batch), mode="replace", temporary=True)
             cur.execute(_OVERLAPS)
             overlaps = cur.fetchone()[0]

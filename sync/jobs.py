@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -18,6 +20,7 @@ from engine.errors import SyncFailed
 from engine.settings import LakeSettings
 from lake import Lake
 from lake.integrity import file_days, file_digest
+from sync import backfill
 from sync.columnstore import compress_warm_store
 from sync.export import Progress, SyncResult, sync_to_lake
 from sync.lakefiles import (
@@ -104,6 +107,40 @@ def sync_job(
         )
 
     return run_job(url, "sync", body)
+
+
+def backfill_job(
+    url: str,
+    settings: LakeSettings,
+    paths: list[Path],
+    *,
+    older_than_days: int | None = None,
+    today: date | None = None,
+    **options: Any,
+) -> JobResult:
+    """`stratum backfill`, recorded as a `backfill` run; `options` go to backfill_files."""
+
+    def body() -> JobResult:
+        result = backfill.backfill_files(
+            url,
+            Lake(settings.path),
+            paths,
+            older_than_days=older_than_days or settings.tier_older_than_days,
+            grace_days=settings.sync_grace_days,
+            today=today,
+            **options,
+        )
+        return JobResult(
+            "backfill",
+            days=result.days,
+            rows=result.rows,
+            bytes=result.bytes,
+            files=result.lake_files,
+            seconds=result.seconds,
+            detail=result,
+        )
+
+    return run_job(url, "backfill", body)
 
 
 def tiering_job(

@@ -296,6 +296,13 @@ def _check_number_type(name: str, kind: pa.DataType, file: str, allowed: str) ->
         raise IngestRejected(file, None, f"column {name} is {kind}; it must hold {allowed}")
 
 
+def validate_table(table: pa.Table, file: str, first_row: int = 1) -> pa.Table:
+    """The checks and types of `read_validated`, for rows another reader produced (ts, user_id,
+    metric, value); raise IngestRejected naming `file` and the row (counted from `first_row`)."""
+    _require_columns(table.column_names, file)
+    return _validate(table.select(list(COLUMNS)), file, first_row)
+
+
 def _validate(table: pa.Table, file: str, first_row: int, ts_unit: str | None = None) -> pa.Table:
     for name in COLUMNS:
         index = _first_index(pc.is_null(table[name]))

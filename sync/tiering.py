@@ -147,7 +147,7 @@ def tier_warm_store(
         advisory_lock(url, SYNC_LOCK, "sync or tiering run"),
         psycopg.connect(url, autocommit=True) as conn,
     ):
-        _record_location(conn, lake.root)
+        record_location(conn, lake.root)
         # Progress counts user-days against a total known up front, through both phases
         # (whole chunks, then row by row): chunk drops can take minutes on a large store.
         total = len(_candidates(conn, cutoff))
@@ -176,7 +176,7 @@ def _candidates(conn: psycopg.Connection, cutoff: date) -> list[Pair]:
     return [(int(u), d) for u, d in conn.execute(_CANDIDATES, (cutoff,)).fetchall()]
 
 
-def _record_location(conn: psycopg.Connection, root: Path) -> None:
+def record_location(conn: psycopg.Connection, root: Path) -> None:
     conn.execute(
         "INSERT INTO lake_location (root) VALUES (%s) ON CONFLICT (id) DO UPDATE "
         "SET root = EXCLUDED.root, updated_at = now() WHERE lake_location.root <> EXCLUDED.root",

@@ -184,6 +184,10 @@ def backfill_files(
             path = Path(path)
             raw = read_archive(path, user_id, zone, ts_unit)
             keys, counts = _day_keys(raw)
+            # Rows the file delivered per day (a replaced day also carries the lake's rows
+            # of the metrics the file lacks: those are not counted as loaded).
+            delivered = np.concatenate([[0], np.cumsum(counts)])
+            delivered_keys = keys
             pairs = [_unpack(int(k)) for k in keys]
             existing = _check_days(conn, path, pairs, horizon, older_than_days)
             if existing:
@@ -197,7 +201,8 @@ def backfill_files(
                 selected = raw.filter(pa.array((packed >= lo) & (packed <= hi)))
                 _load_batch(conn, writer, lake, selected, batch, metrics, today, grace_days, tally)
                 batches += 1
-                rows += selected.num_rows
+                first, last = np.searchsorted(delivered_keys, [lo, hi + 1])
+                rows += int(delivered[last] - delivered[first])
                 done += len(batch)
                 if progress:
                     progress(path, done, len(pairs), rows)

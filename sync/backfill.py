@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -57,6 +58,7 @@ from sync.export import Snapshot, Tally, export_batch, read_tiers, sync_cutoff
 from sync.fitbit import is_fitbit_response, read_fitbit
 from sync.ingest import last_per_key
 from sync.lakefiles import require_current_log
+from sync.prefetch import prefetched
 from sync.readers import RAW_SCHEMA, read_validated
 from sync.runs import SYNC_LOCK, advisory_lock
 from sync.tiering import record_location, tiering_cutoff
@@ -180,34 +182,38 @@ def backfill_files(
         require_current_log(conn, lake)
         record_location(conn, lake.root)  # where rehydration finds these days later
         metrics = [r[0] for r in conn.execute("SELECT name FROM metrics ORDER BY name")]
-        for path in paths:
-            path = Path(path)
-            raw = read_archive(path, user_id, zone, ts_unit)
-            keys, counts = _day_keys(raw)
-            # Rows the file delivered per day (a replaced day also carries the lake's rows
-            # of the metrics the file lacks: those are not counted as loaded).
-            delivered = np.concatenate([[0], np.cumsum(counts)])
-            delivered_keys = keys
-            pairs = [_unpack(int(k)) for k in keys]
-            existing = _check_days(conn, path, pairs, horizon, older_than_days)
-            if existing:
-                raw = _merged_with_lake(lake, raw, existing)
+        # The next file is read (and checked row by row) while this one is written; its
+        # days are compared with the lake only once the files before it are loaded.
+        reads = ((Path(p), read_archive(Path(p), user_id, zone, ts_unit)) for p in paths)
+        with closing(prefetched(reads, name="backfill-reader")) as archives:
+            for path, raw in archives:
                 keys, counts = _day_keys(raw)
-            done = 0
-            if progress:
-                progress(path, 0, len(pairs), rows)
-            packed = _packed(raw)
-            for lo, hi, batch in _batches(keys, counts, batch_rows):
-                selected = raw.filter(pa.array((packed >= lo) & (packed <= hi)))
-                _load_batch(conn, writer, lake, selected, batch, metrics, today, grace_days, tally)
-                batches += 1
-                first, last = np.searchsorted(delivered_keys, [lo, hi + 1])
-                rows += int(delivered[last] - delivered[first])
-                done += len(batch)
+                # Rows the file delivered per day (a replaced day also carries the lake's
+                # rows of the metrics the file lacks: those are not counted as loaded).
+                delivered = np.concatenate([[0], np.cumsum(counts)])
+                delivered_keys = keys
+                pairs = [_unpack(int(k)) for k in keys]
+                existing = _check_days(conn, path, pairs, horizon, older_than_days)
+                if existing:
+                    raw = _merged_with_lake(lake, raw, existing)
+                    keys, counts = _day_keys(raw)
+                done = 0
                 if progress:
-                    progress(path, done, len(pairs), rows)
-            files += 1
-            replaced += len(existing)
+                    progress(path, 0, len(pairs), rows)
+                # The next batch's rollups are computed while this one is written.
+                with closing(prefetched(_rolled_up(raw, keys, counts, batch_rows))) as work:
+                    for lo, hi, batch, tables in work:
+                        _load_batch(
+                            conn, writer, lake, tables, batch, metrics, today, grace_days, tally
+                        )
+                        batches += 1
+                        first, last = np.searchsorted(delivered_keys, [lo, hi + 1])
+                        rows += int(delivered[last] - delivered[first])
+                        done += len(batch)
+                        if progress:
+                            progress(path, done, len(pairs), rows)
+                files += 1
+                replaced += len(existing)
     result = BackfillResult(
         files=files,
         rows=rows,
@@ -291,6 +297,15 @@ def _batches(
             chosen = keys[start : index + 1]
             yield int(chosen[0]), int(chosen[-1]), [_unpack(int(k)) for k in chosen]
             start, rows = index + 1, 0
+
+
+def _rolled_up(
+    raw: pa.Table, keys: np.ndarray, counts: np.ndarray, batch_rows: int
+) -> Iterator[tuple[int, int, list[Pair], dict[str, pa.Table]]]:
+    """Per batch: its first and last key, its days, and every lake table's rows for them."""
+    packed = _packed(raw)
+    for lo, hi, batch in _batches(keys, counts, batch_rows):
+        yield lo, hi, batch, rollups(raw.filter(pa.array((packed >= lo) & (packed <= hi))))
 
 
 def _more(count: int) -> str:
@@ -455,14 +470,13 @@ def _load_batch(
     conn: psycopg.Connection,
     writer: adbc.Connection,
     lake: Lake,
-    raw: pa.Table,
+    tables: dict[str, pa.Table],
     pairs: Sequence[Pair],
     metrics: Sequence[str],
     today: date,
     grace_days: int,
     tally: Tally,
 ) -> None:
-    tables = rollups(raw)
     change_seq = _stage(writer, pairs, tables)
     with writer.cursor() as cur:
         # The months and years holding these days, whole, as sync writes them: from the

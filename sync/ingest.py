@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import adbc_driver_postgresql.dbapi as adbc
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -96,20 +97,29 @@ def ingest_tables(
 
 def last_per_key(table: pa.Table) -> pa.Table:
     """Sort by the key and keep the last copy of each (user, metric, ts), as a re-delivery would."""
-    table = table.sort_by([("user_id", "ascending"), ("metric", "ascending"), ("ts", "ascending")])
     if table.num_rows < 2:
         return table
-    same_as_next = pc.and_(
-        pc.and_(
-            pc.equal(table["user_id"][:-1], table["user_id"][1:]),
-            pc.equal(table["metric"][:-1], table["metric"][1:]),
-        ),
-        pc.equal(table["ts"][:-1], table["ts"][1:]),
-    )
-    if not pc.any(same_as_next).as_py():
+    table = table.combine_chunks()
+    # Numeric sort keys: the metric as its rank among the distinct names (byte order, as a
+    # string sort), so numpy sorts integers instead of pyarrow comparing strings.
+    metric = pc.dictionary_encode(table["metric"].chunk(0))
+    rank = np.empty(len(metric.dictionary), dtype=np.int64)
+    rank[pc.sort_indices(metric.dictionary).to_numpy()] = np.arange(len(metric.dictionary))
+    metric_rank = rank[metric.indices.to_numpy(zero_copy_only=False)]
+    users = table["user_id"].to_numpy().astype(np.int64)
+    ts = table["ts"].cast(pa.int64()).to_numpy()
+    d_user, d_metric, d_ts = np.diff(users), np.diff(metric_rank), np.diff(ts)
+    in_order = (d_user > 0) | ((d_user == 0) & ((d_metric > 0) | ((d_metric == 0) & (d_ts >= 0))))
+    if not in_order.all():
+        order = np.lexsort((ts, metric_rank, users))  # stable: later rows stay later
+        table = table.take(pa.array(order))
+        users, metric_rank, ts = users[order], metric_rank[order], ts[order]
+        d_user, d_metric, d_ts = np.diff(users), np.diff(metric_rank), np.diff(ts)
+    same_as_next = (d_user == 0) & (d_metric == 0) & (d_ts == 0)
+    if not same_as_next.any():
         return table
-    keep = pc.invert(pa.concat_arrays([*same_as_next.chunks, pa.array([False])]))
-    return table.filter(keep)  # the sort is stable: the survivor is the latest row
+    # The sort is stable: of each run of copies, the last one is the latest delivered.
+    return table.filter(pa.array(np.append(~same_as_next, True)))
 
 
 def _rebatched(tables: Iterable[pa.Table]) -> Iterator[pa.Table]:

@@ -11,7 +11,7 @@ import pytest
 
 from engine.errors import IngestRejected
 from sync import readers
-from sync.ingest import ingest_files
+from sync.ingest import ingest_files, last_per_key
 
 HEADER = "ts,user_id,metric,value\n"
 
@@ -215,3 +215,32 @@ def test_unknown_file_type_and_missing_file(flavour_url: str, tmp_path: Path) ->
         ingest_files(flavour_url, [write(tmp_path, "a.xlsx", "x")])
     with pytest.raises(IngestRejected, match="no such file"):
         ingest_files(flavour_url, [tmp_path / "absent.csv"])
+
+
+def test_last_per_key_sorts_by_key_and_keeps_the_last_copy() -> None:
+    rows = [  # (ts seconds, user, metric, value), in delivery order
+        (5, 2, "steps", 1.0),
+        (1, 1, "steps", 2.0),
+        (1, 1, "heart_rate", 3.0),
+        (5, 2, "steps", 4.0),  # a later copy of the first row: it wins
+        (0, 1, "steps", 5.0),
+        (1, 1, "heart_rate", 6.0),
+        (1, 1, "heart_rate", 7.0),
+    ]
+    table = pa.table(
+        {
+            "ts": pa.array([r[0] * 1_000_000 for r in rows], pa.int64()).cast(
+                pa.timestamp("us", tz="UTC")
+            ),
+            "user_id": pa.array([r[1] for r in rows], pa.int32()),
+            "metric": [r[2] for r in rows],
+            "value": [r[3] for r in rows],
+        }
+    )
+    kept = last_per_key(table).to_pylist()
+    assert [(r["user_id"], r["metric"], r["ts"].second, r["value"]) for r in kept] == [
+        (1, "heart_rate", 1, 7.0),
+        (1, "steps", 0, 5.0),
+        (1, "steps", 1, 2.0),
+        (2, "steps", 5, 4.0),
+    ]

@@ -188,6 +188,23 @@ CursorParam = Annotated[
         "page_number for deep pages).",
     ),
 ]
+DownsampleParam = Annotated[
+    str | None,
+    QueryParameter(
+        description="m4: a raw answer keeps, per pixel column (see width) and series, only its "
+        "first, last, lowest and highest row, which draw the same line as every row; rollup "
+        "answers are unchanged. none (default): every row.",
+        examples=_examples("m4"),
+    ),
+]
+WidthParam = Annotated[
+    str | None,
+    QueryParameter(
+        description="With downsample=m4: the chart's width in pixel columns (1..16384); "
+        "[start, end) is split into this many equal columns.",
+        examples=_examples("800"),
+    ),
+]
 FormatParam = Annotated[
     str | None,
     QueryParameter(
@@ -211,6 +228,8 @@ def _query_params(
     page_size: PageSizeParam = None,
     page_number: PageNumberParam = None,
     cursor: CursorParam = None,
+    downsample: DownsampleParam = None,
+    width: WidthParam = None,
     format_: FormatParam = None,
 ) -> dict[str, list[str]]:
     # The declarations above document the parameters; the engine validates the raw strings.
@@ -246,6 +265,7 @@ def _meta(answer: Answer, query: DataQuery) -> dict[str, Any]:
         "has_more": answer.has_more,
         "next": answer.next_cursor,
         "sources": answer.plan.sources,
+        "downsample": None if query.m4_width is None else "m4",
     }
 
 
@@ -258,6 +278,8 @@ def _meta_headers(meta: dict[str, Any], next_url: str | None) -> dict[str, str]:
     }
     if meta["page_number"] is not None:
         headers["X-Stratum-Page-Number"] = str(meta["page_number"])
+    if meta["downsample"] is not None:
+        headers["X-Stratum-Downsample"] = meta["downsample"]
     if meta["rows"] is not None:
         headers["X-Stratum-Rows"] = str(meta["rows"])
     if meta["next"] is not None and next_url is not None:

@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--page-size", default=None, help="rows per page; 0: the whole answer")
     query.add_argument("--page-number", default=None)
     query.add_argument("--cursor", default=None, help="the cursor a previous page printed")
+    query.add_argument("--downsample", default=None, help="m4: per pixel column (see --width)")
+    query.add_argument("--width", default=None, help="pixel columns for --downsample m4")
     query.add_argument("--format", choices=commands.QUERY_FORMATS, default="table")
     query.add_argument(
         "--out",

@@ -230,6 +230,8 @@ def query_params(args: argparse.Namespace) -> dict[str, list[str]]:
         "page_size": args.page_size,
         "page_number": args.page_number,
         "cursor": args.cursor,
+        "downsample": args.downsample,
+        "width": args.width,
     }
     params.update({k: [str(v)] for k, v in single.items() if v is not None})
     return params

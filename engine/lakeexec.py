@@ -16,6 +16,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from engine.m4 import M4, duckdb_sql
 from engine.plan import Segment
 from engine.query import Key, from_us
 from engine.settings import MemorySettings
@@ -69,8 +70,10 @@ def _query(
     metrics: tuple[str, ...],
     after: Key | None,
     limit: int | None,
+    m4: M4 | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """One DuckDB query over `files`; sorted only when several metrics interleave in a file."""
+    """One DuckDB query over `files`; sorted only when several metrics interleave in a file
+    (or M4 reduced them)."""
     scan, file_params = scan_sql(LakeFiles(segment.source, segment.lake_version, files))
     params: dict[str, object] = dict(file_params)
     params.update({f"u{i}": u for i, u in enumerate(users)})
@@ -79,17 +82,24 @@ def _query(
     user_list = ", ".join(f"$u{i}" for i in range(len(users)))
     metric_list = ", ".join(f"$m{i}" for i in range(len(metrics)))
     where = f"user_id IN ({user_list}) AND metric IN ({metric_list}) AND ts >= $start AND ts < $end"
+    after_sql = "true"
     if after is not None:
-        where += (
-            " AND (user_id > $au OR (user_id = $au AND (metric > $am"
-            " OR (metric = $am AND ts > $at))))"
+        after_sql = (
+            "(user_id > $au OR (user_id = $au AND (metric > $am OR (metric = $am AND ts > $at))))"
         )
         params.update({"au": after.user_id, "am": after.metric, "at": from_us(after.ts_us)})
-    # One metric: file order (user, day) is answer order. Several interleave inside a file.
-    order = "" if len(metrics) == 1 else " ORDER BY user_id, metric, ts"
-    sql = f"SELECT {_columns(segment)} FROM {scan} AS lake WHERE {where}{order}"  # noqa: S608
-    if limit is not None:
-        sql += f" LIMIT {int(limit)}"
+    limit_sql = "" if limit is None else f" LIMIT {int(limit)}"
+    if m4 is not None:
+        params.update({"m4_start": m4.start_us, "m4_column": m4.column_us})
+        rows_sql = f"SELECT {_columns(segment)} FROM {scan} AS lake WHERE {where}"  # noqa: S608
+        sql = duckdb_sql(rows_sql, after_sql, f"ORDER BY user_id, metric, ts{limit_sql}")
+    else:
+        # One metric: file order (user, day) is answer order. Several interleave inside a file.
+        order = "" if len(metrics) == 1 else " ORDER BY user_id, metric, ts"
+        sql = (
+            f"SELECT {_columns(segment)} FROM {scan} AS lake "  # noqa: S608
+            f"WHERE {where} AND {after_sql}{order}{limit_sql}"
+        )
     cursor = duck.cursor()  # per-query connection sharing the database and its memory limit
     try:
         reader = cursor.sql(sql, params=params).to_arrow_reader(BATCH_ROWS)
@@ -122,14 +132,21 @@ def stream_lake(
     after: Key | None,
     limit: int | None,
     tuning: ScanTuning = DEFAULT_TUNING,
+    m4: M4 | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Rows of `segment` after `after`, in (user_id, metric, ts) order, at most `limit`."""
+    """Rows of `segment` after `after`, in (user_id, metric, ts) order, at most `limit`;
+    with `m4`, only each pixel column's first, last, lowest and highest row per series."""
     files = segment.files
     if after is not None:  # earlier users' files cannot hold a later key
         files = tuple(f for f in files if f.user_id >= after.user_id)
     if not files:
         return
     files = tuple(sorted(files, key=lambda f: (f.user_id, f.first_day)))
+    if m4 is not None:
+        # One aggregate over every file: its answer is at most 4 rows per column and series.
+        log.debug("lake M4 over %d files, %d columns", len(files), m4.width)
+        yield from _query(duck, segment, files, segment.users, metrics, after, limit, m4)
+        return
     small = sum(max(f.rows, 0) for f in files) <= tuning.sort_rows
     if (len(metrics) == 1 and limit is None) or small:
         # One order-preserving scan, or one sort of a small answer: a single query.

@@ -24,6 +24,8 @@ from engine.timestamps import midnight
 
 RESOLUTION_CHOICES = ("auto", *RESOLUTIONS)
 MAX_POINTS_LIMIT = 10_000_000
+DOWNSAMPLE_CHOICES = ("none", "m4")
+MAX_WIDTH = 16_384  # pixel columns of an M4 answer: wider than any screen
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The span a query may cover. Far inside what Python, PostgreSQL, DuckDB and Arrow's
 # microseconds can represent, so no bound, day after the last or cursor position overflows.
@@ -56,6 +58,9 @@ class DataQuery:
     page_number: int  # 1-based
     principal: Principal  # who asks: the planner refuses what is outside its scope
     after: Key | None = None  # from a cursor: answer rows strictly after this key
+    # downsample=m4&width=N on a raw answer: per pixel column (N over [start, end)), each
+    # series' first, last, lowest and highest row only (engine/m4.py). None: every row.
+    m4_width: int | None = None
     # The server's HMAC key for cursors (Engine.cursor_secret()): a cursor is signed over the
     # answer, the principal and the position, so it cannot be forged or used by another key.
     cursor_secret: bytes = field(default=b"", repr=False, compare=False)
@@ -73,7 +78,14 @@ class DataQuery:
     def fingerprint(self) -> str:
         """Identifies the answer a cursor walks through (not the page)."""
         text = json.dumps(
-            [self.users, self.metrics, to_us(self.start), to_us(self.end), self.resolution]
+            [
+                self.users,
+                self.metrics,
+                to_us(self.start),
+                to_us(self.end),
+                self.resolution,
+                self.m4_width,
+            ]
         )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -244,6 +256,8 @@ QUERY_PARAMETERS = (
     "page_size",
     "page_number",
     "cursor",
+    "downsample",
+    "width",
 )
 
 
@@ -350,6 +364,7 @@ def build_query(
         if requested == "auto"
         else cast(Resolution, requested)
     )
+    m4_width = _downsampling(one("downsample"), one("width"))
     size_text, number_text, cursor_text = one("page_size"), one("page_number"), one("cursor")
     page_size = (
         settings.default_page_size
@@ -371,12 +386,34 @@ def build_query(
         page_number=page_number,
         principal=principal,
         cursor_secret=cursor_secret,
+        # Rollups are already at most max_points per series: M4 reduces raw answers only.
+        m4_width=m4_width if resolution == "raw" else None,
     )
     if cursor_text:
         if number_text is not None:
             raise InvalidParameter("cursor", "use either cursor or page_number, not both")
         query = replace(query, after=decode_cursor(cursor_text, query))
     return query
+
+
+def _downsampling(downsample_text: str | None, width_text: str | None) -> int | None:
+    """The pixel width of an M4 request (downsample=m4&width=N), or None."""
+    downsample = (downsample_text or "none").strip().lower()
+    if downsample not in DOWNSAMPLE_CHOICES:
+        raise InvalidParameter(
+            "downsample",
+            f"downsample={downsample_text!r}; allowed: {', '.join(DOWNSAMPLE_CHOICES)}",
+        )
+    if downsample == "none":
+        if width_text is not None:
+            raise InvalidParameter("width", "width (pixel columns) is used only with downsample=m4")
+        return None
+    if width_text is None:
+        raise InvalidParameter(
+            "width",
+            f"downsample=m4 needs width: the chart's width in pixel columns (1..{MAX_WIDTH})",
+        )
+    return _int("width", width_text, 1, MAX_WIDTH)
 
 
 def describe(query: DataQuery) -> dict[str, Any]:
@@ -391,4 +428,6 @@ def describe(query: DataQuery) -> dict[str, Any]:
         "max_points": query.max_points,
         "page_size": query.page_size,
         "page_number": query.page_number,
+        "downsample": None if query.m4_width is None else "m4",
+        "width": query.m4_width,
     }

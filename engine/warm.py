@@ -21,6 +21,7 @@ import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 
 from engine.errors import WarmStoreBusy, WarmStoreUnavailable
+from engine.m4 import M4, postgres_sql
 from engine.plan import Segment
 from engine.query import EPOCH, Key, from_us, to_us
 from engine.shapes import conform, schema_for
@@ -113,7 +114,7 @@ def _placeholders(start: int, count: int) -> str:
     return ", ".join(f"${i}" for i in range(start, start + count))
 
 
-def _sql(segment: Segment, metrics: tuple[str, ...], inclusive: bool) -> str:
+def _sql(segment: Segment, metrics: tuple[str, ...], inclusive: bool, m4: bool = False) -> str:
     users = _placeholders(1, len(segment.users))
     n = len(segment.users) + 1
     names = _placeholders(n, len(metrics))
@@ -121,8 +122,19 @@ def _sql(segment: Segment, metrics: tuple[str, ...], inclusive: bool) -> str:
     span = f"ts >= ${n} AND ts < ${n + 1}"
     after = f"(user_id, metric, ts) {'>=' if inclusive else '>'} (${n + 2}, ${n + 3}, ${n + 4})"
     limit = f"${n + 5}"
-    where = f"user_id IN ({users}) AND metric IN ({names}) AND {span} AND {after}"
+    selection = f"user_id IN ({users}) AND metric IN ({names}) AND {span}"
+    where = f"{selection} AND {after}"
     # Table names and bucket units come from engine.tiers.TIERS, never from a request.
+    if m4:
+        # The keyset position filters the reduced rows, so every chunk sees whole columns.
+        return postgres_sql(
+            RAW.warm_table,
+            selection,
+            f"${n + 6}",
+            f"${n + 7}",
+            after,
+            f"ORDER BY user_id, metric, ts LIMIT {limit}",
+        )
     if segment.resolution == "raw":
         return (
             f"SELECT user_id, metric, ts, value FROM {RAW.warm_table} WHERE {where} "  # noqa: S608
@@ -155,8 +167,13 @@ def stream_warm(
     metrics: tuple[str, ...],
     after: Key | None,
     limit: int | None,
+    m4: M4 | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Rows of `segment` after `after`, in (user_id, metric, ts) order, at most `limit`."""
+    """Rows of `segment` after `after`, in (user_id, metric, ts) order, at most `limit`;
+    with `m4` (raw segments), only each pixel column's first, last, lowest and highest row
+    per series."""
+    if m4 is not None and segment.resolution != "raw":
+        raise ValueError("M4 reduces raw rows only")
     schema = schema_for(segment.resolution)
     bucket = timedelta(seconds=TIERS[segment.resolution].bucket_s)
     span = (segment.start, segment.end)
@@ -181,7 +198,9 @@ def stream_warm(
             resume_ts,
             chunk,
         )
-        table = pool.fetch(_sql(segment, metrics, inclusive), params)
+        if m4 is not None:
+            params = (*params, m4.start, m4.column_us)
+        table = pool.fetch(_sql(segment, metrics, inclusive, m4 is not None), params)
         if table.num_rows == 0:
             return
         for batch in table.to_batches():

@@ -106,6 +106,8 @@ def test_openapi_schema_documents_data_parameters_with_examples(client: TestClie
         "page_size",
         "page_number",
         "cursor",
+        "downsample",
+        "width",
         "format",
     }
     # What is documented is exactly what the engine (and the API's format) accepts.

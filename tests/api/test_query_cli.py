@@ -62,6 +62,19 @@ def test_query_csv_to_stdout_equals_the_http_answer(
     ]
 
 
+def test_query_m4_equals_the_http_answer(
+    env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m4 = ["--resolution", "raw", "--downsample", "m4", "--width", "50", "--format", "csv"]
+    assert main(["query", *SPAN, *m4, "--page-size", "0"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    expected = http_rows(env, tmp_path, resolution="raw", downsample="m4", width="50")
+    assert 0 < len(rows) == len(expected) <= 3 * 2 * 50 * 4
+    assert [(int(r["user_id"]), r["metric"], r["ts"]) for r in rows] == [
+        (r["user_id"], r["metric"], r["ts"]) for r in expected
+    ]
+
+
 @pytest.mark.parametrize("format_name", ["parquet", "arrow"])
 def test_query_binary_formats_to_a_file(env: str, tmp_path: Path, format_name: str) -> None:
     out = tmp_path / f"answer.{format_name}"

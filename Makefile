@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install postgres demo test test-postgresql lint typecheck unit bench-ci clean
+.PHONY: install postgres chromium demo test test-postgresql lint typecheck unit bench-ci clean
 
 $(INSTALLED): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,7 @@ $(INSTALLED): pyproject.toml client/pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,bench]' -e './client[pandas,polars]'
 	touch $(INSTALLED)
 
-install: $(INSTALLED) postgres
+install: $(INSTALLED) postgres chromium
 
 # PostgreSQL server binaries for the private database (tests, demo); installs them when absent.
 postgres:
@@ -20,6 +20,14 @@ postgres:
 	  || { echo "installing PostgreSQL server binaries"; \
 	       sudo=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	       $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq postgresql >/dev/null; }
+
+# Headless Chromium for the explorer page's browser tests (tests/browser, driven by Playwright
+# with this executable: Playwright's own browser download is not used); installs it when absent.
+chromium:
+	@command -v chromium >/dev/null 2>&1 \
+	  || { echo "installing Debian's chromium"; \
+	       sudo=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	       $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium >/dev/null; }
 
 demo: install
 	$(BIN)/stratum demo --serve

@@ -6,6 +6,7 @@ GET /catalog  participants, metrics, coverage per store, lake versions, last syn
 GET /health   liveness (+ readiness with ?ready=1, or GET /ready)
 GET /metrics  Prometheus text
 GET /schema   OpenAPI
+GET /         the explorer page (api/explorer.py)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from litestar.response import Stream
 from litestar.static_files import create_static_files_router
 from swagger_ui_bundle import swagger_ui_path
 
-from api import audit, hosts, render
+from api import audit, explorer, hosts, render
 from api.auth import AUTHENTICATION, KEY_LIMIT, KeySlots, admin_only, principal_of
 from api.errors import EXCEPTION_HANDLERS, retry_after
 from api.head import answer_head
@@ -542,7 +543,16 @@ def create_app(settings: Settings, database_url: str | None) -> Litestar:
         SWAGGER_ASSETS, directories=[swagger_ui_path], include_in_schema=False
     )
     app = Litestar(
-        route_handlers=[data, plan, catalog, health, ready, prometheus, swagger_assets],
+        route_handlers=[
+            data,
+            plan,
+            catalog,
+            health,
+            ready,
+            prometheus,
+            swagger_assets,
+            *explorer.routes(),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         state=State({"service": service}),
         on_startup=[load_catalog],

@@ -26,13 +26,14 @@ Message = dict[str, Any]
 ASGIApp = Callable[..., Any]
 
 SCOPE_KEY = "stratum.audit"
-UNAUDITED = ("/health", "/ready")  # no key needed, no data
+UNAUDITED = ("/health", "/ready", "/")  # no key needed, no data
 CLIENT_CLOSED = 499  # nginx's code: the client went away before the answer was whole
 
 
 def _audited(scope: Scope) -> bool:
     path = str(scope.get("path", ""))
-    return path not in UNAUDITED and not path.startswith("/schema")
+    # The OpenAPI description and the explorer page's files: no key needed, no data.
+    return path not in UNAUDITED and not path.startswith(("/schema", "/explorer/"))
 
 
 def entry_of(request: Request[Any, Any, Any]) -> AuditEntry | None:

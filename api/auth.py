@@ -1,8 +1,9 @@
 """Authentication of API requests: Litestar's authentication middleware with a bearer key.
 
 Every route needs `Authorization: Bearer KEY` except those marked `exclude_from_auth`
-(/health, /ready) and the OpenAPI description (no data, and Swagger UI must load to let a
-key be entered). The key's principal becomes `request.user`; the engine checks its scope.
+(/health, /ready), the OpenAPI description (no data, and Swagger UI must load to let a
+key be entered) and the explorer page's files (no data; the page sends the key itself).
+The key's principal becomes `request.user`; the engine checks its scope.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from litestar.middleware.base import DefineMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from api.explorer import UNAUTHENTICATED_PATHS
 from engine.access import LOCAL_ADMIN, Principal
 from engine.errors import KeyBusy, Unauthenticated
 
-EXCLUDED_PATHS = ["^/schema"]
+EXCLUDED_PATHS = ["^/schema", *UNAUTHENTICATED_PATHS]
 _BEARER = "bearer "
 
 

@@ -19,12 +19,14 @@ from rich.progress import Progress
 from benchmarks import backends as bk
 from benchmarks.columnstore import columnstore_effect
 from benchmarks.dataset import Dataset, bench_home, open_dataset
+from benchmarks.explorer import first_chart
 from benchmarks.extras import budget_proof, concurrent_load, ingest_and_sync, storage
 from benchmarks.measure import CaseResult, run_case
 from benchmarks.presets import PRESETS, Preset
 from benchmarks.report import write_report
 from benchmarks.server import ServerProcess, proc_status_kib
 from benchmarks.workloads import (
+    METRIC,
     PAGING_METRICS,
     concurrency_mix,
     high_rate_cases,
@@ -236,6 +238,12 @@ def run_suite(
                 progress.update(task, advance=1)
             stages["concurrency"] = round(time.perf_counter() - started, 2)
             results["concurrency"] = {"mix": [c.id for c in mix], "results": concurrency}
+
+            task = progress.add_task("explorer page", total=1, rows=0)
+            results["explorer"] = _stage(
+                stages, "explorer", lambda: _explorer(dataset, server, server_note)
+            )
+            progress.update(task, advance=1)
         finally:
             for backend in backends.values():
                 if not isinstance(backend, str):
@@ -269,6 +277,24 @@ def run_suite(
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     write_report(results, out_dir)
     return out_dir
+
+
+def _explorer(dataset: Dataset, server: ServerProcess | None, server_note: str) -> dict[str, Any]:
+    """The page's first chart for one participant over a year of heart rate (or the longest
+    span the lake holds), in headless Chromium."""
+    if server is None:
+        return {"status": "not available", "note": server_note}
+    end = dataset.lake_end.date()
+    days = min(365, dataset.preset.lake_days)
+    return first_chart(
+        server.base_url,
+        server.key,
+        user_id=dataset.main_users[0],
+        metric=METRIC,
+        start=end - timedelta(days=days),
+        end=end,
+        runs=dataset.preset.min_repetitions + 2,
+    )
 
 
 def _backend_factory(

@@ -94,6 +94,12 @@ def test_side_workloads_have_numbers(ci_run: tuple[Path, dict]) -> None:
         assert columnstore["columnstore"]["chunks"] > 0
     else:
         assert columnstore["status"] == "not available" and columnstore["note"]
+    if results["backends"]["http_json"]["available"]:
+        # The explorer page's first chart, timed in headless Chromium (not asserted).
+        explorer = results["explorer"]
+        assert explorer["status"] == "ok", explorer
+        assert explorer["median_ms"] > 0 and explorer["resolution"] in ("1m", "1h", "1d")
+        assert explorer["points"][0] > 0
     if results["dataset"]["lake_synced"]:
         assert results["ingest_sync"]["sync"]["ok"]
         assert results["storage"]["lake"]["raw"]["bytes"] > 0

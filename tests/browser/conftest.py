@@ -8,7 +8,6 @@ Screenshots go to test-artifacts/explorer/ at the repository root (ignored by gi
 
 from __future__ import annotations
 
-import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from sync.ingest import ingest_tables
 from sync.localdb import LocalPostgres
 from sync.rollups import refresh_rollups
 
-CHROMIUM = Path(os.environ.get("STRATUM_TEST_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's, which `make install` installs
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "explorer"
 START = date(2024, 1, 1)
 USERS = (1, 2)
@@ -90,8 +89,7 @@ def served(pg_server: LocalPostgres, tmp_path_factory: pytest.TempPathFactory) -
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.fail(
-            f"{CHROMIUM} is missing: `make install` installs Debian's chromium "
-            "(or set STRATUM_TEST_CHROMIUM to a Chromium binary)"
+            f"{CHROMIUM} is missing: `make install` installs Debian's chromium (`make chromium`)"
         )
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])

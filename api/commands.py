@@ -156,6 +156,7 @@ def demo(args: argparse.Namespace, ctx: Context) -> int:
         ):
             console.print(example, highlight=False)
         console.print(
+            f"explorer page: http://{shown}:{port}/ (enter the key above)  "
             f"OpenAPI: http://{shown}:{port}/schema  catalog: http://{shown}:{port}/catalog",
             highlight=False,
         )

@@ -23,6 +23,7 @@
     draws: 0,
     lastMeta: null,
     pointsDrawn: () => pointsDrawn(),
+    xRange: () => (state.chart ? [state.chart.scales.x.min, state.chart.scales.x.max] : null),
   });
   const state = { catalog: null, view: null, chart: null, seq: 0, params: null };
 
@@ -290,6 +291,12 @@
   // -- the chart -------------------------------------------------------------------------
 
   const seconds = (iso) => Date.parse(iso) / 1000;
+  // A bound as the API reads it: a date is its UTC midnight, a time without a zone is UTC
+  // (Date.parse would take both as local time).
+  const viewSeconds = (text) => {
+    if (text.length === 10) return seconds(`${text}T00:00:00Z`);
+    return seconds(/(Z|[+-]\d\d:?\d\d)$/i.test(text) ? text : `${text}Z`);
+  };
 
   // uPlot wants one shared x array: the union of every series' timestamps, plus the view's
   // bounds (so the axis spans the view even where data is missing).
@@ -301,8 +308,7 @@
       if (!bySeries.has(key)) { bySeries.set(key, []); keys.push({ key, user: row.user_id, metric: row.metric }); }
       bySeries.get(key).push(row);
     }
-    const xs = new Set([seconds(view.start.length === 10 ? `${view.start}T00:00:00Z` : view.start),
-                        seconds(view.end.length === 10 ? `${view.end}T00:00:00Z` : view.end)]);
+    const xs = new Set([viewSeconds(view.start), viewSeconds(view.end)]);
     for (const row of rows) xs.add(seconds(row.ts));
     const x = Float64Array.from(xs).sort();
     const index = new Map();
@@ -388,7 +394,7 @@
     zoomTimer = setTimeout(() => moveTo(min, max), 150);
   }
 
-  const viewSeconds = (text) => seconds(text.length === 10 ? `${text}T00:00:00Z` : text);
+
   const isoSecond = (s) => new Date(Math.round(s) * 1000).toISOString().replace(".000Z", "Z");
 
   function moveTo(startS, endS) {

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow.parquet as pq
-from playwright.sync_api import Page, Route, expect
+from playwright.sync_api import Browser, Page, Route, expect
 
 from tests.browser.conftest import ARTIFACTS, Served, Tab, data_rows
 
@@ -100,6 +101,29 @@ def test_zoom_asks_for_the_visible_span_at_a_finer_resolution(served: Served, ta
     out = drawn(page, draws=3)
     assert out["meta"]["resolution"] == "1m"
     assert tab.errors == []
+
+
+def test_times_without_a_zone_are_utc_as_the_api_reads_them(
+    served: Served, browser: Browser
+) -> None:
+    """In a browser far from UTC, the chart spans the UTC hours the API answered."""
+    context = browser.new_context(timezone_id="America/New_York")
+    try:
+        page = context.new_page()
+        view = fragment(
+            user_id="1",
+            metric="heart_rate",
+            start="2024-01-02T06:00:00",
+            end="2024-01-02T12:00:00",
+            resolution="1h",
+        )
+        enter_key(page, served, served.admin_key, view)
+        drawn(page)
+        first_hour = datetime(2024, 1, 2, 6, tzinfo=UTC).timestamp()
+        last_hour = datetime(2024, 1, 2, 12, tzinfo=UTC).timestamp()
+        assert page.evaluate("window.stratumExplorer.xRange()") == [first_hour, last_hour]
+    finally:
+        context.close()
 
 
 def test_raw_view_comes_m4_reduced_to_the_chart_width(served: Served, tab: Tab) -> None:

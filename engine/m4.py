@@ -21,9 +21,6 @@ from datetime import datetime
 
 from engine.query import to_us
 
-# The result of each column is at most these four rows per series.
-ROWS_PER_COLUMN = 4
-
 
 @dataclass(frozen=True)
 class M4:

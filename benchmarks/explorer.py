@@ -55,6 +55,7 @@ def first_chart(
     }
     url = f"{base_url}/#{urlencode(view)}"
     times: list[float] = []
+    parts: list[dict[str, float]] = []  # per run: dataMs, catalogMs, drawMs
     meta: dict[str, Any] = {}
     try:
         with sync_playwright() as playwright:
@@ -73,10 +74,12 @@ def first_chart(
                     page.wait_for_selector('#status[data-draws="1"]', timeout=TIMEOUT_MS)
                     shown = page.evaluate(
                         "({ms: window.stratumExplorer.firstChartMs,"
+                        " parts: window.stratumExplorer.firstChart,"
                         " meta: window.stratumExplorer.lastMeta,"
                         " points: window.stratumExplorer.pointsDrawn()})"
                     )
                     times.append(float(shown["ms"]))
+                    parts.append({k: float(v) for k, v in shown["parts"].items()})
                     meta = {"resolution": shown["meta"]["resolution"], "points": shown["points"]}
                     context.close()
             finally:
@@ -90,6 +93,11 @@ def first_chart(
         "first_ms": round(times[0], 1),
         "median_ms": round(statistics.median(times[1:]), 1),
         "runs_ms": [round(t, 1) for t in times],
+        # Medians over the runs after the first: /data (all its pages), /catalog (asked at
+        # the same time as /data), and drawing.
+        "data_ms": round(statistics.median(p["dataMs"] for p in parts[1:]), 1),
+        "catalog_ms": round(statistics.median(p["catalogMs"] for p in parts[1:]), 1),
+        "draw_ms": round(statistics.median(p["drawMs"] for p in parts[1:]), 1),
         "chromium": str(chromium),
         **meta,
     }

@@ -259,7 +259,15 @@ def explorer_section(results: dict[str, Any]) -> list[str]:
         "(the page and uPlot loading, /catalog, /data, drawing), by the page's own clock.",
         "",
         *_table(
-            ["view", "resolution", "points", "first run", "median of the rest", "runs"],
+            [
+                "view",
+                "resolution",
+                "points",
+                "first run",
+                "median of the rest",
+                "of which /data, /catalog (in parallel), drawing",
+                "runs",
+            ],
             [
                 [
                     f"participant {view['user_id']}, {view['metric']}, {view['start']} .. "
@@ -268,6 +276,8 @@ def explorer_section(results: dict[str, Any]) -> list[str]:
                     ", ".join(str(p) for p in explorer["points"]),
                     f"{explorer['first_ms']:.0f} ms",
                     f"{explorer['median_ms']:.0f} ms",
+                    f"{explorer['data_ms']:.0f} ms, {explorer['catalog_ms']:.0f} ms, "
+                    f"{explorer['draw_ms']:.0f} ms",
                     ", ".join(f"{t:.0f}" for t in explorer["runs_ms"]),
                 ]
             ],

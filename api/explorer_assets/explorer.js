@@ -20,6 +20,7 @@
   const exposed = (window.stratumExplorer = {
     requests: [], // each /data request's parameters, in order
     firstChartMs: null, // performance.now() when the first chart was drawn
+    firstChart: null, // its parts: /data (all pages), /catalog (asked at the same time), drawing
     draws: 0,
     lastMeta: null,
     pointsDrawn: () => pointsDrawn(),
@@ -107,14 +108,23 @@
   async function loadCatalog() {
     const keyState = $("key-state");
     keyState.textContent = sessionStorage.getItem(KEY_STORAGE) ? "key set for this tab" : "no key set";
+    // A view named in the URL is asked for at once, beside the catalog: the catalog only
+    // fills the form and names the units, which the chart waits for before drawing.
+    let catalogSettled;
+    state.catalogReady = new Promise((resolve) => { catalogSettled = resolve; });
+    const linked = viewFromHash();
+    if (linked) show(linked);
+    const started = performance.now();
     let catalog;
     try {
       catalog = await (await get("/catalog", new URLSearchParams())).json();
     } catch (error) {
       fail(error);
       return;
+    } finally {
+      exposed.catalogMs = performance.now() - started;
+      catalogSettled();
     }
-    clearError();
     state.catalog = catalog;
     const users = $("users");
     users.replaceChildren(...(catalog.users || []).map((id) => new Option(`participant ${id}`, String(id))));
@@ -124,7 +134,12 @@
       showError("The warm store is unreachable: the participant list is unknown until it is back.");
       return;
     }
-    const view = viewFromHash() || defaultView(catalog);
+    if (linked) {
+      setForm(state.view || linked);
+      return;
+    }
+    clearError();
+    const view = defaultView(catalog);
     if (!view) {
       $("status").textContent = "This key sees no participants yet.";
       return;
@@ -233,12 +248,18 @@
       if (seq === state.seq) fail(error);
       return;
     }
+    const fetched = performance.now();
+    await state.catalogReady; // the units of the axes
+    if (seq !== state.seq) return;
     clearError();
     state.params = params;
-    const fetched = performance.now();
+    const ready = performance.now();
     draw(view, rows, meta);
     const drawn = performance.now();
-    if (exposed.firstChartMs === null) exposed.firstChartMs = drawn;
+    if (exposed.firstChartMs === null) {
+      exposed.firstChartMs = drawn;
+      exposed.firstChart = { dataMs: fetched - started, drawMs: drawn - ready, catalogMs: exposed.catalogMs };
+    }
     exposed.lastMeta = meta;
     exposed.draws += 1;
     const reduced = meta.downsample === "m4" ? ` · M4 over ${params.get("width")} pixel columns` : "";

@@ -150,6 +150,8 @@ def test_errors_are_shown_in_words(served: Served, tab: Tab) -> None:
     other = fragment(user_id="2", metric="heart_rate", start="2024-01-01", end="2024-01-02")
     enter_key(page, served, served.scoped_key, other)
     expect(page.locator("#error")).to_contain_text("This key may not read that")
+    # The catalog lists the key's one participant (and has filled the form from the link).
+    expect(page.locator("#users option")).to_have_count(1)
     # A span that ends before it starts: 400, naming the parameter.
     page.fill("#start", "2024-01-03")
     page.fill("#end", "2024-01-02")

@@ -113,7 +113,10 @@
     let catalogSettled;
     state.catalogReady = new Promise((resolve) => { catalogSettled = resolve; });
     const linked = viewFromHash();
-    if (linked) show(linked);
+    if (linked) {
+      setSpan(linked);
+      show(linked);
+    }
     const started = performance.now();
     let catalog;
     try {
@@ -135,7 +138,7 @@
       return;
     }
     if (linked) {
-      setForm(state.view || linked);
+      setSelections(state.view || linked); // the span fields may have been edited meanwhile
       return;
     }
     clearError();
@@ -182,8 +185,16 @@
   }
 
   function setForm(view) {
+    setSelections(view);
+    setSpan(view);
+  }
+
+  function setSelections(view) {
     for (const option of $("users").options) option.selected = view.users.includes(option.value);
     for (const option of $("metrics").options) option.selected = view.metrics.includes(option.value);
+  }
+
+  function setSpan(view) {
     $("start").value = view.start;
     $("end").value = view.end;
     $("resolution").value = view.resolution;

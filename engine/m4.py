@@ -66,25 +66,35 @@ SELECT user_id, metric, ts, value FROM points WHERE {after_sql} {tail_sql}"""  #
 def postgres_sql(
     table: str, where_sql: str, start_param: str, column_param: str, after_sql: str, tail_sql: str
 ) -> str:
-    """M4 over `table` rows matching `where_sql` in PostgreSQL (window ranks: PostgreSQL has
-    no arg_min). `start_param` / `column_param` are the placeholders of the column origin
-    (timestamptz) and the column width in µs (double)."""
-    partition = "PARTITION BY user_id, metric, col"
+    """M4 over `table` rows matching `where_sql` in PostgreSQL, which has no arg_min: one
+    pass finds each column's first and last ts and lowest and highest value, a second the
+    first ts holding each extreme, a third fetches those rows. (Twice as fast as four window
+    sorts.) `start_param` / `column_param` are the placeholders of the column origin
+    (timestamptz) and the column width in µs (double). The offset in µs comes from float8
+    date_part, rounded: exact for spans under a century at µs resolution (EXTRACT's numeric
+    is exact too, and slower)."""
+    offset_us = f"round(date_part('epoch', ts - {start_param}::timestamptz) * 1000000)"
     return f"""
-WITH kept AS (
-    SELECT user_id, metric, ts, value,
-        floor((extract(epoch FROM ts - {start_param}::timestamptz) * 1000000)::float8
-              / {column_param}::float8) AS col
+WITH kept AS MATERIALIZED (
+    SELECT user_id, metric, ts, value, floor({offset_us} / {column_param}::float8) AS col
     FROM {table} WHERE {where_sql}
 ),
-ranked AS (
-    SELECT user_id, metric, ts, value,
-        row_number() OVER ({partition} ORDER BY ts) AS first_rank,
-        row_number() OVER ({partition} ORDER BY ts DESC) AS last_rank,
-        row_number() OVER ({partition} ORDER BY value, ts) AS low_rank,
-        row_number() OVER ({partition} ORDER BY value DESC, ts) AS high_rank
-    FROM kept
+columns AS (
+    SELECT user_id, metric, col, min(ts) AS first_ts, max(ts) AS last_ts,
+        min(value) AS low_value, max(value) AS high_value
+    FROM kept GROUP BY user_id, metric, col
+),
+extremes AS (
+    SELECT k.user_id, k.metric, k.col, c.first_ts, c.last_ts,
+        min(k.ts) FILTER (WHERE k.value = c.low_value) AS low_ts,
+        min(k.ts) FILTER (WHERE k.value = c.high_value) AS high_ts
+    FROM kept AS k JOIN columns AS c USING (user_id, metric, col)
+    GROUP BY k.user_id, k.metric, k.col, c.first_ts, c.last_ts
 )
-SELECT user_id, metric, ts, value FROM ranked
-WHERE (first_rank = 1 OR last_rank = 1 OR low_rank = 1 OR high_rank = 1) AND {after_sql}
+SELECT user_id, metric, ts, value FROM (
+    SELECT k.user_id, k.metric, k.ts, k.value
+    FROM kept AS k JOIN extremes AS e USING (user_id, metric, col)
+    WHERE k.ts IN (e.first_ts, e.last_ts, e.low_ts, e.high_ts)
+) AS points
+WHERE {after_sql}
 {tail_sql}"""  # noqa: S608

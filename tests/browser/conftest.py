@@ -130,3 +130,10 @@ def data_rows(served: Served, key: str, **params: str) -> list[dict[str, object]
     assert response.status_code == 200, response.text
     rows: list[dict[str, object]] = response.json()["data"]
     return rows
+
+
+def allow_connections(url: str) -> None:
+    """Undo tests.api.test_lake_sources.refuse_connections."""
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')

@@ -9,7 +9,8 @@ from typing import Any
 import pyarrow.parquet as pq
 from playwright.sync_api import Browser, Page, Route, expect
 
-from tests.browser.conftest import ARTIFACTS, Served, Tab, data_rows
+from tests.api.test_lake_sources import refuse_connections
+from tests.browser.conftest import ARTIFACTS, Served, Tab, allow_connections, data_rows
 
 WHOLE = {"user_id": "1", "metric": "heart_rate", "start": "2024-01-01", "end": "2024-01-04"}
 
@@ -214,3 +215,24 @@ def test_downloads_of_the_current_view(served: Served, tab: Tab, tmp_path: Any) 
     with page.expect_download() as arrow_download:
         page.click(".downloads button[data-format=arrow]")
     assert arrow_download.value.suggested_filename.endswith(".arrow")
+
+
+def test_the_servers_own_503_is_shown_and_retried(served: Served, tab: Tab) -> None:
+    """The warm store goes away: /data answers 503 warm_store_unavailable with Retry-After;
+    the page says so, waits that long, asks again, and draws once the store is back."""
+    page = tab.page
+    warm_day = fragment(
+        user_id="1", metric="heart_rate", start="2024-01-03", end="2024-01-04", resolution="1h"
+    )
+    enter_key(page, served, served.admin_key, warm_day)
+    assert drawn(page)["meta"]["sources"] == ["warm"]
+    refuse_connections(served.url)
+    try:
+        page.click("#show")
+        expect(page.locator("#error")).to_contain_text("The server cannot answer now")
+        expect(page.locator("#error")).to_contain_text("Retrying in 10 s")
+    finally:
+        allow_connections(served.url)
+    shown = drawn(page, draws=2)  # after the 10 s the 503 named
+    assert shown["meta"]["sources"] == ["warm"] and shown["points"][0] > 0
+    expect(page.locator("#error")).to_be_hidden()

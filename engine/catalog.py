@@ -23,11 +23,13 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import Any, Protocol
 
 import psycopg
 
 from engine.plan import DayRange
 from engine.tiers import LAKE_TABLES
+from engine.timings import StageTimes
 from lake import Lake, LakeFile
 
 log = logging.getLogger(__name__)
@@ -67,12 +69,28 @@ ORDER BY user_id, 2
 """
 # current_lake_days (sync/migrations): verified and unchanged since, what the router serves.
 _LAKE_DAYS = "SELECT user_id, day FROM current_lake_days WHERE tier = %(lake_table)s"
-_RECENT = (
-    "SELECT user_id, day FROM day_state WHERE {condition} "
-    "AND user_id = ANY(%(users)s) AND day BETWEEN %(first)s AND %(last)s"
-)
-_UNSYNCED = _RECENT.format(condition="change_seq > synced_seq")
-_STALE = _RECENT.format(condition="change_seq > refreshed_seq")
+# What every query reads fresh, in one statement (one round trip): the catalog generation,
+# and as islands per kind and user, the days written since their last sync ('unsynced') and
+# those whose rollups lag raw ('stale').
+_FRESH = """
+SELECT 'generation' AS kind, NULL::int, NULL::date, NULL::date, last_value FROM catalog_seq
+UNION ALL
+SELECT kind, user_id, min(day), max(day), NULL FROM (
+    SELECT kind, user_id, day,
+        day - (row_number() OVER (PARTITION BY kind, user_id ORDER BY day))::int AS grp
+    FROM (
+        SELECT 'unsynced' AS kind, user_id, day FROM day_state
+        WHERE change_seq > synced_seq
+        AND user_id = ANY(%(users)s) AND day BETWEEN %(first)s AND %(last)s
+        UNION ALL
+        SELECT 'stale', user_id, day FROM day_state
+        WHERE change_seq > refreshed_seq
+        AND user_id = ANY(%(users)s) AND day BETWEEN %(first)s AND %(last)s
+    ) AS d
+) AS numbered
+GROUP BY kind, user_id, grp
+ORDER BY 1, 2, 3
+"""
 _DAMAGED = "SELECT user_id, day FROM lake_damage WHERE tier = %(lake_table)s"
 _TIERED = "SELECT user_id, day FROM day_state WHERE tiered_seq IS NOT NULL"
 # Verified at a version this process's view of the table does not reach: the log lost commits.
@@ -104,11 +122,45 @@ def from_days(days: Iterable[tuple[int, date]]) -> Coverage:
     return union(Coverage({}), *(Coverage({u: ((d, d),)}) for u, d in days))
 
 
-def _islands(conn: psycopg.Connection, days_sql: str, params: dict[str, object]) -> Coverage:
+class Executes(Protocol):
+    def execute(self, query: Any, params: Any = None) -> Any: ...
+
+
+def _islands(conn: Executes, days_sql: str, params: dict[str, object]) -> Coverage:
     ranges: dict[int, list[DayRange]] = {}
     for user_id, first, last in conn.execute(_ISLANDS.format(days=days_sql).encode(), params):
         ranges.setdefault(user_id, []).append((first, last))
     return Coverage({u: tuple(r) for u, r in ranges.items()})
+
+
+def _fresh(
+    conn: Executes, users: Sequence[int], first: date, last: date
+) -> tuple[int, Coverage, Coverage]:
+    """The catalog generation, the unsynced days and the stale-rollup days: one statement."""
+    params = {"users": list(users), "first": first, "last": last}
+    generation = 0
+    ranges: dict[str, dict[int, list[DayRange]]] = {"unsynced": {}, "stale": {}}
+    for kind, user_id, first_day, last_day, value in conn.execute(_FRESH.encode(), params):
+        if kind == "generation":
+            generation = int(value)
+        else:
+            ranges[kind].setdefault(user_id, []).append((first_day, last_day))
+    unsynced, stale = (
+        Coverage({u: tuple(r) for u, r in ranges[kind].items()}) for kind in ("unsynced", "stale")
+    )
+    return generation, unsynced, stale
+
+
+class _Counted:
+    """A connection's `execute`, counting the statements sent (for the stage timings)."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        self.count = 0
+
+    def execute(self, query: Any, params: Any = None) -> Any:
+        self.count += 1
+        return self.conn.execute(query, params)
 
 
 class CatalogSource:
@@ -143,9 +195,7 @@ class CatalogSource:
     ) -> tuple[LakeFile, ...]:
         return self.lake.files(lake_table, users, start, end, version).files
 
-    def _lake_coverage(self, conn: psycopg.Connection) -> dict[str, Coverage]:
-        row = conn.execute("SELECT last_value FROM catalog_seq").fetchone()
-        generation = int(row[0]) if row else 0
+    def _lake_coverage(self, conn: Executes, generation: int) -> dict[str, Coverage]:
         cached = self._coverage
         if cached is not None and cached[0] == generation:
             return cached[1]
@@ -161,7 +211,7 @@ class CatalogSource:
         return coverage
 
     def _days_ahead(
-        self, conn: psycopg.Connection, versions: Mapping[str, int | None]
+        self, conn: Executes, versions: Mapping[str, int | None]
     ) -> dict[str, Coverage]:
         cached_coverage = self._coverage
         key = (cached_coverage[0] if cached_coverage else -1, tuple(versions.values()))
@@ -184,9 +234,17 @@ class CatalogSource:
         return ahead
 
     def load(
-        self, conn: psycopg.Connection | None, users: Sequence[int], first: date, last: date
+        self,
+        conn: psycopg.Connection | None,
+        users: Sequence[int],
+        first: date,
+        last: date,
+        times: StageTimes | None = None,
     ) -> Catalog:
-        """The catalog for these users and days; `conn` None: the warm store is unreachable."""
+        """The catalog for these users and days; `conn` None: the warm store is unreachable.
+
+        One statement while the lake coverage is cached (the generation is read with the
+        fresh days); a dozen more when a job changed the coverage since."""
         if conn is None:
             cached = self._coverage
             coverage = cached[1] if cached else {t: Coverage() for t in LAKE_TABLES}
@@ -195,13 +253,17 @@ class CatalogSource:
             return self._catalog(
                 coverage, Coverage(), Coverage(), versions, ahead, warm_available=False
             )
-        coverage = self._lake_coverage(conn)
-        recent = {"users": list(users), "first": first, "last": last}
-        unsynced = _islands(conn, _UNSYNCED, recent)
-        stale = _islands(conn, _STALE, recent)
+        statements = _Counted(conn)
+        # The fresh days are read before the coverage they override. A coverage reloaded
+        # just after is at least as new as the generation it is cached under (a newer one
+        # reloads next time), and days written in between are only newer than this query.
+        generation, unsynced, stale = _fresh(statements, users, first, last)
+        coverage = self._lake_coverage(statements, generation)
         # Versions pinned after reading lake_days: every verified day's commit is included.
         versions = self._versions()
-        ahead = self._days_ahead(conn, versions)
+        ahead = self._days_ahead(statements, versions)
+        if times is not None:
+            times.count("warm_statements", statements.count)
         return self._catalog(coverage, unsynced, stale, versions, ahead, warm_available=True)
 
     def _versions(self) -> dict[str, int | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Literal
@@ -49,6 +50,8 @@ class Plan:
     query: DataQuery
     segments: tuple[Segment, ...]
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # What making it took, per stage (ms) and warm-store statements (engine.timings).
+    timings: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def resolution(self) -> Resolution:
@@ -70,4 +73,5 @@ class Plan:
             "sources": self.sources,
             "segments": [s.describe() for s in self.segments],
             "notes": list(self.notes),
+            "timings": dict(self.timings),
         }

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import psycopg
@@ -39,12 +39,14 @@ from engine.query import DataQuery, Key
 from engine.settings import Settings
 from engine.shapes import row_bytes, schema_for
 from engine.tiers import LAKE_TABLES
+from engine.timings import StageTimes
 from engine.warm import CHUNK_ROWS, WarmPool, stream_warm
 from lake import Lake
 
 log = logging.getLogger(__name__)
 
 WARM_RETRY_S = 5.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Answer:
     has_more: bool
     next_cursor: str | None
     rows: int | None  # known for pages; None while a whole-answer stream is unread
+    times: StageTimes = field(default_factory=StageTimes)  # complete once batches are read
 
 
 class Engine:
@@ -134,6 +137,36 @@ class Engine:
         finally:
             pool.putconn(conn)  # a broken one is discarded by the pool
 
+    def _read(self, action: Callable[[psycopg.Connection], T], down: Callable[[], T]) -> T:
+        """`action` on a pooled connection, or `down()` while the warm store is known down.
+
+        Unlike `_connection` it sends no check first (a round trip per request): a
+        connection that died idle (the server restarted) fails `action` itself, which then
+        runs once more on a fresh connection. Only for reads: running one twice is harmless.
+        """
+        if time.monotonic() < self._warm_down_until:
+            return down()
+        try:
+            pool = self._small_queries()
+        except WarmStoreUnavailable:  # none configured
+            return down()
+        for attempt in range(2):
+            try:
+                conn = pool.getconn(timeout=3)
+            except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
+                self._warm_down_until = time.monotonic() + WARM_RETRY_S
+                raise
+            try:
+                return action(conn)
+            except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
+                if attempt or not conn.broken:
+                    self._warm_down_until = time.monotonic() + WARM_RETRY_S
+                    raise
+            finally:
+                pool.putconn(conn)  # a broken one is discarded by the pool
+            pool.check()  # it died idle, and so did the other idle ones: drop them all
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
@@ -155,42 +188,54 @@ class Engine:
             self._cursor_secret = cursor_secret(conn)
             return True
 
-    def catalog(self, query: DataQuery) -> Catalog:
+    def catalog(self, query: DataQuery, times: StageTimes | None = None) -> Catalog:
         query.principal.require(query.users, query.metrics)  # before any I/O for it
         first, last = query.days
-        try:
-            with self._connection() as conn:
-                return self.catalogs.load(conn, query.users, first, last)
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
-            log.warning("warm store unreachable, planning from the cached catalog: %s", exc)
-            return self.catalogs.load(None, query.users, first, last)
+        times = times or StageTimes()
+        with times.stage("catalog"):
+            try:
+                return self._read(
+                    lambda conn: self.catalogs.load(conn, query.users, first, last, times),
+                    lambda: self.catalogs.load(None, query.users, first, last),
+                )
+            except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+                log.warning("warm store unreachable, planning from the cached catalog: %s", exc)
+                return self.catalogs.load(None, query.users, first, last)
 
-    def plan(self, query: DataQuery, catalog: Catalog | None = None) -> Plan:
-        started = time.perf_counter()
-        result = planner.plan(query, catalog or self.catalog(query))
-        log.debug(
-            "planned %d segments in %.1f ms",
-            len(result.segments),
-            (time.perf_counter() - started) * 1e3,
-        )
-        return result
+    def plan(
+        self, query: DataQuery, catalog: Catalog | None = None, times: StageTimes | None = None
+    ) -> Plan:
+        """The plan; its `timings` say what loading the catalog (unless given) and planning
+        took."""
+        times = times or StageTimes()
+        catalog = catalog or self.catalog(query, times)
+        with times.stage("plan"):
+            result = planner.plan(query, catalog)
+        log.debug("planned %d segments: %s", len(result.segments), times.describe())
+        return replace(result, timings=times.describe())
 
-    def checked_plan(self, query: DataQuery) -> tuple[Plan, Catalog]:
+    def checked_plan(
+        self, query: DataQuery, times: StageTimes | None = None
+    ) -> tuple[Plan, Catalog]:
         """The plan, with every lake file it reads verified first: days of a damaged file
         are planned again from the warm store (or refused with LakeDamaged)."""
-        catalog = self.catalog(query)
-        plan = self.plan(query, catalog)
-        damaged = self.files.damaged(plan, self._file_records)
+        times = times or StageTimes()
+        catalog = self.catalog(query, times)
+        plan = self.plan(query, catalog, times)
+        with times.stage("check_files"):
+            damaged = self.files.damaged(plan, self._file_records)
         if not damaged:
             return plan, catalog
         for table, days in damaged.items():
             self.catalogs.mark_damaged(table, days)
             self._record_damage(table, days)
-        catalog = self.catalog(query)
-        return self.plan(query, catalog), catalog
+        catalog = self.catalog(query, times)
+        return self.plan(query, catalog, times), catalog
 
     def run(self, query: DataQuery) -> Answer:
-        plan, catalog = self.checked_plan(query)
+        """The answer; its `times` fill up, stage by stage, as its batches are read."""
+        times = StageTimes()
+        plan, catalog = self.checked_plan(query, times)
         if plan.needs_warm and not catalog.warm_available:
             raise WarmStoreUnavailable(
                 "the warm store is unreachable and this span needs it; spans already in "
@@ -198,9 +243,10 @@ class Engine:
             )
         reservation = self.budget.reserve(self._estimate(plan))
         try:
-            after, skip = self._start(plan, catalog)
+            with times.stage("locate_page"):
+                after, skip = self._start(plan, catalog)
             if query.page_size == 0:
-                stream = self._stream(plan, after, skip, None)
+                stream = self._stream(plan, after, skip, None, times)
                 return Answer(
                     plan=plan,
                     schema=schema_for(plan.resolution),
@@ -208,9 +254,11 @@ class Engine:
                     has_more=False,
                     next_cursor=None,
                     rows=None,
+                    times=times,
                 )
-            page = list(self._stream(plan, after, skip, query.page_size + 1))
+            page = list(self._stream(plan, after, skip, query.page_size + 1, times))
             answer = self._paged(plan, page)
+            answer.times = times
         except BaseException:
             self.budget.release(reservation)
             raise
@@ -306,16 +354,20 @@ class Engine:
         was live when last checked keeps its scope: nobody can revoke it meanwhile, and
         lake-only spans stay readable."""
         digest = hash_key(key_text)
+
+        def check(conn: psycopg.Connection) -> Principal:
+            try:
+                principal = authenticate(conn, key_text)
+            except Unauthenticated:
+                self._principals.pop(digest, None)
+                raise
+            self._principals[digest] = principal
+            return principal
+
         try:
-            with self._connection() as conn:
-                if conn is not None:
-                    try:
-                        principal = authenticate(conn, key_text)
-                    except Unauthenticated:
-                        self._principals.pop(digest, None)
-                        raise
-                    self._principals[digest] = principal
-                    return principal
+            checked = self._read(check, lambda: None)
+            if checked is not None:
+                return checked
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             log.warning("checking a key without the warm store: %s", exc)
         known = self._principals.get(digest)
@@ -404,10 +456,13 @@ class Engine:
         after: Key | None,
         limit: int | None,
         m4: M4 | None,
+        times: StageTimes,
     ) -> Iterator[pa.RecordBatch]:
         if segment.backend == "lake":
-            return self._lake_stream(segment, metrics, after, limit, m4)
-        return stream_warm(self._warm_pool(), segment, metrics, after, limit, m4)
+            lake = self._lake_stream(segment, metrics, after, limit, m4)
+            return times.timed(lake, "lake_scan")
+        warm = stream_warm(self._warm_pool(), segment, metrics, after, limit, m4, times)
+        return times.timed(warm, "warm_fetch")
 
     def _lake_stream(
         self,
@@ -432,15 +487,17 @@ class Engine:
             ) from None
 
     def _stream(
-        self, plan: Plan, after: Key | None, skip: int, limit: int | None
+        self, plan: Plan, after: Key | None, skip: int, limit: int | None, times: StageTimes
     ) -> Iterator[pa.RecordBatch]:
         query = plan.query
         per_segment = None if limit is None else skip + limit
         m4 = None if query.m4_width is None else M4(query.start, query.end, query.m4_width)
         streams = [
-            self._segment_stream(s, query.metrics, after, per_segment, m4) for s in plan.segments
+            self._segment_stream(s, query.metrics, after, per_segment, m4, times)
+            for s in plan.segments
         ]
-        return take(merge_sorted(streams, plan.query.metrics), skip, limit)
+        merged = take(merge_sorted(streams, query.metrics), skip, limit)
+        return times.timed(merged, "merge", inner=("warm_fetch", "lake_scan"))
 
     def _released(
         self, stream: Iterator[pa.RecordBatch], reservation: int

@@ -13,7 +13,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from contextlib import suppress
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import adbc_driver_manager
@@ -26,6 +26,7 @@ from engine.plan import Segment
 from engine.query import EPOCH, Key, from_us, to_us
 from engine.shapes import conform, schema_for
 from engine.tiers import RAW, TIERS
+from engine.timings import StageTimes
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +115,25 @@ def _placeholders(start: int, count: int) -> str:
     return ", ".join(f"${i}" for i in range(start, start + count))
 
 
+def _utc(n: int) -> str:
+    """Placeholder $n of a naive UTC timestamp, as timestamptz.
+
+    Bound timestamptz parameters cost round trips: for each statement the ADBC driver
+    wraps them in BEGIN, reads and sets the session time zone, and restores it (seven
+    round trips instead of two). A naive UTC timestamp needs none of that, and
+    `AT TIME ZONE 'UTC'` is immutable, so chunks are still excluded when planning."""
+    return f"(${n}::timestamp AT TIME ZONE 'UTC')"
+
+
 def _sql(segment: Segment, metrics: tuple[str, ...], inclusive: bool, m4: bool = False) -> str:
     users = _placeholders(1, len(segment.users))
     n = len(segment.users) + 1
     names = _placeholders(n, len(metrics))
     n += len(metrics)
-    span = f"ts >= ${n} AND ts < ${n + 1}"
-    after = f"(user_id, metric, ts) {'>=' if inclusive else '>'} (${n + 2}, ${n + 3}, ${n + 4})"
+    span = f"ts >= {_utc(n)} AND ts < {_utc(n + 1)}"
+    after = (
+        f"(user_id, metric, ts) {'>=' if inclusive else '>'} (${n + 2}, ${n + 3}, {_utc(n + 4)})"
+    )
     limit = f"${n + 5}"
     selection = f"user_id IN ({users}) AND metric IN ({names}) AND {span}"
     where = f"{selection} AND {after}"
@@ -130,7 +143,7 @@ def _sql(segment: Segment, metrics: tuple[str, ...], inclusive: bool, m4: bool =
         return postgres_sql(
             RAW.warm_table,
             selection,
-            f"${n + 6}",
+            _utc(n + 6),
             f"${n + 7}",
             after,
             f"ORDER BY user_id, metric, ts LIMIT {limit}",
@@ -155,6 +168,10 @@ def _sql(segment: Segment, metrics: tuple[str, ...], inclusive: bool, m4: bool =
     )
 
 
+def _naive_utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
 def _ceil(moment: datetime, bucket: timedelta) -> datetime:
     """The first bucket boundary at or after `moment` (buckets are aligned to the epoch)."""
     remainder = (moment - EPOCH) % bucket
@@ -168,6 +185,7 @@ def stream_warm(
     after: Key | None,
     limit: int | None,
     m4: M4 | None = None,
+    times: StageTimes | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Rows of `segment` after `after`, in (user_id, metric, ts) order, at most `limit`;
     with `m4` (raw segments), only each pixel column's first, last, lowest and highest row
@@ -192,15 +210,17 @@ def stream_warm(
         params = (
             *segment.users,
             *metrics,
-            *span,
+            *(_naive_utc(moment) for moment in span),
             position.user_id,
             position.metric,
-            resume_ts,
+            _naive_utc(resume_ts),
             chunk,
         )
         if m4 is not None:
-            params = (*params, m4.start, m4.column_us)
+            params = (*params, _naive_utc(m4.start), m4.column_us)
         table = pool.fetch(_sql(segment, metrics, inclusive, m4 is not None), params)
+        if times is not None:
+            times.count("warm_statements")
         if table.num_rows == 0:
             return
         for batch in table.to_batches():

@@ -22,6 +22,9 @@ def test_plan_describes_segments(client: TestClient) -> None:
     (segment,) = plan["segments"]
     assert segment["backend"] == "warm" and segment["source"] == "data_1h"
     assert {"users", "start", "end", "files", "estimated_rows", "lake_version"} <= set(segment)
+    # Where planning's time went (issue 13): the catalog load and the planner, in ms.
+    timings = plan["timings"]
+    assert {"catalog", "plan"} <= set(timings["ms"]) and timings["counts"]["warm_statements"] >= 1
 
 
 def test_catalog_lists_metrics_users_and_coverage(client: TestClient) -> None:

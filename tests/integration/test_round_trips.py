@@ -1,0 +1,103 @@
+"""Short spans pay per round trip to the warm store (issue 13): count the statements.
+
+On a busy machine every round trip waits for the server process to be scheduled, so the
+fixed cost of a request is mostly its round trips. These tests count them, which unlike
+milliseconds does not depend on load.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import psycopg_pool
+import pyarrow as pa
+import pytest
+
+from engine.access import LOCAL_ADMIN
+from engine.query import build_query
+from engine.run import Answer, Engine
+from engine.settings import load_settings
+from engine.warm import WarmPool
+from sync.generate import generate_cohort
+from sync.ingest import ingest_tables
+from sync.rollups import refresh_rollups
+
+START = date(2024, 3, 1)
+SPAN = {"user_id": ["1"], "metric": ["heart_rate"], "start": ["2024-03-01"], "end": ["2024-03-02"]}
+
+
+class CountingConnection(psycopg.Connection[Any]):
+    """A real connection that counts what is sent through `execute` (pings included)."""
+
+    sent: list[str] = []
+
+    def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        type(self).sent.append(str(query)[:40])
+        return super().execute(query, *args, **kwargs)
+
+
+class RecordingWarmPool(WarmPool):
+    """The warm executor's real pool, keeping the parameters each statement binds."""
+
+    bound: list[tuple[Any, ...]] = []
+
+    def fetch(self, sql: str, params: tuple[Any, ...]) -> pa.Table:
+        self.bound.append(params)
+        return super().fetch(sql, params)
+
+
+@pytest.fixture
+def engine(warm_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    ingest_tables(warm_url, generate_cohort(1, 2, START, seed=3, metrics=["heart_rate"]))
+    refresh_rollups(warm_url)
+    settings = load_settings({"STRATUM_HOME": str(tmp_path), "STRATUM_MEMORY_BUDGET": "1GiB"})
+    engine = Engine(settings, warm_url)
+    engine._pool = psycopg_pool.ConnectionPool(
+        warm_url,
+        min_size=0,
+        max_size=2,
+        open=True,
+        connection_class=CountingConnection,
+        kwargs={"autocommit": True},
+    )
+    engine._warm = RecordingWarmPool(warm_url, 2)
+    CountingConnection.sent.clear()
+    RecordingWarmPool.bound.clear()
+    yield engine
+    engine.close()
+
+
+def run(engine: Engine, resolution: str) -> tuple[Answer, int]:
+    query = build_query(
+        {**SPAN, "resolution": [resolution]}, engine.settings.query, principal=LOCAL_ADMIN
+    )
+    answer = engine.run(query)
+    rows = sum(batch.num_rows for batch in answer.batches)
+    return answer, rows
+
+
+@pytest.mark.parametrize("resolution", ["raw", "1h"])
+def test_a_warm_span_costs_one_catalog_statement_and_its_fetch(
+    engine: Engine, resolution: str
+) -> None:
+    run(engine, resolution)  # loads the lake coverage of this catalog generation
+    CountingConnection.sent.clear()
+    answer, rows = run(engine, resolution)
+    assert rows > 0
+    # Coverage cached: the generation and the fresh days in one statement, and no ping
+    # before it (a dead pooled connection is found by that statement itself).
+    assert len(CountingConnection.sent) == 1, CountingConnection.sent
+    assert answer.times.counts == {"warm_statements": 2}  # the catalog, then one fetch
+    assert {"catalog", "plan", "check_files", "warm_fetch", "merge"} <= set(answer.times.ms)
+
+
+def test_warm_fetches_bind_no_time_zone_aware_timestamps(engine: Engine) -> None:
+    """A bound timestamptz makes the ADBC driver wrap each statement in BEGIN, read and set
+    the session time zone and restore it: seven round trips instead of two."""
+    run(engine, "raw")
+    run(engine, "1h")
+    moments = [p for params in RecordingWarmPool.bound for p in params if isinstance(p, datetime)]
+    assert moments and all(moment.tzinfo is None for moment in moments)

@@ -6,6 +6,7 @@ raises NotApplicable when the backend cannot answer that case (e.g. warm rollups
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -16,11 +17,13 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from benchmarks.dataset import Dataset
+from benchmarks.limit import open_limit
 from benchmarks.workloads import Case
 from engine.access import LOCAL_ADMIN
 from engine.query import build_query
 from engine.run import Engine
 from engine.tiers import TIERS
+from engine.timings import StageTimes
 from lake import Lake, scan_sql
 
 Timed = Callable[[], int]
@@ -40,6 +43,10 @@ class Backend:
         raise NotImplementedError
 
     def close(self) -> None:
+        return None
+
+    def stages(self) -> dict[str, Any] | None:
+        """Per-stage medians of the runs since the last prepare (the engine only)."""
         return None
 
 
@@ -114,6 +121,35 @@ class WarmRollups(_Warm):
 # --- bare DuckDB over the lake's exact file list -----------------------------------------
 
 
+def _duck_timed(duck: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> Timed:
+    def run() -> int:
+        cursor = duck.cursor()
+        try:
+            return int(cursor.sql(sql, params=params).to_arrow_table().num_rows)
+        finally:
+            cursor.close()
+
+    return run
+
+
+def _duck_where(case: Case, params: dict[str, Any]) -> str:
+    params.update({f"u{i}": u for i, u in enumerate(case.users)})
+    params.update({f"m{i}": m for i, m in enumerate(case.metrics)})
+    params.update({"start": case.start, "end": case.end})
+    users = ", ".join(f"$u{i}" for i in range(len(case.users)))
+    metrics = ", ".join(f"$m{i}" for i in range(len(case.metrics)))
+    return f"user_id IN ({users}) AND metric IN ({metrics}) AND ts >= $start AND ts < $end"
+
+
+def _duck_order_page(case: Case, params: dict[str, Any]) -> str:
+    # Whole answers are read as they lie (file order is answer order for one metric);
+    # a page needs the answer's order to be well defined.
+    if case.page_size == 0:
+        return ""
+    params.update({"limit": case.page_size, "offset": (case.page_number - 1) * case.page_size})
+    return f"{_ORDER} LIMIT $limit OFFSET $offset"
+
+
 class _Lake(Backend):
     reference = True
 
@@ -132,30 +168,13 @@ class _Lake(Backend):
         return scan_sql(files)
 
     def _timed(self, sql: str, params: dict[str, Any]) -> Timed:
-        def run() -> int:
-            cursor = self.duck.cursor()
-            try:
-                return int(cursor.sql(sql, params=params).to_arrow_table().num_rows)
-            finally:
-                cursor.close()
-
-        return run
+        return _duck_timed(self.duck, sql, params)
 
     def _where(self, case: Case, params: dict[str, Any]) -> str:
-        params.update({f"u{i}": u for i, u in enumerate(case.users)})
-        params.update({f"m{i}": m for i, m in enumerate(case.metrics)})
-        params.update({"start": case.start, "end": case.end})
-        users = ", ".join(f"$u{i}" for i in range(len(case.users)))
-        metrics = ", ".join(f"$m{i}" for i in range(len(case.metrics)))
-        return f"user_id IN ({users}) AND metric IN ({metrics}) AND ts >= $start AND ts < $end"
+        return _duck_where(case, params)
 
     def _order_page(self, case: Case, params: dict[str, Any]) -> str:
-        # Whole answers are read as they lie (file order is answer order for one metric);
-        # a page needs the answer's order to be well defined.
-        if case.page_size == 0:
-            return ""
-        params.update({"limit": case.page_size, "offset": (case.page_number - 1) * case.page_size})
-        return f"{_ORDER} LIMIT $limit OFFSET $offset"
+        return _duck_order_page(case, params)
 
     def close(self) -> None:
         self.duck.close()
@@ -199,6 +218,45 @@ class LakeRollups(_Lake):
         return self._timed(sql + self._order_page(case, params), params)
 
 
+# --- the limit: DuckDB over one compacted file per participant ---------------------------
+
+
+class Limit(Backend):
+    key = "limit"
+    label = "limit (DuckDB, 1 file/participant)"
+    description = (
+        "bare DuckDB over the same lake rows compacted into one file per participant and tier, "
+        "sorted by (metric, ts), 128k-row groups (built by the bench, cached in its home)"
+    )
+
+    def __init__(self, dataset: Dataset) -> None:
+        if not dataset.lake_synced:
+            raise NotApplicable(dataset.sync_note or "the lake is empty")
+        self.files = open_limit(dataset)
+        self.duck = duckdb.connect()
+        self.duck.execute("SET TimeZone = 'UTC'")
+        self.lake_end = dataset.lake_end
+
+    def prepare(self, case: Case) -> Timed:
+        if case.end > self.lake_end:
+            raise NotApplicable("span not in the lake (warm-only days)")
+        tier = "raw" if case.resolution == "raw" else TIERS[case.resolution].lake_table
+        paths = [self.files.path(tier, u) for u in case.users]
+        params: dict[str, Any] = {"files": [str(p) for p in paths if p.exists()]}
+        if not params["files"]:
+            raise NotApplicable("no lake rows for these participants")
+        where = _duck_where(case, params)
+        names = "user_id, metric, ts, value"
+        if case.resolution != "raw":
+            names = "user_id, metric, ts, count, sum, min, max, sum / count AS avg"
+        sql = f"SELECT {names} FROM read_parquet($files) WHERE {where}"  # noqa: S608
+        sql += _duck_order_page(case, params)
+        return _duck_timed(self.duck, sql, params)
+
+    def close(self) -> None:
+        self.duck.close()
+
+
 # --- the engine, in process --------------------------------------------------------------
 
 
@@ -209,16 +267,34 @@ class InProcessEngine(Backend):
 
     def __init__(self, dataset: Dataset) -> None:
         self.engine = Engine(dataset.settings(), dataset.url)
+        self.samples: list[StageTimes] = []
 
     def prepare(self, case: Case) -> Timed:
         params = case.params()
         settings = self.engine.settings.query
+        samples: list[StageTimes] = []
+        self.samples = samples
 
         def run() -> int:
             answer = self.engine.run(build_query(params, settings, principal=LOCAL_ADMIN))
-            return sum(batch.num_rows for batch in answer.batches)
+            rows = sum(batch.num_rows for batch in answer.batches)
+            samples.append(answer.times)
+            return rows
 
         return run
+
+    def stages(self) -> dict[str, Any] | None:
+        if not self.samples:
+            return None
+        names = dict.fromkeys(n for t in self.samples for n in t.ms)
+        counts = dict.fromkeys(n for t in self.samples for n in t.counts)
+        return {
+            "runs": len(self.samples),
+            "ms": {n: statistics.median(t.ms.get(n, 0.0) for t in self.samples) for n in names},
+            "counts": {
+                n: statistics.median(t.counts.get(n, 0) for t in self.samples) for n in counts
+            },
+        }
 
     def close(self) -> None:
         self.engine.close()

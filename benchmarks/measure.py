@@ -29,6 +29,7 @@ class Measurement:
     note: str = ""
     times_s: list[float] = field(default_factory=list)
     rows: int | None = None
+    stages: dict[str, Any] | None = None  # the engine's per-stage medians (engine.timings)
 
     @property
     def median_s(self) -> float | None:
@@ -55,6 +56,7 @@ class Measurement:
             "min_s": min(self.times_s) if self.times_s else None,
             "rows": self.rows,
             "rows_per_s": self.rows_per_s,
+            "stages": self.stages,
         }
 
 
@@ -156,6 +158,10 @@ def run_case(
     finally:
         if window is not None:
             window.__exit__(None, None, None)
+    for key in ready:
+        backend = backends[key]
+        if not isinstance(backend, str):
+            results[key].stages = backend.stages()
     rows = {m.rows for m in results.values() if m.status == "ok" and m.rows is not None}
     if len(rows) > 1:
         for m in results.values():

@@ -42,6 +42,7 @@ BACKEND_ORDER = (
     "warm_rollups",
     "lake_raw",
     "lake_rollups",
+    "limit",
     "engine",
     "http_json",
     "http_arrow",
@@ -51,6 +52,7 @@ BACKEND_CLASSES: dict[str, type[bk.Backend]] = {
     "warm_rollups": bk.WarmRollups,
     "lake_raw": bk.LakeRaw,
     "lake_rollups": bk.LakeRollups,
+    "limit": bk.Limit,
     "engine": bk.InProcessEngine,
     "http_json": bk.HttpJson,
     "http_arrow": bk.HttpArrow,
@@ -201,6 +203,8 @@ def run_suite(
             }
             for key in BACKEND_ORDER
         }
+        limit = backends["limit"]
+        results["limit_build"] = limit.files.build if isinstance(limit, bk.Limit) else None
         sampler = server.sampler if server is not None else None
         try:
             task = progress.add_task("queries", total=len(cases) + len(paging), rows=0)

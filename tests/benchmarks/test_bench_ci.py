@@ -75,6 +75,24 @@ def test_every_available_backend_answered_every_case(ci_run: tuple[Path, dict]) 
         assert len(ok_rows) == 1 and ok_rows.pop() > 0, case["id"]
 
 
+def test_limit_backend_answers_every_lake_case(ci_run: tuple[Path, dict]) -> None:
+    """The limit (one compacted file per participant) answers what bare DuckDB answers,
+    with the same rows (checked above), and the report divides the engine by it."""
+    out, results = ci_run
+    if not results["dataset"]["lake_synced"]:
+        pytest.skip("no lake")
+    assert results["backends"]["limit"]["available"], results["backends"]["limit"]["note"]
+    build = results["limit_build"]
+    assert build["raw"]["rows"] > 0 and build["raw"]["users"] >= results["dataset"]["main_users"]
+    for case in results["cases"]:
+        lake = case["results"]["lake_raw"]["status"]
+        assert case["results"]["limit"]["status"] == lake, case["id"]
+    report = (out / "report.md").read_text()
+    assert "engine ÷ limit" in report and "÷ limit" in report
+    target = next(line for line in report.splitlines() if "1.3x the limit" in line)
+    assert re.search(r"\d\.\d\dx", target), target
+
+
 def test_side_workloads_have_numbers(ci_run: tuple[Path, dict]) -> None:
     out, results = ci_run
     ingest = results["ingest_sync"]["ingest"]

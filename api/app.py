@@ -163,8 +163,16 @@ ResolutionParam = Annotated[
     str | None,
     QueryParameter(
         description="auto (default: the finest that keeps each series under max_points), "
-        "raw, 1m, 1h or 1d.",
+        "raw, 1m, 1h, 1d, or the calendar buckets 1w (ISO weeks) and 1mo (months).",
         examples=_examples(*RESOLUTION_CHOICES),
+    ),
+]
+TzParam = Annotated[
+    str | None,
+    QueryParameter(
+        description="UTC (default), local (each participant's zone history) or an IANA "
+        "name: 1d/1w/1mo buckets are that calendar's, and dates for start/end its dates.",
+        examples=_examples("UTC", "local", "Asia/Kolkata"),
     ),
 ]
 MaxPointsParam = Annotated[
@@ -231,6 +239,7 @@ def _query_params(
     cursor: CursorParam = None,
     downsample: DownsampleParam = None,
     width: WidthParam = None,
+    tz: TzParam = None,
     format_: FormatParam = None,
 ) -> dict[str, list[str]]:
     # The declarations above document the parameters; the engine validates the raw strings.
@@ -258,7 +267,7 @@ def _next_url(request: Request[Any, Any, Any], params: dict[str, list[str]], cur
 
 def _meta(answer: Answer, query: DataQuery) -> dict[str, Any]:
     return {
-        "resolution": answer.plan.resolution,
+        "resolution": answer.plan.answer_resolution,
         "requested_resolution": query.requested_resolution,
         "page_number": None if query.after is not None else query.page_number,
         "page_size": query.page_size,

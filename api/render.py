@@ -117,6 +117,8 @@ def json_lines(batch: pa.RecordBatch, separator: str) -> pa.Array:
             pieces += ['"', iso_utc(column), '"']
         elif pa.types.is_string(column.type):
             pieces.append(_json_string(column))
+        elif pa.types.is_date(column.type):  # local_date of calendar rows
+            pieces += ['"', pc.fill_null(column.cast(pa.string()), ""), '"']
         else:
             pieces.append(_json_number(column))
     pieces.append("}" + separator)

@@ -49,10 +49,18 @@ class Plan:
     query: DataQuery
     segments: tuple[Segment, ...]
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # A calendar answer (local days, weeks, months): `query` is then the finer query whose
+    # rows are bucketed, and this describes the request and its buckets.
+    calendar: dict[str, Any] | None = None
 
     @property
     def resolution(self) -> Resolution:
         return self.query.resolution
+
+    @property
+    def answer_resolution(self) -> str:
+        """What the answer's rows are: the tier's resolution, or the calendar bucket."""
+        return str(self.calendar["bucket"]) if self.calendar else self.resolution
 
     @property
     def needs_warm(self) -> bool:
@@ -64,10 +72,15 @@ class Plan:
         return list(dict.fromkeys(s.backend for s in self.segments))
 
     def describe(self) -> dict[str, Any]:
-        return {
+        described = {
             "query": describe(self.query),
             "resolution": self.resolution,
             "sources": self.sources,
             "segments": [s.describe() for s in self.segments],
             "notes": list(self.notes),
         }
+        if self.calendar is not None:
+            described["query"] = self.calendar["query"]
+            described["resolution"] = self.calendar["bucket"]
+            described["calendar"] = {k: v for k, v in self.calendar.items() if k != "query"}
+        return described

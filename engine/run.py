@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from typing import Any
 
@@ -31,15 +31,18 @@ from engine.catalog import Catalog, CatalogSource
 from engine.errors import LakeDamaged, Unauthenticated, WarmStoreUnavailable
 from engine.integrity import FileChecker
 from engine.lakeexec import BATCH_ROWS, DEFAULT_TUNING, ScanTuning, connect_duckdb, stream_lake
+from engine.localquery import CalendarWork, page, prepare
 from engine.m4 import M4
 from engine.merge import merge_sorted, take
 from engine.overview import Health, Overview, coverage, damaged_days, last_runs, ping
 from engine.plan import Plan, Segment
-from engine.query import DataQuery, Key
+from engine.query import LOCAL, DataQuery, Key
+from engine.rebucket import aggregate
 from engine.settings import Settings
-from engine.shapes import row_bytes, schema_for
+from engine.shapes import CALENDAR, row_bytes, schema_for
 from engine.tiers import LAKE_TABLES
 from engine.warm import CHUNK_ROWS, WarmPool, stream_warm
+from engine.zones import History, read_histories
 from lake import Lake
 
 log = logging.getLogger(__name__)
@@ -166,6 +169,11 @@ class Engine:
             return self.catalogs.load(None, query.users, first, last)
 
     def plan(self, query: DataQuery, catalog: Catalog | None = None) -> Plan:
+        if query.calendar is not None:
+            work = self._calendar_work(query)
+            if work.inner is None:
+                return Plan(query, (), calendar=work.describe())
+            return replace(self.plan(work.inner), calendar=work.describe())
         started = time.perf_counter()
         result = planner.plan(query, catalog or self.catalog(query))
         log.debug(
@@ -190,6 +198,8 @@ class Engine:
         return self.plan(query, catalog), catalog
 
     def run(self, query: DataQuery) -> Answer:
+        if query.calendar is not None:
+            return self._run_calendar(query)
         plan, catalog = self.checked_plan(query)
         if plan.needs_warm and not catalog.warm_available:
             raise WarmStoreUnavailable(
@@ -217,6 +227,54 @@ class Engine:
         # The reservation covers the page until the caller has rendered (consumed) it.
         answer.batches = self._released(answer.batches, reservation)
         return answer
+
+    # -- calendar answers (local days, weeks, months) ----------------------------------------
+
+    def zone_histories(self, users: Sequence[int] | None) -> dict[int, History]:
+        """Participants' zone histories (None: all); the warm store must answer."""
+        try:
+            with self._connection() as conn:
+                if conn is not None:
+                    return read_histories(conn, users)
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            log.warning("zone histories unreadable: %s", exc)
+        raise WarmStoreUnavailable(
+            "the warm store is unreachable: participants' time zones (tz=local) cannot be read"
+        )
+
+    def _calendar_work(self, query: DataQuery) -> CalendarWork:
+        query.principal.require(query.users, query.metrics)  # before any I/O for it
+        histories = self.zone_histories(query.users) if query.tz == LOCAL else {}
+        return prepare(query, histories, self.settings.query.default_tz)
+
+    def _run_calendar(self, query: DataQuery) -> Answer:
+        """The whole calendar answer is small (a row per bucket and series): it is summed
+        from the finer rows, then paged."""
+        work = self._calendar_work(query)
+        if work.inner is None:
+            plan, table = Plan(query, (), calendar=work.describe()), CALENDAR.empty_table()
+        else:
+            plan, catalog = self.checked_plan(work.inner)
+            if plan.needs_warm and not catalog.warm_available:
+                raise WarmStoreUnavailable(
+                    "the warm store is unreachable and this span needs it; spans already in "
+                    "the lake are still served"
+                )
+            plan = replace(plan, calendar=work.describe())
+            reservation = self.budget.reserve(self._estimate(plan))
+            try:
+                table = aggregate(self._stream(plan, None, 0, None), work.table)
+            finally:
+                self.budget.release(reservation)
+        rows, has_more, next_cursor = page(query, table)
+        return Answer(
+            plan=plan,
+            schema=CALENDAR,
+            batches=iter(rows.to_batches()),
+            has_more=has_more,
+            next_cursor=next_cursor,
+            rows=None if query.page_size == 0 else rows.num_rows,
+        )
 
     # -- lake integrity ----------------------------------------------------------------------
 

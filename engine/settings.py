@@ -17,7 +17,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from engine.errors import ConfigurationError
+from engine.errors import ConfigurationError, InvalidParameter
+from engine.zones import zone_name
 
 GiB = 1024**3
 DEFAULT_MEMORY_BUDGET = 128 * GiB
@@ -57,6 +58,7 @@ class QuerySettings:
     default_page_size: int
     max_page_size: int
     max_users: int
+    default_tz: str = "UTC"  # the zone of participants without a zone history
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,14 @@ def host_list(value: str, name: str) -> tuple[str, ...]:
     if not hosts:
         raise ConfigurationError(f"{name}={value!r}: give host names, comma-separated")
     return hosts
+
+
+def time_zone(value: str, name: str) -> str:
+    """A canonical IANA name."""
+    try:
+        return zone_name(name, value)
+    except InvalidParameter as exc:
+        raise ConfigurationError(str(exc), parameter=name) from None
 
 
 def path(value: str, name: str) -> Path:
@@ -330,6 +340,14 @@ SETTINGS: tuple[Setting, ...] = (
         parse=integer(minimum=1),
         meaning="largest accepted `page_size`",
         field="query.max_page_size",
+    ),
+    Setting(
+        name="STRATUM_DEFAULT_TZ",
+        default="UTC",
+        parse=time_zone,
+        meaning="IANA time zone of participants without a zone history (`stratum tz set`), "
+        "for `tz=local` answers",
+        field="query.default_tz",
     ),
     Setting(
         name="STRATUM_MAX_USERS",

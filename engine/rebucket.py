@@ -1,0 +1,163 @@
+"""Calendar answers from finer rows: each row falls in the one bucket holding its instant.
+
+The rows come from the ordinary pipeline (planner, both executors, the lake/warm seam) at
+the coarsest tier whose buckets nest inside every calendar bucket of the request, so each
+row lies wholly in one calendar bucket and the sums, counts, minima and maxima are exact.
+Rows arrive in (user_id, metric, ts) order and a participant's buckets are disjoint and
+sorted, so each (user, metric, bucket) is one run of rows: reduced with numpy per batch,
+then the runs cut by batch ends are joined. Memory: one batch, plus the (small) answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine.calendar import Bucket
+from engine.query import to_us
+from engine.shapes import CALENDAR
+from engine.tiers import RESOLUTIONS, TIERS, Resolution
+
+
+def exact_tier(boundaries: Iterable[datetime]) -> Resolution:
+    """The coarsest tier whose buckets (aligned to the epoch) never straddle a boundary:
+    1h for whole-hour offsets, 1m for :30 and :45 ones, raw for the odd historic offset."""
+    instants = [to_us(b) for b in boundaries]
+    for resolution in reversed(RESOLUTIONS):
+        size = TIERS[resolution].bucket_s * 1_000_000
+        if size and all(us % size == 0 for us in instants):
+            return resolution
+    return "raw"
+
+
+class BucketTable:
+    """The request's buckets as arrays: per user, sorted starts and ends."""
+
+    def __init__(self, per_user: Mapping[int, Sequence[Bucket]]) -> None:
+        self.users = sorted(per_user)
+        flat = [(u, b) for u in self.users for b in per_user[u]]
+        self.ranges: dict[int, tuple[int, int]] = {}  # user -> [first, last) bucket index
+        position = 0
+        for user_id in self.users:
+            self.ranges[user_id] = (position, position + len(per_user[user_id]))
+            position += len(per_user[user_id])
+        self.starts = np.array([to_us(b.start) for _, b in flat], dtype=np.int64)
+        self.ends = np.array([to_us(b.end) for _, b in flat], dtype=np.int64)
+        self.attributes = pa.table(
+            {
+                "user_id": pa.array([u for u, _ in flat], pa.int32()),
+                "ts": pa.array([b.start for _, b in flat], CALENDAR.field("ts").type),
+                "local_date": pa.array([b.local_date for _, b in flat], pa.date32()),
+                "tz": pa.array([b.tz for _, b in flat], pa.string()),
+                "day_minutes": pa.array([b.minutes for _, b in flat], pa.int64()),
+                "split": pa.array([b.split for _, b in flat], pa.bool_()),
+            }
+        )
+        self.count = len(flat)
+
+    def locate(self, users: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """The bucket index of each (user, ts), -1 where no selected bucket holds it."""
+        index = np.full(len(ts), -1, dtype=np.int64)
+        if not len(ts):
+            return index
+        # Rows are sorted by user: each user is one contiguous run.
+        cuts = np.flatnonzero(np.diff(users)) + 1
+        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(ts)], strict=True):
+            if int(users[lo]) not in self.ranges:
+                continue
+            first, last = self.ranges[int(users[lo])]
+            if first == last:
+                continue
+            starts, ends = self.starts[first:last], self.ends[first:last]
+            at = np.searchsorted(starts, ts[lo:hi], side="right") - 1
+            inside = (at >= 0) & (ts[lo:hi] < ends[np.maximum(at, 0)])
+            index[lo:hi] = np.where(inside, at + first, -1)
+        return index
+
+
+def _rollup_columns(batch: pa.RecordBatch) -> tuple[np.ndarray, ...]:
+    """(count, sum, min, max) per row; a raw row is a bucket of one."""
+    names = batch.schema.names
+    if "value" in names:
+        value = batch.column(names.index("value")).to_numpy(zero_copy_only=False)
+        return np.ones(len(value), dtype=np.int64), value, value, value
+    return tuple(
+        batch.column(names.index(name)).to_numpy(zero_copy_only=False)
+        for name in ("count", "sum", "min", "max")
+    )
+
+
+def _runs(batch: pa.RecordBatch, table: BucketTable) -> pa.Table:
+    """One row per run of (bucket, metric) in this batch: partial aggregates."""
+    users = batch.column(0).to_numpy(zero_copy_only=False)
+    ts = batch.column(2).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    index = table.locate(users, ts)
+    keep = index >= 0
+    if not keep.all():
+        batch = batch.filter(pa.array(keep))
+        index = index[keep]
+    if batch.num_rows == 0:
+        return _empty_runs()
+    metric = batch.column(1)
+    count, total, low, high = _rollup_columns(batch)
+    new_metric = np.r_[True, ~pc.equal(metric[1:], metric[:-1]).to_numpy(zero_copy_only=False)]
+    starts = np.flatnonzero(new_metric | np.r_[True, np.diff(index) != 0])
+    return pa.table(
+        {
+            "bucket": pa.array(index[starts]),
+            "metric": pc.take(metric, pa.array(starts)),
+            "count": np.add.reduceat(count.astype(np.int64), starts),
+            "sum": np.add.reduceat(total.astype(np.float64), starts),
+            "min": np.minimum.reduceat(low.astype(np.float64), starts),
+            "max": np.maximum.reduceat(high.astype(np.float64), starts),
+        }
+    )
+
+
+def _empty_runs() -> pa.Table:
+    return pa.table(
+        {
+            "bucket": pa.array([], pa.int64()),
+            "metric": pa.array([], pa.string()),
+            "count": pa.array([], pa.int64()),
+            "sum": pa.array([], pa.float64()),
+            "min": pa.array([], pa.float64()),
+            "max": pa.array([], pa.float64()),
+        }
+    )
+
+
+def aggregate(batches: Iterator[pa.RecordBatch], table: BucketTable) -> pa.Table:
+    """The calendar answer (CALENDAR rows in answer order) from rows in answer order."""
+    parts = [_runs(batch, table) for batch in batches if batch.num_rows]
+    runs = pa.concat_tables([_empty_runs(), *parts]).combine_chunks()
+    if runs.num_rows == 0:
+        return CALENDAR.empty_table()
+    # Runs cut by a batch end continue in the next batch: join equal neighbours.
+    bucket = runs.column("bucket").to_numpy()
+    metric = runs.column("metric")
+    same = np.r_[False, (np.diff(bucket) == 0)]
+    same[1:] &= pc.equal(metric[1:], metric[:-1]).to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(~same)
+    count = np.add.reduceat(runs.column("count").to_numpy(), starts)
+    total = np.add.reduceat(runs.column("sum").to_numpy(), starts)
+    attributes = table.attributes.take(pa.array(bucket[starts]))
+    columns = {
+        "user_id": attributes.column("user_id"),
+        "metric": pc.take(metric, pa.array(starts)),
+        "ts": attributes.column("ts"),
+        "count": count,
+        "sum": total,
+        "min": np.minimum.reduceat(runs.column("min").to_numpy(), starts),
+        "max": np.maximum.reduceat(runs.column("max").to_numpy(), starts),
+        "avg": total / count,
+        "local_date": attributes.column("local_date"),
+        "tz": attributes.column("tz"),
+        "day_minutes": attributes.column("day_minutes"),
+        "split": attributes.column("split"),
+    }
+    return pa.table(columns, schema=CALENDAR)

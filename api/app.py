@@ -38,12 +38,14 @@ from api.auth import AUTHENTICATION, KEY_LIMIT, KeySlots, admin_only, principal_
 from api.errors import EXCEPTION_HANDLERS, retry_after
 from api.head import answer_head
 from api.telemetry import Telemetry
+from engine.access import Principal
 from engine.audit import AuditEntry
 from engine.errors import InvalidParameter, WarmStoreUnavailable
 from engine.query import RESOLUTION_CHOICES, DataQuery, build_query, reject_unknown
 from engine.registry import METRICS, metric_names
 from engine.run import Answer, Engine
 from engine.settings import Settings, require_auth_or_loopback, served_hosts
+from engine.zones import describe_histories
 from sync.access import prune_audit
 
 log = logging.getLogger(__name__)
@@ -425,9 +427,11 @@ def plan(
 def catalog(request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
     reject_unknown(request.query_params, ())
     principal = principal_of(request)
-    summary = _service(state).engine.overview(principal)
+    service = _service(state)
+    summary = service.engine.overview(principal)
     coverage, runs = summary.coverage, summary.last_runs
     return {
+        "time_zones": _time_zones(service, principal),
         "metrics": [
             {
                 "name": m.name,
@@ -446,6 +450,19 @@ def catalog(request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
         "last_runs": runs,
         "warm_store": summary.warm_store,
     }
+
+
+def _time_zones(service: Service, principal: Principal) -> dict[str, Any]:
+    """The default zone and the zone histories of the participants the key sees (None while
+    the warm store is unreachable)."""
+    try:
+        histories = service.engine.zone_histories(None)
+    except WarmStoreUnavailable:
+        participants = None
+    else:
+        seen = {u: h for u, h in histories.items() if principal.sees_user(u)}
+        participants = describe_histories(seen)
+    return {"default": service.settings.query.default_tz, "participants": participants}
 
 
 # -- /health, /ready, /metrics -----------------------------------------------------------

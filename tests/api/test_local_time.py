@@ -274,3 +274,19 @@ def test_cli_sets_and_loads_zones(
     with psycopg.connect(warm_url) as conn:
         stored = conn.execute("SELECT count(*) FROM tz_history").fetchone()
     assert stored == (2,)  # a refused file writes nothing
+
+
+def test_the_audit_row_names_the_bucket_and_zone(client: TestClient, zones_url: str) -> None:
+    rows(
+        client,
+        user_id=str(KOLKATA),
+        start="2024-03-15",
+        end="2024-03-16",
+        resolution="1w",
+        tz="local",
+    )
+    with psycopg.connect(zones_url) as conn:
+        logged = conn.execute(
+            "SELECT resolution FROM access_audit WHERE path = '/data' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    assert logged == ("1w tz=local",)

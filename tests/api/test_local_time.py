@@ -290,3 +290,20 @@ def test_the_audit_row_names_the_bucket_and_zone(client: TestClient, zones_url: 
             "SELECT resolution FROM access_audit WHERE path = '/data' ORDER BY id DESC LIMIT 1"
         ).fetchone()
     assert logged == ("1w tz=local",)
+
+
+def test_stratum_query_takes_tz(
+    zones_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("STRATUM_DATABASE_URL", zones_url)
+    monkeypatch.setenv("STRATUM_HOME", str(tmp_path / "home"))
+    span = ["--user", str(KOLKATA), "--metric", "steps", "--start", "2024-03-15"]
+    argv = ["query", *span, "--end", "2024-03-16", "--resolution", "1d", "--format", "csv"]
+    assert main([*argv, "--tz", "local"]) == 0
+    out = capfd.readouterr().out.splitlines()
+    assert out[1].endswith('2024-03-15,"Asia/Kolkata",1440,false')
+    assert main([*argv, "--tz", "Mars/Base"]) != 0
+    assert "tz='Mars/Base' is not an IANA time zone" in capfd.readouterr().err

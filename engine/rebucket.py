@@ -10,6 +10,7 @@ then the runs cut by batch ends are joined. Memory: one batch, plus the (small) 
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 
@@ -59,24 +60,10 @@ class BucketTable:
         )
         self.count = len(flat)
 
-    def locate(self, users: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        """The bucket index of each (user, ts), -1 where no selected bucket holds it."""
-        index = np.full(len(ts), -1, dtype=np.int64)
-        if not len(ts):
-            return index
-        # Rows are sorted by user: each user is one contiguous run.
-        cuts = np.flatnonzero(np.diff(users)) + 1
-        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(ts)], strict=True):
-            if int(users[lo]) not in self.ranges:
-                continue
-            first, last = self.ranges[int(users[lo])]
-            if first == last:
-                continue
-            starts, ends = self.starts[first:last], self.ends[first:last]
-            at = np.searchsorted(starts, ts[lo:hi], side="right") - 1
-            inside = (at >= 0) & (ts[lo:hi] < ends[np.maximum(at, 0)])
-            index[lo:hi] = np.where(inside, at + first, -1)
-        return index
+    def of(self, user_id: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """(index of the user's first bucket, their starts, their ends) in µs."""
+        first, last = self.ranges.get(user_id, (0, 0))
+        return first, self.starts[first:last], self.ends[first:last]
 
 
 def _rollup_columns(batch: pa.RecordBatch) -> tuple[np.ndarray, ...]:
@@ -91,29 +78,60 @@ def _rollup_columns(batch: pa.RecordBatch) -> tuple[np.ndarray, ...]:
     )
 
 
+def _series(batch: pa.RecordBatch, users: np.ndarray) -> Iterator[tuple[int, int]]:
+    """[lo, hi) of each (user, metric) run of the batch. Metrics are sorted within a user,
+    so their boundaries are found by bisection, not by comparing every row's name."""
+    metric = batch.column(1)
+    cuts = np.flatnonzero(users[1:] != users[:-1]) + 1
+    for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(users)].tolist(), strict=True):
+        while lo < hi:
+            name = metric[lo].as_py()
+            end = bisect.bisect_right(range(lo, hi), name, key=lambda i: metric[i].as_py())
+            yield lo, lo + end
+            lo += end
+
+
 def _runs(batch: pa.RecordBatch, table: BucketTable) -> pa.Table:
-    """One row per run of (bucket, metric) in this batch: partial aggregates."""
+    """One row per (bucket, metric) with rows in this batch: partial aggregates. A series'
+    ts are sorted, so each bucket's rows are found by bisecting its bounds, and summed with
+    reduceat: no per-row lookup."""
     users = batch.column(0).to_numpy(zero_copy_only=False)
     ts = batch.column(2).cast(pa.int64()).to_numpy(zero_copy_only=False)
-    index = table.locate(users, ts)
-    keep = index >= 0
-    if not keep.all():
-        batch = batch.filter(pa.array(keep))
-        index = index[keep]
-    if batch.num_rows == 0:
-        return _empty_runs()
-    metric = batch.column(1)
     count, total, low, high = _rollup_columns(batch)
-    new_metric = np.r_[True, ~pc.equal(metric[1:], metric[:-1]).to_numpy(zero_copy_only=False)]
-    starts = np.flatnonzero(new_metric | np.r_[True, np.diff(index) != 0])
+    buckets, metrics, cut_starts, cut_ends = [], [], [], []
+    for lo, hi in _series(batch, users):
+        first, starts, ends = table.of(int(users[lo]))
+        begin = np.searchsorted(ts[lo:hi], starts, side="left") + lo
+        finish = np.searchsorted(ts[lo:hi], ends, side="left") + lo
+        filled = np.flatnonzero(finish > begin)
+        if not len(filled):
+            continue
+        buckets.append(filled + first)
+        metrics.append(np.full(len(filled), lo))
+        cut_starts.append(begin[filled])
+        cut_ends.append(finish[filled])
+    if not buckets:
+        return _empty_runs()
+    begin, finish = np.concatenate(cut_starts), np.concatenate(cut_ends)
+    # reduceat over [begin0, finish0, begin1, finish1, ...]: the even results are the
+    # buckets, the odd ones the gaps between them (dropped).
+    bounds = np.empty(2 * len(begin), dtype=np.int64)
+    bounds[0::2], bounds[1::2] = begin, finish
+    tail = bounds[-1] == len(ts)
+    if tail:
+        bounds = bounds[:-1]  # the last bucket runs to the batch's end
+
+    def reduce(ufunc: np.ufunc, values: np.ndarray, kind: type) -> np.ndarray:
+        return ufunc.reduceat(np.asarray(values, dtype=kind), bounds)[0::2]
+
     return pa.table(
         {
-            "bucket": pa.array(index[starts]),
-            "metric": pc.take(metric, pa.array(starts)),
-            "count": np.add.reduceat(count.astype(np.int64), starts),
-            "sum": np.add.reduceat(total.astype(np.float64), starts),
-            "min": np.minimum.reduceat(low.astype(np.float64), starts),
-            "max": np.maximum.reduceat(high.astype(np.float64), starts),
+            "bucket": pa.array(np.concatenate(buckets)),
+            "metric": pc.take(batch.column(1), pa.array(np.concatenate(metrics))),
+            "count": reduce(np.add, count, np.int64),
+            "sum": reduce(np.add, total, np.float64),
+            "min": reduce(np.minimum, low, np.float64),
+            "max": reduce(np.maximum, high, np.float64),
         }
     )
 

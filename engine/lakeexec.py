@@ -184,3 +184,59 @@ def stream_lake(
                         remaining -= batch.num_rows
                         if remaining <= 0:
                             return
+
+
+def bucket_partials(
+    duck: duckdb.DuckDBPyConnection,
+    segment: Segment,
+    metrics: tuple[str, ...],
+    intervals: pa.Table,
+) -> pa.Table:
+    """Partial calendar aggregates of a lake segment, summed inside DuckDB: each row joins
+    the bucket holding its ts (ASOF JOIN on the bucket starts, then below the bucket's end),
+    so no row leaves DuckDB. `intervals`: bucket, user_id, bucket_start, bucket_end."""
+    if not segment.files:
+        return _EMPTY_PARTIALS
+    scan, file_params = scan_sql(LakeFiles(segment.source, segment.lake_version, segment.files))
+    params: dict[str, object] = dict(file_params)
+    params.update({f"u{i}": u for i, u in enumerate(segment.users)})
+    params.update({f"m{i}": m for i, m in enumerate(metrics)})
+    params.update({"start": segment.start, "end": segment.end})
+    user_list = ", ".join(f"$u{i}" for i in range(len(segment.users)))
+    metric_list = ", ".join(f"$m{i}" for i in range(len(metrics)))
+    where = (
+        f"lake.user_id IN ({user_list}) AND lake.metric IN ({metric_list}) "
+        "AND lake.ts >= $start AND lake.ts < $end AND lake.ts < b.bucket_end"
+    )
+    if segment.resolution == "raw":
+        sums = "count(*), sum(lake.value), min(lake.value), max(lake.value)"
+    else:
+        sums = "sum(lake.count), sum(lake.sum), min(lake.min), max(lake.max)"
+    sql = (
+        f"SELECT b.bucket, lake.metric, {sums} FROM {scan} AS lake "  # noqa: S608
+        "ASOF JOIN calendar_buckets AS b "
+        "ON lake.user_id = b.user_id AND lake.ts >= b.bucket_start "
+        f"WHERE {where} GROUP BY b.bucket, lake.metric"
+    )
+    cursor = duck.cursor()
+    try:
+        cursor.register("calendar_buckets", intervals)
+        found = cursor.sql(sql, params=params).arrow()
+    finally:
+        cursor.close()
+    if isinstance(found, pa.RecordBatchReader):
+        found = found.read_all()
+    columns = [found.column(i).cast(f.type) for i, f in enumerate(_EMPTY_PARTIALS.schema)]
+    return pa.Table.from_arrays(columns, schema=_EMPTY_PARTIALS.schema)
+
+
+_EMPTY_PARTIALS = pa.schema(
+    [
+        ("bucket", pa.int64()),
+        ("metric", pa.string()),
+        ("count", pa.int64()),
+        ("sum", pa.float64()),
+        ("min", pa.float64()),
+        ("max", pa.float64()),
+    ]
+).empty_table()

@@ -59,6 +59,15 @@ class BucketTable:
             }
         )
         self.count = len(flat)
+        # For SQL joins (DuckDB's ASOF JOIN): the bucket index and its UTC interval.
+        self.intervals = pa.table(
+            {
+                "bucket": pa.array(np.arange(self.count, dtype=np.int64)),
+                "user_id": self.attributes.column("user_id"),
+                "bucket_start": self.attributes.column("ts"),
+                "bucket_end": pa.array(self.ends, pa.int64()).cast(CALENDAR.field("ts").type),
+            }
+        )
 
     def of(self, user_id: int) -> tuple[int, np.ndarray, np.ndarray]:
         """(index of the user's first bucket, their starts, their ends) in µs."""
@@ -149,13 +158,32 @@ def _empty_runs() -> pa.Table:
     )
 
 
+def partials(batches: Iterator[pa.RecordBatch], table: BucketTable) -> pa.Table:
+    """Partial aggregates per (bucket, metric) of rows in (user_id, metric, ts) order."""
+    parts = [_runs(batch, table) for batch in batches if batch.num_rows]
+    return pa.concat_tables([_empty_runs(), *parts])
+
+
 def aggregate(batches: Iterator[pa.RecordBatch], table: BucketTable) -> pa.Table:
     """The calendar answer (CALENDAR rows in answer order) from rows in answer order."""
-    parts = [_runs(batch, table) for batch in batches if batch.num_rows]
+    return combine([partials(batches, table)], table)
+
+
+def combine(parts: Sequence[pa.Table], table: BucketTable) -> pa.Table:
+    """The calendar answer from partial aggregates (of any sources, in any order): a bucket
+    read partly from the lake and partly from the warm store is summed from both."""
     runs = pa.concat_tables([_empty_runs(), *parts]).combine_chunks()
     if runs.num_rows == 0:
         return CALENDAR.empty_table()
-    # Runs cut by a batch end continue in the next batch: join equal neighbours.
+    # Answer order: (user, metric, ts); a bucket's index orders (user, ts).
+    owner = table.attributes.column("user_id").take(runs.column("bucket"))
+    runs = (
+        runs.append_column("owner", owner)
+        .sort_by([("owner", "ascending"), ("metric", "ascending"), ("bucket", "ascending")])
+        .drop_columns(["owner"])
+        .combine_chunks()
+    )
+    # Runs cut by a batch end (or a segment's) continue in the next: join equal neighbours.
     bucket = runs.column("bucket").to_numpy()
     metric = runs.column("metric")
     same = np.r_[False, (np.diff(bucket) == 0)]

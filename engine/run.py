@@ -30,14 +30,21 @@ from engine.budget import QUERY_OVERHEAD_BYTES, MemoryBudget, resident_bytes, sp
 from engine.catalog import Catalog, CatalogSource
 from engine.errors import LakeDamaged, Unauthenticated, WarmStoreUnavailable
 from engine.integrity import FileChecker
-from engine.lakeexec import BATCH_ROWS, DEFAULT_TUNING, ScanTuning, connect_duckdb, stream_lake
+from engine.lakeexec import (
+    BATCH_ROWS,
+    DEFAULT_TUNING,
+    ScanTuning,
+    bucket_partials,
+    connect_duckdb,
+    stream_lake,
+)
 from engine.localquery import CalendarWork, page, prepare
 from engine.m4 import M4
 from engine.merge import merge_sorted, take
 from engine.overview import Health, Overview, coverage, damaged_days, last_runs, ping
 from engine.plan import Plan, Segment
 from engine.query import LOCAL, DataQuery, Key
-from engine.rebucket import aggregate
+from engine.rebucket import combine, partials
 from engine.settings import Settings
 from engine.shapes import CALENDAR, row_bytes, schema_for
 from engine.tiers import LAKE_TABLES
@@ -263,7 +270,7 @@ class Engine:
             plan = replace(plan, calendar=work.describe())
             reservation = self.budget.reserve(self._estimate(plan))
             try:
-                table = aggregate(self._stream(plan, None, 0, None), work.table)
+                table = combine([self._partials(s, work) for s in plan.segments], work.table)
             finally:
                 self.budget.release(reservation)
         rows, has_more, next_cursor = page(query, table)
@@ -275,6 +282,18 @@ class Engine:
             next_cursor=next_cursor,
             rows=None if query.page_size == 0 else rows.num_rows,
         )
+
+    def _partials(self, segment: Segment, work: CalendarWork) -> pa.Table:
+        """A segment's partial bucket sums: lake rows are summed inside DuckDB (no row
+        leaves it), warm rows as they stream in."""
+        assert work.inner is not None
+        metrics = work.inner.metrics
+        if segment.backend == "warm":
+            return partials(self._segment_stream(segment, metrics, None, None), work.table)
+        try:
+            return bucket_partials(self.duck, segment, metrics, work.table.intervals)
+        except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+            raise self._unreadable(segment, exc) from None
 
     # -- lake integrity ----------------------------------------------------------------------
 
@@ -480,14 +499,17 @@ class Engine:
         try:
             yield from stream_lake(self.duck, segment, metrics, after, limit, self.scan_tuning, m4)
         except (duckdb.IOException, duckdb.InvalidInputException) as exc:
-            log.error("lake read failed for %s: %s", segment.source, exc)
-            for lake_file in segment.files:
-                self.files.verified.forget(lake_file.path)
-            last = (segment.end - timedelta(microseconds=1)).date()
-            days = [(user_id, segment.start.date(), last) for user_id in segment.users]
-            raise LakeDamaged(
-                segment.source, days, "could not be read; it is checked again on the next request"
-            ) from None
+            raise self._unreadable(segment, exc) from None
+
+    def _unreadable(self, segment: Segment, exc: Exception) -> LakeDamaged:
+        log.error("lake read failed for %s: %s", segment.source, exc)
+        for lake_file in segment.files:
+            self.files.verified.forget(lake_file.path)
+        last = (segment.end - timedelta(microseconds=1)).date()
+        days = [(user_id, segment.start.date(), last) for user_id in segment.users]
+        return LakeDamaged(
+            segment.source, days, "could not be read; it is checked again on the next request"
+        )
 
     def _stream(
         self, plan: Plan, after: Key | None, skip: int, limit: int | None

@@ -174,6 +174,13 @@ def test_plan_names_the_exact_tier(client: TestClient) -> None:
     plan = kolkata.json()
     assert plan["resolution"] == "1d" and plan["calendar"]["tier"] == "1m"
     assert plan["calendar"]["zones"] == ["Asia/Kolkata"] and plan["query"]["tz"] == "local"
+    # Kolkata's 03-14 and 03-15 span UTC 03-13 18:30 .. 03-15 18:30: three UTC days are read.
+    (segment,) = plan["segments"]
+    assert (segment["start"], segment["end"], segment["source"]) == (
+        "2024-03-13T18:30:00+00:00",
+        "2024-03-15T18:30:00+00:00",
+        "data_1m",
+    )
     new_york = client.get("/plan", params={**common, "user_id": str(NEW_YORK), "resolution": "1d"})
     assert new_york.json()["calendar"]["tier"] == "1h"  # whole-hour offsets
 

@@ -171,3 +171,16 @@ def test_tz_and_its_errors_in_query_parameters() -> None:
     with pytest.raises(InvalidParameter) as caught:
         query(tz="local", resolution="raw")
     assert caught.value.parameter == "start"
+
+
+def test_auto_still_chooses_by_points_per_series() -> None:
+    def query(**params: str):  # type: ignore[no-untyped-def]
+        base = {"user_id": "1", "metric": "steps", "tz": "Asia/Kolkata"}
+        merged = {k: [v] for k, v in {**base, **params}.items()}
+        return build_query(merged, SETTINGS, principal=LOCAL_ADMIN)
+
+    year = query(start="2024-01-01", end="2025-01-01")
+    assert (year.resolution, year.calendar, year.requested_resolution) == ("1d", "1d", "auto")
+    day = query(start="2024-03-15", end="2024-03-16")
+    assert (day.resolution, day.calendar) == ("raw", None)  # sub-day answers: UTC instants
+    assert day.start == datetime(2024, 3, 14, 18, 30, tzinfo=UTC)  # from Kolkata's midnight

@@ -33,7 +33,7 @@ from sync.schema import init_schema
 from sync.zones import DAWN, ZoneChange, record
 
 USERS, DAYS, START = 10, 366, date(2024, 1, 1)
-REPEATS = 15
+REPEATS = 7
 CASES = {
     "UTC daily": {"resolution": "1d"},
     "America/New_York daily": {"resolution": "1d", "tz": "America/New_York"},

@@ -21,7 +21,7 @@ from engine.calendar import Bucket, buckets
 from engine.query import LOCAL, DataQuery, Key, describe, from_us
 from engine.rebucket import BucketTable, exact_tier
 from engine.tiers import Resolution
-from engine.zones import History, periods
+from engine.zones import History, Period, periods
 
 # Zone periods are resolved this much beyond the span, so no bucket that can be selected
 # (a month at most) is cut by the resolution window rather than by a zone change.
@@ -52,20 +52,25 @@ def prepare(query: DataQuery, histories: Mapping[int, History], default_tz: str)
     assert query.calendar is not None
     window = (query.start - MARGIN, query.end + MARGIN)
     per_user: dict[int, list[Bucket]] = {}
+    # Participants with the same zones share one list (and its conversion to arrays).
+    shared: dict[tuple[Period, ...], list[Bucket]] = {}
     for user_id in query.users:
         history, fallback = (histories.get(user_id, ()), default_tz)
         if query.tz != LOCAL:
             history, fallback = (), query.tz
-        per_user[user_id] = buckets(
-            periods(history, fallback, *window),
-            query.calendar,
-            since=query.start,
-            until=query.end,
-            first_date=query.local_start,
-            end_date=query.local_end,
-        )
+        zone_periods = tuple(periods(history, fallback, *window))
+        if zone_periods not in shared:
+            shared[zone_periods] = buckets(
+                list(zone_periods),
+                query.calendar,
+                since=query.start,
+                until=query.end,
+                first_date=query.local_start,
+                end_date=query.local_end,
+            )
+        per_user[user_id] = shared[zone_periods]
     table = BucketTable(per_user)
-    selected = [b for user_buckets in per_user.values() for b in user_buckets]
+    selected = [b for listed in shared.values() for b in listed]  # each list once
     zones = tuple(sorted({b.tz for b in selected}))
     if not selected:
         return CalendarWork(query, None, table, "1d", zones)

@@ -35,38 +35,47 @@ def exact_tier(boundaries: Iterable[datetime]) -> Resolution:
     return "raw"
 
 
+def _columns(listed: Sequence[Bucket]) -> pa.Table:
+    """One participant's buckets as columns (ts: the bucket's start; end in µs)."""
+    starts = np.array([to_us(b.start) for b in listed], dtype=np.int64)
+    return pa.table(
+        {
+            "ts": pa.array(starts).cast(CALENDAR.field("ts").type),
+            "end_us": pa.array([to_us(b.end) for b in listed], pa.int64()),
+            "local_date": pa.array([b.local_date for b in listed], pa.date32()),
+            "tz": pa.array([b.tz for b in listed], pa.string()),
+            "day_minutes": pa.array([b.minutes for b in listed], pa.int64()),
+            "split": pa.array([b.split for b in listed], pa.bool_()),
+        }
+    )
+
+
 class BucketTable:
-    """The request's buckets as arrays: per user, sorted starts and ends."""
+    """The request's buckets as arrays: per user, sorted starts and ends. Participants
+    handed the same list (one zone for a whole cohort) share its conversion."""
 
     def __init__(self, per_user: Mapping[int, Sequence[Bucket]]) -> None:
         self.users = sorted(per_user)
-        flat = [(u, b) for u in self.users for b in per_user[u]]
+        converted: dict[int, pa.Table] = {}
+        parts = []
         self.ranges: dict[int, tuple[int, int]] = {}  # user -> [first, last) bucket index
         position = 0
         for user_id in self.users:
-            self.ranges[user_id] = (position, position + len(per_user[user_id]))
-            position += len(per_user[user_id])
-        self.starts = np.array([to_us(b.start) for _, b in flat], dtype=np.int64)
-        self.ends = np.array([to_us(b.end) for _, b in flat], dtype=np.int64)
-        self.attributes = pa.table(
-            {
-                "user_id": pa.array([u for u, _ in flat], pa.int32()),
-                "ts": pa.array([b.start for _, b in flat], CALENDAR.field("ts").type),
-                "local_date": pa.array([b.local_date for _, b in flat], pa.date32()),
-                "tz": pa.array([b.tz for _, b in flat], pa.string()),
-                "day_minutes": pa.array([b.minutes for _, b in flat], pa.int64()),
-                "split": pa.array([b.split for _, b in flat], pa.bool_()),
-            }
+            listed = per_user[user_id]
+            if id(listed) not in converted:
+                converted[id(listed)] = _columns(listed)
+            parts.append(converted[id(listed)])
+            self.ranges[user_id] = (position, position + len(listed))
+            position += len(listed)
+        self.count = position
+        owners = np.repeat(
+            np.array(self.users, dtype=np.int32), [len(per_user[u]) for u in self.users]
         )
-        self.count = len(flat)
-        # For SQL joins (DuckDB's ASOF JOIN): the bucket index and its UTC interval.
-        self.intervals = pa.table(
-            {
-                "bucket": pa.array(np.arange(self.count, dtype=np.int64)),
-                "user_id": self.attributes.column("user_id"),
-                "bucket_start": self.attributes.column("ts"),
-                "bucket_end": pa.array(self.ends, pa.int64()).cast(CALENDAR.field("ts").type),
-            }
+        whole = pa.concat_tables([_columns(()), *parts]).combine_chunks()
+        self.starts = whole.column("ts").cast(pa.int64()).to_numpy()
+        self.ends = whole.column("end_us").to_numpy()
+        self.attributes = whole.drop_columns(["end_us"]).add_column(
+            0, "user_id", pa.array(owners, pa.int32())
         )
 
     def of(self, user_id: int) -> tuple[int, np.ndarray, np.ndarray]:

@@ -34,7 +34,6 @@ from engine.lakeexec import (
     BATCH_ROWS,
     DEFAULT_TUNING,
     ScanTuning,
-    bucket_partials,
     connect_duckdb,
     stream_lake,
 )
@@ -284,16 +283,12 @@ class Engine:
         )
 
     def _partials(self, segment: Segment, work: CalendarWork) -> pa.Table:
-        """A segment's partial bucket sums: lake rows are summed inside DuckDB (no row
-        leaves it), warm rows as they stream in."""
+        """A segment's partial bucket sums, as its rows stream in. (Summing lake rows inside
+        DuckDB with an ASOF JOIN on the bucket starts measured slower: 437 ms against 110
+        ms for a year of 1h rows of 10 participants, 7.8 s for their 1m rows.)"""
         assert work.inner is not None
-        metrics = work.inner.metrics
-        if segment.backend == "warm":
-            return partials(self._segment_stream(segment, metrics, None, None), work.table)
-        try:
-            return bucket_partials(self.duck, segment, metrics, work.table.intervals)
-        except (duckdb.IOException, duckdb.InvalidInputException) as exc:
-            raise self._unreadable(segment, exc) from None
+        stream = self._segment_stream(segment, work.inner.metrics, None, None)
+        return partials(stream, work.table)
 
     # -- lake integrity ----------------------------------------------------------------------
 

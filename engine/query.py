@@ -388,7 +388,8 @@ def _bound(one: Callable[[str], str | None], name: str, tz: str = "UTC") -> Boun
         )
     if len(text.strip()) == 10 and tz != "UTC":
         day = parse_day(name, text)
-        if not MIN_INSTANT.date() <= day < MAX_INSTANT.date():
+        # As in UTC: `end` (exclusive) may be the last date itself.
+        if not MIN_INSTANT.date() <= day <= MAX_INSTANT.date() - timedelta(days=name == "start"):
             raise InvalidParameter(name, _out_of_span(name, text))
         return Bound(name, text, *_day_instant(day, tz, name))
     return Bound(name, text, _within_span(name, text, _instant(name, text, tz)))

@@ -184,3 +184,17 @@ def test_auto_still_chooses_by_points_per_series() -> None:
     day = query(start="2024-03-15", end="2024-03-16")
     assert (day.resolution, day.calendar) == ("raw", None)  # sub-day answers: UTC instants
     assert day.start == datetime(2024, 3, 14, 18, 30, tzinfo=UTC)  # from Kolkata's midnight
+
+
+def test_local_dates_reach_the_ends_of_the_span() -> None:
+    def query(**params: str):  # type: ignore[no-untyped-def]
+        base = {"user_id": "1", "metric": "steps", "resolution": "1mo"}
+        merged = {k: [v] for k, v in {**base, **params}.items()}
+        return build_query(merged, SETTINGS, principal=LOCAL_ADMIN)
+
+    # As under UTC, end=2200-01-01 (exclusive) is the last end allowed.
+    assert query(start="2199-12-01", end="2200-01-01", tz="America/Los_Angeles").calendar
+    assert query(start="2199-12-01", end="2200-01-01", tz="local").local_end == date(2200, 1, 1)
+    with pytest.raises(InvalidParameter) as caught:
+        query(start="2200-01-01", end="2200-01-02", tz="Asia/Tokyo")
+    assert caught.value.parameter == "start"

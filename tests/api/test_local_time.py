@@ -314,3 +314,12 @@ def test_stratum_query_takes_tz(
     assert out[1].endswith('2024-03-15,"Asia/Kolkata",1440,false')
     assert main([*argv, "--tz", "Mars/Base"]) != 0
     assert "tz='Mars/Base' is not an IANA time zone" in capfd.readouterr().err
+
+
+def test_catalog_without_the_warm_store_says_histories_are_unknown(tmp_path: Path) -> None:
+    url = "postgresql://stratum@127.0.0.1:1/stratum"  # nothing listens on port 1
+    settings = api_settings(tmp_path, STRATUM_AUTH="off", STRATUM_DEFAULT_TZ="Europe/Berlin")
+    with TestClient(create_app(settings, url)) as down:
+        response = down.get("/catalog")
+    assert response.status_code == 200
+    assert response.json()["time_zones"] == {"default": "Europe/Berlin", "participants": None}

@@ -287,7 +287,7 @@ class Engine:
         DuckDB with an ASOF JOIN on the bucket starts measured slower: 437 ms against 110
         ms for a year of 1h rows of 10 participants, 7.8 s for their 1m rows.)"""
         assert work.inner is not None
-        stream = self._segment_stream(segment, work.inner.metrics, None, None)
+        stream = self._segment_stream(segment, work.inner.metrics, None, None, None)  # no M4
         return partials(stream, work.table)
 
     # -- lake integrity ----------------------------------------------------------------------

@@ -21,7 +21,7 @@ from engine.plan import Segment
 from engine.query import Key, from_us
 from engine.settings import MemorySettings
 from engine.shapes import conform, schema_for
-from lake import LakeFile, LakeFiles, scan_sql
+from lake import LakeFile, LakeFiles, LakeStorage, lake_scan
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ def _columns(segment: Segment) -> str:
 
 def _query(
     duck: duckdb.DuckDBPyConnection,
+    storage: LakeStorage,
     segment: Segment,
     files: tuple[LakeFile, ...],
     users: tuple[int, ...],
@@ -74,7 +75,26 @@ def _query(
 ) -> Iterator[pa.RecordBatch]:
     """One DuckDB query over `files`; sorted only when several metrics interleave in a file
     (or M4 reduced them)."""
-    scan, file_params = scan_sql(LakeFiles(segment.source, segment.lake_version, files))
+    cursor = duck.cursor()  # per-query connection sharing the database and its memory limit
+    try:
+        lake_files = LakeFiles(segment.source, segment.lake_version, files)
+        with lake_scan(cursor, lake_files, storage) as (scan, file_params):
+            yield from _run(cursor, segment, scan, file_params, users, metrics, after, limit, m4)
+    finally:
+        cursor.close()
+
+
+def _run(
+    cursor: duckdb.DuckDBPyConnection,
+    segment: Segment,
+    scan: str,
+    file_params: dict[str, list[str]],
+    users: tuple[int, ...],
+    metrics: tuple[str, ...],
+    after: Key | None,
+    limit: int | None,
+    m4: M4 | None,
+) -> Iterator[pa.RecordBatch]:
     params: dict[str, object] = dict(file_params)
     params.update({f"u{i}": u for i, u in enumerate(users)})
     params.update({f"m{i}": m for i, m in enumerate(metrics)})
@@ -100,15 +120,14 @@ def _query(
             f"SELECT {_columns(segment)} FROM {scan} AS lake "  # noqa: S608
             f"WHERE {where} AND {after_sql}{order}{limit_sql}"
         )
-    cursor = duck.cursor()  # per-query connection sharing the database and its memory limit
+    reader = cursor.sql(sql, params=params).to_arrow_reader(BATCH_ROWS)
+    schema = schema_for(segment.resolution)
     try:
-        reader = cursor.sql(sql, params=params).to_arrow_reader(BATCH_ROWS)
-        schema = schema_for(segment.resolution)
         for batch in reader:
             if batch.num_rows:
                 yield conform(batch, schema)
     finally:
-        cursor.close()
+        reader.close()  # a page stops early: the scan's dataset can then be dropped
 
 
 def _chunks(
@@ -127,6 +146,7 @@ def _chunks(
 
 def stream_lake(
     duck: duckdb.DuckDBPyConnection,
+    storage: LakeStorage,
     segment: Segment,
     metrics: tuple[str, ...],
     after: Key | None,
@@ -145,13 +165,13 @@ def stream_lake(
     if m4 is not None:
         # One aggregate over every file: its answer is at most 4 rows per column and series.
         log.debug("lake M4 over %d files, %d columns", len(files), m4.width)
-        yield from _query(duck, segment, files, segment.users, metrics, after, limit, m4)
+        yield from _query(duck, storage, segment, files, segment.users, metrics, after, limit, m4)
         return
     small = sum(max(f.rows, 0) for f in files) <= tuning.sort_rows
     if (len(metrics) == 1 and limit is None) or small:
         # One order-preserving scan, or one sort of a small answer: a single query.
         log.debug("lake scan of %d files in one query", len(files))
-        yield from _query(duck, segment, files, segment.users, metrics, after, limit)
+        yield from _query(duck, storage, segment, files, segment.users, metrics, after, limit)
         return
     # Large: one order-preserving scan per series (user, metric) - no sort, bounded memory.
     log.debug("lake scan of %d files series by series", len(files))
@@ -171,6 +191,7 @@ def stream_lake(
             for chunk in _chunks(series_files, limit is not None, tuning.first_chunk_files):
                 batches = _query(
                     duck,
+                    storage,
                     segment,
                     files=chunk,
                     users=(user_id,),

@@ -420,7 +420,9 @@ class Engine:
         """A file damaged after this process verified it (same size and mtime: bit rot) can
         still fail in DuckDB: a 503, never a 500, and the files are checked again next time."""
         try:
-            yield from stream_lake(self.duck, segment, metrics, after, limit, self.scan_tuning, m4)
+            yield from stream_lake(
+                self.duck, self.lake.storage, segment, metrics, after, limit, self.scan_tuning, m4
+            )
         except (duckdb.IOException, duckdb.InvalidInputException) as exc:
             log.error("lake read failed for %s: %s", segment.source, exc)
             for lake_file in segment.files:

@@ -36,7 +36,7 @@ class DatabaseSettings:
 
 @dataclass(frozen=True)
 class LakeSettings:
-    path: Path
+    path: Path | str  # a local folder, or "s3://bucket/prefix" (see lake.storage)
     sync_grace_days: int  # days younger than this stay in the warm store: devices upload late
     sync_batch_days: int  # (user, day) pairs per Delta commit
     vacuum_retention_hours: int  # unreferenced files younger than this survive vacuum
@@ -172,6 +172,22 @@ def path(value: str, name: str) -> Path:
     return Path(value).resolve()
 
 
+def lake_location(value: str, name: str) -> Path | str:
+    """A local folder (resolved), or an S3 URI kept as given."""
+    if value.startswith("s3://"):
+        bucket = value[len("s3://") :].split("/", 1)[0]
+        if not bucket:
+            raise ConfigurationError(
+                f"{name}={value!r} names no bucket: use s3://bucket/prefix", parameter=name
+            )
+        return value.rstrip("/")
+    if "://" in value:
+        raise ConfigurationError(
+            f"{name}={value!r}: use a local folder or s3://bucket/prefix", parameter=name
+        )
+    return path(value, name)
+
+
 def memory_budget(value: str, name: str) -> int:
     """A size, capped to a share of physical RAM, and never below a working minimum."""
     ram_cap = int(physical_ram_bytes() * MAX_RAM_SHARE)
@@ -247,8 +263,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         name="STRATUM_LAKE_PATH",
         default="$STRATUM_HOME/lake",
-        parse=path,
-        meaning="root of the Delta Lake tables",
+        parse=lake_location,
+        meaning="root of the Delta Lake tables: a folder, or `s3://bucket/prefix` on "
+        "S3-compatible storage (endpoint and credentials: the standard `AWS_*` variables, "
+        "see [the lake on S3](#the-lake-on-s3))",
         field="lake.path",
     ),
     Setting(

@@ -28,7 +28,7 @@ def test_relation_has_tier_schema_types(lake: Lake, tier: str) -> None:
     lake.replace_days(tier, tier_rows(tier, pairs), pairs)
     files = lake.files(tier, None, *ALL_TIME)
     with duckdb.connect() as conn:
-        relation = lake_relation(conn, files)
+        relation = lake_relation(conn, files, storage=lake.storage)
         assert relation.columns == tier_schema(tier).names
         assert [str(t) for t in relation.types] == EXPECTED_TYPES[tier]
         label = partition_columns(tier)[1]

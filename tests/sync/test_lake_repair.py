@@ -145,7 +145,12 @@ def test_maintain_skips_a_damaged_partition_names_it_and_compacts_the_rest(
     for user_id in (1, 2):
         rows = read_partition_file("raw", str(raw_file(settings, user_id)), (user_id, FIRST_DAY))
         for part in (rows.slice(0, 100), rows.slice(100)):
-            write_deltalake(str(lake.table_dir("raw")), part, mode="append")
+            write_deltalake(
+                lake.table_dir("raw"),
+                part,
+                mode="append",
+                storage_options=lake.storage.storage_options,
+            )
     folder = raw_file(settings, 1, several=True)
     truncate(max(folder.glob("*.parquet"), key=lambda p: p.stat().st_mtime_ns))
 

@@ -177,13 +177,17 @@ def storage(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def s3_root(s3_server: LocalS3, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh lake root on the local S3 server; the AWS_* variables point every Lake the
+    test (or stratum code under test) opens at that server."""
+    for name, value in s3_server.options.items():
+        monkeypatch.setenv(name, value)
+    return s3_server.fresh_root()
+
+
+@pytest.fixture
 def lake_root(storage: str, tmp_path: Path, request: pytest.FixtureRequest) -> str | Path:
-    """Where a test's lake lives, once per storage. For S3 the AWS_* variables point every
-    Lake the test (or stratum code under test) opens at the local server."""
+    """Where a test's lake lives, once per storage."""
     if storage == "file":
         return tmp_path / "lake"
-    server: LocalS3 = request.getfixturevalue("s3_server")
-    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
-    for name, value in server.options.items():
-        monkeypatch.setenv(name, value)
-    return server.fresh_root()
+    return str(request.getfixturevalue("s3_root"))

@@ -36,10 +36,8 @@ for number in range(first, first + int(sys.argv[3])):
 
 
 @pytest.fixture
-def s3_lake(s3_server: LocalS3, monkeypatch: pytest.MonkeyPatch) -> Lake:
-    for name, value in s3_server.options.items():
-        monkeypatch.setenv(name, value)
-    return Lake(s3_server.fresh_root())
+def s3_lake(s3_root: str) -> Lake:
+    return Lake(s3_root)
 
 
 def test_two_processes_writing_the_same_days_one_wins_each_commit_nothing_lost(

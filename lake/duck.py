@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import duckdb
 import pyarrow as pa
@@ -104,7 +104,18 @@ def lake_scan(
         # The name is ours (uuid hex), never user text.
         yield f"(SELECT {_projection(files.tier)} FROM {name})", {}  # noqa: S608
     finally:
+        _unregister(conn, name)
+
+
+def _unregister(conn: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Drop the dataset; a result left unread over it is cancelled first (it cannot go on
+    without it). A still-open Arrow reader keeps it until the connection closes."""
+    try:
         conn.unregister(name)
+    except duckdb.ResourceInUseException:
+        conn.abort()
+        with suppress(duckdb.ResourceInUseException):
+            conn.unregister(name)
 
 
 def lake_relation(

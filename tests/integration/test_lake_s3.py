@@ -1,26 +1,30 @@
 """The jobs on a lake on S3 (the local server): the nightly job (refresh, sync, tier,
 compress, maintain, verify), rehydration of a tiered day from S3, and verify + repair of
-damaged objects. The lake's own tests and the serving-side integrity tests run on S3 through
-the `lake_root` fixture."""
+damaged objects; the engine paging through the lake on both storages. The lake's own tests
+and the serving-side integrity tests run on S3 through the `lake_root` fixture."""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from api.app import create_app
 from engine.settings import Settings
 from lake import TIERS, Lake
 from lake.integrity import file_digest
 from sync import jobs
+from sync.export import sync_to_lake
 from sync.generate import generate_cohort
 from sync.ingest import ingest_tables
 from sync.runs import recent_runs
 from sync.verify import RepairResult, VerifyResult
-from tests.integration.test_lake_integrity import LakeObject, truncate
+from tests.api.conftest import admin_client, api_settings
+from tests.api.conftest import load_cohort as load_api_cohort
+from tests.integration.test_lake_integrity import BOTH_DAYS, LakeObject, answer, truncate
 from tests.sync.lakesync import (
     FIRST_DAY,
     TODAY,
@@ -105,3 +109,29 @@ def test_verify_and_repair_on_s3(warm_url: str, settings: Settings) -> None:
     assert repaired.status == "ok", repaired.error
     assert jobs.verify_job(warm_url, settings.lake).status == "ok"
     assert_lake_equals_source(warm_url, lake, before=TODAY - timedelta(days=1))
+
+
+def test_engine_pages_through_the_lake_alike_on_both_storages(
+    warm_url: str, tmp_path: Path, lake_root: str | Path
+) -> None:
+    """Cursor pages stop scans early (a registered S3 dataset must then be dropped cleanly)
+    and concatenate to the warm store's own answer; several metrics take the sorted path."""
+    load_api_cohort(warm_url)
+    settings = api_settings(tmp_path, STRATUM_LAKE_PATH=str(lake_root))
+    status, warm_only = answer(settings, warm_url, {**BOTH_DAYS, "resolution": "raw"})
+    assert status == 200 and not warm_only["meta"]["has_more"]
+    sync_to_lake(
+        warm_url, Lake(settings.lake.path), grace_days=1, batch_days=8, today=date(2024, 1, 3)
+    )
+    with admin_client(create_app(settings, warm_url), warm_url) as client:
+        pages: list[object] = []
+        extra: dict[str, str] = {}
+        while True:
+            params = {**BOTH_DAYS, "resolution": "raw", "page_size": "700", **extra}
+            body = client.get("/data", params=params).json()
+            pages += body["data"]
+            assert set(body["meta"]["sources"]) <= {"lake", "warm"}
+            if body["meta"]["next"] is None:
+                break
+            extra = {"cursor": body["meta"]["next"]}
+    assert pages == warm_only["data"] and len(pages) > 3 * 700

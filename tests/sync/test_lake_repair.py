@@ -143,7 +143,8 @@ def test_maintain_skips_a_damaged_partition_names_it_and_compacts_the_rest(
     lake = Lake(settings.lake.path)
     # Two crowded partitions (as another Delta writer could leave them); one file truncated.
     for user_id in (1, 2):
-        rows = read_partition_file("raw", str(raw_file(settings, user_id)), (user_id, FIRST_DAY))
+        path = str(raw_file(settings, user_id))
+        rows = read_partition_file(lake.storage, "raw", path, (user_id, FIRST_DAY))
         for part in (rows.slice(0, 100), rows.slice(100)):
             write_deltalake(
                 lake.table_dir("raw"),
@@ -189,7 +190,7 @@ class RottingLake(Lake):
 
     def replace_days(self, tier: str, data: pa.Table, days: Iterable[tuple[int, date]]) -> int:
         version = super().replace_days(tier, data, days)
-        folder = self.table_dir("raw") / "user_id=1" / f"date={FIRST_DAY}"
+        folder = Path(self.table_dir("raw")) / "user_id=1" / f"date={FIRST_DAY}"
         if tier == "raw" and folder.is_dir():
             for path in folder.glob("*.parquet"):
                 truncate(path)

@@ -175,7 +175,7 @@ def _candidates(conn: psycopg.Connection, cutoff: date) -> list[Pair]:
     return [(int(u), d) for u, d in conn.execute(_CANDIDATES, (cutoff,)).fetchall()]
 
 
-def record_location(conn: psycopg.Connection, root: str | Path) -> None:
+def record_location(conn: psycopg.Connection, root: str) -> None:
     conn.execute(
         "INSERT INTO lake_location (root) VALUES (%s) ON CONFLICT (id) DO UPDATE "
         "SET root = EXCLUDED.root, updated_at = now() WHERE lake_location.root <> EXCLUDED.root",

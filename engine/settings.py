@@ -65,6 +65,8 @@ class ServerSettings:
     port: int
     log_level: str
     allowed_hosts: tuple[str, ...] | None  # None: the bind address and localhost
+    send_timeout_s: int  # a client that accepts no 64 KiB of its answer for this long is dropped
+    idle_timeout_s: int  # a connection must send a request's headers within this long
 
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -84,6 +86,7 @@ class AccessSettings:
     auth: bool  # False: every request is the local admin (a loopback bind only)
     audit_retention_days: int  # access-log rows older than this are dropped
     max_requests_per_key: int  # concurrent requests one key may have running
+    max_requests_per_client: int  # concurrent requests one client address may have running
 
 
 @dataclass(frozen=True)
@@ -388,6 +391,24 @@ SETTINGS: tuple[Setting, ...] = (
         shown="the bind address and localhost (`localhost`, `127.0.0.1`, `::1`)",
     ),
     Setting(
+        name="STRATUM_SEND_TIMEOUT_S",
+        default="10",
+        parse=integer(minimum=1),
+        meaning="`stratum serve` drops a connection whose client has not accepted 64 KiB of its "
+        "answer in this many seconds (a stalled reader): the request ends and its memory "
+        "reservation and concurrency slots are released",
+        field="server.send_timeout_s",
+    ),
+    Setting(
+        name="STRATUM_IDLE_TIMEOUT_S",
+        default="5",
+        parse=integer(minimum=1),
+        meaning="`stratum serve` closes a connection that has not sent a whole request's headers "
+        "this many seconds after it opened or after its previous answer (idle keep-alive "
+        "connections, slow or silent clients)",
+        field="server.idle_timeout_s",
+    ),
+    Setting(
         name="STRATUM_NIGHTLY_CRON",
         default="0 2 * * *",
         parse=text,
@@ -425,6 +446,15 @@ SETTINGS: tuple[Setting, ...] = (
         meaning="requests one key may have running at once (streams count until their last "
         "byte); beyond it 429 + `Retry-After`, so one key cannot take the whole memory budget",
         field="access.max_requests_per_key",
+    ),
+    Setting(
+        name="STRATUM_MAX_REQUESTS_PER_CLIENT",
+        default="16",
+        parse=integer(minimum=1),
+        meaning="requests one client address may have running at once, whatever its keys "
+        "(streams count until their last byte); beyond it 429 `client_busy` + `Retry-After`. "
+        "Behind a proxy on this machine uvicorn takes the address from `X-Forwarded-For`",
+        field="access.max_requests_per_client",
     ),
 )
 

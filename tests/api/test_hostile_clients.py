@@ -1,0 +1,209 @@
+"""Hostile clients cannot starve others (issue 11, point 4), on real sockets against the app
+served as `stratum serve` serves it: a stalled reader loses its memory reservation after the
+send timeout, a client that goes away releases it at once (not when the garbage collector
+runs), an address over its limit gets 429, and silent connections are closed."""
+
+from __future__ import annotations
+
+import gc
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from litestar import Litestar
+
+from api.app import create_app
+from api.errors import retry_after
+from engine.errors import ClientBusy
+from sync.generate import generate_cohort
+from sync.ingest import ingest_tables
+from sync.localdb import LocalPostgres
+from sync.rollups import refresh_rollups
+from sync.schema import init_schema
+from tests.api.conftest import api_settings, service
+from tests.api.served import HOST, read_rest, request_headers, reset, served, wait_for
+
+START = date(2024, 1, 1)
+# 2 participants x 2 days of 1 Hz heart rate: ~27 MB of NDJSON, far more than the socket
+# buffers between a stalled reader and the server hold.
+ROWS = 2 * 2 * 86_400
+EVERYTHING = (
+    f"/data?user_id=1,2&metric=heart_rate&start={START}&end=2024-01-03"
+    "&resolution=raw&format=ndjson&page_size=0"
+)
+SMALL = f"/data?user_id=1&metric=heart_rate&start={START}&end={START}T00:01:00Z"
+
+
+@pytest.fixture(scope="module")
+def dense_url(pg_server: LocalPostgres) -> Iterator[str]:
+    name = f"hostile_{uuid.uuid4().hex[:12]}"
+    base = pg_server.url.rsplit("/", 1)[0]
+    with psycopg.connect(base + "/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"{base}/{name}"
+    init_schema(url)
+    ingest_tables(url, generate_cohort(2, 2, START, metrics=["heart_rate"], every_s=1))
+    refresh_rollups(url)
+    yield url
+    with psycopg.connect(base + "/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def hostile_app(url: str, home: Path, **extra: str) -> Litestar:
+    settings = api_settings(
+        home,
+        STRATUM_AUTH="off",
+        STRATUM_HOST=HOST,
+        STRATUM_ALLOWED_HOSTS=HOST,
+        STRATUM_MAX_PAGE_SIZE="1000000",
+        **extra,
+    )
+    return create_app(settings, url)
+
+
+def in_use(app: Litestar) -> int:
+    return service(app).engine.budget.in_use
+
+
+def test_a_stalled_reader_loses_its_reservation_after_the_send_timeout(
+    dense_url: str, tmp_path: Path
+) -> None:
+    app = hostile_app(dense_url, tmp_path, STRATUM_SEND_TIMEOUT_S="1")
+    with served(app) as port:
+        sock, head = request_headers(port, EVERYTHING)
+        try:
+            assert head.startswith(b"HTTP/1.1 200")
+            assert in_use(app) > 0  # the stream is admitted and holds its reservation
+            wait_for(lambda: in_use(app) == 0, "the stalled stream's reservation to be released")
+            assert service(app).client_slots.running == {}
+            # The server gave up on the answer: the client got a truncated body, not all of it.
+            body = read_rest(sock)
+            assert not body.endswith(b"0\r\n\r\n")
+            assert body.count(b"\n") < ROWS
+        finally:
+            sock.close()
+        # Others are served as before.
+        assert httpx.get(f"http://{HOST}:{port}{SMALL}").status_code == 200
+
+
+def test_a_client_that_goes_away_releases_its_reservation_without_the_gc(
+    dense_url: str, tmp_path: Path
+) -> None:
+    app = hostile_app(dense_url, tmp_path, STRATUM_SEND_TIMEOUT_S="600")
+    with served(app) as port:
+        sock, head = request_headers(port, EVERYTHING)
+        assert head.startswith(b"HTTP/1.1 200") and in_use(app) > 0
+        gc.collect()
+        gc.disable()  # the release must not wait for the collector to find the stream
+        try:
+            reset(sock)
+            wait_for(lambda: in_use(app) == 0, "the abandoned stream's reservation")
+        finally:
+            gc.enable()
+        assert service(app).client_slots.running == {}
+
+
+def test_an_address_over_its_limit_gets_429_others_do_not(dense_url: str, tmp_path: Path) -> None:
+    app = hostile_app(
+        dense_url, tmp_path, STRATUM_SEND_TIMEOUT_S="600", STRATUM_MAX_REQUESTS_PER_CLIENT="1"
+    )
+    with served(app) as port:
+        sock, head = request_headers(port, EVERYTHING)  # holds 127.0.0.1's one slot
+        try:
+            assert head.startswith(b"HTTP/1.1 200")
+            busy = httpx.get(f"http://{HOST}:{port}{SMALL}")
+            assert busy.status_code == 429
+            assert busy.headers["retry-after"] == retry_after(ClientBusy)["Retry-After"]
+            error: dict[str, Any] = busy.json()["error"]
+            assert set(error) == {"code", "message", "parameter"}
+            assert (
+                error["code"] == "client_busy"
+                and "STRATUM_MAX_REQUESTS_PER_CLIENT" in (error["message"])
+            )
+            # Another address is not held back.
+            other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+            with other:
+                assert other.get(f"http://{HOST}:{port}{SMALL}").status_code == 200
+        finally:
+            reset(sock)
+        wait_for(lambda: service(app).client_slots.running == {}, "the slot to be given back")
+        answer = httpx.get(f"http://{HOST}:{port}{SMALL}")
+        assert answer.status_code == 200 and json.loads(answer.content)["data"]
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"])
+def test_a_connection_without_a_whole_request_is_closed_after_the_idle_timeout(
+    dense_url: str, tmp_path: Path, sent: bytes
+) -> None:
+    import socket
+
+    app = hostile_app(dense_url, tmp_path, STRATUM_IDLE_TIMEOUT_S="1")
+    with served(app) as port, socket.create_connection((HOST, port)) as sock:
+        sock.settimeout(30)  # the server closes it long before
+        sock.sendall(sent)
+        assert read_rest(sock) == b""
+
+
+def test_a_failed_send_releases_the_reservation_before_the_app_returns(
+    dense_url: str, tmp_path: Path
+) -> None:
+    """Some servers raise from `send` once the client is gone (uvicorn returns quietly).
+    Litestar's Stream then drops its body without closing it, and the exception's traceback
+    keeps the body alive: without closing it explicitly, the reservation stays taken for as
+    long as the server holds on to the error."""
+    import anyio
+
+    app = hostile_app(dense_url, tmp_path)
+    path, _, query = EVERYTHING.partition("?")
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": query.encode(),
+        "headers": [(b"host", HOST.encode())],
+        "client": (HOST, 50_000),
+        "server": (HOST, 8000),
+        "state": {},
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and sent:
+            raise BrokenPipeError("the client is gone")
+        sent.append(message)
+
+    async def drive() -> tuple[BaseException | None, int]:
+        failure: BaseException | None = None
+        try:
+            await app(scope, receive, send)  # type: ignore[arg-type]
+        except Exception as exc:  # kept, as a server that logs it later would
+            failure = exc
+        return failure, in_use(app)
+
+    gc.collect()
+    gc.disable()
+    try:
+        failure, held = anyio.run(drive)
+    finally:
+        gc.enable()
+    try:
+        assert sent[0]["status"] == 200
+        assert failure is not None  # the send did fail
+        assert held == 0
+    finally:
+        service(app).close()

@@ -102,6 +102,7 @@ class Service:
                 log.warning("warm store unreachable at start-up; the catalog loads later")
         except Exception:
             log.warning("catalog preload failed; it loads on the first request", exc_info=True)
+        self.engine.settle_budget()  # the started process's own footprint set aside
 
 
 def _service(state: State) -> Service:
@@ -383,12 +384,15 @@ def data(
     headers = _meta_headers(meta, next_url)
     media_type = render.MEDIA_TYPES[format_name]
     if format_name == "json":
-        body = render.json_page(answer.batches, meta)
+        # Streamed too, a chunk of rows at a time: the page's memory reservation is held
+        # until its last chunk is sent (or the request ends), and the text of a large page
+        # never exists whole.
         service.telemetry.add_rows("json", answer.rows or 0)
         audit.add_rows(request, answer.rows or 0)
-        return Response(body, media_type=media_type, headers=headers)
-    batches = _counted(answer.batches, service.telemetry, format_name, request)
-    chunks = render.stream(format_name, batches, answer.schema)
+        chunks = render.json_chunks(answer.batches, meta)
+    else:
+        batches = _counted(answer.batches, service.telemetry, format_name, request)
+        chunks = render.stream(format_name, batches, answer.schema)
     stream = bodies.register(request.scope, _iterate_in_thread(chunks))
     return Stream(stream, media_type=media_type, headers=headers)
 

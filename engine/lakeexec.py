@@ -45,15 +45,22 @@ DEFAULT_TUNING = ScanTuning()
 def connect_duckdb(memory: MemorySettings, limit_bytes: int) -> duckdb.DuckDBPyConnection:
     """One in-process DuckDB for all queries: its memory_limit is shared by all of them."""
     Path(memory.spill_path).mkdir(parents=True, exist_ok=True)
-    limit_mb = max(32, limit_bytes // 2**20)
     return duckdb.connect(
         config={
-            "memory_limit": f"{limit_mb}MB",
+            "memory_limit": _megabytes(limit_bytes),
             "temp_directory": str(memory.spill_path),
             "threads": memory.duckdb_threads,
             "preserve_insertion_order": True,
         }
     )
+
+
+def _megabytes(limit_bytes: int) -> str:
+    return f"{max(32, limit_bytes // 2**20)}MiB"
+
+
+def set_memory_limit(duck: duckdb.DuckDBPyConnection, limit_bytes: int) -> None:
+    duck.execute(f"SET memory_limit = '{_megabytes(limit_bytes)}'")
 
 
 def _columns(segment: Segment) -> str:

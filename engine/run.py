@@ -26,11 +26,24 @@ import pyarrow as pa
 from engine import paging, planner
 from engine.access import Principal, authenticate, cursor_secret, hash_key, live_principals
 from engine.audit import AuditEntry, write_entry
-from engine.budget import QUERY_OVERHEAD_BYTES, MemoryBudget, resident_bytes, split_budget
+from engine.budget import (
+    QUERY_OVERHEAD_BYTES,
+    RENDER_BYTES,
+    MemoryBudget,
+    resident_bytes,
+    split_budget,
+)
 from engine.catalog import Catalog, CatalogSource
 from engine.errors import LakeDamaged, Unauthenticated, WarmStoreUnavailable
 from engine.integrity import FileChecker
-from engine.lakeexec import BATCH_ROWS, DEFAULT_TUNING, ScanTuning, connect_duckdb, stream_lake
+from engine.lakeexec import (
+    BATCH_ROWS,
+    DEFAULT_TUNING,
+    ScanTuning,
+    connect_duckdb,
+    set_memory_limit,
+    stream_lake,
+)
 from engine.m4 import M4
 from engine.merge import merge_sorted, take
 from engine.overview import Health, Overview, coverage, damaged_days, last_runs, ping
@@ -154,6 +167,23 @@ class Engine:
             self._principals = live_principals(conn)
             self._cursor_secret = cursor_secret(conn)
             return True
+
+    def settle_budget(self) -> tuple[int, int]:
+        """Split the memory budget again with what the process holds once it has started
+        (DuckDB, the catalog, pools, threads): the budget bounds the whole process, its idle
+        part included, so queries share only what is left. Returns (DuckDB, admission)."""
+        duckdb_bytes, admission_bytes = split_budget(
+            self.settings.memory.budget_bytes, resident_bytes()
+        )
+        set_memory_limit(self.duck, duckdb_bytes)
+        self.budget.resize(admission_bytes)
+        log.info(
+            "memory budget %d bytes: DuckDB %d, queries %d, the process itself the rest",
+            self.settings.memory.budget_bytes,
+            duckdb_bytes,
+            admission_bytes,
+        )
+        return duckdb_bytes, admission_bytes
 
     def catalog(self, query: DataQuery) -> Catalog:
         query.principal.require(query.users, query.metrics)  # before any I/O for it
@@ -375,11 +405,13 @@ class Engine:
     # -- steps -------------------------------------------------------------------------------
 
     def _estimate(self, plan: Plan) -> int:
-        """Bytes this query holds outside DuckDB: batches in flight, and the page itself."""
+        """Bytes this query holds outside DuckDB until its answer is sent: batches in flight,
+        the page's rows (held until the last is sent), and one chunk being rendered and sent
+        (every format renders a slice of rows at a time)."""
         width = row_bytes(plan.resolution)
         in_flight = len(plan.segments) * max(CHUNK_ROWS, BATCH_ROWS) * width
-        page = plan.query.page_size * width * 3  # rows, then their rendering
-        return QUERY_OVERHEAD_BYTES + in_flight + page
+        page = plan.query.page_size * width
+        return QUERY_OVERHEAD_BYTES + in_flight + page + RENDER_BYTES
 
     def _start(self, plan: Plan, catalog: Catalog) -> tuple[Key | None, int]:
         query = plan.query

@@ -207,3 +207,63 @@ def test_a_failed_send_releases_the_reservation_before_the_app_returns(
         assert held == 0
     finally:
         service(app).close()
+
+
+def test_a_json_page_holds_its_reservation_until_it_is_sent(dense_url: str, tmp_path: Path) -> None:
+    """A JSON page is rendered and sent a chunk at a time, under its reservation: a reader
+    that has only read the headers still holds it (the page was once rendered whole and its
+    reservation released before the first byte went out, so the text of every page in
+    flight was outside the budget)."""
+    app = hostile_app(dense_url, tmp_path, STRATUM_SEND_TIMEOUT_S="600")
+    page = EVERYTHING.replace("format=ndjson", "format=json").replace(
+        "page_size=0", "page_size=300000"
+    )
+    with served(app) as port:
+        sock, head = request_headers(port, page)
+        try:
+            assert head.startswith(b"HTTP/1.1 200")
+            assert b"transfer-encoding: chunked" in head.lower()
+            assert in_use(app) > 0
+            body = read_rest(sock)
+        finally:
+            sock.close()
+        wait_for(lambda: in_use(app) == 0, "the page's reservation to be released")
+    text = _unchunked(body)
+    answer = json.loads(text)
+    assert len(answer["data"]) == 300_000 and answer["meta"]["has_more"] is True
+
+
+def _unchunked(body: bytes) -> bytes:
+    """The payload of an HTTP/1.1 chunked body."""
+    out, position = [], 0
+    while True:
+        end = body.index(b"\r\n", position)
+        size = int(body[position:end], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(body[end + 2 : end + 2 + size])
+        position = end + 2 + size + 2
+
+
+def test_the_budget_leaves_out_what_the_started_process_holds(
+    dense_url: str, tmp_path: Path
+) -> None:
+    """The budget bounds the whole process: once started, what it holds (interpreter,
+    libraries, DuckDB, the catalog) is set aside, and DuckDB and the queries share the rest
+    (it was measured before DuckDB and the catalog were loaded, ~25 MB too early)."""
+    from engine.budget import resident_bytes
+
+    budget = 2**30
+    app = hostile_app(dense_url, tmp_path, STRATUM_MEMORY_BUDGET=str(budget))
+    with served(app):
+        engine = service(app).engine
+        started = resident_bytes()
+        row = engine.duck.execute("SELECT current_setting('memory_limit')").fetchone()
+        assert row is not None
+        number, unit = str(row[0]).split()
+        duckdb_bytes = float(number) * {"MiB": 2**20, "GiB": 2**30}[unit]
+        admission = engine.budget.budget_bytes
+        shares = (duckdb_bytes, admission, budget - started)
+        slack = 4 * 2**20  # the process may have grown a little since it settled the split
+        assert duckdb_bytes + admission <= budget - started + slack, shares
+        assert abs(duckdb_bytes - admission) <= 2 * 2**20, shares  # halves of the rest

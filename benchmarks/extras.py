@@ -199,16 +199,15 @@ def _gauge(server: ServerProcess, name: str) -> int | None:
     return None
 
 
-JSON_PAGES = 30  # concurrent clients asking for one big JSON page each
-JSON_PAGE_ROWS = 1_000_000
+JSON_PAGE_ROWS = 1_000_000  # rows a page asks for (the default STRATUM_MAX_PAGE_SIZE)
 
 
 def budget_proof(
     serve_command: Sequence[str], dataset: Dataset, out_dir: Path, memory_budget: str | None = None
 ) -> dict[str, Any]:
     """A server with a small STRATUM_MEMORY_BUDGET: a full-lake scan, 8 concurrent multi-year
-    queries, then 30 concurrent 1M-row JSON pages. Records peak RSS against the budget
-    (reported, never asserted)."""
+    queries, then the preset's `json_pages` (30) concurrent 1M-row JSON pages. Records peak
+    RSS against the budget (reported, never asserted)."""
     preset = dataset.preset
     if not dataset.lake_synced:
         return {"status": "not available", "note": dataset.sync_note}
@@ -223,8 +222,8 @@ def budget_proof(
         out_dir / "server-budget.log",
         STRATUM_MEMORY_BUDGET=memory_budget,
         # 30 clients at once from one address with one key: the budget is what is measured.
-        STRATUM_MAX_REQUESTS_PER_KEY=str(JSON_PAGES),
-        STRATUM_MAX_REQUESTS_PER_CLIENT=str(JSON_PAGES),
+        STRATUM_MAX_REQUESTS_PER_KEY=str(max(preset.json_pages, 8)),
+        STRATUM_MAX_REQUESTS_PER_CLIENT=str(max(preset.json_pages, 8)),
     )
     result: dict[str, Any] = {"budget": memory_budget, "budget_bytes": budget}
     try:
@@ -300,8 +299,8 @@ def budget_proof(
         result["json_pages"] = concurrent_load(
             lambda: HttpJsonPage(server.base_url, JSON_PAGE_ROWS, server.key),
             [pages],
-            JSON_PAGES,
-            JSON_PAGES,
+            preset.json_pages,
+            preset.json_pages,
             sampler,
             retries=200,
         )

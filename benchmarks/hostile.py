@@ -85,6 +85,7 @@ def stalled_readers(
     out_dir: Path,
     send_timeout_s: int,
     observe_s: float,
+    budget: str = BUDGET,
 ) -> dict[str, Any]:
     """30 stalled readers, and how long 4 other clients' queries wait meanwhile."""
     preset = dataset.preset
@@ -112,7 +113,7 @@ def stalled_readers(
         serve_command,
         dataset,
         out_dir / f"server-stalled-{send_timeout_s}.log",
-        STRATUM_MEMORY_BUDGET=BUDGET,
+        STRATUM_MEMORY_BUDGET=budget,
         STRATUM_SEND_TIMEOUT_S=str(send_timeout_s),
         # Every stalled socket is admitted, as 30 attackers with 30 keys and addresses would
         # be: the limits per key and per address are not what is measured here.
@@ -120,7 +121,7 @@ def stalled_readers(
         STRATUM_MAX_REQUESTS_PER_CLIENT="100",
     )
     headers = {"Authorization": f"Bearer {server.key}"}
-    result: dict[str, Any] = {"send_timeout_s": send_timeout_s, "budget": BUDGET}
+    result: dict[str, Any] = {"send_timeout_s": send_timeout_s, "budget": budget}
     stalled: list[socket.socket] = []
     waits: list[float] = []
     unanswered: list[float] = []
@@ -212,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scale", choices=sorted(PRESETS), default="small")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--send-timeout", type=int, default=10)
+    parser.add_argument("--budget", default=BUDGET, help="STRATUM_MEMORY_BUDGET of the servers")
     parser.add_argument(
         "--skip", action="append", default=[], choices=["stalled", "no-timeout", "budget"]
     )
@@ -228,15 +230,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     observe = args.send_timeout * 3
     if "stalled" not in args.skip:
         results["stalled"] = stalled_readers(
-            serve_command, dataset, out_dir, args.send_timeout, observe
+            serve_command, dataset, out_dir, args.send_timeout, observe, args.budget
         )
     if "no-timeout" not in args.skip:
         # The server as it was without a send timeout: one far longer than the observation.
         results["stalled_without_timeout"] = stalled_readers(
-            serve_command, dataset, out_dir, 3600, observe
+            serve_command, dataset, out_dir, 3600, observe, args.budget
         )
     if "budget" not in args.skip:
-        results["budget"] = budget_proof(serve_command, dataset, out_dir, BUDGET)
+        results["budget"] = budget_proof(serve_command, dataset, out_dir, args.budget)
     text = json.dumps(results, indent=2, default=str)
     (out_dir / "hostile.json").write_text(text)
     print(text)

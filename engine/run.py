@@ -34,7 +34,7 @@ from engine.budget import (
     split_budget,
 )
 from engine.catalog import Catalog, CatalogSource
-from engine.errors import LakeDamaged, Unauthenticated, WarmStoreUnavailable
+from engine.errors import InvalidParameter, LakeDamaged, Unauthenticated, WarmStoreUnavailable
 from engine.integrity import FileChecker
 from engine.lakeexec import (
     BATCH_ROWS,
@@ -226,7 +226,9 @@ class Engine:
                 "the warm store is unreachable and this span needs it; spans already in "
                 "the lake are still served"
             )
-        reservation = self.budget.reserve(self._estimate(plan))
+        need = self._estimate(plan)
+        self._refuse_pages_beyond_the_budget(plan, need)
+        reservation = self.budget.reserve(need)
         try:
             after, skip = self._start(plan, catalog)
             if query.page_size == 0:
@@ -405,13 +407,37 @@ class Engine:
     # -- steps -------------------------------------------------------------------------------
 
     def _estimate(self, plan: Plan) -> int:
-        """Bytes this query holds outside DuckDB until its answer is sent: batches in flight,
-        the page's rows (held until the last is sent), and one chunk being rendered and sent
-        (every format renders a slice of rows at a time)."""
+        """Bytes this query holds outside DuckDB until its answer is sent: batches in flight
+        (one per segment, at most a page of rows), the page's rows (held until the last is
+        sent), and one chunk being rendered and sent (every format renders a slice of rows
+        at a time)."""
         width = row_bytes(plan.resolution)
-        in_flight = len(plan.segments) * max(CHUNK_ROWS, BATCH_ROWS) * width
-        page = plan.query.page_size * width
-        return QUERY_OVERHEAD_BYTES + in_flight + page + RENDER_BYTES
+        page_size = plan.query.page_size
+        batch_rows = max(CHUNK_ROWS, BATCH_ROWS)
+        if page_size:
+            batch_rows = min(batch_rows, page_size + 1)
+        in_flight = len(plan.segments) * batch_rows * width
+        return QUERY_OVERHEAD_BYTES + in_flight + page_size * width + RENDER_BYTES
+
+    def _refuse_pages_beyond_the_budget(self, plan: Plan, need: int) -> None:
+        """A page that needs more than all the memory queries may share can never be admitted
+        within the budget: the client is told the page size that fits (a stream's needs do
+        not grow with its length, so streams are always admitted, alone if need be)."""
+        page_size = plan.query.page_size
+        available = self.budget.budget_bytes
+        if not page_size or need <= available:
+            return
+        width = row_bytes(plan.resolution)
+        fits = max(0, available - (need - page_size * width)) // width
+        if fits < 1:
+            return  # its fixed costs alone fill the budget: admitted alone, as a stream is
+        raise InvalidParameter(
+            "page_size",
+            f"page_size={page_size:,} needs about {need / 2**20:,.0f} MiB, more than this "
+            f"server's memory for queries ({available / 2**20:,.0f} MiB of "
+            f"STRATUM_MEMORY_BUDGET); ask for at most {fits:,} rows per page, or stream the "
+            "answer (page_size=0 with format=arrow, parquet, csv or ndjson)",
+        )
 
     def _start(self, plan: Plan, catalog: Catalog) -> tuple[Key | None, int]:
         query = plan.query

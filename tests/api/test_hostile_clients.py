@@ -267,3 +267,26 @@ def test_the_budget_leaves_out_what_the_started_process_holds(
         slack = 4 * 2**20  # the process may have grown a little since it settled the split
         assert duckdb_bytes + admission <= budget - started + slack, shares
         assert abs(duckdb_bytes - admission) <= 2 * 2**20, shares  # halves of the rest
+
+
+def test_a_page_larger_than_the_budget_can_hold_is_refused_naming_the_size_that_fits(
+    dense_url: str, tmp_path: Path
+) -> None:
+    """Such a page was admitted alone with a reservation capped to the whole budget, and the
+    process outgrew the budget by what the cap left out."""
+    from litestar.testing import TestClient
+
+    app = hostile_app(dense_url, tmp_path)
+    page = EVERYTHING.replace("format=ndjson", "format=json")
+    with TestClient(app, base_url=f"http://{HOST}") as client:
+        service(app).engine.budget.resize(48 * 2**20)  # what queries share on a small server
+        small = client.get(page.replace("page_size=0", "page_size=1000"))
+        assert small.status_code == 200
+        big = client.get(page.replace("page_size=0", "page_size=300000"))
+        assert big.status_code == 400
+        error = big.json()["error"]
+        assert error["code"] == "invalid_parameter" and error["parameter"] == "page_size"
+        fits = int(error["message"].split("at most ")[1].split(" rows")[0].replace(",", ""))
+        assert 0 < fits < 300_000
+        assert client.get(page.replace("page_size=0", f"page_size={fits}")).status_code == 200
+        assert in_use(app) == 0

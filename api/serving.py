@@ -141,6 +141,7 @@ def uvicorn_options(server: ServerSettings) -> dict[str, Any]:
     }
 
 
-def config(app: Any, server: ServerSettings, host: str, port: int) -> uvicorn.Config:
-    """The uvicorn configuration `stratum serve` runs (tests serve the app the same way)."""
-    return uvicorn.Config(app, host=host, port=port, **uvicorn_options(server))
+def config(app: Any, server: ServerSettings, host: str, port: int, **extra: Any) -> uvicorn.Config:
+    """The uvicorn configuration `stratum serve` runs (tests serve the app the same way;
+    `extra`: more uvicorn.Config arguments)."""
+    return uvicorn.Config(app, host=host, port=port, **{**uvicorn_options(server), **extra})

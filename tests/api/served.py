@@ -25,9 +25,14 @@ def served(app: Litestar) -> Iterator[int]:
     listener = socket.socket()
     listener.bind((HOST, 0))
     port = int(listener.getsockname()[1])
-    config = serving.config(app, service.settings.server, HOST, port)
-    config.log_config = None  # keep pytest's logging as it is
-    config.timeout_graceful_shutdown = 5  # a test that failed may leave a stream open
+    config = serving.config(
+        app,
+        service.settings.server,
+        HOST,
+        port,
+        log_config=None,  # keep pytest's logging as it is
+        timeout_graceful_shutdown=5,  # a test that failed may leave a stream open
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -33,8 +33,9 @@ from litestar.response import Stream
 from litestar.static_files import create_static_files_router
 from swagger_ui_bundle import swagger_ui_path
 
-from api import audit, explorer, hosts, render
-from api.auth import AUTHENTICATION, KEY_LIMIT, KeySlots, admin_only, principal_of
+from api import audit, bodies, explorer, hosts, render
+from api.admission import ADMISSION, client_slots, key_slots
+from api.auth import AUTHENTICATION, admin_only, principal_of
 from api.errors import EXCEPTION_HANDLERS, retry_after
 from api.head import answer_head
 from api.telemetry import Telemetry
@@ -63,7 +64,8 @@ class Service:
         self.telemetry = Telemetry()
         self._engine: Engine | None = None
         self._next_prune = 0.0  # time.monotonic() of the next access-log pruning
-        self.key_slots = KeySlots(settings.access.max_requests_per_key)
+        self.key_slots = key_slots(settings.access.max_requests_per_key)
+        self.client_slots = client_slots(settings.access.max_requests_per_client)
         self._lock = threading.Lock()
 
     @property
@@ -102,6 +104,7 @@ class Service:
                 log.warning("warm store unreachable at start-up; the catalog loads later")
         except Exception:
             log.warning("catalog preload failed; it loads on the first request", exc_info=True)
+        self.engine.settle_budget()  # the started process's own footprint set aside
 
 
 def _service(state: State) -> Service:
@@ -328,7 +331,7 @@ def _counted(
     return rest()
 
 
-async def _iterate_in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+async def _iterate_in_thread(chunks: Iterator[bytes]) -> AsyncGenerator[bytes, None]:
     """Pull each chunk in a worker thread: the engine and the renderers block."""
     try:
         while True:
@@ -392,13 +395,17 @@ def data(
     headers = _meta_headers(meta, next_url)
     media_type = render.MEDIA_TYPES[format_name]
     if format_name == "json":
-        body = render.json_page(answer.batches, meta)
+        # Streamed too, a chunk of rows at a time: the page's memory reservation is held
+        # until its last chunk is sent (or the request ends), and the text of a large page
+        # never exists whole.
         service.telemetry.add_rows("json", answer.rows or 0)
         audit.add_rows(request, answer.rows or 0)
-        return Response(body, media_type=media_type, headers=headers)
-    batches = _counted(answer.batches, service.telemetry, format_name, request)
-    chunks = render.stream(format_name, batches, answer.schema)
-    return Stream(_iterate_in_thread(chunks), media_type=media_type, headers=headers)
+        chunks = render.json_chunks(answer.batches, meta)
+    else:
+        batches = _counted(answer.batches, service.telemetry, format_name, request)
+        chunks = render.stream(format_name, batches, answer.schema)
+    stream = bodies.register(request.scope, _iterate_in_thread(chunks))
+    return Stream(stream, media_type=media_type, headers=headers)
 
 
 # -- /plan, /catalog ---------------------------------------------------------------------
@@ -583,7 +590,7 @@ def create_app(settings: Settings, database_url: str | None) -> Litestar:
         state=State({"service": service}),
         on_startup=[load_catalog],
         on_shutdown=[close_engine],
-        middleware=[AUTHENTICATION, KEY_LIMIT],
+        middleware=[AUTHENTICATION, ADMISSION],
         openapi_config=OpenAPIConfig(
             title="stratum",
             version="0.1.0",
@@ -605,6 +612,8 @@ def create_app(settings: Settings, database_url: str | None) -> Litestar:
     )
     # HEAD runs as GET underneath everything else. The access log sees the response as sent;
     # telemetry, outermost, counts 404s and errors raised before routing too.
+    # Innermost: a body is closed as soon as the app is done with the request.
+    app.asgi_handler = bodies.wrap(app.asgi_handler)
     app.asgi_handler = answer_head(app.asgi_handler)
     app.asgi_handler = audit.wrap(app.asgi_handler, service.record_audit)
     app.asgi_handler = hosts.wrap(app.asgi_handler, served_hosts(settings.server))

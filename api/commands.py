@@ -330,6 +330,7 @@ def serve(args: argparse.Namespace, ctx: Context) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.serving import uvicorn_options
 
     server = ctx.settings.server
     host = args.host or server.host
@@ -339,7 +340,7 @@ def serve(args: argparse.Namespace, ctx: Context) -> int:
     # The bind address as given on the command line is a Host the API answers by default.
     settings = replace(ctx.settings, server=replace(server, host=host))
     app = create_app(settings, ctx.url)
-    uvicorn.run(app, host=host, port=port, log_level=server.log_level)
+    uvicorn.run(app, host=host, port=port, **uvicorn_options(server))
     return 0
 
 

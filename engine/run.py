@@ -26,15 +26,22 @@ import pyarrow as pa
 from engine import paging, planner
 from engine.access import Principal, authenticate, cursor_secret, hash_key, live_principals
 from engine.audit import AuditEntry, write_entry
-from engine.budget import QUERY_OVERHEAD_BYTES, MemoryBudget, resident_bytes, split_budget
+from engine.budget import (
+    QUERY_OVERHEAD_BYTES,
+    RENDER_BYTES,
+    MemoryBudget,
+    resident_bytes,
+    split_budget,
+)
 from engine.catalog import Catalog, CatalogSource
-from engine.errors import LakeDamaged, Unauthenticated, WarmStoreUnavailable
+from engine.errors import InvalidParameter, LakeDamaged, Unauthenticated, WarmStoreUnavailable
 from engine.integrity import FileChecker
 from engine.lakeexec import (
     BATCH_ROWS,
     DEFAULT_TUNING,
     ScanTuning,
     connect_duckdb,
+    set_memory_limit,
     stream_lake,
 )
 from engine.localquery import CalendarWork, page, prepare
@@ -164,6 +171,23 @@ class Engine:
             self._cursor_secret = cursor_secret(conn)
             return True
 
+    def settle_budget(self) -> tuple[int, int]:
+        """Split the memory budget again with what the process holds once it has started
+        (DuckDB, the catalog, pools, threads): the budget bounds the whole process, its idle
+        part included, so queries share only what is left. Returns (DuckDB, admission)."""
+        duckdb_bytes, admission_bytes = split_budget(
+            self.settings.memory.budget_bytes, resident_bytes()
+        )
+        set_memory_limit(self.duck, duckdb_bytes)
+        self.budget.resize(admission_bytes)
+        log.info(
+            "memory budget %d bytes: DuckDB %d, queries %d, the process itself the rest",
+            self.settings.memory.budget_bytes,
+            duckdb_bytes,
+            admission_bytes,
+        )
+        return duckdb_bytes, admission_bytes
+
     def catalog(self, query: DataQuery) -> Catalog:
         query.principal.require(query.users, query.metrics)  # before any I/O for it
         first, last = query.days
@@ -212,7 +236,9 @@ class Engine:
                 "the warm store is unreachable and this span needs it; spans already in "
                 "the lake are still served"
             )
-        reservation = self.budget.reserve(self._estimate(plan))
+        need = self._estimate(plan)
+        self._refuse_pages_beyond_the_budget(plan, need)
+        reservation = self.budget.reserve(need)
         try:
             after, skip = self._start(plan, catalog)
             if query.page_size == 0:
@@ -447,11 +473,37 @@ class Engine:
     # -- steps -------------------------------------------------------------------------------
 
     def _estimate(self, plan: Plan) -> int:
-        """Bytes this query holds outside DuckDB: batches in flight, and the page itself."""
+        """Bytes this query holds outside DuckDB until its answer is sent: batches in flight
+        (one per segment, at most a page of rows), the page's rows (held until the last is
+        sent), and one chunk being rendered and sent (every format renders a slice of rows
+        at a time)."""
         width = row_bytes(plan.resolution)
-        in_flight = len(plan.segments) * max(CHUNK_ROWS, BATCH_ROWS) * width
-        page = plan.query.page_size * width * 3  # rows, then their rendering
-        return QUERY_OVERHEAD_BYTES + in_flight + page
+        page_size = plan.query.page_size
+        batch_rows = max(CHUNK_ROWS, BATCH_ROWS)
+        if page_size:
+            batch_rows = min(batch_rows, page_size + 1)
+        in_flight = len(plan.segments) * batch_rows * width
+        return QUERY_OVERHEAD_BYTES + in_flight + page_size * width + RENDER_BYTES
+
+    def _refuse_pages_beyond_the_budget(self, plan: Plan, need: int) -> None:
+        """A page that needs more than all the memory queries may share can never be admitted
+        within the budget: the client is told the page size that fits (a stream's needs do
+        not grow with its length, so streams are always admitted, alone if need be)."""
+        page_size = plan.query.page_size
+        available = self.budget.budget_bytes
+        if not page_size or need <= available:
+            return
+        width = row_bytes(plan.resolution)
+        fits = max(0, available - (need - page_size * width)) // width
+        if fits < 1:
+            return  # its fixed costs alone fill the budget: admitted alone, as a stream is
+        raise InvalidParameter(
+            "page_size",
+            f"page_size={page_size:,} needs about {need / 2**20:,.0f} MiB, more than this "
+            f"server's memory for queries ({available / 2**20:,.0f} MiB of "
+            f"STRATUM_MEMORY_BUDGET); ask for at most {fits:,} rows per page, or stream the "
+            "answer (page_size=0 with format=arrow, parquet, csv or ndjson)",
+        )
 
     def _start(self, plan: Plan, catalog: Catalog) -> tuple[Key | None, int]:
         query = plan.query
@@ -492,7 +544,9 @@ class Engine:
         """A file damaged after this process verified it (same size and mtime: bit rot) can
         still fail in DuckDB: a 503, never a 500, and the files are checked again next time."""
         try:
-            yield from stream_lake(self.duck, segment, metrics, after, limit, self.scan_tuning, m4)
+            yield from stream_lake(
+                self.duck, self.lake.storage, segment, metrics, after, limit, self.scan_tuning, m4
+            )
         except (duckdb.IOException, duckdb.InvalidInputException) as exc:
             raise self._unreadable(segment, exc) from None
 

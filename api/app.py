@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -33,17 +33,20 @@ from litestar.response import Stream
 from litestar.static_files import create_static_files_router
 from swagger_ui_bundle import swagger_ui_path
 
-from api import audit, explorer, hosts, render
-from api.auth import AUTHENTICATION, KEY_LIMIT, KeySlots, admin_only, principal_of
+from api import audit, bodies, explorer, hosts, render
+from api.admission import ADMISSION, client_slots, key_slots
+from api.auth import AUTHENTICATION, admin_only, principal_of
 from api.errors import EXCEPTION_HANDLERS, retry_after
 from api.head import answer_head
 from api.telemetry import Telemetry
+from engine.access import Principal
 from engine.audit import AuditEntry
 from engine.errors import InvalidParameter, WarmStoreUnavailable
 from engine.query import RESOLUTION_CHOICES, DataQuery, build_query, reject_unknown
 from engine.registry import METRICS, metric_names
 from engine.run import Answer, Engine
 from engine.settings import Settings, require_auth_or_loopback, served_hosts
+from engine.zones import describe_histories
 from sync.access import prune_audit
 
 log = logging.getLogger(__name__)
@@ -61,7 +64,8 @@ class Service:
         self.telemetry = Telemetry()
         self._engine: Engine | None = None
         self._next_prune = 0.0  # time.monotonic() of the next access-log pruning
-        self.key_slots = KeySlots(settings.access.max_requests_per_key)
+        self.key_slots = key_slots(settings.access.max_requests_per_key)
+        self.client_slots = client_slots(settings.access.max_requests_per_client)
         self._lock = threading.Lock()
 
     @property
@@ -100,6 +104,7 @@ class Service:
                 log.warning("warm store unreachable at start-up; the catalog loads later")
         except Exception:
             log.warning("catalog preload failed; it loads on the first request", exc_info=True)
+        self.engine.settle_budget()  # the started process's own footprint set aside
 
 
 def _service(state: State) -> Service:
@@ -163,8 +168,16 @@ ResolutionParam = Annotated[
     str | None,
     QueryParameter(
         description="auto (default: the finest that keeps each series under max_points), "
-        "raw, 1m, 1h or 1d.",
+        "raw, 1m, 1h, 1d, or the calendar buckets 1w (ISO weeks) and 1mo (months).",
         examples=_examples(*RESOLUTION_CHOICES),
+    ),
+]
+TzParam = Annotated[
+    str | None,
+    QueryParameter(
+        description="UTC (default), local (each participant's zone history) or an IANA "
+        "name: 1d/1w/1mo buckets are that calendar's, and dates for start/end its dates.",
+        examples=_examples("UTC", "local", "Asia/Kolkata"),
     ),
 ]
 MaxPointsParam = Annotated[
@@ -231,6 +244,7 @@ def _query_params(
     cursor: CursorParam = None,
     downsample: DownsampleParam = None,
     width: WidthParam = None,
+    tz: TzParam = None,
     format_: FormatParam = None,
 ) -> dict[str, list[str]]:
     # The declarations above document the parameters; the engine validates the raw strings.
@@ -258,7 +272,7 @@ def _next_url(request: Request[Any, Any, Any], params: dict[str, list[str]], cur
 
 def _meta(answer: Answer, query: DataQuery) -> dict[str, Any]:
     return {
-        "resolution": answer.plan.resolution,
+        "resolution": answer.plan.answer_resolution,
         "requested_resolution": query.requested_resolution,
         "page_number": None if query.after is not None else query.page_number,
         "page_size": query.page_size,
@@ -317,7 +331,7 @@ def _counted(
     return rest()
 
 
-async def _iterate_in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+async def _iterate_in_thread(chunks: Iterator[bytes]) -> AsyncGenerator[bytes, None]:
     """Pull each chunk in a worker thread: the engine and the renderers block."""
     try:
         while True:
@@ -381,13 +395,17 @@ def data(
     headers = _meta_headers(meta, next_url)
     media_type = render.MEDIA_TYPES[format_name]
     if format_name == "json":
-        body = render.json_page(answer.batches, meta)
+        # Streamed too, a chunk of rows at a time: the page's memory reservation is held
+        # until its last chunk is sent (or the request ends), and the text of a large page
+        # never exists whole.
         service.telemetry.add_rows("json", answer.rows or 0)
         audit.add_rows(request, answer.rows or 0)
-        return Response(body, media_type=media_type, headers=headers)
-    batches = _counted(answer.batches, service.telemetry, format_name, request)
-    chunks = render.stream(format_name, batches, answer.schema)
-    return Stream(_iterate_in_thread(chunks), media_type=media_type, headers=headers)
+        chunks = render.json_chunks(answer.batches, meta)
+    else:
+        batches = _counted(answer.batches, service.telemetry, format_name, request)
+        chunks = render.stream(format_name, batches, answer.schema)
+    stream = bodies.register(request.scope, _iterate_in_thread(chunks))
+    return Stream(stream, media_type=media_type, headers=headers)
 
 
 # -- /plan, /catalog ---------------------------------------------------------------------
@@ -416,9 +434,11 @@ def plan(
 def catalog(request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
     reject_unknown(request.query_params, ())
     principal = principal_of(request)
-    summary = _service(state).engine.overview(principal)
+    service = _service(state)
+    summary = service.engine.overview(principal)
     coverage, runs = summary.coverage, summary.last_runs
     return {
+        "time_zones": _time_zones(service, principal),
         "metrics": [
             {
                 "name": m.name,
@@ -437,6 +457,19 @@ def catalog(request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
         "last_runs": runs,
         "warm_store": summary.warm_store,
     }
+
+
+def _time_zones(service: Service, principal: Principal) -> dict[str, Any]:
+    """The default zone and the zone histories of the participants the key sees (None while
+    the warm store is unreachable)."""
+    try:
+        histories = service.engine.zone_histories(None)
+    except WarmStoreUnavailable:
+        participants = None
+    else:
+        seen = {u: h for u, h in histories.items() if principal.sees_user(u)}
+        participants = describe_histories(seen)
+    return {"default": service.settings.query.default_tz, "participants": participants}
 
 
 # -- /health, /ready, /metrics -----------------------------------------------------------
@@ -557,7 +590,7 @@ def create_app(settings: Settings, database_url: str | None) -> Litestar:
         state=State({"service": service}),
         on_startup=[load_catalog],
         on_shutdown=[close_engine],
-        middleware=[AUTHENTICATION, KEY_LIMIT],
+        middleware=[AUTHENTICATION, ADMISSION],
         openapi_config=OpenAPIConfig(
             title="stratum",
             version="0.1.0",
@@ -579,6 +612,8 @@ def create_app(settings: Settings, database_url: str | None) -> Litestar:
     )
     # HEAD runs as GET underneath everything else. The access log sees the response as sent;
     # telemetry, outermost, counts 404s and errors raised before routing too.
+    # Innermost: a body is closed as soon as the app is done with the request.
+    app.asgi_handler = bodies.wrap(app.asgi_handler)
     app.asgi_handler = answer_head(app.asgi_handler)
     app.asgi_handler = audit.wrap(app.asgi_handler, service.record_audit)
     app.asgi_handler = hosts.wrap(app.asgi_handler, served_hosts(settings.server))

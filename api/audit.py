@@ -46,7 +46,9 @@ def note_query(request: Request[Any, Any, Any], query: DataQuery, format_name: s
     if entry is not None:
         entry.users, entry.metrics = query.users, query.metrics
         entry.span_start, entry.span_end = query.start, query.end
-        entry.resolution, entry.format = query.resolution, format_name
+        # A calendar answer names its bucket and zone: "1d tz=local".
+        zone = "" if query.tz == "UTC" else f" tz={query.tz}"
+        entry.resolution, entry.format = query.answer_resolution + zone, format_name
 
 
 def add_rows(request: Request[Any, Any, Any], rows: int) -> None:

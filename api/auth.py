@@ -15,11 +15,10 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.middleware.base import DefineMiddleware
-from litestar.types import ASGIApp, Receive, Scope, Send
 
 from api.explorer import UNAUTHENTICATED_PATHS
 from engine.access import LOCAL_ADMIN, Principal
-from engine.errors import KeyBusy, Unauthenticated
+from engine.errors import Unauthenticated
 
 EXCLUDED_PATHS = ["^/schema", *UNAUTHENTICATED_PATHS]
 _BEARER = "bearer "
@@ -54,51 +53,3 @@ def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
 def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Guard: the route needs an admin key."""
     principal_of(connection).require_admin(connection.url.path)
-
-
-class KeySlots:
-    """Requests running per key. Only the event loop touches it: no lock needed."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.running: dict[str, int] = {}
-
-    def acquire(self, name: str) -> None:
-        held = self.running.get(name, 0)
-        if held >= self.limit:
-            raise KeyBusy(
-                f"key {name!r} already has {held} requests running (at most {self.limit} "
-                "at once: STRATUM_MAX_REQUESTS_PER_KEY); retry when one has finished"
-            )
-        self.running[name] = held + 1
-
-    def release(self, name: str) -> None:
-        left = self.running.get(name, 1) - 1
-        if left > 0:
-            self.running[name] = left
-        else:
-            self.running.pop(name, None)
-
-
-class KeyConcurrencyLimit:
-    """After authentication: holds one of the key's slots until the response is whole (or
-    abandoned), so a stream counts for as long as it runs."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        user = scope.get("user")
-        service = scope["litestar_app"].state.service
-        if not isinstance(user, Principal) or not service.settings.access.auth:
-            await self.app(scope, receive, send)
-            return
-        slots: KeySlots = service.key_slots
-        slots.acquire(user.name)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            slots.release(user.name)
-
-
-KEY_LIMIT = DefineMiddleware(KeyConcurrencyLimit)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.text import Text
 
-from api import access_commands, commands, lake_commands
+from api import access_commands, commands, lake_commands, tz_commands
 from api.argtypes import comma_list, iso_date, non_negative, output_file, positive
 from api.console import err_console
 from engine.errors import InvalidParameter, StratumError
@@ -122,7 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--end", help="ISO 8601 date or date-time (exclusive)")
     query.add_argument("--start-date", help="instead of --start: the first day (YYYY-MM-DD)")
     query.add_argument("--end-date", help="instead of --end: the last day (YYYY-MM-DD), inclusive")
-    query.add_argument("--resolution", default=None, help="auto (default), raw, 1m, 1h or 1d")
+    query.add_argument(
+        "--resolution", default=None, help="auto (default), raw, 1m, 1h, 1d, 1w or 1mo"
+    )
+    query.add_argument(
+        "--tz",
+        default=None,
+        help="UTC (default), local (each participant's zone history) or an IANA name: "
+        "1d/1w/1mo buckets are that calendar's, dates for --start/--end its dates",
+    )
     query.add_argument("--max-points", default=None, help="points per series for auto")
     query.add_argument("--page-size", default=None, help="rows per page; 0: the whole answer")
     query.add_argument("--page-number", default=None)
@@ -158,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(run=commands.bench, needs_schema=False)
     lake_commands.add_parsers(sub)  # sync, sync status, tier, maintain, scheduler
     access_commands.add_parsers(sub)  # cohort, key, audit
+    tz_commands.add_parsers(sub)
     return parser
 
 

@@ -233,6 +233,7 @@ def query_params(args: argparse.Namespace) -> dict[str, list[str]]:
         "cursor": args.cursor,
         "downsample": args.downsample,
         "width": args.width,
+        "tz": getattr(args, "tz", None),
     }
     params.update({k: [str(v)] for k, v in single.items() if v is not None})
     return params
@@ -241,7 +242,9 @@ def query_params(args: argparse.Namespace) -> dict[str, list[str]]:
 def _answer_table(answer: Any, page: pa.Table) -> Table:
     from api import render  # the API's renderers: the table shows what JSON answers show
 
-    table = Table(title=f"{answer.plan.resolution} rows from {', '.join(answer.plan.sources)}")
+    table = Table(
+        title=f"{answer.plan.answer_resolution} rows from {', '.join(answer.plan.sources)}"
+    )
     texts = []
     for field_, column in zip(page.schema, page.columns, strict=True):
         numeric = pa.types.is_integer(field_.type) or pa.types.is_floating(field_.type)
@@ -315,7 +318,7 @@ def query(args: argparse.Namespace, ctx: Context) -> int:
             rows_text = "" if answer.rows is None else f"{answer.rows:,} rows"
             sources = ", ".join(answer.plan.sources) or "nowhere"
             err_console.print(
-                f"{rows_text}{written} ({answer.plan.resolution}, from {sources}){more}",
+                f"{rows_text}{written} ({answer.plan.answer_resolution}, from {sources}){more}",
                 highlight=False,
             )
     finally:
@@ -327,6 +330,7 @@ def serve(args: argparse.Namespace, ctx: Context) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.serving import uvicorn_options
 
     server = ctx.settings.server
     host = args.host or server.host
@@ -336,7 +340,7 @@ def serve(args: argparse.Namespace, ctx: Context) -> int:
     # The bind address as given on the command line is a Host the API answers by default.
     settings = replace(ctx.settings, server=replace(server, host=host))
     app = create_app(settings, ctx.url)
-    uvicorn.run(app, host=host, port=port, log_level=server.log_level)
+    uvicorn.run(app, host=host, port=port, **uvicorn_options(server))
     return 0
 
 

@@ -21,8 +21,8 @@ from engine.errors import (
     ConfigurationError,
     Forbidden,
     InvalidParameter,
-    KeyBusy,
     StratumError,
+    TooManyRequests,
     Unauthenticated,
     Unavailable,
 )
@@ -59,7 +59,7 @@ def _litestar_error(exc: HTTPException) -> HttpError:
     return HttpError(status, code, exc.detail or HTTPStatus(status).phrase, None, headers or None)
 
 
-def retry_after(kind: type[Unavailable] | type[KeyBusy]) -> dict[str, str]:
+def retry_after(kind: type[Unavailable] | type[TooManyRequests]) -> dict[str, str]:
     """The Retry-After header for a kind of unavailability (its policy is on the class)."""
     return {"Retry-After": str(max(1, int(kind.retry_after_s)))}
 
@@ -71,8 +71,8 @@ def to_http(exc: Exception) -> HttpError:
     if isinstance(exc, ConfigurationError):  # the server's problem, not the client's
         log.error("configuration error: %s", exc.message)
         return HttpError(500, exc.code, INTERNAL_MESSAGE)
-    if isinstance(exc, KeyBusy):  # the key's own requests fill its share: wait a moment
-        return HttpError(429, exc.code, exc.message, None, retry_after(type(exc)))
+    if isinstance(exc, TooManyRequests):  # the key's or address's own requests fill its share
+        return HttpError(429, exc.code, exc.message, exc.parameter, retry_after(type(exc)))
     if isinstance(exc, Unauthenticated):
         return HttpError(401, exc.code, exc.message, None, {"WWW-Authenticate": "Bearer"})
     if isinstance(exc, Forbidden):  # the same words whether the participant exists or not

@@ -117,6 +117,8 @@ def json_lines(batch: pa.RecordBatch, separator: str) -> pa.Array:
             pieces += ['"', iso_utc(column), '"']
         elif pa.types.is_string(column.type):
             pieces.append(_json_string(column))
+        elif pa.types.is_date(column.type):  # local_date of calendar rows
+            pieces += ['"', pc.fill_null(column.cast(pa.string()), ""), '"']
         else:
             pieces.append(_json_number(column))
     pieces.append("}" + separator)
@@ -126,16 +128,37 @@ def json_lines(batch: pa.RecordBatch, separator: str) -> pa.Array:
 # -- formats -----------------------------------------------------------------------------
 
 
+# Rows of a JSON page rendered per chunk: a chunk is a few MB of text, so a page of any size
+# holds its Arrow rows plus one chunk's rendering at a time, never the whole text.
+JSON_CHUNK_ROWS = 32_768
+
+
+def json_chunks(
+    batches: Iterable[pa.RecordBatch],
+    meta: Mapping[str, Any],
+    chunk_rows: int = JSON_CHUNK_ROWS,
+) -> Iterator[bytes]:
+    """{"data": [...], "meta": {...}} for a page, a chunk per `chunk_rows` rows."""
+    try:
+        yield b'{"data":['
+        first = True
+        for batch in batches:
+            for offset in range(0, batch.num_rows, chunk_rows):
+                if not first:
+                    yield b","
+                first = False
+                # Each row ends with a separator: the chunk's last one is left out.
+                yield bytes(string_bytes(json_lines(batch.slice(offset, chunk_rows), ","))[:-1])
+        yield b'],"meta":' + json.dumps(meta, separators=(",", ":")).encode() + b"}"
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()  # releases the page's memory reservation now, not at GC
+
+
 def json_page(batches: Iterable[pa.RecordBatch], meta: Mapping[str, Any]) -> bytes:
-    """{"data": [...], "meta": {...}} for a page (bounded by page_size)."""
-    parts: list[bytes | memoryview] = [b'{"data":[']
-    for batch in batches:
-        if batch.num_rows:
-            parts.append(string_bytes(json_lines(batch, ",")))
-    if len(parts) > 1:
-        parts[-1] = parts[-1][:-1]  # the last row's separator
-    parts.append(b'],"meta":' + json.dumps(meta, separators=(",", ":")).encode() + b"}")
-    return b"".join(parts)
+    """A whole JSON page at once (the CLI's and tests' convenience)."""
+    return b"".join(json_chunks(batches, meta))
 
 
 class _Drain:

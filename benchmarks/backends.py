@@ -338,6 +338,22 @@ class HttpJson(_Http):
         return run
 
 
+class HttpJsonPage(_Http):
+    key = "http_json_page"
+    label = "/data one JSON page"
+    description = "GET /data format=json, the first page only, read whole (not parsed)"
+
+    def prepare(self, case: Case) -> Timed:
+        params = case.params(format="json", page_size=str(case.page_size or self.json_page_size))
+
+        def run() -> int:
+            response = self.client.get("/data", params=params)
+            response.raise_for_status()
+            return int(response.headers["x-stratum-rows"])
+
+        return run
+
+
 def next_cursor(body: dict[str, Any]) -> str | None:
     """The cursor of the next page: {"data": [...], "meta": {"next": ...}}."""
     value = (body.get("meta") or {}).get("next")

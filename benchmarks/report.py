@@ -749,6 +749,23 @@ def memory_section(results: dict[str, Any]) -> list[str]:
             fmt_bytes(conc["server_peak_rss_bytes"]),
         ],
     ]
+    pages = budget.get("json_pages")
+    if pages:
+        rows.append(
+            [
+                f"{pages['threads']} concurrent 1M-row JSON pages (every participant and "
+                "metric, raw)",
+                f"{pages['rows']:,}",
+                fmt_s(pages["wall_s"]),
+                ", ".join(f"{k}: {v}" for k, v in sorted(pages["statuses"].items()))
+                + (
+                    f" ({pages['retried_503']} retried after a 503)"
+                    if pages.get("retried_503")
+                    else ""
+                ),
+                fmt_bytes(pages["server_peak_rss_bytes"]),
+            ]
+        )
     lines += _table(["step", "rows", "time", "outcome", "peak RSS"], rows)
     lines.append(
         f"Peak RSS of the serving process (VmHWM): **{fmt_bytes(budget['peak_rss_bytes'])}** "

@@ -15,6 +15,9 @@ import time
 from engine.errors import BudgetExhausted
 
 QUERY_OVERHEAD_BYTES = 16 * 2**20  # a query's fixed cost: plans, buffers, the interpreter
+# One chunk of an answer being rendered and sent: its text pieces, the joined chunk, the
+# server's copy (api/render.py renders at most ~131k rows, a few MB of text, at a time).
+RENDER_BYTES = 16 * 2**20
 # DuckDB's share of what the budget leaves once the process's own footprint is set aside.
 DUCKDB_SHARE = 0.5
 MIN_SHARE_BYTES = 32 * 2**20
@@ -82,6 +85,12 @@ class MemoryBudget:
             self._admitted += 1
             self._peak = max(self._peak, self._in_use)
             return nbytes
+
+    def resize(self, budget_bytes: int) -> None:
+        """A new size (queries admitted already keep what they reserved)."""
+        with self._cond:
+            self.budget_bytes = budget_bytes
+            self._cond.notify_all()
 
     def release(self, nbytes: int) -> None:
         with self._cond:

@@ -95,12 +95,25 @@ class Forbidden(StratumError):
     code = "forbidden"
 
 
-class KeyBusy(StratumError):
-    """The key already has its most concurrent requests running (HTTP 429): one key must
-    not take the whole memory budget. `retry_after_s` is the API's Retry-After."""
+class TooManyRequests(StratumError):
+    """A client already has its most concurrent requests running (HTTP 429 + Retry-After):
+    one key, or one client address, must not take the whole server. The subclasses say
+    which limit was hit; `retry_after_s` is the API's Retry-After."""
+
+    code = "too_many_requests"
+    retry_after_s = 1  # requests finish in seconds; the client's next one may proceed
+
+
+class KeyBusy(TooManyRequests):
+    """The key already has STRATUM_MAX_REQUESTS_PER_KEY requests running."""
 
     code = "key_busy"
-    retry_after_s = 1  # requests finish in seconds; the key's own next one may proceed
+
+
+class ClientBusy(TooManyRequests):
+    """The client address already has STRATUM_MAX_REQUESTS_PER_CLIENT requests running."""
+
+    code = "client_busy"
 
 
 class LakeDamaged(Unavailable):

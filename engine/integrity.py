@@ -28,7 +28,7 @@ Records = Callable[[str, Sequence[str]], dict[str, tuple[int, str]] | None]
 class FileChecker:
     def __init__(self, lake: Lake) -> None:
         self.lake = lake
-        self.verified = VerifiedFiles()
+        self.verified = VerifiedFiles(lake.storage)
 
     def damaged(self, plan: Plan, records: Records) -> dict[str, dict[DayKey, str]]:
         """Per lake table, the (user, day)s of the plan's lake files that are not intact,
@@ -45,7 +45,7 @@ class FileChecker:
             recorded = records(table, list(by_relative)) or {}
             for relative, lake_file in by_relative.items():
                 size, digest = recorded.get(relative, (lake_file.size_bytes, None))
-                why = check_file(lake_file.path, size, digest)
+                why = check_file(self.lake.storage, lake_file.path, size, digest)
                 if why is None:
                     self.verified.remember(lake_file.path)
                     continue

@@ -21,7 +21,7 @@ from engine.plan import Segment
 from engine.query import Key, from_us
 from engine.settings import MemorySettings
 from engine.shapes import conform, schema_for
-from lake import LakeFile, LakeFiles, scan_sql
+from lake import LakeFile, LakeFiles, LakeStorage, lake_scan
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,22 @@ DEFAULT_TUNING = ScanTuning()
 def connect_duckdb(memory: MemorySettings, limit_bytes: int) -> duckdb.DuckDBPyConnection:
     """One in-process DuckDB for all queries: its memory_limit is shared by all of them."""
     Path(memory.spill_path).mkdir(parents=True, exist_ok=True)
-    limit_mb = max(32, limit_bytes // 2**20)
     return duckdb.connect(
         config={
-            "memory_limit": f"{limit_mb}MB",
+            "memory_limit": _megabytes(limit_bytes),
             "temp_directory": str(memory.spill_path),
             "threads": memory.duckdb_threads,
             "preserve_insertion_order": True,
         }
     )
+
+
+def _megabytes(limit_bytes: int) -> str:
+    return f"{max(32, limit_bytes // 2**20)}MiB"
+
+
+def set_memory_limit(duck: duckdb.DuckDBPyConnection, limit_bytes: int) -> None:
+    duck.execute(f"SET memory_limit = '{_megabytes(limit_bytes)}'")
 
 
 def _columns(segment: Segment) -> str:
@@ -64,6 +71,7 @@ def _columns(segment: Segment) -> str:
 
 def _query(
     duck: duckdb.DuckDBPyConnection,
+    storage: LakeStorage,
     segment: Segment,
     files: tuple[LakeFile, ...],
     users: tuple[int, ...],
@@ -74,7 +82,26 @@ def _query(
 ) -> Iterator[pa.RecordBatch]:
     """One DuckDB query over `files`; sorted only when several metrics interleave in a file
     (or M4 reduced them)."""
-    scan, file_params = scan_sql(LakeFiles(segment.source, segment.lake_version, files))
+    cursor = duck.cursor()  # per-query connection sharing the database and its memory limit
+    try:
+        lake_files = LakeFiles(segment.source, segment.lake_version, files)
+        with lake_scan(cursor, lake_files, storage) as (scan, file_params):
+            yield from _run(cursor, segment, scan, file_params, users, metrics, after, limit, m4)
+    finally:
+        cursor.close()
+
+
+def _run(
+    cursor: duckdb.DuckDBPyConnection,
+    segment: Segment,
+    scan: str,
+    file_params: dict[str, list[str]],
+    users: tuple[int, ...],
+    metrics: tuple[str, ...],
+    after: Key | None,
+    limit: int | None,
+    m4: M4 | None,
+) -> Iterator[pa.RecordBatch]:
     params: dict[str, object] = dict(file_params)
     params.update({f"u{i}": u for i, u in enumerate(users)})
     params.update({f"m{i}": m for i, m in enumerate(metrics)})
@@ -100,15 +127,14 @@ def _query(
             f"SELECT {_columns(segment)} FROM {scan} AS lake "  # noqa: S608
             f"WHERE {where} AND {after_sql}{order}{limit_sql}"
         )
-    cursor = duck.cursor()  # per-query connection sharing the database and its memory limit
+    reader = cursor.sql(sql, params=params).to_arrow_reader(BATCH_ROWS)
+    schema = schema_for(segment.resolution)
     try:
-        reader = cursor.sql(sql, params=params).to_arrow_reader(BATCH_ROWS)
-        schema = schema_for(segment.resolution)
         for batch in reader:
             if batch.num_rows:
                 yield conform(batch, schema)
     finally:
-        cursor.close()
+        reader.close()  # a page stops early: the scan's dataset can then be dropped
 
 
 def _chunks(
@@ -127,6 +153,7 @@ def _chunks(
 
 def stream_lake(
     duck: duckdb.DuckDBPyConnection,
+    storage: LakeStorage,
     segment: Segment,
     metrics: tuple[str, ...],
     after: Key | None,
@@ -145,13 +172,13 @@ def stream_lake(
     if m4 is not None:
         # One aggregate over every file: its answer is at most 4 rows per column and series.
         log.debug("lake M4 over %d files, %d columns", len(files), m4.width)
-        yield from _query(duck, segment, files, segment.users, metrics, after, limit, m4)
+        yield from _query(duck, storage, segment, files, segment.users, metrics, after, limit, m4)
         return
     small = sum(max(f.rows, 0) for f in files) <= tuning.sort_rows
     if (len(metrics) == 1 and limit is None) or small:
         # One order-preserving scan, or one sort of a small answer: a single query.
         log.debug("lake scan of %d files in one query", len(files))
-        yield from _query(duck, segment, files, segment.users, metrics, after, limit)
+        yield from _query(duck, storage, segment, files, segment.users, metrics, after, limit)
         return
     # Large: one order-preserving scan per series (user, metric) - no sort, bounded memory.
     log.debug("lake scan of %d files series by series", len(files))
@@ -171,6 +198,7 @@ def stream_lake(
             for chunk in _chunks(series_files, limit is not None, tuning.first_chunk_files):
                 batches = _query(
                     duck,
+                    storage,
                     segment,
                     files=chunk,
                     users=(user_id,),

@@ -52,10 +52,18 @@ class Plan:
     notes: tuple[str, ...] = field(default_factory=tuple)
     # What making it took, per stage (ms) and warm-store statements (engine.timings).
     timings: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    # A calendar answer (local days, weeks, months): `query` is then the finer query whose
+    # rows are bucketed, and this describes the request and its buckets.
+    calendar: dict[str, Any] | None = None
 
     @property
     def resolution(self) -> Resolution:
         return self.query.resolution
+
+    @property
+    def answer_resolution(self) -> str:
+        """What the answer's rows are: the tier's resolution, or the calendar bucket."""
+        return str(self.calendar["bucket"]) if self.calendar else self.resolution
 
     @property
     def needs_warm(self) -> bool:
@@ -67,7 +75,7 @@ class Plan:
         return list(dict.fromkeys(s.backend for s in self.segments))
 
     def describe(self) -> dict[str, Any]:
-        return {
+        described = {
             "query": describe(self.query),
             "resolution": self.resolution,
             "sources": self.sources,
@@ -75,3 +83,8 @@ class Plan:
             "notes": list(self.notes),
             "timings": dict(self.timings),
         }
+        if self.calendar is not None:
+            described["query"] = self.calendar["query"]
+            described["resolution"] = self.calendar["bucket"]
+            described["calendar"] = {k: v for k, v in self.calendar.items() if k != "query"}
+        return described

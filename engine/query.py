@@ -15,14 +15,17 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeGuard, cast
 
 from engine.access import Principal
+from engine.calendar import CALENDARS, Calendar, local_midnight
 from engine.errors import InvalidParameter
 from engine.registry import METRICS, metric_names
 from engine.resolution import choose_resolution
 from engine.settings import QuerySettings
 from engine.tiers import RESOLUTIONS, Resolution
 from engine.timestamps import midnight
+from engine.zones import zone, zone_name
 
-RESOLUTION_CHOICES = ("auto", *RESOLUTIONS)
+RESOLUTION_CHOICES = ("auto", *RESOLUTIONS, "1w", "1mo")
+LOCAL = "local"  # tz=local: each participant's own zone history
 MAX_POINTS_LIMIT = 10_000_000
 DOWNSAMPLE_CHOICES = ("none", "m4")
 MAX_WIDTH = 16_384  # pixel columns of an M4 answer: wider than any screen
@@ -61,6 +64,14 @@ class DataQuery:
     # downsample=m4&width=N on a raw answer: per pixel column (N over [start, end)), each
     # series' first, last, lowest and highest row only (engine/m4.py). None: every row.
     m4_width: int | None = None
+    tz: str = "UTC"  # "UTC", "local" (each participant's history) or an IANA name
+    # Set when the answer is in calendar buckets: 1w and 1mo, or 1d in a zone other than
+    # UTC (`resolution` is then 1d; the tier read is chosen when the zones are known).
+    calendar: Calendar | None = None
+    # tz=local with dates for start/end: the local dates [first, end) of the buckets; start
+    # and end then hold a UTC span a day wider, holding every participant's buckets.
+    local_start: date | None = None
+    local_end: date | None = None
     # The server's HMAC key for cursors (Engine.cursor_secret()): a cursor is signed over the
     # answer, the principal and the position, so it cannot be forged or used by another key.
     cursor_secret: bytes = field(default=b"", repr=False, compare=False)
@@ -75,18 +86,25 @@ class DataQuery:
         """Rows before this page (page_number paging; 0 with a cursor)."""
         return 0 if self.after is not None else (self.page_number - 1) * self.page_size
 
+    @property
+    def answer_resolution(self) -> str:
+        """What the rows are: a tier's resolution, or the calendar bucket."""
+        return self.calendar or self.resolution
+
     def fingerprint(self) -> str:
         """Identifies the answer a cursor walks through (not the page)."""
-        text = json.dumps(
-            [
-                self.users,
-                self.metrics,
-                to_us(self.start),
-                to_us(self.end),
-                self.resolution,
-                self.m4_width,
-            ]
-        )
+        parts: list[Any] = [
+            self.users,
+            self.metrics,
+            to_us(self.start),
+            to_us(self.end),
+            self.resolution,
+            self.m4_width,
+        ]
+        if self.calendar is not None or self.tz != "UTC":
+            local = [d.isoformat() if d else None for d in (self.local_start, self.local_end)]
+            parts += [self.tz, self.calendar, *local]
+        text = json.dumps(parts)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def cursor_tag(self, key: Key) -> str:
@@ -258,6 +276,7 @@ QUERY_PARAMETERS = (
     "cursor",
     "downsample",
     "width",
+    "tz",
 )
 
 
@@ -298,9 +317,58 @@ def parse_day(parameter: str, text: str) -> date:
     )
 
 
-def _bound(one: Callable[[str], str | None], name: str) -> tuple[str, str, datetime]:
-    """(parameter given, its text, instant) of the span's start or end: `name` (a date or
-    date-time; end exclusive) or `name`_date (a date; end_date through the end of its day)."""
+def parse_tz(text: str | None) -> str:
+    """UTC (the default), local, or a canonical IANA name."""
+    if text is None or text.strip().lower() == "utc":
+        return "UTC"
+    if text.strip().lower() == LOCAL:
+        return LOCAL
+    name = zone_name("tz", text)
+    return name
+
+
+@dataclass(frozen=True)
+class Bound:
+    parameter: str  # the name given (start, end, start_date, end_date)
+    text: str
+    instant: datetime  # UTC; for a local date under tz=local, a day beyond every zone's
+    local_day: date | None = None  # tz=local, a date given: the local date (end: exclusive)
+
+
+def _instant(parameter: str, text: str, tz: str) -> datetime:
+    """A date-time; without an offset it is in `tz` (under tz=local, refused)."""
+    stripped = text.strip()
+    try:
+        naive = datetime.fromisoformat(stripped.replace("z", "Z")).tzinfo is None
+    except ValueError:
+        naive = False  # parse_time names what is wrong
+    if tz == "UTC" or not naive:
+        return parse_time(parameter, text)
+    if tz == LOCAL:
+        raise InvalidParameter(
+            parameter,
+            f"{parameter}={text!r} has no offset, and under tz=local each participant's clock "
+            "differs: give a date (a local date), or a date-time with an offset or Z",
+        )
+    local = datetime.fromisoformat(stripped).replace(tzinfo=zone(tz))
+    return _within_span(parameter, text, local.astimezone(UTC))
+
+
+def _day_instant(day: date, tz: str, name: str) -> tuple[datetime, date | None]:
+    """(UTC instant, local date under tz=local) of a date bound in zone `tz`."""
+    if tz == "UTC":
+        return midnight(day), None
+    if tz == LOCAL:
+        # Every zone's midnight of `day` lies within a day of UTC midnight.
+        widened = midnight(day) + timedelta(days=-1 if name == "start" else 1)
+        return max(MIN_INSTANT, min(MAX_INSTANT, widened)), day
+    return local_midnight(day, tz), None
+
+
+def _bound(one: Callable[[str], str | None], name: str, tz: str = "UTC") -> Bound:
+    """The span's start or end: `name` (a date or date-time; end exclusive) or
+    `name`_date (a date; end_date through the end of its day). Dates and date-times without
+    an offset are in zone `tz`."""
     alias = f"{name}_date"
     text, day_text = one(name), one(alias)
     if text is not None and day_text is not None:
@@ -311,13 +379,28 @@ def _bound(one: Callable[[str], str | None], name: str) -> tuple[str, str, datet
         day = parse_day(alias, day_text)
         if not MIN_INSTANT.date() <= day < MAX_INSTANT.date():
             raise InvalidParameter(alias, _out_of_span(alias, day_text))
-        return alias, day_text, midnight(day + timedelta(days=1) if name == "end" else day)
+        day = day + timedelta(days=1) if name == "end" else day
+        return Bound(alias, day_text, *_day_instant(day, tz, name))
     if text is None:
         example = "2024-01-01" if name == "start" else "2024-02-01, exclusive"
         raise InvalidParameter(
             name, f"{name} is required (ISO 8601, e.g. {example}; or {alias}, a date)"
         )
-    return name, text, _within_span(name, text, parse_time(name, text))
+    if len(text.strip()) == 10 and tz != "UTC":
+        day = parse_day(name, text)
+        # As in UTC: `end` (exclusive) may be the last date itself.
+        if not MIN_INSTANT.date() <= day <= MAX_INSTANT.date() - timedelta(days=name == "start"):
+            raise InvalidParameter(name, _out_of_span(name, text))
+        return Bound(name, text, *_day_instant(day, tz, name))
+    return Bound(name, text, _within_span(name, text, _instant(name, text, tz)))
+
+
+def _calendar(requested: str, resolution: Resolution, tz: str) -> Calendar | None:
+    if requested in CALENDARS and requested != "1d":
+        return cast(Calendar, requested)
+    if resolution == "1d" and tz != "UTC":
+        return "1d"
+    return None
 
 
 def build_query(
@@ -340,9 +423,15 @@ def build_query(
 
     users = parse_users(params.get("user_id") or [], settings.max_users)
     metrics = parse_metrics(params.get("metric") or [])
-    start_name, start_text, start = _bound(one, "start")
-    end_name, end_text, end = _bound(one, "end")
-    if start >= end:
+    tz = parse_tz(one("tz"))
+    first, last = _bound(one, "start", tz), _bound(one, "end", tz)
+    start_name, start_text, start = first.parameter, first.text, first.instant
+    end_name, end_text, end = last.parameter, last.text, last.instant
+    if start >= end or (
+        first.local_day is not None
+        and last.local_day is not None
+        and first.local_day >= last.local_day
+    ):
         relation = "on or after" if end_name == "end_date" else "after"
         raise InvalidParameter(
             end_name,
@@ -362,9 +451,17 @@ def build_query(
     resolution = (
         choose_resolution(metrics, start, end, max_points)
         if requested == "auto"
-        else cast(Resolution, requested)
+        else cast(Resolution, "1d" if requested in CALENDARS else requested)
     )
     m4_width = _downsampling(one("downsample"), one("width"))
+    calendar = _calendar(requested, resolution, tz)
+    local_days = (first.local_day, last.local_day)
+    if calendar is None and local_days != (None, None):
+        raise InvalidParameter(
+            first.parameter if first.local_day else last.parameter,
+            f"under tz=local, dates select calendar buckets (resolution 1d, 1w or 1mo); a "
+            f"{resolution} answer needs start/end as date-times with an offset or Z",
+        )
     size_text, number_text, cursor_text = one("page_size"), one("page_number"), one("cursor")
     page_size = (
         settings.default_page_size
@@ -388,6 +485,10 @@ def build_query(
         cursor_secret=cursor_secret,
         # Rollups are already at most max_points per series: M4 reduces raw answers only.
         m4_width=m4_width if resolution == "raw" else None,
+        tz=tz,
+        calendar=calendar,
+        local_start=first.local_day,
+        local_end=last.local_day,
     )
     if cursor_text:
         if number_text is not None:
@@ -423,8 +524,9 @@ def describe(query: DataQuery) -> dict[str, Any]:
         "metrics": list(query.metrics),
         "start": query.start.isoformat(),
         "end": query.end.isoformat(),
-        "resolution": query.resolution,
+        "resolution": query.answer_resolution,
         "requested_resolution": query.requested_resolution,
+        "tz": query.tz,
         "max_points": query.max_points,
         "page_size": query.page_size,
         "page_number": query.page_number,

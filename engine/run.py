@@ -26,21 +26,37 @@ import pyarrow as pa
 from engine import paging, planner
 from engine.access import Principal, authenticate, cursor_secret, hash_key, live_principals
 from engine.audit import AuditEntry, write_entry
-from engine.budget import QUERY_OVERHEAD_BYTES, MemoryBudget, resident_bytes, split_budget
+from engine.budget import (
+    QUERY_OVERHEAD_BYTES,
+    RENDER_BYTES,
+    MemoryBudget,
+    resident_bytes,
+    split_budget,
+)
 from engine.catalog import Catalog, CatalogSource
-from engine.errors import LakeDamaged, Unauthenticated, WarmStoreUnavailable
+from engine.errors import InvalidParameter, LakeDamaged, Unauthenticated, WarmStoreUnavailable
 from engine.integrity import FileChecker
-from engine.lakeexec import BATCH_ROWS, DEFAULT_TUNING, ScanTuning, connect_duckdb, stream_lake
+from engine.lakeexec import (
+    BATCH_ROWS,
+    DEFAULT_TUNING,
+    ScanTuning,
+    connect_duckdb,
+    set_memory_limit,
+    stream_lake,
+)
+from engine.localquery import CalendarWork, page, prepare
 from engine.m4 import M4
 from engine.merge import merge_sorted, take
 from engine.overview import Health, Overview, coverage, damaged_days, last_runs, ping
 from engine.plan import Plan, Segment
-from engine.query import DataQuery, Key
+from engine.query import LOCAL, DataQuery, Key
+from engine.rebucket import combine, partials
 from engine.settings import Settings
-from engine.shapes import row_bytes, schema_for
+from engine.shapes import CALENDAR, row_bytes, schema_for
 from engine.tiers import LAKE_TABLES
 from engine.timings import StageTimes
 from engine.warm import CHUNK_ROWS, WarmPool, stream_warm
+from engine.zones import History, read_histories
 from lake import Lake
 
 log = logging.getLogger(__name__)
@@ -188,6 +204,23 @@ class Engine:
             self._cursor_secret = cursor_secret(conn)
             return True
 
+    def settle_budget(self) -> tuple[int, int]:
+        """Split the memory budget again with what the process holds once it has started
+        (DuckDB, the catalog, pools, threads): the budget bounds the whole process, its idle
+        part included, so queries share only what is left. Returns (DuckDB, admission)."""
+        duckdb_bytes, admission_bytes = split_budget(
+            self.settings.memory.budget_bytes, resident_bytes()
+        )
+        set_memory_limit(self.duck, duckdb_bytes)
+        self.budget.resize(admission_bytes)
+        log.info(
+            "memory budget %d bytes: DuckDB %d, queries %d, the process itself the rest",
+            self.settings.memory.budget_bytes,
+            duckdb_bytes,
+            admission_bytes,
+        )
+        return duckdb_bytes, admission_bytes
+
     def catalog(self, query: DataQuery, times: StageTimes | None = None) -> Catalog:
         query.principal.require(query.users, query.metrics)  # before any I/O for it
         first, last = query.days
@@ -207,6 +240,11 @@ class Engine:
     ) -> Plan:
         """The plan; its `timings` say what loading the catalog (unless given) and planning
         took."""
+        if query.calendar is not None:
+            work = self._calendar_work(query)
+            if work.inner is None:
+                return Plan(query, (), calendar=work.describe())
+            return replace(self.plan(work.inner, times=times), calendar=work.describe())
         times = times or StageTimes()
         catalog = catalog or self.catalog(query, times)
         with times.stage("plan"):
@@ -234,6 +272,8 @@ class Engine:
 
     def run(self, query: DataQuery) -> Answer:
         """The answer; its `times` fill up, stage by stage, as its batches are read."""
+        if query.calendar is not None:
+            return self._run_calendar(query)
         times = StageTimes()
         plan, catalog = self.checked_plan(query, times)
         if plan.needs_warm and not catalog.warm_available:
@@ -241,7 +281,9 @@ class Engine:
                 "the warm store is unreachable and this span needs it; spans already in "
                 "the lake are still served"
             )
-        reservation = self.budget.reserve(self._estimate(plan))
+        need = self._estimate(plan)
+        self._refuse_pages_beyond_the_budget(plan, need)
+        reservation = self.budget.reserve(need)
         try:
             with times.stage("locate_page"):
                 after, skip = self._start(plan, catalog)
@@ -265,6 +307,64 @@ class Engine:
         # The reservation covers the page until the caller has rendered (consumed) it.
         answer.batches = self._released(answer.batches, reservation)
         return answer
+
+    # -- calendar answers (local days, weeks, months) ----------------------------------------
+
+    def zone_histories(self, users: Sequence[int] | None) -> dict[int, History]:
+        """Participants' zone histories (None: all); the warm store must answer."""
+        try:
+            with self._connection() as conn:
+                if conn is not None:
+                    return read_histories(conn, users)
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            log.warning("zone histories unreadable: %s", exc)
+        raise WarmStoreUnavailable(
+            "the warm store is unreachable: participants' time zones (tz=local) cannot be read"
+        )
+
+    def _calendar_work(self, query: DataQuery) -> CalendarWork:
+        query.principal.require(query.users, query.metrics)  # before any I/O for it
+        histories = self.zone_histories(query.users) if query.tz == LOCAL else {}
+        return prepare(query, histories, self.settings.query.default_tz)
+
+    def _run_calendar(self, query: DataQuery) -> Answer:
+        """The whole calendar answer is small (a row per bucket and series): it is summed
+        from the finer rows, then paged."""
+        work = self._calendar_work(query)
+        if work.inner is None:
+            plan, table = Plan(query, (), calendar=work.describe()), CALENDAR.empty_table()
+        else:
+            plan, catalog = self.checked_plan(work.inner)
+            if plan.needs_warm and not catalog.warm_available:
+                raise WarmStoreUnavailable(
+                    "the warm store is unreachable and this span needs it; spans already in "
+                    "the lake are still served"
+                )
+            plan = replace(plan, calendar=work.describe())
+            reservation = self.budget.reserve(self._estimate(plan))
+            try:
+                table = combine([self._partials(s, work) for s in plan.segments], work.table)
+            finally:
+                self.budget.release(reservation)
+        rows, has_more, next_cursor = page(query, table)
+        return Answer(
+            plan=plan,
+            schema=CALENDAR,
+            batches=iter(rows.to_batches()),
+            has_more=has_more,
+            next_cursor=next_cursor,
+            rows=None if query.page_size == 0 else rows.num_rows,
+        )
+
+    def _partials(self, segment: Segment, work: CalendarWork) -> pa.Table:
+        """A segment's partial bucket sums, as its rows stream in. (Summing lake rows inside
+        DuckDB with an ASOF JOIN on the bucket starts measured slower: 437 ms against 110
+        ms for a year of 1h rows of 10 participants, 7.8 s for their 1m rows.)"""
+        assert work.inner is not None
+        stream = self._segment_stream(
+            segment, work.inner.metrics, None, None, None, StageTimes()
+        )  # no M4
+        return partials(stream, work.table)
 
     # -- lake integrity ----------------------------------------------------------------------
 
@@ -427,11 +527,37 @@ class Engine:
     # -- steps -------------------------------------------------------------------------------
 
     def _estimate(self, plan: Plan) -> int:
-        """Bytes this query holds outside DuckDB: batches in flight, and the page itself."""
+        """Bytes this query holds outside DuckDB until its answer is sent: batches in flight
+        (one per segment, at most a page of rows), the page's rows (held until the last is
+        sent), and one chunk being rendered and sent (every format renders a slice of rows
+        at a time)."""
         width = row_bytes(plan.resolution)
-        in_flight = len(plan.segments) * max(CHUNK_ROWS, BATCH_ROWS) * width
-        page = plan.query.page_size * width * 3  # rows, then their rendering
-        return QUERY_OVERHEAD_BYTES + in_flight + page
+        page_size = plan.query.page_size
+        batch_rows = max(CHUNK_ROWS, BATCH_ROWS)
+        if page_size:
+            batch_rows = min(batch_rows, page_size + 1)
+        in_flight = len(plan.segments) * batch_rows * width
+        return QUERY_OVERHEAD_BYTES + in_flight + page_size * width + RENDER_BYTES
+
+    def _refuse_pages_beyond_the_budget(self, plan: Plan, need: int) -> None:
+        """A page that needs more than all the memory queries may share can never be admitted
+        within the budget: the client is told the page size that fits (a stream's needs do
+        not grow with its length, so streams are always admitted, alone if need be)."""
+        page_size = plan.query.page_size
+        available = self.budget.budget_bytes
+        if not page_size or need <= available:
+            return
+        width = row_bytes(plan.resolution)
+        fits = max(0, available - (need - page_size * width)) // width
+        if fits < 1:
+            return  # its fixed costs alone fill the budget: admitted alone, as a stream is
+        raise InvalidParameter(
+            "page_size",
+            f"page_size={page_size:,} needs about {need / 2**20:,.0f} MiB, more than this "
+            f"server's memory for queries ({available / 2**20:,.0f} MiB of "
+            f"STRATUM_MEMORY_BUDGET); ask for at most {fits:,} rows per page, or stream the "
+            "answer (page_size=0 with format=arrow, parquet, csv or ndjson)",
+        )
 
     def _start(self, plan: Plan, catalog: Catalog) -> tuple[Key | None, int]:
         query = plan.query
@@ -475,16 +601,21 @@ class Engine:
         """A file damaged after this process verified it (same size and mtime: bit rot) can
         still fail in DuckDB: a 503, never a 500, and the files are checked again next time."""
         try:
-            yield from stream_lake(self.duck, segment, metrics, after, limit, self.scan_tuning, m4)
+            yield from stream_lake(
+                self.duck, self.lake.storage, segment, metrics, after, limit, self.scan_tuning, m4
+            )
         except (duckdb.IOException, duckdb.InvalidInputException) as exc:
-            log.error("lake read failed for %s: %s", segment.source, exc)
-            for lake_file in segment.files:
-                self.files.verified.forget(lake_file.path)
-            last = (segment.end - timedelta(microseconds=1)).date()
-            days = [(user_id, segment.start.date(), last) for user_id in segment.users]
-            raise LakeDamaged(
-                segment.source, days, "could not be read; it is checked again on the next request"
-            ) from None
+            raise self._unreadable(segment, exc) from None
+
+    def _unreadable(self, segment: Segment, exc: Exception) -> LakeDamaged:
+        log.error("lake read failed for %s: %s", segment.source, exc)
+        for lake_file in segment.files:
+            self.files.verified.forget(lake_file.path)
+        last = (segment.end - timedelta(microseconds=1)).date()
+        days = [(user_id, segment.start.date(), last) for user_id in segment.users]
+        return LakeDamaged(
+            segment.source, days, "could not be read; it is checked again on the next request"
+        )
 
     def _stream(
         self, plan: Plan, after: Key | None, skip: int, limit: int | None, times: StageTimes

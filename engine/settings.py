@@ -17,7 +17,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from engine.errors import ConfigurationError
+from engine.errors import ConfigurationError, InvalidParameter
+from engine.zones import zone_name
 
 GiB = 1024**3
 DEFAULT_MEMORY_BUDGET = 128 * GiB
@@ -36,7 +37,7 @@ class DatabaseSettings:
 
 @dataclass(frozen=True)
 class LakeSettings:
-    path: Path
+    path: Path | str  # a local folder, or "s3://bucket/prefix" (see lake.storage)
     sync_grace_days: int  # days younger than this stay in the warm store: devices upload late
     sync_batch_days: int  # (user, day) pairs per Delta commit
     vacuum_retention_hours: int  # unreferenced files younger than this survive vacuum
@@ -57,6 +58,7 @@ class QuerySettings:
     default_page_size: int
     max_page_size: int
     max_users: int
+    default_tz: str = "UTC"  # the zone of participants without a zone history
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class ServerSettings:
     port: int
     log_level: str
     allowed_hosts: tuple[str, ...] | None  # None: the bind address and localhost
+    send_timeout_s: int  # a client that accepts no 64 KiB of its answer for this long is dropped
+    idle_timeout_s: int  # a connection must send a request's headers within this long
 
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -84,6 +88,7 @@ class AccessSettings:
     auth: bool  # False: every request is the local admin (a loopback bind only)
     audit_retention_days: int  # access-log rows older than this are dropped
     max_requests_per_key: int  # concurrent requests one key may have running
+    max_requests_per_client: int  # concurrent requests one client address may have running
 
 
 @dataclass(frozen=True)
@@ -168,8 +173,32 @@ def host_list(value: str, name: str) -> tuple[str, ...]:
     return hosts
 
 
+def time_zone(value: str, name: str) -> str:
+    """A canonical IANA name."""
+    try:
+        return zone_name(name, value)
+    except InvalidParameter as exc:
+        raise ConfigurationError(str(exc), parameter=name) from None
+
+
 def path(value: str, name: str) -> Path:
     return Path(value).resolve()
+
+
+def lake_location(value: str, name: str) -> Path | str:
+    """A local folder (resolved), or an S3 URI kept as given."""
+    if value.startswith("s3://"):
+        bucket = value[len("s3://") :].split("/", 1)[0]
+        if not bucket:
+            raise ConfigurationError(
+                f"{name}={value!r} names no bucket: use s3://bucket/prefix", parameter=name
+            )
+        return value.rstrip("/")
+    if "://" in value:
+        raise ConfigurationError(
+            f"{name}={value!r}: use a local folder or s3://bucket/prefix", parameter=name
+        )
+    return path(value, name)
 
 
 def memory_budget(value: str, name: str) -> int:
@@ -247,8 +276,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         name="STRATUM_LAKE_PATH",
         default="$STRATUM_HOME/lake",
-        parse=path,
-        meaning="root of the Delta Lake tables",
+        parse=lake_location,
+        meaning="root of the Delta Lake tables: a folder, or `s3://bucket/prefix` on "
+        "S3-compatible storage (endpoint and credentials: the standard `AWS_*` variables, "
+        "see [the lake on S3](#the-lake-on-s3))",
         field="lake.path",
     ),
     Setting(
@@ -332,6 +363,14 @@ SETTINGS: tuple[Setting, ...] = (
         field="query.max_page_size",
     ),
     Setting(
+        name="STRATUM_DEFAULT_TZ",
+        default="UTC",
+        parse=time_zone,
+        meaning="IANA time zone of participants without a zone history (`stratum tz set`), "
+        "for `tz=local` answers",
+        field="query.default_tz",
+    ),
+    Setting(
         name="STRATUM_MAX_USERS",
         default="1000",
         parse=integer(minimum=1),
@@ -368,6 +407,24 @@ SETTINGS: tuple[Setting, ...] = (
         "(allowed) host",
         field="server.allowed_hosts",
         shown="the bind address and localhost (`localhost`, `127.0.0.1`, `::1`)",
+    ),
+    Setting(
+        name="STRATUM_SEND_TIMEOUT_S",
+        default="10",
+        parse=integer(minimum=1),
+        meaning="`stratum serve` drops a connection whose client has not accepted 64 KiB of its "
+        "answer in this many seconds (a stalled reader): the request ends and its memory "
+        "reservation and concurrency slots are released",
+        field="server.send_timeout_s",
+    ),
+    Setting(
+        name="STRATUM_IDLE_TIMEOUT_S",
+        default="5",
+        parse=integer(minimum=1),
+        meaning="`stratum serve` closes a connection that has not sent a whole request's headers "
+        "this many seconds after it opened or after its previous answer (idle keep-alive "
+        "connections, slow or silent clients)",
+        field="server.idle_timeout_s",
     ),
     Setting(
         name="STRATUM_NIGHTLY_CRON",
@@ -407,6 +464,15 @@ SETTINGS: tuple[Setting, ...] = (
         meaning="requests one key may have running at once (streams count until their last "
         "byte); beyond it 429 + `Retry-After`, so one key cannot take the whole memory budget",
         field="access.max_requests_per_key",
+    ),
+    Setting(
+        name="STRATUM_MAX_REQUESTS_PER_CLIENT",
+        default="16",
+        parse=integer(minimum=1),
+        meaning="requests one client address may have running at once, whatever its keys "
+        "(streams count until their last byte); beyond it 429 `client_busy` + `Retry-After`. "
+        "Behind a proxy on this machine uvicorn takes the address from `X-Forwarded-For`",
+        field="access.max_requests_per_client",
     ),
 )
 

@@ -29,8 +29,19 @@ ROLLUP = pa.schema(
     ]
 )
 
+# Calendar buckets (local days, ISO weeks, months): a rollup row and what the bucket was.
+CALENDAR = pa.schema(
+    [
+        *ROLLUP,
+        ("local_date", pa.date32()),  # the bucket's first local date
+        ("tz", pa.string()),  # the zone the bucket is counted in
+        ("day_minutes", pa.int64()),  # its length: 1,380 / 1,440 / 1,500 around DST for 1d
+        ("split", pa.bool_()),  # cut by a zone change (the other part is the next row)
+    ]
+)
+
 # Rough in-memory bytes per row, for the memory budget's admission estimates.
-ROW_BYTES = {"raw": 48, "rollup": 80}
+ROW_BYTES = {"raw": 48, "rollup": 80, "calendar": 112}
 
 
 def schema_for(resolution: Resolution) -> pa.Schema:

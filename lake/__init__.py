@@ -1,10 +1,11 @@
 """The historic store: Delta Lake tables per tier (storage format only; imports nothing of ours)."""
 
 from lake.checksum import day_checksums
-from lake.duck import lake_relation, scan_sql
+from lake.duck import lake_relation, lake_scan, scan_sql
 from lake.layout import TIERS, partition_columns, partition_of, tier_schema
 from lake.maintenance import CompactResult, VacuumResult
 from lake.snapshot import LakeFile, LakeFiles
+from lake.storage import LakeStorage
 from lake.store import Lake
 
 __all__ = [
@@ -13,9 +14,11 @@ __all__ = [
     "Lake",
     "LakeFile",
     "LakeFiles",
+    "LakeStorage",
     "VacuumResult",
     "day_checksums",
     "lake_relation",
+    "lake_scan",
     "partition_columns",
     "partition_of",
     "scan_sql",

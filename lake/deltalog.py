@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from lake.storage import LakeStorage
 
 _IGNORED = {"commitInfo", "txn"}  # no effect on the file list
 
@@ -26,16 +27,16 @@ class LogDelta:
     removed: set[str] = field(default_factory=set)
 
 
-def log_entry(table_dir: Path, version: int) -> Path:
-    return table_dir / "_delta_log" / f"{version:020d}.json"
+def log_entry(table_dir: str, version: int) -> str:
+    return f"{table_dir}/_delta_log/{version:020d}.json"
 
 
-def read_commits(table_dir: Path, after: int) -> LogDelta | None:
+def read_commits(storage: LakeStorage, table_dir: str, after: int) -> LogDelta | None:
     """File changes of every commit after version ``after``; None if one cannot be applied."""
     delta = LogDelta(after)
     while True:
         try:
-            text = log_entry(table_dir, delta.version + 1).read_text()
+            text = storage.read_text(log_entry(table_dir, delta.version + 1))
         except FileNotFoundError:
             return delta
         for line in text.splitlines():

@@ -10,8 +10,6 @@ most flipped bytes, though not another valid file copied over it.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import threading
 from datetime import date, timedelta
 
@@ -19,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lake.snapshot import LakeFile
+from lake.storage import LakeStorage
 
 HASH_NAME = "sha256"
 
@@ -29,67 +28,77 @@ def file_days(lake_file: LakeFile) -> list[tuple[int, date]]:
     return [(lake_file.user_id, lake_file.first_day + timedelta(days=i)) for i in range(days)]
 
 
-def file_digest(path: str) -> str:
+def file_digest(storage: LakeStorage, path: str) -> str:
     """Hex content hash of a file."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, HASH_NAME).hexdigest()
+    return storage.digest(path, HASH_NAME)
 
 
-def check_structure(path: str) -> str | None:
+def check_structure(storage: LakeStorage, path: str) -> str | None:
     """Why a Parquet file does not read back whole (every page, checksums verified); None
     when it does."""
     try:
-        pq.ParquetFile(path, page_checksum_verification=True).read()
+        with storage.open(path) as handle:
+            pq.ParquetFile(handle, page_checksum_verification=True).read()
     except (pa.ArrowException, OSError) as exc:
         return f"unreadable: {exc}"
     return None
 
 
-def check_file(path: str, size: int | None, digest: str | None) -> str | None:
+def _reason(exc: OSError) -> str:
+    return f"cannot read: {exc.strerror or exc}"
+
+
+def check_file(storage: LakeStorage, path: str, size: int | None, digest: str | None) -> str | None:
     """Why the file at ``path`` is not the one recorded (``size``, ``digest``; None: not
     recorded); None when it is."""
     try:
-        found = os.stat(path).st_size
-    except FileNotFoundError:
-        return "file is missing"
+        stat = storage.stat(path)
     except OSError as exc:
-        return f"cannot read: {exc.strerror}"
+        return _reason(exc)
+    if stat is None:
+        return "file is missing"
+    found = stat[0]
     if size is not None and found != size:
         return f"size is {found} bytes, {size} recorded at commit"
     if digest is None:
-        return check_structure(path)
+        return check_structure(storage, path)
     try:
-        actual = file_digest(path)
+        actual = file_digest(storage, path)
+    except FileNotFoundError:
+        return "file is missing"
     except OSError as exc:
-        return f"cannot read: {exc.strerror}"
+        return _reason(exc)
     if actual != digest:
         return "content differs from the hash recorded at commit"
     return None
 
 
-def _identity(path: str) -> tuple[str, int, int] | None:
+def _identity(storage: LakeStorage, path: str) -> tuple[str, int, int] | None:
     try:
-        stat = os.stat(path)
+        stat = storage.stat(path)
     except OSError:
         return None
-    return (path, stat.st_size, stat.st_mtime_ns)
+    return None if stat is None else (path, *stat)
 
 
 class VerifiedFiles:
     """Files this process found intact, by (path, size, mtime): a file is hashed once, and
-    again only after it changed on disk. Thread-safe; bounded by the files of the lake."""
+    again only after it changed on disk. Thread-safe; bounded by the files of the lake.
+    On object storage the stat is one HEAD request, and an overwritten object gets a new
+    mtime, so the same rule holds."""
 
-    def __init__(self) -> None:
+    def __init__(self, storage: LakeStorage) -> None:
+        self._storage = storage
         self._lock = threading.Lock()
         self._good: set[tuple[str, int, int]] = set()
 
     def known_good(self, path: str) -> bool:
-        identity = _identity(path)
+        identity = _identity(self._storage, path)
         with self._lock:
             return identity is not None and identity in self._good
 
     def remember(self, path: str) -> None:
-        identity = _identity(path)
+        identity = _identity(self._storage, path)
         if identity is not None:
             with self._lock:
                 self._good.add(identity)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 from deltalake.transaction import AddAction, RemoveAction
@@ -13,6 +12,7 @@ from lake.layout import PartitionKey
 from lake.prepare import sort_rows, split_partitions
 from lake.read import read_partition_file
 from lake.snapshot import Entry, LakeFile
+from lake.storage import LakeStorage
 from lake.writer import remove_action, write_file
 
 
@@ -42,21 +42,26 @@ class VacuumResult:
 
 
 def _read_all(
-    tier: str, key: PartitionKey, entries: Sequence[Entry], damaged: list[tuple[str, LakeFile, str]]
+    storage: LakeStorage,
+    tier: str,
+    key: PartitionKey,
+    entries: Sequence[Entry],
+    damaged: list[tuple[str, LakeFile, str]],
 ) -> pa.Table | None:
     """The partition's rows, or None (and its bad files in ``damaged``) if one is unreadable."""
     parts = []
     for entry in entries:
         try:
-            parts.append(read_partition_file(tier, entry.file.path, key))
+            parts.append(read_partition_file(storage, tier, entry.file.path, key))
         except (pa.ArrowException, OSError) as exc:
             damaged.append((entry.relative_path, entry.file, str(exc)))
     return pa.concat_tables(parts) if len(parts) == len(entries) else None
 
 
 def compact_partitions(
+    storage: LakeStorage,
     tier: str,
-    table_dir: Path,
+    table_dir: str,
     crowded: Mapping[PartitionKey, Sequence[Entry]],
     now_ms: int,
     damaged: list[tuple[str, LakeFile, str]],
@@ -67,12 +72,12 @@ def compact_partitions(
     actions: list[AddAction | RemoveAction] = []
     added = bytes_before = bytes_after = 0
     for key, entries in crowded.items():
-        rows = _read_all(tier, key, entries, damaged)
+        rows = _read_all(storage, tier, key, entries, damaged)
         if rows is None:
             continue
         # split_partitions re-validates; one partition comes out.
         for part_key, part in split_partitions(tier, rows):
-            add = write_file(table_dir, tier, part_key, sort_rows(part), data_change=False)
+            add = write_file(storage, table_dir, tier, part_key, sort_rows(part), data_change=False)
             actions.append(add)
             added += 1
             bytes_after += add.size

@@ -8,9 +8,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lake.layout import PartitionKey, data_schema, file_schema
+from lake.storage import LakeStorage
 
 
-def read_partition_file(tier: str, path: str, partition: PartitionKey) -> pa.Table:
+def read_partition_file(
+    storage: LakeStorage, tier: str, path: str, partition: PartitionKey
+) -> pa.Table:
     """One file with its partition columns restored from the key (Delta keeps them in the path).
 
     ``ParquetFile`` rather than ``pq.read_table``: the latter would also infer hive columns
@@ -18,7 +21,9 @@ def read_partition_file(tier: str, path: str, partition: PartitionKey) -> pa.Tab
     """
     stored = file_schema(tier)
     # Page checksums (written since issue 11) are verified: a flipped byte raises here.
-    raw = pq.ParquetFile(path, page_checksum_verification=True).read(columns=stored.names)
+    with storage.open(path) as handle:
+        parquet = pq.ParquetFile(handle, page_checksum_verification=True)
+        raw = parquet.read(columns=stored.names)
     rows = raw.num_rows
     columns: dict[str, pa.Array | pa.ChunkedArray] = {
         name: raw.column(name).cast(stored.field(name).type) for name in stored.names

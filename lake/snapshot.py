@@ -8,7 +8,6 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -129,7 +128,7 @@ class Snapshot:
 
     @classmethod
     def from_add_actions(
-        cls, tier: str, version: int, table_dir: Path, actions: pa.Table
+        cls, tier: str, version: int, table_dir: str, actions: pa.Table
     ) -> Snapshot:
         """Build from ``DeltaTable.get_add_actions(flatten=True)``."""
         parse = _EntryParser(tier, table_dir)
@@ -149,7 +148,7 @@ class Snapshot:
         ]
         return cls.build(tier, version, entries)
 
-    def advance(self, table_dir: Path, delta: LogDelta) -> Snapshot:
+    def advance(self, table_dir: str, delta: LogDelta) -> Snapshot:
         """The snapshot after applying ``delta``; only the touched users are re-indexed."""
         parse = _EntryParser(self.tier, table_dir)
         by_path = dict(self.by_path)
@@ -209,7 +208,7 @@ def _column(actions: pa.Table, name: str) -> list[Any]:
 class _EntryParser:
     """Turns one add action (from delta-rs or from a JSON commit) into an Entry."""
 
-    def __init__(self, tier: str, table_dir: Path) -> None:
+    def __init__(self, tier: str, table_dir: str) -> None:
         self.tier = tier
         self.prefix = f"{table_dir}/"
         self.columns = partition_columns(tier)

@@ -6,14 +6,14 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction
 
 from lake.checksum import DayKey, DayStat, day_checksums, merge_checksums
@@ -32,6 +32,7 @@ from lake.maintenance import CompactResult, VacuumResult, compact_partitions
 from lake.prepare import sort_rows, split_partitions
 from lake.read import read_partition_file
 from lake.snapshot import LakeFile, LakeFiles, Snapshot
+from lake.storage import LakeStorage
 from lake.writer import remove_action, write_file
 
 # Table properties set at creation. A checkpoint every 50 commits keeps loading a table with
@@ -39,6 +40,8 @@ from lake.writer import remove_action, write_file
 TABLE_CONFIGURATION = {"delta.checkpointInterval": "50"}
 _PINNED_CACHE = 16  # parsed snapshots kept per Lake, for readers pinned at older versions
 _IO_THREADS = min(4, os.cpu_count() or 1)
+# Commit attempts of one replace_days on object storage, where concurrent writers can race.
+_COMMIT_ATTEMPTS = 8
 
 
 def _pairs(days: Iterable[tuple[int, date]]) -> set[DayKey]:
@@ -59,21 +62,33 @@ def _utc_day(moment: datetime, name: str) -> date:
 class Lake:
     """The historic store under ``root``: ``<root>/raw``, ``<root>/agg_1m``, ...
 
-    Thread-safe. Writers (replace_days, compact, vacuum) serialize per tier through an
-    advisory file lock, so several processes on one host may share a root.
+    ``root`` is a local folder or ``s3://bucket/prefix`` (``storage_options``: endpoint and
+    credentials, see ``lake.storage``). Thread-safe. Writers (replace_days, compact, vacuum)
+    serialize per tier through an advisory file lock, so several processes on one host may
+    share a local root; on object storage the Delta commit arbitrates (see ``writer_lock``).
     """
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root).absolute()
-        if "=" in str(self.root):
+    def __init__(self, root: str | Path, storage_options: Mapping[str, str] | None = None) -> None:
+        self.storage = LakeStorage(root, storage_options)
+        self.root = self.storage.root
+        if "=" in self.root:
             # DuckDB's hive_partitioning parses every `key=value` folder of a path.
             raise ValueError(f"lake root must not contain '=': {self.root}")
         self._lock = threading.Lock()
         self._latest: dict[str, Snapshot] = {}
         self._snapshots: OrderedDict[tuple[str, int], Snapshot] = OrderedDict()
 
-    def table_dir(self, tier: str) -> Path:
-        return self.root / check_tier(tier)
+    def table_dir(self, tier: str) -> str:
+        return self.storage.join(check_tier(tier))
+
+    def _table(self, tier: str, version: int | None = None) -> DeltaTable:
+        return DeltaTable(
+            self.table_dir(tier), version=version, storage_options=self.storage.storage_options
+        )
+
+    def _exists(self, tier: str) -> bool:
+        # Not DeltaTable.is_deltatable: its listing hangs against some S3 servers (moto).
+        return self.storage.has_children(f"{self.table_dir(tier)}/_delta_log")
 
     # -- reading -------------------------------------------------------------------------
 
@@ -122,7 +137,7 @@ class Lake:
 
         def stats_of(job: tuple[str, PartitionKey]) -> dict[DayKey, DayStat]:
             try:
-                table = read_partition_file(tier, job[0], job[1])
+                table = read_partition_file(self.storage, tier, job[0], job[1])
             except (pa.ArrowException, OSError) as exc:
                 if damaged is None:
                     raise
@@ -148,7 +163,7 @@ class Lake:
 
     def relative_path(self, tier: str, lake_file: LakeFile) -> str:
         """A file's path relative to its table folder (how the catalog records it)."""
-        return os.path.relpath(lake_file.path, self.table_dir(tier))
+        return self.storage.relative(lake_file.path, self.table_dir(tier))
 
     def total_bytes(self, tier: str | None = None) -> int:
         """Bytes of the files in the latest version of one tier (None: all tiers)."""
@@ -175,18 +190,18 @@ class Lake:
             if current is not None:
                 # A commit is one atomically created JSON file: one stat tells whether the
                 # cached snapshot is still the latest, and the new commits move it forward.
-                if not log_entry(table_dir, current.version + 1).exists():
+                if not self.storage.exists(log_entry(table_dir, current.version + 1)):
                     return current
-                delta = read_commits(table_dir, current.version)
+                delta = read_commits(self.storage, table_dir, current.version)
                 if delta is not None:
                     snapshot = self._snapshots.get((tier, delta.version))
                     snapshot = snapshot or current.advance(table_dir, delta)
                     self._latest[tier] = self._remember(snapshot)
                     return snapshot
-            if not (table_dir / "_delta_log").is_dir():
+            if not self._exists(tier):
                 return None
             try:
-                table = DeltaTable(str(table_dir))
+                table = self._table(tier)
             except TableNotFoundError:  # being created right now
                 return None
             snapshot = self._snapshots.get((tier, table.version())) or self._build(tier, table)
@@ -206,7 +221,7 @@ class Lake:
                 self._snapshots.move_to_end((tier, version))
                 return cached
         # Load outside the lock: reconstructing an old version may take a moment.
-        snapshot = self._build(tier, DeltaTable(str(self.table_dir(tier)), version=version))
+        snapshot = self._build(tier, self._table(tier, version))
         with self._lock:
             return self._remember(snapshot)
 
@@ -219,14 +234,15 @@ class Lake:
     def _open_for_write(self, tier: str) -> DeltaTable:
         """The table at its latest version, created if missing (caller holds the writer lock)."""
         table_dir = self.table_dir(tier)
-        if (table_dir / "_delta_log").is_dir():
+        if self._exists(tier):
             try:
-                return DeltaTable(str(table_dir))
+                return self._table(tier)
             except TableNotFoundError:  # a creation was interrupted before its first commit
                 pass
-        table_dir.mkdir(parents=True, exist_ok=True)
+        self.storage.make_folder(table_dir)
         return DeltaTable.create(
-            str(table_dir),
+            table_dir,
+            storage_options=self.storage.storage_options,
             schema=tier_schema(tier),
             mode="ignore",
             partition_by=list(partition_columns(tier)),
@@ -274,31 +290,43 @@ class Lake:
         strays = sorted({str(key) for key, _ in partitions if key not in targets})
         if strays:
             raise ValueError(f"{tier}: data has rows outside the replaced partitions: {strays}")
-        with writer_lock(self.root, tier):
+        with writer_lock(self.storage, tier):
             table = self._open_for_write(tier)
-            snapshot = self._writer_snapshot(tier, table)
-            now_ms = int(time.time() * 1000)
-            removes: list[AddAction | RemoveAction] = [
-                remove_action(tier, entry, now_ms)
-                for key in targets
-                for entry in snapshot.by_partition.get(key, ())
-            ]
             table_dir = self.table_dir(tier)
 
             def write(partition: tuple[PartitionKey, pa.Table]) -> AddAction:
-                return write_file(table_dir, tier, partition[0], sort_rows(partition[1]))
+                return write_file(
+                    self.storage, table_dir, tier, partition[0], sort_rows(partition[1])
+                )
 
             with ThreadPoolExecutor(_IO_THREADS) as pool:
-                adds = list(pool.map(write, partitions))
-            if not adds and not removes:
-                return table.version()
-            return self._commit(tier, table, [*adds, *removes], "replace_days")
+                adds: list[AddAction | RemoveAction] = list(pool.map(write, partitions))
+            for attempt in range(1, _COMMIT_ATTEMPTS + 1):
+                snapshot = self._writer_snapshot(tier, table)
+                now_ms = int(time.time() * 1000)
+                removes: list[AddAction | RemoveAction] = [
+                    remove_action(tier, entry, now_ms)
+                    for key in targets
+                    for entry in snapshot.by_partition.get(key, ())
+                ]
+                if not adds and not removes:
+                    return table.version()
+                try:
+                    return self._commit(tier, table, [*adds, *removes], "replace_days")
+                except CommitFailedError:
+                    if self.storage.is_local or attempt == _COMMIT_ATTEMPTS:
+                        raise
+                # Another process committed this version first (object storage has no lock
+                # across processes). Our files are written: replace what the partitions hold
+                # in the newer version instead, so the later commit wins them whole.
+                table = self._table(tier)
+            raise AssertionError("unreachable")
 
     def compact(self, tier: str) -> CompactResult:
         """Merge every partition holding more than one file into one file (one commit)."""
         started = time.perf_counter()
-        with writer_lock(self.root, check_tier(tier)):
-            if not DeltaTable.is_deltatable(str(self.table_dir(tier))):
+        with writer_lock(self.storage, check_tier(tier)):
+            if not self._exists(tier):
                 return CompactResult(tier, None, 0, 0, 0, 0, 0, time.perf_counter() - started)
             table = self._open_for_write(tier)
             snapshot = self._writer_snapshot(tier, table)
@@ -309,7 +337,7 @@ class Lake:
                 )
             damaged: list[tuple[str, LakeFile, str]] = []
             actions, added, bytes_before, bytes_after = compact_partitions(
-                tier, self.table_dir(tier), crowded, int(time.time() * 1000), damaged
+                self.storage, tier, self.table_dir(tier), crowded, int(time.time() * 1000), damaged
             )
             bad = {partition_of(tier, f.user_id, f.first_day) for _, f, _ in damaged}
             done = {k: v for k, v in crowded.items() if k not in bad}
@@ -336,11 +364,10 @@ class Lake:
         started = time.perf_counter()
         deleted: dict[str, int] = {}
         for tier in TIERS:
-            with writer_lock(self.root, tier):
-                table_dir = self.table_dir(tier)
-                if not DeltaTable.is_deltatable(str(table_dir)):
+            with writer_lock(self.storage, tier):
+                if not self._exists(tier):
                     continue
-                table = DeltaTable(str(table_dir))
+                table = self._table(tier)
                 # full=True also reclaims never-committed files left by killed writers.
                 paths = table.vacuum(
                     retention_hours=retention_hours,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -15,6 +14,7 @@ from deltalake.transaction import AddAction, RemoveAction
 
 from lake.layout import PartitionKey, partition_dir, partition_values
 from lake.snapshot import Entry
+from lake.storage import LakeStorage
 
 # ~64k rows per row group: a raw user-day of one 1 Hz metric (86,400 rows) spans two, so
 # DuckDB can skip by metric/ts min-max without paying per-group overhead on tiny groups.
@@ -71,7 +71,13 @@ def _column_encodings(schema: pa.Schema) -> dict[str, str]:
 
 
 def write_file(
-    table_dir: Path, tier: str, key: PartitionKey, part: pa.Table, *, data_change: bool = True
+    storage: LakeStorage,
+    table_dir: str,
+    tier: str,
+    key: PartitionKey,
+    part: pa.Table,
+    *,
+    data_change: bool = True,
 ) -> AddAction:
     """Write one partition file (rows already sorted by metric, ts) and describe it for Delta.
 
@@ -79,12 +85,13 @@ def write_file(
     orphan that readers never see and vacuum removes, so a crash mid-write is harmless.
     """
     relative = f"{partition_dir(tier, key)}/part-{uuid.uuid4().hex}.zstd.parquet"
-    path = table_dir / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = f"{table_dir}/{relative}"
+    storage.make_folder(path.rsplit("/", 1)[0])
     names = part.schema.names
     pq.write_table(
         part,
-        path,
+        storage.fs_path(path),
+        filesystem=storage.filesystem,
         row_group_size=ROW_GROUP_ROWS,
         compression="zstd",
         compression_level=ZSTD_LEVEL,
@@ -98,12 +105,15 @@ def write_file(
             pq.SortingColumn(names.index("ts")),
         ],
     )
-    stat = path.stat()
+    stat = storage.stat(path)
+    if stat is None:
+        raise FileNotFoundError(f"{path} vanished right after it was written")
+    size, mtime_ns = stat
     return AddAction(
         path=relative,
-        size=stat.st_size,
+        size=size,
         partition_values=partition_values(tier, key),
-        modification_time=stat.st_mtime_ns // 1_000_000,
+        modification_time=mtime_ns // 1_000_000,
         data_change=data_change,
         stats=json.dumps(file_stats(part)),
     )

@@ -408,7 +408,7 @@ def _file_records(
     start = midnight(min(lo for lo, _ in spans))
     end = midnight(max(hi for _, hi in spans) + timedelta(days=1))
     return [
-        (lake.relative_path(tier, f), f.size_bytes, file_digest(f.path))
+        (lake.relative_path(tier, f), f.size_bytes, file_digest(lake.storage, f.path))
         for f in lake.files(tier, users, start, end, version=version).files
         if partition_of(tier, f.user_id, f.first_day) in partitions
     ]

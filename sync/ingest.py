@@ -67,7 +67,7 @@ class IngestResult:
 def ingest_files(
     url: str,
     paths: Iterable[Path],
-    lake_root: Path | None = None,
+    lake_root: str | Path | None = None,
     csv_block_bytes: int = CSV_BLOCK_BYTES,
     ts_unit: str | None = None,
 ) -> IngestResult:
@@ -87,7 +87,7 @@ def ingest_files(
 
 
 def ingest_tables(
-    url: str, tables: Iterable[pa.Table], lake_root: Path | None = None
+    url: str, tables: Iterable[pa.Table], lake_root: str | Path | None = None
 ) -> IngestResult:
     """Ingest already-validated Arrow tables (RAW_SCHEMA) in one transaction."""
     started = time.perf_counter()
@@ -150,7 +150,7 @@ def _days(table: pa.Table) -> pa.Table:
     )
 
 
-def _load(url: str, tables: Iterable[pa.Table], lake_root: Path | None) -> tuple[int, int]:
+def _load(url: str, tables: Iterable[pa.Table], lake_root: str | Path | None) -> tuple[int, int]:
     """Write every batch and mark the touched days, all in one transaction."""
     rows = 0
     days: list[pa.Table] = []

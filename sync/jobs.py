@@ -223,7 +223,13 @@ def maintain_job(url: str, settings: LakeSettings) -> JobResult:
             record_files(
                 conn,
                 [
-                    (table, path, size, file_digest(str(lake.table_dir(table) / path)), version)
+                    (
+                        table,
+                        path,
+                        size,
+                        file_digest(lake.storage, f"{lake.table_dir(table)}/{path}"),
+                        version,
+                    )
                     for table, compacted in done.compacted.items()
                     if (version := compacted.version) is not None
                     for path, size in compacted.added

@@ -70,7 +70,7 @@ def lock_tiered_days(cur: adbc.Cursor, days_table: str) -> list[Pair]:
     ]
 
 
-def lake_root(cur: adbc.Cursor, configured: Path | None) -> Path:
+def lake_root(cur: adbc.Cursor, configured: str | Path | None) -> str | Path:
     """The lake to read tiered days from: the configured one, else where tiering wrote."""
     if configured is not None:
         return configured
@@ -78,7 +78,7 @@ def lake_root(cur: adbc.Cursor, configured: Path | None) -> Path:
     rows = cur.fetchall()
     if not rows:
         raise SyncFailed("days are tiered but no lake location is recorded; set STRATUM_LAKE_PATH")
-    return Path(rows[0][0])
+    return str(rows[0][0])
 
 
 def rehydrate(cur: adbc.Cursor, lake: Lake, days: list[Pair]) -> int:
@@ -121,7 +121,7 @@ def read_days(lake: Lake, tier: Tier, days: list[Pair]) -> pa.Table:
         for lake_file in lake.files(tier.lake_table, [user_id], start, end).files:
             key = partition_of(tier.lake_table, lake_file.user_id, lake_file.first_day)
             try:
-                table = read_partition_file(tier.lake_table, lake_file.path, key)
+                table = read_partition_file(lake.storage, tier.lake_table, lake_file.path, key)
             except (pa.ArrowException, OSError) as exc:
                 raise SyncFailed(
                     f"the lake copy of user {user_id}'s tiered days "

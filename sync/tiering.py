@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import psycopg
 
@@ -176,7 +175,7 @@ def _candidates(conn: psycopg.Connection, cutoff: date) -> list[Pair]:
     return [(int(u), d) for u, d in conn.execute(_CANDIDATES, (cutoff,)).fetchall()]
 
 
-def record_location(conn: psycopg.Connection, root: Path) -> None:
+def record_location(conn: psycopg.Connection, root: str) -> None:
     conn.execute(
         "INSERT INTO lake_location (root) VALUES (%s) ON CONFLICT (id) DO UPDATE "
         "SET root = EXCLUDED.root, updated_at = now() WHERE lake_location.root <> EXCLUDED.root",

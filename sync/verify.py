@@ -77,10 +77,10 @@ def verify_lake(url: str, lake: Lake) -> VerifyResult:
                 size += lake_file.size_bytes
                 partition = partition_of(table, lake_file.user_id, lake_file.first_day)
                 recorded_size, digest = records.get(relative, (lake_file.size_bytes, None))
-                problem = check_file(lake_file.path, recorded_size, digest)
+                problem = check_file(lake.storage, lake_file.path, recorded_size, digest)
                 if problem is None and digest is None:
                     crowded = per_partition[partition] > 1
-                    problem = _adopt(conn, table, relative, lake_file, version, crowded)
+                    problem = _adopt(conn, lake, table, relative, lake_file, version, crowded)
                 if problem is not None:
                     log.error("verify: %s/%s: %s", table, relative, problem)
                     for user_id, day in file_days(lake_file):
@@ -107,6 +107,7 @@ def verify_lake(url: str, lake: Lake) -> VerifyResult:
 
 def _adopt(
     conn: psycopg.Connection,
+    lake: Lake,
     table: str,
     relative: str,
     lake_file: LakeFile,
@@ -130,12 +131,23 @@ def _adopt(
         return None  # nothing verified to compare with: the structure check must do
     if crowded:
         return None  # one file of several: its rows alone are not the day's
-    found = day_checksums(table, read_partition_file(table, lake_file.path, partition))
+    found = day_checksums(
+        table, read_partition_file(lake.storage, table, lake_file.path, partition)
+    )
     for day, stat in expected.items():
         if found.get(day, (0, 0)) != stat:
             return f"rows differ from the checksum verified for {day[1]}"
     record_files(
-        conn, [(table, relative, lake_file.size_bytes, file_digest(lake_file.path), version)]
+        conn,
+        [
+            (
+                table,
+                relative,
+                lake_file.size_bytes,
+                file_digest(lake.storage, lake_file.path),
+                version,
+            )
+        ],
     )
     return None
 

@@ -34,6 +34,7 @@ ONLY = {
             "engine.tiers",
             "engine.timestamps",
             "engine.access",
+            "engine.zones",
         }
     }
 }

@@ -111,6 +111,7 @@ def test_openapi_schema_documents_data_parameters_with_examples(client: TestClie
         "cursor",
         "downsample",
         "width",
+        "tz",
         "format",
     }
     # What is documented is exactly what the engine (and the API's format) accepts.

@@ -21,6 +21,7 @@ from api.errors import INTERNAL_MESSAGE, to_http
 from engine.access import LOCAL_ADMIN
 from engine.errors import (
     BudgetExhausted,
+    ClientBusy,
     ConfigurationError,
     Forbidden,
     IngestRejected,
@@ -313,6 +314,7 @@ def test_error_shape_503_when_the_warm_store_is_down(down_client: TestClient) ->
         (WarmStoreBusy("busy"), 503, "warm_store_unavailable", None, "2"),
         (SyncFailed("lock held"), 503, "sync_failed", None, "30"),
         (KeyBusy("4 running"), 429, "key_busy", None, "1"),
+        (ClientBusy("16 running"), 429, "client_busy", None, "1"),
         (Unauthenticated("no key"), 401, "unauthenticated", None, None),
         (Forbidden("outside", parameter="user_id"), 403, "forbidden", "user_id", None),
         (

@@ -133,8 +133,17 @@ def test_serve_runs_uvicorn_with_the_configured_address(
 
     monkeypatch.setattr("uvicorn.run", fake_run)
     monkeypatch.setenv("STRATUM_PORT", "8123")
+    monkeypatch.setenv("STRATUM_SEND_TIMEOUT_S", "7")
+    monkeypatch.setenv("STRATUM_IDLE_TIMEOUT_S", "3")
     assert main(["serve"]) == 0
     assert calls[0]["host"] == "127.0.0.1" and calls[0]["port"] == 8123
+    # The served protocol carries the timeouts (tests/api/test_hostile_clients.py shows them).
+    from api.serving import GuardedH11Protocol
+
+    protocol = calls[0]["http"]
+    assert issubclass(protocol, GuardedH11Protocol)
+    assert (protocol.send_timeout_s, protocol.idle_timeout_s) == (7, 3)
+    assert calls[0]["timeout_keep_alive"] == 3
     assert main(["serve", "--host", "0.0.0.0", "--port", "9000"]) == 0
     assert calls[1]["host"] == "0.0.0.0" and calls[1]["port"] == 9000
 

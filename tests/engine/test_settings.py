@@ -99,12 +99,25 @@ def test_budget_is_capped_to_ram_share() -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("STRATUM_MEMORY_BUDGET", "lots"), ("STRATUM_PORT", "http"), ("STRATUM_MAX_POINTS", "0")],
+    [
+        ("STRATUM_MEMORY_BUDGET", "lots"),
+        ("STRATUM_PORT", "http"),
+        ("STRATUM_MAX_POINTS", "0"),
+        ("STRATUM_LAKE_PATH", "s3://"),
+        ("STRATUM_LAKE_PATH", "gs://bucket/lake"),
+    ],
 )
 def test_malformed_settings_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigurationError) as caught:
         load_settings({name: value})
     assert caught.value.parameter == name
+
+
+def test_the_lake_path_is_a_folder_or_an_s3_uri(tmp_path: Path) -> None:
+    s3 = load_settings({"STRATUM_LAKE_PATH": "s3://bucket/studies/lake/"})
+    assert s3.lake.path == "s3://bucket/studies/lake"
+    folder = load_settings({"STRATUM_LAKE_PATH": str(tmp_path / "lake")})
+    assert folder.lake.path == tmp_path / "lake"
 
 
 def test_budget_sets_the_process_footprint_aside_first() -> None:

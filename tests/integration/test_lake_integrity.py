@@ -1,22 +1,22 @@
 """Issue 11: a 200 is never wrong or short. A damaged lake file (a flipped byte, another
 day's file copied over it, truncated, missing) or a lost Delta commit is never served: the day
 comes from the warm store while it holds it, else 503 lake_damaged naming the day; /health
-reports the damage."""
+reports the damage. On a folder and on S3 (the local server) alike."""
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pyarrow.fs import FileSelector
 
 from api.app import create_app
 from engine.settings import Settings
-from lake import Lake
+from lake import Lake, LakeStorage
 from sync.export import sync_to_lake
 from sync.tiering import tier_warm_store
 from tests.api.conftest import admin_client, api_settings, load_cohort
@@ -39,38 +39,64 @@ def health(settings: Settings, url: str) -> dict[str, Any]:
         return body
 
 
-def lake_file(settings: Settings, user_id: int, day: str, tier: str = "raw") -> Path:
-    (found,) = (settings.lake.path / tier / f"user_id={user_id}" / f"date={day}").glob("*.parquet")
-    return found
+class LakeObject:
+    """One lake file, on whichever storage the lake is (to damage it)."""
+
+    def __init__(self, storage: LakeStorage, path: str) -> None:
+        self.storage, self.path = storage, path
+
+    def read(self) -> bytes:
+        with self.storage.open(self.path) as handle:
+            return bytes(handle.read())
+
+    def write(self, data: bytes) -> None:
+        fs_path = self.storage.fs_path(self.path)
+        with self.storage.filesystem.open_output_stream(fs_path) as out:
+            out.write(data)
+
+    def delete(self) -> None:
+        self.storage.filesystem.delete_file(self.storage.fs_path(self.path))
 
 
-def flip_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
+def lake_file(settings: Settings, user_id: int, day: str, tier: str = "raw") -> LakeObject:
+    lake = Lake(settings.lake.path)
+    start = datetime.fromisoformat(day).replace(tzinfo=UTC)
+    (found,) = lake.files(tier, [user_id], start, start.replace(day=start.day + 1)).paths
+    return LakeObject(lake.storage, found)
+
+
+def flip_byte(target: LakeObject) -> None:
+    data = bytearray(target.read())
     data[len(data) // 3] ^= 0x01
-    path.write_bytes(bytes(data))
+    target.write(bytes(data))
 
 
-def copy_other_day(path: Path) -> None:
-    other = Path(str(path).replace("user_id=1", "user_id=2"))
-    shutil.copyfile(next(other.parent.glob("*.parquet")), path)
+def copy_other_day(target: LakeObject) -> None:
+    other = target.path.replace("user_id=1", "user_id=2")
+    folder = other.rsplit("/", 1)[0]
+    fs = target.storage.filesystem
+    (source,) = fs.get_file_info(FileSelector(target.storage.fs_path(folder)))
+    with fs.open_input_stream(source.path) as handle:
+        target.write(bytes(handle.read()))
 
 
-def truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+def truncate(target: LakeObject) -> None:
+    data = target.read()
+    target.write(data[: len(data) // 2])
 
 
-DAMAGE: dict[str, Callable[[Path], None]] = {
+DAMAGE: dict[str, Callable[[LakeObject], None]] = {
     "flipped byte": flip_byte,
     "another day's file": copy_other_day,
     "truncated": truncate,
-    "missing": Path.unlink,
+    "missing": LakeObject.delete,
 }
 
 
-def synced(warm_url: str, tmp_path: Path) -> tuple[Settings, dict[str, Any]]:
+def synced(warm_url: str, tmp_path: Path, lake_root: str | Path) -> tuple[Settings, dict[str, Any]]:
     """The cohort with 2024-01-01 in the lake; the warm store's own answer for that day."""
     load_cohort(warm_url)
-    settings = api_settings(tmp_path)
+    settings = api_settings(tmp_path, STRATUM_LAKE_PATH=str(lake_root))
     status, warm_only = answer(settings, warm_url, LAKE_DAY)
     assert status == 200 and warm_only["meta"]["sources"] == ["warm"]
     lake = Lake(settings.lake.path)
@@ -82,9 +108,9 @@ def synced(warm_url: str, tmp_path: Path) -> tuple[Settings, dict[str, Any]]:
 
 @pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
 def test_a_damaged_lake_file_is_served_from_the_warm_store(
-    warm_url: str, tmp_path: Path, damage: str
+    warm_url: str, tmp_path: Path, lake_root: str | Path, damage: str
 ) -> None:
-    settings, warm_only = synced(warm_url, tmp_path)
+    settings, warm_only = synced(warm_url, tmp_path, lake_root)
     DAMAGE[damage](lake_file(settings, 1, "2024-01-01"))
 
     status, body = answer(settings, warm_url, LAKE_DAY)
@@ -100,9 +126,9 @@ def test_a_damaged_lake_file_is_served_from_the_warm_store(
 
 @pytest.mark.parametrize("damage", ["flipped byte", "truncated"])
 def test_a_damaged_day_the_warm_store_no_longer_holds_is_503_naming_it(
-    warm_url: str, tmp_path: Path, damage: str
+    warm_url: str, tmp_path: Path, lake_root: str | Path, damage: str
 ) -> None:
-    settings, _ = synced(warm_url, tmp_path)
+    settings, _ = synced(warm_url, tmp_path, lake_root)
     tiered = tier_warm_store(
         warm_url, Lake(settings.lake.path), older_than_days=1, today=date(2024, 1, 3)
     )
@@ -118,9 +144,11 @@ def test_a_damaged_day_the_warm_store_no_longer_holds_is_503_naming_it(
     assert status == 200 and body["data"] and body["meta"]["sources"] == ["lake"]
 
 
-def test_a_lost_delta_commit_is_never_read_as_the_table(warm_url: str, tmp_path: Path) -> None:
+def test_a_lost_delta_commit_is_never_read_as_the_table(
+    warm_url: str, tmp_path: Path, lake_root: str | Path
+) -> None:
     load_cohort(warm_url)
-    settings = api_settings(tmp_path)
+    settings = api_settings(tmp_path, STRATUM_LAKE_PATH=str(lake_root))
     status, warm_only = answer(settings, warm_url, BOTH_DAYS)
     lake = Lake(settings.lake.path)
     sync_to_lake(warm_url, lake, grace_days=1, batch_days=8, today=date(2024, 1, 3))
@@ -128,8 +156,10 @@ def test_a_lost_delta_commit_is_never_read_as_the_table(warm_url: str, tmp_path:
     status, both = answer(settings, warm_url, BOTH_DAYS)
     assert both["meta"]["sources"] == ["lake"] and both["data"] == warm_only["data"]
 
-    newest = sorted((settings.lake.path / "raw" / "_delta_log").glob("*.json"))[-1]
-    newest.unlink()
+    log = lake.storage.fs_path(f"{lake.table_dir('raw')}/_delta_log")
+    entries = lake.storage.filesystem.get_file_info(FileSelector(log))
+    newest = sorted(i.path for i in entries if i.path.endswith(".json"))[-1]
+    lake.storage.filesystem.delete_file(newest)
 
     status, body = answer(settings, warm_url, BOTH_DAYS)
     assert status == 200, body
@@ -143,8 +173,10 @@ def test_a_lost_delta_commit_is_never_read_as_the_table(warm_url: str, tmp_path:
 def test_a_file_damaged_after_it_was_verified_is_a_503_not_a_500(
     warm_url: str, tmp_path: Path
 ) -> None:
-    settings, _ = synced(warm_url, tmp_path)
-    path = lake_file(settings, 1, "2024-01-01")
+    # Rot in place keeping size and mtime: possible on disk (on S3 a rewrite is a new object
+    # with a new mtime, so it is checked again before it is read).
+    settings, _ = synced(warm_url, tmp_path, tmp_path / "lake")
+    path = Path(lake_file(settings, 1, "2024-01-01").path)
     with admin_client(create_app(settings, warm_url), warm_url) as client:
         assert client.get("/data", params=LAKE_DAY).status_code == 200  # verified, cached
         # Rot in place: same size, same mtime, so the cached verification still matches.

@@ -76,9 +76,9 @@ def sorted_rows(tier: str, table: pa.Table) -> list[dict[str, object]]:
 
 def read_all(lake: Lake, tier: str, version: int | None = None) -> pa.Table:
     files = lake.files(tier, None, *ALL_TIME, version=version)
-    return read_files(files)
+    return read_files(lake, files)
 
 
-def read_files(files: LakeFiles) -> pa.Table:
+def read_files(lake: Lake, files: LakeFiles) -> pa.Table:
     with duckdb.connect() as conn:
-        return lake_relation(conn, files).to_arrow_table()
+        return lake_relation(conn, files, storage=lake.storage).to_arrow_table()

@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from lake import TIERS, Lake, LakeFiles, lake_relation, scan_sql
+from lake import TIERS, Lake, LakeFiles, lake_relation, lake_scan, scan_sql
 from lake.duck import duckdb_types
 from lake.layout import partition_columns, tier_schema
 from tests.lake.builders import ALL_TIME, JAN1, days_from, tier_rows
@@ -28,7 +28,7 @@ def test_relation_has_tier_schema_types(lake: Lake, tier: str) -> None:
     lake.replace_days(tier, tier_rows(tier, pairs), pairs)
     files = lake.files(tier, None, *ALL_TIME)
     with duckdb.connect() as conn:
-        relation = lake_relation(conn, files)
+        relation = lake_relation(conn, files, storage=lake.storage)
         assert relation.columns == tier_schema(tier).names
         assert [str(t) for t in relation.types] == EXPECTED_TYPES[tier]
         label = partition_columns(tier)[1]
@@ -70,3 +70,17 @@ def test_parameter_name_must_be_an_identifier() -> None:
 def test_duckdb_types_cover_every_column() -> None:
     for tier in TIERS:
         assert list(duckdb_types(tier)) == tier_schema(tier).names
+
+
+def test_lake_scan_ends_cleanly_when_a_result_is_left_unread(lake: Lake) -> None:
+    pairs = [(u, d) for u in (1, 2) for d in days_from(JAN1, 2)]
+    lake.replace_days("raw", tier_rows("raw", pairs), pairs)
+    files = lake.files("raw", None, *ALL_TIME)
+    with duckdb.connect() as conn:
+        with lake_scan(conn, files, lake.storage) as (sql, params):
+            result = conn.execute(f"SELECT * FROM {sql}", params or None)
+            assert result.fetchone() is not None  # the rest stays unread
+        # The connection is usable afterwards and the S3 dataset is gone.
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        names = conn.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
+        assert not [n for (n,) in names if n.startswith("lake_files_")]

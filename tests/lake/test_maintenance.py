@@ -17,7 +17,9 @@ def test_compact_merges_partitions_holding_several_files(lake: Lake) -> None:
     lake.replace_days("raw", tier_rows("raw", pairs, metrics=("hr",)), pairs)
     # A second file in one partition, as another Delta writer (delta-rs itself) would add it.
     extra = tier_rows("raw", pairs[:1], metrics=("spo2",))
-    write_deltalake(str(lake.table_dir("raw")), extra, mode="append")
+    write_deltalake(
+        lake.table_dir("raw"), extra, mode="append", storage_options=lake.storage.storage_options
+    )
     before = lake.files("raw", None, *ALL_TIME)
     stats_before = lake.day_stats("raw", pairs)
     assert len(before.files) == 3
@@ -30,8 +32,8 @@ def test_compact_merges_partitions_holding_several_files(lake: Lake) -> None:
     assert result.version == after.version == before.version + 1
     assert len(after.files) == 2
     assert lake.day_stats("raw", pairs) == stats_before
-    assert all(Path(p).exists() for p in before.paths)  # the old version stays readable
-    assert read_files(before).num_rows == read_all(lake, "raw").num_rows
+    assert all(lake.storage.exists(p) for p in before.paths)  # the old version stays readable
+    assert read_files(lake, before).num_rows == read_all(lake, "raw").num_rows
     assert lake.compact("raw").version == after.version  # nothing left to do: no commit
 
 
@@ -44,7 +46,8 @@ def _age(path: Path, hours: float) -> None:
     os.utime(path, (moment, moment))
 
 
-def test_vacuum_respects_retention_and_the_current_version(lake: Lake) -> None:
+def test_vacuum_respects_retention_and_the_current_version(local_lake: Lake) -> None:
+    lake = local_lake  # ages files with utime: on disk only
     pairs = [(1, d) for d in days_from(JAN1, 2)]
     v1 = lake.replace_days("raw", tier_rows("raw", pairs, seed=1), pairs)
     pinned = lake.files("raw", None, *ALL_TIME)
@@ -52,7 +55,7 @@ def test_vacuum_respects_retention_and_the_current_version(lake: Lake) -> None:
     current = lake.files("raw", None, *ALL_TIME)
     for path in current.paths:
         _age(Path(path), 5)  # old but referenced: must survive any retention
-    partition = lake.table_dir("raw") / "user_id=1" / f"date={JAN1}"
+    partition = Path(lake.table_dir("raw")) / "user_id=1" / f"date={JAN1}"
     old_orphan, new_orphan = partition / "old-orphan.parquet", partition / "new-orphan.parquet"
     old_orphan.write_bytes(b"left by a killed writer")
     new_orphan.write_bytes(b"being written right now")
@@ -63,8 +66,8 @@ def test_vacuum_respects_retention_and_the_current_version(lake: Lake) -> None:
     assert kept.files_deleted["raw"] == 1 and not old_orphan.exists()
     assert new_orphan.exists()
     assert all(Path(p).exists() for p in pinned.paths)  # removed less than an hour ago
-    rows_v1 = read_files(lake.files("raw", None, *ALL_TIME, version=v1)).num_rows
-    assert rows_v1 == read_files(pinned).num_rows
+    rows_v1 = read_files(lake, lake.files("raw", None, *ALL_TIME, version=v1)).num_rows
+    assert rows_v1 == read_files(lake, pinned).num_rows
 
     swept = lake.vacuum(retention_hours=0)
 

@@ -64,7 +64,7 @@ def warm_rows(url: str, table: str) -> list[tuple]:
         return conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3").fetchall()  # noqa: S608
 
 
-def answer(url: str, home: Path, lake_path: Path, params: dict[str, str]) -> list[tuple]:
+def answer(url: str, home: Path, lake_path: str | Path, params: dict[str, str]) -> list[tuple]:
     settings = load_settings({"STRATUM_HOME": str(home), "STRATUM_LAKE_PATH": str(lake_path)})
     engine = Engine(settings, url)
     try:
@@ -167,7 +167,15 @@ def test_a_bad_row_refuses_the_file_naming_it(flavour_url: str, tmp_path: Path) 
 def test_a_replaced_day_keeps_only_the_new_rows_of_the_metrics_delivered(
     flavour_url: str, tmp_path: Path
 ) -> None:
-    lake = Lake(tmp_path / "lake")
+    replace_a_day(flavour_url, tmp_path, tmp_path / "lake")
+
+
+def test_backfill_into_a_lake_on_s3(warm_url: str, tmp_path: Path, s3_root: str) -> None:
+    replace_a_day(warm_url, tmp_path, s3_root)
+
+
+def replace_a_day(flavour_url: str, tmp_path: Path, lake_root: str | Path) -> None:
+    lake = Lake(lake_root)
     backfill(flavour_url, lake, write(tmp_path / "first.parquet", cohort()))
     day = FIRST + timedelta(days=1)
     noon = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
@@ -180,17 +188,15 @@ def test_a_replaced_day_keeps_only_the_new_rows_of_the_metrics_delivered(
         }
     )
     params = query(day, day, "raw") | {"user_id": "1", "metric": "heart_rate"}
-    steps_before = answer(
-        flavour_url, tmp_path / "home", tmp_path / "lake", params | {"metric": "steps"}
-    )
+    steps_before = answer(flavour_url, tmp_path / "home", lake_root, params | {"metric": "steps"})
     result = backfill(flavour_url, lake, write(tmp_path / "again.parquet", again))
     assert (result.days, result.replaced) == (1, 1)
 
-    rows = answer(flavour_url, tmp_path / "home", tmp_path / "lake", params)
+    rows = answer(flavour_url, tmp_path / "home", lake_root, params)
     assert [r[3] for r in rows] == [101.0, 102.0]  # the day's heart rate is exactly the file's
-    steps = answer(flavour_url, tmp_path / "home", tmp_path / "lake", params | {"metric": "steps"})
+    steps = answer(flavour_url, tmp_path / "home", lake_root, params | {"metric": "steps"})
     assert steps and steps == steps_before  # the day's other metrics stayed
-    daily = answer(flavour_url, tmp_path / "home", tmp_path / "lake", params | {"resolution": "1d"})
+    daily = answer(flavour_url, tmp_path / "home", lake_root, params | {"resolution": "1d"})
     assert daily[0][3:7] == (2, 203.0, 101.0, 102.0)
     for tier in TIERS:  # every record is true of the lake
         recorded = {(u, d): v[:2] for (u, t, d), v in lake_days(flavour_url).items() if t == tier}

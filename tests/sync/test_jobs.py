@@ -108,7 +108,12 @@ def test_maintain_job_compacts_and_vacuums(
     rows = _lake_rows(lake, pair)
     lake.replace_days("raw", rows.slice(0, 0), [pair])
     for part in (rows.slice(0, 100), rows.slice(100)):
-        write_deltalake(str(lake.table_dir("raw")), part, mode="append")
+        write_deltalake(
+            lake.table_dir("raw"),
+            part,
+            mode="append",
+            storage_options=lake.storage.storage_options,
+        )
     stats = lake_stats(lake, "raw", [pair])
     assert len(lake.files("raw", [1], *_day_span(pair[1])).files) == 2
 
@@ -140,7 +145,7 @@ def _day_span(day: date) -> tuple[datetime, datetime]:
 def _lake_rows(lake: Lake, pair: tuple[int, date]) -> pa.Table:
     files = lake.files("raw", [pair[0]], *_day_span(pair[1]))
     with duckdb.connect() as conn:
-        return lake_relation(conn, files).to_arrow_table()
+        return lake_relation(conn, files, storage=lake.storage).to_arrow_table()
 
 
 def test_nightly_job_refreshes_syncs_tiers_and_maintains(warm_url: str, settings: Settings) -> None:

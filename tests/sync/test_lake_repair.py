@@ -143,9 +143,15 @@ def test_maintain_skips_a_damaged_partition_names_it_and_compacts_the_rest(
     lake = Lake(settings.lake.path)
     # Two crowded partitions (as another Delta writer could leave them); one file truncated.
     for user_id in (1, 2):
-        rows = read_partition_file("raw", str(raw_file(settings, user_id)), (user_id, FIRST_DAY))
+        path = str(raw_file(settings, user_id))
+        rows = read_partition_file(lake.storage, "raw", path, (user_id, FIRST_DAY))
         for part in (rows.slice(0, 100), rows.slice(100)):
-            write_deltalake(str(lake.table_dir("raw")), part, mode="append")
+            write_deltalake(
+                lake.table_dir("raw"),
+                part,
+                mode="append",
+                storage_options=lake.storage.storage_options,
+            )
     folder = raw_file(settings, 1, several=True)
     truncate(max(folder.glob("*.parquet"), key=lambda p: p.stat().st_mtime_ns))
 
@@ -184,7 +190,7 @@ class RottingLake(Lake):
 
     def replace_days(self, tier: str, data: pa.Table, days: Iterable[tuple[int, date]]) -> int:
         version = super().replace_days(tier, data, days)
-        folder = self.table_dir("raw") / "user_id=1" / f"date={FIRST_DAY}"
+        folder = Path(self.table_dir("raw")) / "user_id=1" / f"date={FIRST_DAY}"
         if tier == "raw" and folder.is_dir():
             for path in folder.glob("*.parquet"):
                 truncate(path)

@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -284,18 +285,7 @@ def budget_proof(
             retries=10,
         )
         result["concurrent"] = concurrent
-        pages = Case(
-            "budget",
-            f"{preset.lake_days} days",
-            f"all ({len(everyone)})",
-            everyone,
-            tuple(sorted(METRICS)),
-            start,
-            dataset.lake_end,
-            "raw",
-            "raw",
-            page_size=JSON_PAGE_ROWS,
-        )
+        pages = replace(scan, page_size=JSON_PAGE_ROWS)  # the full scan, as JSON pages
         result["json_pages"] = concurrent_load(
             lambda: HttpJsonPage(server.base_url, JSON_PAGE_ROWS, server.key),
             [pages],

@@ -4,6 +4,11 @@ DuckDB enforces its own share of the budget (memory_limit, spilling to disk beyo
 this accountant covers the rest: Arrow batches in flight and pages being rendered. A query
 reserves its estimate before it starts and releases it when its stream ends; one that
 does not fit after a short wait is refused (503 + Retry-After at the API).
+
+A lane is kept for small queries (a page, a short span): a large one (a long stream, a big
+page) is admitted only while it leaves the lane free, so large answers, including streams
+whose readers have stalled until the send timeout drops them, cannot hold the whole budget
+and make every quick question wait behind them.
 """
 
 from __future__ import annotations
@@ -18,9 +23,16 @@ QUERY_OVERHEAD_BYTES = 16 * 2**20  # a query's fixed cost: plans, buffers, the i
 # One chunk of an answer being rendered and sent: its text pieces, the joined chunk, the
 # server's copy (api/render.py renders at most ~131k rows, a few MB of text, at a time).
 RENDER_BYTES = 16 * 2**20
+# A page of fewer rows than a chunk renders at most its rows: text, joined copy, server's copy.
+RENDERED_ROW_BYTES = 256
 # DuckDB's share of what the budget leaves once the process's own footprint is set aside.
 DUCKDB_SHARE = 0.5
 MIN_SHARE_BYTES = 32 * 2**20
+# The lane for small queries: a quarter of the budget, at most room for two small queries
+# (fixed costs and a page of rows each). A query whose reservation fits in the lane is small.
+LANE_SHARE = 0.25
+SMALL_QUERY_BYTES = 24 * 2**20
+LANE_MAX_BYTES = 2 * SMALL_QUERY_BYTES
 
 
 def resident_bytes() -> int:
@@ -58,6 +70,16 @@ class MemoryBudget:
     def in_use(self) -> int:
         return self._in_use
 
+    @property
+    def lane_bytes(self) -> int:
+        """What large queries must leave free for small ones."""
+        return min(int(self.budget_bytes * LANE_SHARE), LANE_MAX_BYTES)
+
+    @property
+    def largest_bytes(self) -> int:
+        """The most one query can be given: all but the lane."""
+        return self.budget_bytes - self.lane_bytes
+
     def stats(self) -> dict[str, int]:
         return {
             "budget_bytes": self.budget_bytes,
@@ -68,11 +90,13 @@ class MemoryBudget:
         }
 
     def reserve(self, nbytes: int) -> int:
-        """Reserve `nbytes` (capped to the whole budget) or raise BudgetExhausted."""
-        nbytes = min(max(nbytes, 1), self.budget_bytes)
+        """Reserve `nbytes` (capped to `largest_bytes`) or raise BudgetExhausted. A small
+        reservation may take the lane; a large one must leave it free."""
         deadline = time.monotonic() + self.wait_s
         with self._cond:
-            while self._in_use + nbytes > self.budget_bytes:
+            nbytes = min(max(nbytes, 1), self.largest_bytes)
+            keep_free = 0 if nbytes <= self.lane_bytes else self.lane_bytes
+            while self._in_use + nbytes + keep_free > self.budget_bytes:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self._refused += 1

@@ -29,6 +29,7 @@ from engine.audit import AuditEntry, write_entry
 from engine.budget import (
     QUERY_OVERHEAD_BYTES,
     RENDER_BYTES,
+    RENDERED_ROW_BYTES,
     MemoryBudget,
     resident_bytes,
     split_budget,
@@ -526,35 +527,44 @@ class Engine:
 
     # -- steps -------------------------------------------------------------------------------
 
-    def _estimate(self, plan: Plan) -> int:
+    def _estimate(self, plan: Plan, page_size: int | None = None) -> int:
         """Bytes this query holds outside DuckDB until its answer is sent: batches in flight
         (one per segment, at most a page of rows), the page's rows (held until the last is
         sent), and one chunk being rendered and sent (every format renders a slice of rows
-        at a time)."""
+        at a time; a short page renders only its rows). `page_size` overrides the query's."""
         width = row_bytes(plan.resolution)
-        page_size = plan.query.page_size
+        if page_size is None:
+            page_size = plan.query.page_size
         batch_rows = max(CHUNK_ROWS, BATCH_ROWS)
         if page_size:
             batch_rows = min(batch_rows, page_size + 1)
         in_flight = len(plan.segments) * batch_rows * width
-        return QUERY_OVERHEAD_BYTES + in_flight + page_size * width + RENDER_BYTES
+        render = min(RENDER_BYTES, page_size * RENDERED_ROW_BYTES) if page_size else RENDER_BYTES
+        return QUERY_OVERHEAD_BYTES + in_flight + page_size * width + render
 
     def _refuse_pages_beyond_the_budget(self, plan: Plan, need: int) -> None:
-        """A page that needs more than all the memory queries may share can never be admitted
-        within the budget: the client is told the page size that fits (a stream's needs do
-        not grow with its length, so streams are always admitted, alone if need be)."""
+        """A page that needs more than one query may hold (the queries' share of the budget
+        less the small queries' lane) can never be admitted within the budget: the client
+        is told the page size that fits (a stream's needs do not grow with its length, so
+        streams are always admitted, alone if need be)."""
         page_size = plan.query.page_size
-        available = self.budget.budget_bytes
+        available = self.budget.largest_bytes
         if not page_size or need <= available:
             return
-        width = row_bytes(plan.resolution)
-        fits = max(0, available - (need - page_size * width)) // width
+        # The estimate grows with the page size: the largest page that fits, by bisection.
+        fits, too_big = 0, page_size
+        while too_big - fits > 1:
+            middle = (fits + too_big) // 2
+            if self._estimate(plan, middle) <= available:
+                fits = middle
+            else:
+                too_big = middle
         if fits < 1:
             return  # its fixed costs alone fill the budget: admitted alone, as a stream is
         raise InvalidParameter(
             "page_size",
-            f"page_size={page_size:,} needs about {need / 2**20:,.0f} MiB, more than this "
-            f"server's memory for queries ({available / 2**20:,.0f} MiB of "
+            f"page_size={page_size:,} needs about {need / 2**20:,.0f} MiB, more than one "
+            f"query may hold on this server ({available / 2**20:,.0f} MiB of "
             f"STRATUM_MEMORY_BUDGET); ask for at most {fits:,} rows per page, or stream the "
             "answer (page_size=0 with format=arrow, parquet, csv or ndjson)",
         )

@@ -138,6 +138,29 @@ def test_an_address_over_its_limit_gets_429_others_do_not(dense_url: str, tmp_pa
         assert answer.status_code == 200 and json.loads(answer.content)["data"]
 
 
+def test_stalled_streams_leave_the_lane_for_small_queries(dense_url: str, tmp_path: Path) -> None:
+    """A stalled reader of a long stream: a small query is still answered at once, and a
+    second long stream is refused rather than take the lane (two streams filled a small
+    server's budget, and every other query waited out the send timeout and a 503 or two)."""
+    app = hostile_app(dense_url, tmp_path, STRATUM_SEND_TIMEOUT_S="600")
+    budget = service(app).engine.budget
+    with served(app) as port:
+        budget.resize(96 * 2**20)  # a small server's share: two streams would fill it
+        budget.wait_s = 0.05  # a query that does not fit is refused at once
+        sock, head = request_headers(port, EVERYTHING)
+        try:
+            assert head.startswith(b"HTTP/1.1 200")
+            assert 0 < budget.in_use <= budget.largest_bytes < budget.budget_bytes
+            second = httpx.get(f"http://{HOST}:{port}{EVERYTHING}", timeout=30)
+            assert second.status_code == 503  # a second long stream must leave the lane
+            for _ in range(3):
+                answer = httpx.get(f"http://{HOST}:{port}{SMALL}", timeout=30)
+                assert answer.status_code == 200 and json.loads(answer.content)["data"]
+        finally:
+            reset(sock)
+        wait_for(lambda: budget.in_use == 0, "the stream's reservation")
+
+
 @pytest.mark.parametrize("sent", [b"", b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"])
 def test_a_connection_without_a_whole_request_is_closed_after_the_idle_timeout(
     dense_url: str, tmp_path: Path, sent: bytes

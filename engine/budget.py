@@ -28,11 +28,12 @@ RENDERED_ROW_BYTES = 256
 # DuckDB's share of what the budget leaves once the process's own footprint is set aside.
 DUCKDB_SHARE = 0.5
 MIN_SHARE_BYTES = 32 * 2**20
-# The lane for small queries: a quarter of the budget, at most room for two small queries
-# (fixed costs and a page of rows each). A query whose reservation fits in the lane is small.
+# The lane for small queries: room for one small query (fixed costs and a page of a few
+# thousand rows), at most a quarter of the budget. A query whose reservation fits in the lane
+# is small. Small queries take seconds at most, so one at a time keeps them moving; a larger
+# lane would cut the largest page a small server admits (1M-row JSON pages need ~100 MiB).
 LANE_SHARE = 0.25
-SMALL_QUERY_BYTES = 24 * 2**20
-LANE_MAX_BYTES = 2 * SMALL_QUERY_BYTES
+LANE_MAX_BYTES = 24 * 2**20
 
 
 def resident_bytes() -> int:
@@ -77,7 +78,7 @@ class MemoryBudget:
 
     @property
     def largest_bytes(self) -> int:
-        """The most one query can be given: all but the lane."""
+        """The most one query is given while others run: all but the lane."""
         return self.budget_bytes - self.lane_bytes
 
     def stats(self) -> dict[str, int]:
@@ -90,12 +91,18 @@ class MemoryBudget:
         }
 
     def reserve(self, nbytes: int) -> int:
-        """Reserve `nbytes` (capped to `largest_bytes`) or raise BudgetExhausted. A small
-        reservation may take the lane; a large one must leave it free."""
+        """Reserve `nbytes` (capped to the whole budget) or raise BudgetExhausted. A small
+        reservation may take the lane; a large one must leave it free; one larger than
+        `largest_bytes` (a big page on a small server) is admitted only alone."""
         deadline = time.monotonic() + self.wait_s
         with self._cond:
-            nbytes = min(max(nbytes, 1), self.largest_bytes)
-            keep_free = 0 if nbytes <= self.lane_bytes else self.lane_bytes
+            nbytes = min(max(nbytes, 1), self.budget_bytes)
+            if nbytes <= self.lane_bytes:
+                keep_free = 0
+            elif nbytes <= self.largest_bytes:
+                keep_free = self.lane_bytes
+            else:
+                keep_free = self.budget_bytes - nbytes  # room only when nothing else runs
             while self._in_use + nbytes + keep_free > self.budget_bytes:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -284,6 +284,10 @@ class Engine:
             )
         need = self._estimate(plan)
         self._refuse_pages_beyond_the_budget(plan, need)
+        if query.page_size == 0:
+            # A stream's needs do not grow with its length: it always shares the budget, so
+            # a stalled one cannot hold the small queries' lane.
+            need = min(need, self.budget.largest_bytes)
         reservation = self.budget.reserve(need)
         try:
             with times.stage("locate_page"):
@@ -543,12 +547,11 @@ class Engine:
         return QUERY_OVERHEAD_BYTES + in_flight + page_size * width + render
 
     def _refuse_pages_beyond_the_budget(self, plan: Plan, need: int) -> None:
-        """A page that needs more than one query may hold (the queries' share of the budget
-        less the small queries' lane) can never be admitted within the budget: the client
-        is told the page size that fits (a stream's needs do not grow with its length, so
-        streams are always admitted, alone if need be)."""
+        """A page that needs more than all the memory queries share can never be admitted
+        within the budget: the client is told the page size that fits. (One that needs more
+        than the share less the small queries' lane is admitted alone.)"""
         page_size = plan.query.page_size
-        available = self.budget.largest_bytes
+        available = self.budget.budget_bytes
         if not page_size or need <= available:
             return
         # The estimate grows with the page size: the largest page that fits, by bisection.
@@ -563,8 +566,8 @@ class Engine:
             return  # its fixed costs alone fill the budget: admitted alone, as a stream is
         raise InvalidParameter(
             "page_size",
-            f"page_size={page_size:,} needs about {need / 2**20:,.0f} MiB, more than one "
-            f"query may hold on this server ({available / 2**20:,.0f} MiB of "
+            f"page_size={page_size:,} needs about {need / 2**20:,.0f} MiB, more than this "
+            f"server's memory for queries ({available / 2**20:,.0f} MiB of "
             f"STRATUM_MEMORY_BUDGET); ask for at most {fits:,} rows per page, or stream the "
             "answer (page_size=0 with format=arrow, parquet, csv or ndjson)",
         )

@@ -249,7 +249,7 @@ class Engine:
         times = times or StageTimes()
         catalog = catalog or self.catalog(query, times)
         with times.stage("plan"):
-            result = planner.plan(query, catalog)
+            result = planner.plan(query, catalog, self.settings.query.warm_rollup_rows)
         log.debug("planned %d segments: %s", len(result.segments), times.describe())
         return replace(result, timings=times.describe())
 

@@ -59,6 +59,7 @@ class QuerySettings:
     max_page_size: int
     max_users: int
     default_tz: str = "UTC"  # the zone of participants without a zone history
+    warm_rollup_rows: int = 100_000  # 1h/1d answers up to this many rows: the warm store alone
 
 
 @dataclass(frozen=True)
@@ -369,6 +370,15 @@ SETTINGS: tuple[Setting, ...] = (
         meaning="IANA time zone of participants without a zone history (`stratum tz set`), "
         "for `tz=local` answers",
         field="query.default_tz",
+    ),
+    Setting(
+        name="STRATUM_WARM_ROLLUP_ROWS",
+        default="100000",
+        parse=integer(minimum=0),
+        meaning="1h and 1d answers of up to this many rows come from the warm store alone (it "
+        "keeps those tiers for every day; an index scan there beats opening lake files); "
+        "larger ones read the lake. 0: the lake wherever it holds the days",
+        field="query.warm_rollup_rows",
     ),
     Setting(
         name="STRATUM_MAX_USERS",

@@ -14,6 +14,7 @@ from litestar.testing import TestClient
 from api.app import create_app
 from lake import Lake
 from sync.export import sync_to_lake
+from sync.tiering import tier_warm_store
 from tests.api.conftest import admin_client, api_settings, load_cohort
 
 SPAN = {"user_id": "1,2,3", "metric": "heart_rate,steps", "page_size": "50000"}
@@ -45,7 +46,9 @@ def test_lake_and_warm_answer_alike_and_lake_survives_a_warm_outage(
     warm_url: str, tmp_path: Path, resolution: str
 ) -> None:
     load_cohort(warm_url)
-    settings = api_settings(tmp_path)
+    # Small 1h answers come whole from the warm store by default: 0 makes the lake serve
+    # the days it holds, so the stitching is what is tested.
+    settings = api_settings(tmp_path, STRATUM_WARM_ROLLUP_ROWS="0")
     app = create_app(settings, warm_url)
     with admin_client(app, warm_url) as client:
         warm_both, meta = rows(client, {**BOTH_DAYS, "resolution": resolution})
@@ -90,3 +93,29 @@ def test_catalog_loaded_at_startup_serves_the_lake_through_an_outage(
         refuse_connections(warm_url)  # before the first request
         got, meta = rows(client, {**LAKE_DAY, "resolution": "1h"})
         assert meta["sources"] == ["lake"] and got == expected
+
+
+def test_a_small_rollup_answer_comes_whole_from_the_warm_store(
+    warm_url: str, tmp_path: Path
+) -> None:
+    """The warm store keeps 1h and 1d for every day, tiered ones included: a small answer
+    skips the lake's files and equals the stitched lake + warm answer."""
+    load_cohort(warm_url)
+    home = tmp_path / "home"
+    stitched = api_settings(home, STRATUM_WARM_ROLLUP_ROWS="0")
+    sync_to_lake(
+        warm_url, Lake(stitched.lake.path), grace_days=1, batch_days=8, today=date(2024, 1, 3)
+    )
+    # 2024-01-01's raw and 1m leave the warm store; its 1h and 1d stay.
+    tier_warm_store(warm_url, Lake(stitched.lake.path), older_than_days=1, today=date(2024, 1, 3))
+    answers = {}
+    for name, settings in (("stitched", stitched), ("default", api_settings(home))):
+        with admin_client(create_app(settings, warm_url), warm_url) as client:
+            for resolution in ("1h", "1d"):
+                got, meta = rows(client, {**BOTH_DAYS, "resolution": resolution})
+                answers[name, resolution] = got, meta["sources"]
+    for resolution in ("1h", "1d"):
+        stitched_rows, stitched_sources = answers["stitched", resolution]
+        default_rows, default_sources = answers["default", resolution]
+        assert stitched_sources == ["lake", "warm"] and default_sources == ["warm"]
+        assert default_rows == stitched_rows and default_rows

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from engine import planner
 from engine.access import LOCAL_ADMIN
 from engine.catalog import Catalog, Coverage
+from engine.plan import Plan
 from engine.planner import plan
 from engine.query import DataQuery
 from engine.resolution import choose_resolution
@@ -134,6 +137,34 @@ def test_stale_rollups_are_computed_from_raw() -> None:
         ("warm", "data_1h", False),
         ("warm", "raw_data", True),
     ]
+
+
+@pytest.mark.parametrize("resolution", ["1h", "1d"])
+def test_small_rollup_answers_come_whole_from_the_warm_store(resolution: str) -> None:
+    """The warm store keeps 1h and 1d forever: a small answer needs no lake files."""
+
+    def plan(query: DataQuery, catalog: Catalog) -> Plan:
+        return planner.plan(query, catalog, warm_rollup_rows=100_000)
+
+    lake = {1: [("2024-01-01", "2024-01-02")]}
+    stale = {1: [("2024-01-03", "2024-01-03")]}
+    small = q("2024-01-01", "2024-01-04", resolution)
+    got = plan(small, catalog(lake, stale, tier=f"agg_{resolution}"))
+    assert [(s.backend, s.source, s.rollup_from_raw) for s in got.segments] == [
+        ("warm", f"data_{resolution}", False),
+        ("warm", "raw_data", True),
+    ]
+    # Raw and 1m leave the warm store when tiered: the lake serves them whatever the size.
+    assert (
+        plan(q("2024-01-01", "2024-01-02", "1m"), catalog(lake, tier="agg_1m")).segments[0].backend
+        == "lake"
+    )
+    # With the warm store unreachable, the lake serves what it holds.
+    down = replace(catalog(lake, tier=f"agg_{resolution}"), warm_available=False)
+    assert plan(q("2024-01-01", "2024-01-03", resolution), down).segments[0].backend == "lake"
+    # A large answer (400 participants x a year: 146,400 days or more) reads the lake.
+    many = replace(small, users=tuple(range(1, 401)), end=small.start + timedelta(days=366))
+    assert plan(many, catalog(lake, tier=f"agg_{resolution}")).segments[0].backend == "lake"
 
 
 def test_days_written_since_their_sync_never_come_from_the_lake() -> None:

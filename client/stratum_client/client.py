@@ -223,6 +223,7 @@ class Client:
         resolution: str,
         tz: str | None,
         max_points: int | None,
+        width: int | None = None,
     ) -> dict[str, str]:
         params = {
             "user_id": _joined(users),
@@ -236,6 +237,11 @@ class Client:
             params["tz"] = tz
         if max_points is not None:
             params["max_points"] = str(max_points)
+        if width is not None:
+            # M4: per pixel column and series, the first, last, lowest and highest raw row,
+            # so a chart drawn from it is the chart of every row.
+            params["downsample"] = "m4"
+            params["width"] = str(width)
         return params
 
     # -- the API -------------------------------------------------------------------------
@@ -251,15 +257,20 @@ class Client:
         *,
         page_size: int | None = None,
         max_points: int | None = None,
+        width: int | None = None,
     ) -> Iterator[pa.RecordBatch]:
         """The answer's Arrow record batches as they arrive, in the server's row order.
 
         `page_size=None` streams the whole answer in one response (`page_size=0`); a number
         reads it in pages of that many rows, following each page's cursor (each page is its
         own request, so a busy answer mid-way is retried for that page only).
+        `width` asks for a raw answer M4-downsampled to that many pixel columns (per column
+        and series: the first, last, lowest and highest row; rollups come unchanged).
         """
         yield from self._batches(
-            self._params(users, metrics, start, end, resolution, tz, max_points), page_size, _Seen()
+            self._params(users, metrics, start, end, resolution, tz, max_points, width),
+            page_size,
+            _Seen(),
         )
 
     def _batches(
@@ -290,11 +301,12 @@ class Client:
         *,
         page_size: int | None = None,
         max_points: int | None = None,
+        width: int | None = None,
     ) -> pa.Table:
         """The whole answer as a pyarrow Table (columns as /data's Arrow format names them:
         user_id, metric, ts, value for raw; count, sum, min, max, avg for rollups)."""
         seen = _Seen()
-        params = self._params(users, metrics, start, end, resolution, tz, max_points)
+        params = self._params(users, metrics, start, end, resolution, tz, max_points, width)
         batches = list(self._batches(params, page_size, seen))
         return pa.Table.from_batches(batches, schema=seen.schema)
 
@@ -309,6 +321,7 @@ class Client:
         *,
         page_size: int | None = None,
         max_points: int | None = None,
+        width: int | None = None,
     ) -> pandas.DataFrame:
         """The whole answer as a pandas DataFrame (`ts` is a UTC-aware datetime column)."""
         try:
@@ -319,7 +332,15 @@ class Client:
                 "(or use read_arrow)"
             ) from exc
         table = self.read_arrow(
-            users, metrics, start, end, resolution, tz, page_size=page_size, max_points=max_points
+            users,
+            metrics,
+            start,
+            end,
+            resolution,
+            tz,
+            page_size=page_size,
+            max_points=max_points,
+            width=width,
         )
         return table.to_pandas()
 
@@ -334,6 +355,7 @@ class Client:
         *,
         page_size: int | None = None,
         max_points: int | None = None,
+        width: int | None = None,
     ) -> polars.DataFrame:
         """The whole answer as a polars DataFrame."""
         try:
@@ -343,7 +365,15 @@ class Client:
                 "Client.read_polars needs polars: pip install 'stratum-client[polars]'"
             ) from exc
         table = self.read_arrow(
-            users, metrics, start, end, resolution, tz, page_size=page_size, max_points=max_points
+            users,
+            metrics,
+            start,
+            end,
+            resolution,
+            tz,
+            page_size=page_size,
+            max_points=max_points,
+            width=width,
         )
         frame = polars.from_arrow(table)
         assert isinstance(frame, polars.DataFrame)  # a Table gives a frame, never a Series
@@ -359,9 +389,10 @@ class Client:
         tz: str | None = None,
         *,
         max_points: int | None = None,
+        width: int | None = None,
     ) -> dict[str, Any]:
         """How /data would answer: segments per store and tier, lake files, estimated rows."""
-        params = self._params(users, metrics, start, end, resolution, tz, max_points)
+        params = self._params(users, metrics, start, end, resolution, tz, max_points, width)
         answer: dict[str, Any] = self._json("/plan", params)
         return answer
 

@@ -90,6 +90,26 @@ def test_read_is_the_answer_of_data(
     assert stratum.read_polars(USERS, METRICS, START, END, resolution).to_dicts() == expected
 
 
+def test_width_asks_for_the_m4_answer(stratum: Client, served: Served, admin_key: str) -> None:
+    """`width=N`: the server's M4 answer (downsample=m4), whose extrema per series are the raw
+    answer's, in at most 4 rows per pixel column and series."""
+    width = 50
+    params = {"user_id": "1,2", "metric": "heart_rate", "start": START, "end": END}
+    params["resolution"] = "raw"
+    expected = json_rows(served, admin_key, {**params, "downsample": "m4", "width": str(width)})
+    m4 = stratum.read_arrow([1, 2], "heart_rate", START, END, "raw", width=width)
+    assert m4.to_pylist() == expected
+    raw = stratum.read_arrow([1, 2], "heart_rate", START, END, "raw")
+    assert m4.num_rows <= 4 * width * 2 < raw.num_rows
+
+    def extrema(table: pa.Table) -> pa.Table:
+        return table.group_by("user_id").aggregate([("value", "min"), ("value", "max")])
+
+    assert extrema(m4).sort_by("user_id") == extrema(raw).sort_by("user_id")
+    planned = stratum.plan([1, 2], "heart_rate", START, END, "raw", width=width)["query"]
+    assert (planned["downsample"], planned["width"]) == ("m4", width)
+
+
 def test_the_answer_comes_from_the_lake_and_the_warm_store(stratum: Client) -> None:
     plan = stratum.plan(USERS, METRICS, START, END, "raw")
     assert plan["sources"] == ["lake", "warm"]

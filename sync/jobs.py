@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -38,6 +38,24 @@ from sync.verify import repair_lake, verify_lake
 log = logging.getLogger(__name__)
 
 CATCH_UP_AFTER = timedelta(days=1)
+
+
+def _problems(
+    problems: Sequence[tuple[Any, ...]],
+    what: str,
+    describe: Callable[[tuple[Any, ...]], str],
+    shown: int = 3,
+) -> str | None:
+    """A failed job's error: how many problems, what they are, and the first few named."""
+    if not problems:
+        return None
+    return f"{len(problems)} {what}: " + ", ".join(describe(p) for p in problems[:shown])
+
+
+def _lake_day(problem: tuple[Any, ...]) -> str:
+    """A (user, table, day, ...) problem named as "user U DAY TABLE"."""
+    user_id, table, day = problem[:3]
+    return f"user {user_id} {day} {table}"
 
 
 def run_job(url: str, job: str, body: Callable[[], JobResult]) -> JobResult:
@@ -160,15 +178,14 @@ def tiering_job(
             today=today,
             progress=progress,
         )
-        status = "failed" if tiered.refused else "ok"
-        error = None
-        if tiered.refused:
-            error = f"{len(tiered.refused)} days not tiered (queued for re-sync): " + ", ".join(
-                f"user {u} {d}: {why}" for u, d, why in tiered.refused[:3]
-            )
+        error = _problems(
+            tiered.refused,
+            "days not tiered (queued for re-sync)",
+            lambda p: f"user {p[0]} {p[1]}: {p[2]}",
+        )
         return JobResult(
             "tier",
-            status=status,
+            status="failed" if error else "ok",
             days=tiered.days,
             rows=tiered.total_rows,
             files=tiered.chunks,
@@ -236,14 +253,15 @@ def maintain_job(url: str, settings: LakeSettings) -> JobResult:
                 ],
             )
             prune_file_records(conn, lake)
-        error = None
-        if damaged:
-            error = f"{len(damaged)} damaged lake days left uncompacted (queued for repair): " + (
-                ", ".join(f"user {u} {d} {t}" for u, t, d, _ in damaged[:5])
-            )
+        error = _problems(
+            damaged,
+            "damaged lake days left uncompacted (queued for repair)",
+            _lake_day,
+            shown=5,
+        )
         return JobResult(
             "maintain",
-            status="failed" if damaged else "ok",
+            status="failed" if error else "ok",
             files=done.files_rewritten + done.files_deleted,
             bytes=done.bytes_after,
             seconds=done.seconds,
@@ -258,14 +276,14 @@ def maintain_job(url: str, settings: LakeSettings) -> JobResult:
 def verify_job(url: str, settings: LakeSettings) -> JobResult:
     def body() -> JobResult:
         done = verify_lake(url, Lake(settings.path))
-        error = None
-        if done.damaged:
-            error = f"{len(done.damaged)} damaged lake days (run `stratum repair`): " + ", ".join(
-                f"user {u} {d} {t}: {why}" for u, t, d, why in done.damaged[:3]
-            )
+        error = _problems(
+            done.damaged,
+            "damaged lake days (run `stratum repair`)",
+            lambda p: f"{_lake_day(p)}: {p[3]}",
+        )
         return JobResult(
             "verify",
-            status="failed" if done.damaged else "ok",
+            status="failed" if error else "ok",
             days=len(done.damaged),
             files=done.files,
             bytes=done.bytes,
@@ -286,14 +304,15 @@ def repair_job(url: str, settings: LakeSettings, *, today: date | None = None) -
             batch_days=settings.sync_batch_days,
             today=today,
         )
-        error = None
-        if done.backup_only:
-            error = f"{len(done.backup_only)} lake days only a backup can restore: " + ", ".join(
-                f"user {u} {d} {t}" for u, t, d, _ in done.backup_only[:5]
-            )
+        error = _problems(
+            done.backup_only,
+            "lake days only a backup can restore",
+            _lake_day,
+            shown=5,
+        )
         return JobResult(
             "repair",
-            status="failed" if done.backup_only else "ok",
+            status="failed" if error else "ok",
             days=len(done.requeued),
             rows=done.sync.total_rows if done.sync else 0,
             seconds=done.seconds,

@@ -106,6 +106,24 @@ def test_vacuum_on_s3_deletes_removed_files_and_orphans_but_not_current_ones(
     assert_whole(s3_lake)
 
 
+def test_vacuum_on_s3_keeps_what_is_younger_than_its_retention(s3_lake: Lake) -> None:
+    """By age, as on a folder: files removed a moment ago and a fresh orphan (perhaps a
+    writer's commit in flight) stay until they are older than the retention."""
+    s3_lake.replace_days("raw", generation(1), PAIRS)
+    removed = s3_lake.files("raw", None, *ALL_TIME).paths
+    s3_lake.replace_days("raw", generation(2), PAIRS)
+    orphan = f"{s3_lake.table_dir('raw')}/user_id=1/date={JAN1}/in-flight.parquet"
+    with s3_lake.storage.filesystem.open_output_stream(s3_lake.storage.fs_path(orphan)) as out:
+        out.write(b"a commit still being written")
+
+    done = s3_lake.vacuum(retention_hours=1)
+
+    assert done.files_deleted["raw"] == 0
+    assert all(s3_lake.storage.exists(p) for p in [*removed, orphan])
+    assert_whole(s3_lake)
+    assert s3_lake.vacuum(retention_hours=0).files_deleted["raw"] == len(removed) + 1
+
+
 def test_s3_settings_come_from_the_aws_variables(
     s3_server: LocalS3, monkeypatch: pytest.MonkeyPatch
 ) -> None:

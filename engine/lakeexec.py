@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import duckdb
@@ -18,9 +19,10 @@ import pyarrow as pa
 
 from engine.m4 import M4, duckdb_sql
 from engine.plan import Segment
-from engine.query import Key, from_us
+from engine.query import Key, from_us, to_us
 from engine.settings import MemorySettings
 from engine.shapes import conform, schema_for
+from engine.timestamps import midnight
 from lake import LakeFile, LakeFiles, LakeStorage, lake_scan
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,11 @@ class ScanTuning:
     # are read series by series in file order, which needs no sort.
     sort_rows: int = 1_000_000
     first_chunk_files: int = 16  # a page's first run of files per series; doubles after
+    # What one more DuckDB query costs, in rows a sorted query reads instead (~1-2 ms). A
+    # page of several metrics is sorted in one query only while that costs less than the
+    # series-by-series queries it needs: the sort reads every row of the files (a deep page's
+    # whole participant), the series queries only the files from where the page starts.
+    query_rows: int = 65_536
 
 
 DEFAULT_TUNING = ScanTuning()
@@ -151,6 +158,39 @@ def _chunks(
         start, size = start + size, size * 2
 
 
+def _resumed(
+    files: tuple[LakeFile, ...], metrics: tuple[str, ...], after: Key
+) -> tuple[LakeFile, ...]:
+    """Of `after`'s own user, no file before its day once no later metric remains to read
+    (a deep page of one metric would otherwise scan the series' earlier days to drop them)."""
+    if any(m > after.metric for m in metrics):
+        return files
+    return tuple(f for f in files if f.user_id > after.user_id or _ends_after(f, after))
+
+
+def _ends_after(lake_file: LakeFile, after: Key) -> bool:
+    """Whether the file's days reach past `after`'s instant (a page located at a day starts
+    after the last microsecond of the day before: that day's file holds nothing later)."""
+    return after.ts_us < to_us(midnight(lake_file.last_day + timedelta(days=1))) - 1
+
+
+def _one_query(
+    files: tuple[LakeFile, ...], metrics: tuple[str, ...], limit: int | None, tuning: ScanTuning
+) -> bool:
+    """Whether to read `files` in one query rather than series by series."""
+    rows = sum(max(f.rows, 0) for f in files)
+    if limit is None:  # the whole answer: one metric is already in file order
+        return len(metrics) == 1 or rows <= tuning.sort_rows
+    if rows > tuning.sort_rows:
+        return False
+    if len(metrics) == 1:
+        return True  # no sort: the scan streams in file order and stops at the limit
+    # A page of several metrics: one sort of every row, or a query per series it spans.
+    series = len({f.user_id for f in files}) * len(metrics)
+    series_queries = 1 + limit * series / max(rows, 1)
+    return rows <= series_queries * tuning.query_rows
+
+
 def stream_lake(
     duck: duckdb.DuckDBPyConnection,
     storage: LakeStorage,
@@ -171,11 +211,15 @@ def stream_lake(
     files = tuple(sorted(files, key=lambda f: (f.user_id, f.first_day)))
     if m4 is not None:
         # One aggregate over every file: its answer is at most 4 rows per column and series.
+        # (Every file of the user: a cursor filters the reduced rows, not the rows reduced.)
         log.debug("lake M4 over %d files, %d columns", len(files), m4.width)
         yield from _query(duck, storage, segment, files, segment.users, metrics, after, limit, m4)
         return
-    small = sum(max(f.rows, 0) for f in files) <= tuning.sort_rows
-    if (len(metrics) == 1 and limit is None) or small:
+    if after is not None:
+        files = _resumed(files, metrics, after)
+        if not files:
+            return
+    if _one_query(files, metrics, limit, tuning):
         # One order-preserving scan, or one sort of a small answer: a single query.
         log.debug("lake scan of %d files in one query", len(files))
         yield from _query(duck, storage, segment, files, segment.users, metrics, after, limit)
@@ -193,8 +237,7 @@ def stream_lake(
                 series_after = after
             series_files = user_files
             if series_after is not None:
-                after_day = from_us(series_after.ts_us).date()
-                series_files = tuple(f for f in user_files if f.last_day >= after_day)
+                series_files = tuple(f for f in user_files if _ends_after(f, series_after))
             for chunk in _chunks(series_files, limit is not None, tuning.first_chunk_files):
                 batches = _query(
                     duck,

@@ -82,3 +82,40 @@ def test_series_scans_equal_one_sorted_query(
         assert walk(series, 1_234) == sorted_whole
     finally:
         series.close()
+
+
+def test_deep_pages_of_several_metrics_read_series_from_their_day(
+    engine: Engine, warm_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A page of several metrics sorted in one query reads every row of its participants'
+    # files; when that costs more than the queries of the series the page spans (here any
+    # query costs what 1,000 rows do), the page is read series by series from its day.
+    whole, _ = run(engine, page_size="0")
+    costly = Engine(engine.settings, warm_url, ScanTuning(query_rows=1_000))
+    try:
+        for number in (1, 9, 20):
+            caplog.clear()
+            with caplog.at_level(logging.DEBUG, logger="engine.lakeexec"):
+                page, _ = run(costly, page_size="700", page_number=str(number))
+            assert "series by series" in caplog.text and "in one query" not in caplog.text
+            assert page == whole[(number - 1) * 700 : number * 700]
+        assert walk(costly, 1_234) == whole
+    finally:
+        costly.close()
+
+
+def test_a_deep_page_of_one_metric_opens_no_file_before_its_day(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    one_metric = {"metric": "steps", "start": "2024-05-01T00:00Z", "end": "2024-05-05"}
+    whole, _ = run(engine, page_size="0", **one_metric)  # 4 days, all in the lake
+    at = next(i for i, row in enumerate(whole) if row["user_id"] == 3)
+    at += 2 * (len(whole) - at) // 3  # into the last participant's third day
+    number = at // 100 + 1
+    with caplog.at_level(logging.DEBUG, logger="engine.lakeexec"):
+        page, _ = run(engine, page_size="100", page_number=str(number), **one_metric)
+    assert page == whole[(number - 1) * 100 : number * 100] and len(page) == 100
+    first_day = page[0]["ts"].date()
+    assert page[0]["user_id"] == 3 and first_day >= date(2024, 5, 3)
+    days_read = (date(2024, 5, 4) - first_day).days + 1
+    assert f"lake scan of {days_read} files in one query" in caplog.text

@@ -18,6 +18,7 @@ import psycopg
 from engine.catalog import Coverage
 from engine.query import DataQuery, Key, to_us
 from engine.timestamps import midnight
+from engine.timings import StageTimes
 
 SeriesDays = Callable[[int, str], Sequence[tuple[date, int]]]  # (user, metric) -> rows per day
 
@@ -83,9 +84,10 @@ def locate(
 
 
 def locate_by_counts(
-    conn: psycopg.Connection, query: DataQuery, stale: Coverage
+    conn: psycopg.Connection, query: DataQuery, stale: Coverage, times: StageTimes | None = None
 ) -> tuple[Key | None, int]:
-    """`locate` for the query's page, with the series' row counts read from day_counts."""
+    """`locate` for the query's page, with the series' row counts read from day_counts
+    (its statements counted in `times`' warm_statements)."""
     column = _COUNT_COLUMN[query.resolution]
     first, last = query.days
     span = {
@@ -95,11 +97,15 @@ def locate_by_counts(
         "last": last,
     }
     rows = conn.execute(_SERIES_TOTALS.format(column=column).encode(), span)
+    if times is not None:
+        times.count("warm_statements")
     totals = {(u, m): int(n) for u, m, n in rows}
 
     def series_days(user_id: int, metric: str) -> list[tuple[date, int]]:
         params = {**span, "users": [user_id], "metrics": [metric]}
         days = conn.execute(_SERIES_DAYS.format(column=column).encode(), params)
+        if times is not None:
+            times.count("warm_statements")
         return [(day, int(n)) for day, n in days]
 
     return locate(query, query.offset, totals, series_days, stale)

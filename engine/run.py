@@ -291,7 +291,7 @@ class Engine:
         reservation = self.budget.reserve(need)
         try:
             with times.stage("locate_page"):
-                after, skip = self._start(plan, catalog)
+                after, skip = self._start(plan, catalog, times)
             if query.page_size == 0:
                 stream = self._stream(plan, after, skip, None, times)
                 return Answer(
@@ -572,7 +572,7 @@ class Engine:
             "answer (page_size=0 with format=arrow, parquet, csv or ndjson)",
         )
 
-    def _start(self, plan: Plan, catalog: Catalog) -> tuple[Key | None, int]:
+    def _start(self, plan: Plan, catalog: Catalog, times: StageTimes) -> tuple[Key | None, int]:
         query = plan.query
         if query.after is not None or query.offset == 0:
             return query.after, 0
@@ -580,13 +580,14 @@ class Engine:
             # The day counts count every row, not the reduced ones; an M4 answer is small
             # (4 rows per column and series at most): skip within it.
             return None, query.offset
+        no_counts = (None, query.offset)  # skip row by row
         try:
-            with self._connection() as conn:
-                if conn is None:
-                    return None, query.offset  # no counts: skip row by row
-                return paging.locate_by_counts(conn, query, catalog.stale_rollups)
+            return self._read(
+                lambda conn: paging.locate_by_counts(conn, query, catalog.stale_rollups, times),
+                lambda: no_counts,
+            )
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
-            return None, query.offset
+            return no_counts
 
     def _segment_stream(
         self,

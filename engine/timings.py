@@ -1,10 +1,11 @@
 """Where one request's time goes, stage by stage (issue 13): shown by /plan, read by the bench.
 
 Stages: `catalog` (the warm-store statements that load it), `plan` (pure routing), `check_files`
-(lake files verified before first use), `warm_fetch` (warm-store statements and their Arrow
-results), `lake_scan` (DuckDB: set-up, scan and batches), `merge` (merging and slicing the
-segments' streams). Counts: `warm_statements`, statements sent to the warm store, whose round
-trips dominate short spans on a busy machine and, unlike milliseconds, do not depend on load.
+(lake files verified before first use), `locate_page` (a deep page's start, from the day
+counts), `warm_fetch` (warm-store statements and their Arrow results), `lake_scan` (DuckDB:
+set-up, scan and batches), `merge` (merging and slicing the segments' streams). Counts:
+`warm_statements`, statements sent to the warm store, whose round trips dominate short spans on
+a busy machine and, unlike milliseconds, do not depend on load.
 """
 
 from __future__ import annotations

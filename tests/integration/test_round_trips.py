@@ -70,9 +70,11 @@ def engine(warm_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
     engine.close()
 
 
-def run(engine: Engine, resolution: str) -> tuple[Answer, int]:
+def run(engine: Engine, resolution: str, **paging: list[str]) -> tuple[Answer, int]:
     query = build_query(
-        {**SPAN, "resolution": [resolution]}, engine.settings.query, principal=LOCAL_ADMIN
+        {**SPAN, "resolution": [resolution], **paging},
+        engine.settings.query,
+        principal=LOCAL_ADMIN,
     )
     answer = engine.run(query)
     rows = sum(batch.num_rows for batch in answer.batches)
@@ -101,3 +103,15 @@ def test_warm_fetches_bind_no_time_zone_aware_timestamps(engine: Engine) -> None
     run(engine, "1h")
     moments = [p for params in RecordingWarmPool.bound for p in params if isinstance(p, datetime)]
     assert moments and all(moment.tzinfo is None for moment in moments)
+
+
+def test_a_deep_page_counts_the_statements_that_locate_it(engine: Engine) -> None:
+    run(engine, "raw")
+    CountingConnection.sent.clear()
+    answer, rows = run(engine, "raw", page_size=["100"], page_number=["20"])
+    assert rows == 100
+    # The catalog, the series' totals and the days of the series the page starts in (no
+    # ping first), then one fetch.
+    assert len(CountingConnection.sent) == 3, CountingConnection.sent
+    assert answer.times.counts == {"warm_statements": 4}
+    assert "locate_page" in answer.times.ms

@@ -1,15 +1,21 @@
 """Answer formats: JSON pages, and NDJSON, CSV, Arrow IPC and Parquet streams.
 
-Rows are rendered per Arrow batch with vectorised pyarrow/numpy, never row by row in
-Python: a 1M-row page renders in about a second, and a stream holds one batch at a time.
+Rows are rendered a chunk at a time with vectorised pyarrow/numpy, never row by row in
+Python, and a stream holds one chunk at a time. JSON text is the row's pieces joined per
+row, and joining costs per piece: the labels (user_id, metric) are one piece, their text
+built once per run of a series; fixed text rides inside the label and timestamp pieces;
+whole-number floats are cast through int64 (same text, 4x faster). Raw pages render at
+3-5M rows/s, rollup pages at 1-2M (issue 13; was 1.5M and 0.2-1M).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -78,12 +84,35 @@ def choose_format(explicit: str | None, accept: str | None) -> str:
 
 # -- text pieces -------------------------------------------------------------------------
 
+# Floats that are whole numbers print as integers below this (pyarrow's float text switches
+# to an exponent at 1e10: '1e+10'); casting them through int64 is ~4x faster than the
+# shortest-repr float cast, and gives the same text.
+_WHOLE_BELOW = 1e10
+
+
+def _whole_numbers(values: pa.Array) -> pa.Array | None:
+    """`values` as int64 when every one is a whole number pyarrow prints without an exponent
+    or a sign of zero ('-0'), else None."""
+    if values.null_count:
+        return None
+    floats = values.to_numpy(zero_copy_only=False)
+    whole = (floats == np.trunc(floats)) & (np.abs(floats) < _WHOLE_BELOW)
+    if not whole.all() or np.signbit(floats[floats == 0]).any():
+        return None
+    return pa.array(floats.astype(np.int64))
+
 
 def _json_number(values: pa.Array) -> pa.Array:
+    if pa.types.is_floating(values.type):
+        whole = _whole_numbers(values)
+        if whole is not None:
+            return pc.cast(whole, pa.string())
     text = pc.cast(values, pa.string())
     if pa.types.is_floating(values.type):
-        text = pc.if_else(pc.is_finite(values), text, pa.scalar("null"))  # JSON has no NaN
-    return pc.fill_null(text, "null")
+        finite = pc.is_finite(values)
+        if not pc.all(finite).as_py():
+            text = pc.if_else(finite, text, pa.scalar("null"))  # JSON has no NaN
+    return pc.fill_null(text, "null") if text.null_count else text
 
 
 def _json_string(values: pa.Array) -> pa.Array:
@@ -108,24 +137,142 @@ def _columns(batch: pa.RecordBatch) -> dict[str, pa.Array]:
     return {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
 
 
+@dataclass(frozen=True)
+class _Wrapped:
+    """A column's text that takes the fixed text around it at no cost of its own."""
+
+    text: Callable[[str, str], pa.Array]  # (prefix, suffix) -> the text per row
+
+
+# A piece of a row's text: fixed text, a column's text, or a wrapped column's text.
+_Piece: TypeAlias = str | pa.Array | _Wrapped
+
+
+def _joined(pieces: list[_Piece]) -> pa.Array:
+    """The pieces joined per row. Joining costs per row and piece alike, fixed or not, so
+    fixed text goes inside the wrapped pieces next to it, and consecutive fixed texts are one.
+    """
+    merged: list[_Piece] = []
+    for piece in pieces:
+        if isinstance(piece, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += piece
+        else:
+            merged.append(piece)
+    parts: list[str | pa.Array] = []
+    i = 0
+    while i < len(merged):
+        piece = merged[i]
+        if isinstance(piece, _Wrapped):
+            prefix = parts.pop() if parts and isinstance(parts[-1], str) else ""
+            following = merged[i + 1] if i + 1 < len(merged) else None
+            suffix = following if isinstance(following, str) else ""
+            parts.append(piece.text(prefix, suffix))
+            i += 2 if suffix else 1
+        else:
+            parts.append(piece)
+            i += 1
+    return pc.binary_join_element_wise(*parts, "")
+
+
+def _is_label(name: str, column: pa.Array) -> bool:
+    """A column with few distinct values in long runs (answers are sorted by series)."""
+    return pa.types.is_string(column.type) or name == "user_id"
+
+
+def _label_runs(columns: list[pa.Array]) -> np.ndarray | None:
+    """Where runs of equal labels start (every column's value equal to the row before), or
+    None when there are too many runs for their text to be built one run at a time."""
+    rows = len(columns[0])
+    changed = np.zeros(max(rows - 1, 0), dtype=bool)
+    for column in columns:
+        if rows > 1:
+            differs = pc.not_equal(column.slice(1), column.slice(0, rows - 1))
+            changed |= pc.fill_null(differs, True).to_numpy(zero_copy_only=False)
+    starts = np.concatenate(([0], np.flatnonzero(changed) + 1))
+    return starts if len(starts) <= 64 + rows // 64 else None
+
+
+def _label_text(value: Any) -> str:
+    if value is None:
+        return "null"
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def _labels(names: list[str], columns: list[pa.Array]) -> list[_Piece]:
+    """Consecutive label columns, keys included: the text of each run of equal labels is
+    built once and repeated, as one wrapped piece."""
+    keys = [("," if i else "") + json.dumps(name) + ":" for i, name in enumerate(names)]
+    starts = _label_runs(columns) if len(columns[0]) else None
+    if starts is None:
+        pieces: list[_Piece] = []
+        for key, column in zip(keys, columns, strict=True):
+            is_text = pa.types.is_string(column.type)
+            pieces += [key, _json_string(column) if is_text else _json_number(column)]
+        return pieces
+    lengths = np.diff(np.append(starts, len(columns[0])))
+    runs = zip(*(column.take(pa.array(starts)).to_pylist() for column in columns), strict=True)
+    texts = ["".join(k + _label_text(v) for k, v in zip(keys, run, strict=True)) for run in runs]
+    which = pa.array(np.repeat(np.arange(len(texts)), lengths))
+
+    def wrapped(prefix: str, suffix: str) -> pa.Array:
+        return pc.take(pa.array([prefix + t + suffix for t in texts], pa.string()), which)
+
+    return [_Wrapped(wrapped)]
+
+
+def _timestamps(column: pa.Array) -> _Piece:
+    return _Wrapped(lambda prefix, suffix: iso_utc(column, prefix + '"', '"' + suffix))
+
+
 def json_lines(batch: pa.RecordBatch, separator: str) -> pa.Array:
     """One JSON object per row (keys in schema order), each followed by `separator`."""
-    pieces: list[Any] = []
-    for i, (name, column) in enumerate(_columns(batch).items()):
-        pieces.append(("{" if i == 0 else ",") + json.dumps(name) + ":")
+    pieces: list[_Piece] = ["{"]
+    columns = list(_columns(batch).items())
+    i = 0
+    while i < len(columns):
+        if i:
+            pieces.append(",")
+        name, column = columns[i]
+        if _is_label(name, column):
+            group = i
+            while i < len(columns) and _is_label(*columns[i]):
+                i += 1
+            pieces += _labels([n for n, _ in columns[group:i]], [c for _, c in columns[group:i]])
+            continue
+        pieces.append(json.dumps(name) + ":")
         if name == "ts":
-            pieces += ['"', iso_utc(column), '"']
-        elif pa.types.is_string(column.type):
-            pieces.append(_json_string(column))
+            pieces.append(_timestamps(column))
         elif pa.types.is_date(column.type):  # local_date of calendar rows
             pieces += ['"', pc.fill_null(column.cast(pa.string()), ""), '"']
         else:
             pieces.append(_json_number(column))
+        i += 1
     pieces.append("}" + separator)
-    return pc.binary_join_element_wise(*pieces, "")
+    return _joined(pieces)
 
 
 # -- formats -----------------------------------------------------------------------------
+
+
+def _rechunked(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """The rows in batches of `rows` (the last one fewer): large batches sliced, small ones
+    put together. Rendering costs ~0.5 ms per batch besides its rows, and a lake page comes
+    as a batch per file (a day of a series: 24 rows of 1h rollups), so chunks, not the
+    answer's batches, set how often that is paid."""
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    for batch in batches:
+        offset = 0
+        while offset < batch.num_rows:
+            piece = batch.slice(offset, rows - held)
+            pending.append(piece)
+            held += piece.num_rows
+            offset += piece.num_rows
+            if held == rows:
+                yield pending[0] if len(pending) == 1 else pa.concat_batches(pending)
+                pending, held = [], 0
+    if pending:
+        yield pending[0] if len(pending) == 1 else pa.concat_batches(pending)
 
 
 # Rows of a JSON page rendered per chunk: a chunk is a few MB of text, so a page of any size
@@ -142,13 +289,12 @@ def json_chunks(
     try:
         yield b'{"data":['
         first = True
-        for batch in batches:
-            for offset in range(0, batch.num_rows, chunk_rows):
-                if not first:
-                    yield b","
-                first = False
-                # Each row ends with a separator: the chunk's last one is left out.
-                yield bytes(string_bytes(json_lines(batch.slice(offset, chunk_rows), ","))[:-1])
+        for chunk in _rechunked(batches, chunk_rows):
+            if not first:
+                yield b","
+            first = False
+            # Each row ends with a separator: the chunk's last one is left out.
+            yield bytes(string_bytes(json_lines(chunk, ","))[:-1])
         yield b'],"meta":' + json.dumps(meta, separators=(",", ":")).encode() + b"}"
     finally:
         close = getattr(batches, "close", None)
@@ -249,9 +395,7 @@ CHUNK_ROWS = {"ndjson": 32_768, "csv": 32_768, "arrow": 65_536, "parquet": 131_0
 
 def _sliced(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
     try:
-        for batch in batches:
-            for offset in range(0, batch.num_rows, rows):
-                yield batch.slice(offset, rows)
+        yield from _rechunked(batches, rows)
     finally:
         close = getattr(batches, "close", None)
         if close is not None:

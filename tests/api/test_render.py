@@ -5,9 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+from typing import Any
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from api import render
 from engine.shapes import schema_for
@@ -54,3 +58,91 @@ def test_iso_text_outside_the_fast_tables_is_the_same() -> None:
         "<10000-01-01T00:00:00Z>",
         None,
     ]
+
+
+# -- the JSON text against a row-by-row reference --------------------------------------------
+
+SPECIAL_FLOATS = [0.0, -0.0, math.nan, math.inf, -math.inf, 1e10, 9_999_999_999.0, -1e10, 5e-324]
+
+
+def reference_line(row: dict[str, Any], schema: pa.Schema) -> str:
+    """One row as JSON answers write it, value by value: floats in pyarrow's shortest text
+    ('60', not '60.0'), NaN and infinities as null, timestamps as iso_utc writes them."""
+    parts = []
+    for field_ in schema:
+        value = row[field_.name]
+        if value is None:
+            text = "null"
+        elif field_.name == "ts":
+            text = '"' + iso_utc(pa.array([value], field_.type))[0].as_py() + '"'
+        elif pa.types.is_floating(field_.type):
+            finite = math.isfinite(value)
+            text = pa.array([value]).cast(pa.string())[0].as_py() if finite else "null"
+        else:
+            text = json.dumps(value)
+        parts.append(json.dumps(field_.name) + ":" + text)
+    return "{" + ",".join(parts) + "}"
+
+
+floats = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(10**11), 10**11).map(float),  # whole numbers, both sides of 1e10
+    st.sampled_from(SPECIAL_FLOATS),
+    st.decimals(-1000, 1000, places=2, allow_nan=False).map(float),
+)
+
+
+@st.composite
+def answer_batches(draw: st.DrawFn) -> list[pa.RecordBatch]:
+    """A few batches of raw or rollup rows: labels in runs (answer order) or scattered,
+    values whole or not, with nulls, NaN, infinities and -0."""
+    schema = draw(st.sampled_from([schema_for("raw"), schema_for("1h")]))
+    sizes = draw(st.lists(st.integers(0, 30), min_size=1, max_size=4))
+    users = st.one_of(st.none(), st.integers(1, 3)) if draw(st.booleans()) else st.just(7)
+    metrics = st.sampled_from(["heart_rate", "steps", 'sa"y\\ é'])
+    values = st.one_of(st.none(), floats) if draw(st.booleans()) else floats
+    run_ordered = draw(st.booleans())
+    batches = []
+    for size in sizes:
+        rows: dict[str, list[Any]] = {
+            "user_id": draw(st.lists(users, min_size=size, max_size=size)),
+            "metric": draw(st.lists(metrics, min_size=size, max_size=size)),
+            "ts": draw(st.lists(st.integers(0, 2 * 10**15), min_size=size, max_size=size)),
+        }
+        if run_ordered:
+            rows["user_id"].sort(key=lambda u: -1 if u is None else u)
+            rows["metric"].sort()
+        for field_ in schema:
+            if field_.name == "count":
+                rows["count"] = draw(st.lists(st.integers(0, 10**6), min_size=size, max_size=size))
+            elif field_.name not in rows:
+                rows[field_.name] = draw(st.lists(values, min_size=size, max_size=size))
+        batches.append(pa.RecordBatch.from_pydict(rows, schema=schema))
+    return batches
+
+
+@settings(max_examples=100, deadline=None)
+@given(answer_batches(), st.integers(1, 50))
+def test_json_text_equals_the_row_by_row_reference(
+    batches: list[pa.RecordBatch], chunk_rows: int
+) -> None:
+    schema = batches[0].schema
+    lines = [reference_line(row, schema) for b in batches for row in b.to_pylist()]
+    page = b"".join(render.json_chunks(iter(batches), {"rows": len(lines)}, chunk_rows))
+    assert page == f'{{"data":[{",".join(lines)}],"meta":{{"rows":{len(lines)}}}}}'.encode()
+    ndjson = b"".join(render.stream("ndjson", iter(batches), schema, chunk_rows=chunk_rows))
+    assert ndjson == "".join(line + "\n" for line in lines).encode()
+
+
+def test_scattered_labels_are_written_value_by_value_the_same() -> None:
+    # Labels not in runs (not answer order): too many runs to build each run's text once.
+    size = 1_000
+    rows = {
+        "user_id": [(i * 7919) % 13 or None for i in range(size)],
+        "metric": [["steps", "heart_rate", 'sa"y'][(i * 31) % 3] for i in range(size)],
+        "ts": [i * 1_250_000 for i in range(size)],
+        "value": [SPECIAL_FLOATS[i % len(SPECIAL_FLOATS)] * (i % 5) for i in range(size)],
+    }
+    batch = pa.RecordBatch.from_pydict(rows, schema=schema_for("raw"))
+    lines = [reference_line(row, batch.schema) for row in batch.to_pylist()]
+    assert render.json_page([batch], {}) == f'{{"data":[{",".join(lines)}],"meta":{{}}}}'.encode()

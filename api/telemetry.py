@@ -38,12 +38,17 @@ class Telemetry:
         self.latency_count: dict[tuple[str, str], int] = defaultdict(int)
         self.bytes_served: dict[str, int] = defaultdict(int)
         self.rows_served: dict[str, int] = defaultdict(int)
+        self.render_seconds: dict[str, float] = defaultdict(float)
 
     # -- recording ---------------------------------------------------------------------------
 
     def add_rows(self, format_name: str, rows: int) -> None:
         with self._lock:
             self.rows_served[format_name] += rows
+
+    def add_render(self, format_name: str, seconds: float) -> None:
+        with self._lock:
+            self.render_seconds[format_name] += seconds
 
     def observe(self, route: str, method: str, status: int, seconds: float, nbytes: int) -> None:
         with self._lock:
@@ -123,6 +128,14 @@ class Telemetry:
             family("stratum_rows_served_total", "counter", "Answer rows sent, by format.")
             for format_name, n in sorted(self.rows_served.items()):
                 lines.append(f"stratum_rows_served_total{_labels(format=format_name)} {n}")
+            family(
+                "stratum_render_seconds_total",
+                "counter",
+                "Seconds spent writing answer rows as text, by format (JSON pages).",
+            )
+            for format_name, seconds in sorted(self.render_seconds.items()):
+                labels = _labels(format=format_name)
+                lines.append(f"stratum_render_seconds_total{labels} {seconds:.6f}")
             family("stratum_bytes_served_total", "counter", "Response body bytes, by route.")
             for route, n in sorted(self.bytes_served.items()):
                 lines.append(f"stratum_bytes_served_total{_labels(route=route)} {n}")

@@ -84,6 +84,7 @@ def test_metrics_in_prometheus_text(client: TestClient) -> None:
     assert count == inf >= 3
     assert value('stratum_rows_served_total{format="json"}') >= 5
     assert value('stratum_rows_served_total{format="csv"}') >= csv_rows > 0
+    assert value('stratum_render_seconds_total{format="json"}') > 0
     assert value('stratum_bytes_served_total{route="/data"}') > 0
     assert value("stratum_memory_budget_bytes") > 0
     assert value("stratum_memory_in_use_bytes") == 0  # every stream has released its share

@@ -90,29 +90,62 @@ def choose_format(explicit: str | None, accept: str | None) -> str:
 _WHOLE_BELOW = 1e10
 
 
-def _whole_numbers(values: pa.Array) -> pa.Array | None:
+def _whole_numbers(values: pa.Array) -> np.ndarray | None:
     """`values` as int64 when every one is a whole number pyarrow prints without an exponent
     or a sign of zero ('-0'), else None."""
     if values.null_count:
         return None
+    if pa.types.is_integer(values.type):
+        fits = values.type != pa.uint64()  # (int64 holds every other integer type)
+        return values.to_numpy().astype(np.int64, copy=False) if fits else None
     floats = values.to_numpy(zero_copy_only=False)
     whole = (floats == np.trunc(floats)) & (np.abs(floats) < _WHOLE_BELOW)
     if not whole.all() or np.signbit(floats[floats == 0]).any():
         return None
-    return pa.array(floats.astype(np.int64))
+    return floats.astype(np.int64)
 
 
 def _json_number(values: pa.Array) -> pa.Array:
     if pa.types.is_floating(values.type):
         whole = _whole_numbers(values)
         if whole is not None:
-            return pc.cast(whole, pa.string())
+            return pc.cast(pa.array(whole), pa.string())
     text = pc.cast(values, pa.string())
     if pa.types.is_floating(values.type):
         finite = pc.is_finite(values)
         if not pc.all(finite).as_py():
             text = pc.if_else(finite, text, pa.scalar("null"))  # JSON has no NaN
     return pc.fill_null(text, "null") if text.null_count else text
+
+
+def _json_numbers(columns: dict[str, pa.Array]) -> dict[str, pa.Array]:
+    """Numeric columns' text: the whole-number ones cast together, as are the float ones
+    (a cast of a short chunk costs mostly its call: a rollup row has five numbers)."""
+    whole = {name: _whole_numbers(column) for name, column in columns.items()}
+    texts = _sliced_back(
+        {name: ints for name, ints in whole.items() if ints is not None},
+        lambda parts: pc.cast(pa.array(np.concatenate(parts)), pa.string()),
+    )
+    rest = {name: columns[name] for name, ints in whole.items() if ints is None}
+    if len({column.type for column in rest.values()}) == 1:
+        texts.update(_sliced_back(rest, lambda parts: _json_number(pa.concat_arrays(parts))))
+    else:
+        texts.update({name: _json_number(column) for name, column in rest.items()})
+    return texts
+
+
+def _sliced_back(
+    columns: Mapping[str, Any], text_of: Callable[[list[Any]], pa.Array]
+) -> dict[str, pa.Array]:
+    """`text_of` the columns end to end, cut back into one text per column."""
+    if not columns:
+        return {}
+    text = text_of(list(columns.values()))
+    texts, offset = {}, 0
+    for name, column in columns.items():
+        texts[name] = text.slice(offset, len(column))
+        offset += len(column)
+    return texts
 
 
 def _json_string(values: pa.Array) -> pa.Array:
@@ -184,10 +217,15 @@ def _label_runs(columns: list[pa.Array]) -> np.ndarray | None:
     None when there are too many runs for their text to be built one run at a time."""
     rows = len(columns[0])
     changed = np.zeros(max(rows - 1, 0), dtype=bool)
-    for column in columns:
-        if rows > 1:
-            differs = pc.not_equal(column.slice(1), column.slice(0, rows - 1))
-            changed |= pc.fill_null(differs, True).to_numpy(zero_copy_only=False)
+    for column in columns if rows > 1 else ():
+        if pa.types.is_integer(column.type) and not column.null_count:
+            values = column.to_numpy()
+            changed |= values[1:] != values[:-1]
+            continue
+        differs = pc.not_equal(column.slice(1), column.slice(0, rows - 1))
+        if differs.null_count:
+            differs = pc.fill_null(differs, True)
+        changed |= differs.to_numpy(zero_copy_only=False)
     starts = np.concatenate(([0], np.flatnonzero(changed) + 1))
     return starts if len(starts) <= 64 + rows // 64 else None
 
@@ -228,6 +266,14 @@ def json_lines(batch: pa.RecordBatch, separator: str) -> pa.Array:
     """One JSON object per row (keys in schema order), each followed by `separator`."""
     pieces: list[_Piece] = ["{"]
     columns = list(_columns(batch).items())
+    numbers = _json_numbers(
+        {
+            name: column
+            for name, column in columns
+            if (pa.types.is_integer(column.type) or pa.types.is_floating(column.type))
+            and not _is_label(name, column)
+        }
+    )
     i = 0
     while i < len(columns):
         if i:
@@ -245,7 +291,7 @@ def json_lines(batch: pa.RecordBatch, separator: str) -> pa.Array:
         elif pa.types.is_date(column.type):  # local_date of calendar rows
             pieces += ['"', pc.fill_null(column.cast(pa.string()), ""), '"']
         else:
-            pieces.append(_json_number(column))
+            pieces.append(numbers[name] if name in numbers else _json_number(column))
         i += 1
     pieces.append("}" + separator)
     return _joined(pieces)

@@ -189,15 +189,31 @@ def storage(dataset: Dataset) -> dict[str, Any]:
     return {"warm": warm, "lake": lake}
 
 
-def _gauge(server: ServerProcess, name: str) -> int | None:
-    """A value of the server's /metrics (None if it is not there)."""
+def _metric(server: ServerProcess, name: str) -> float | None:
+    """A value of the server's /metrics, labels included in `name` (None if not there)."""
     response = httpx.get(
         server.base_url + "/metrics", headers={"Authorization": f"Bearer {server.key}"}
     )
     for line in response.text.splitlines():
         if line.startswith(name + " "):
-            return int(float(line.split()[-1]))
+            return float(line.split()[-1])
     return None
+
+
+def _gauge(server: ServerProcess, name: str) -> int | None:
+    value = _metric(server, name)
+    return None if value is None else int(value)
+
+
+def json_rendering(server: ServerProcess) -> dict[str, Any]:
+    """Rows per second of the server's JSON page rendering so far (every JSON page the
+    queries asked for): its rows over the time spent writing their text, query and sending
+    left out."""
+    rows = _metric(server, 'stratum_rows_served_total{format="json"}')
+    seconds = _metric(server, 'stratum_render_seconds_total{format="json"}')
+    if not rows or not seconds:
+        return {"status": "not available", "note": "the server rendered no JSON page"}
+    return {"status": "ok", "rows": int(rows), "seconds": seconds, "rows_per_s": rows / seconds}
 
 
 JSON_PAGE_ROWS = 1_000_000  # rows a page asks for (the default STRATUM_MAX_PAGE_SIZE)

@@ -232,6 +232,17 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 None,
                 "the answer has a single page",
             )
+    rendering = results.get("json_rendering") or {}
+    rate = rendering.get("rows_per_s")
+    add(
+        "JSON pages >= 1M rows/s rendered",
+        rate,
+        "–" if rate is None else f"{fmt_rate(rate)} rows/s",
+        None if rate is None else rate >= 1e6,
+        f"server side, every JSON page of the queries: {rendering['rows']:,} rows"
+        if rate is not None
+        else rendering.get("note", "not measured"),
+    )
     explorer = results.get("explorer") or {}
     if explorer.get("status") == "ok":
         value = explorer["median_ms"] / 1000

@@ -20,7 +20,13 @@ from benchmarks import backends as bk
 from benchmarks.columnstore import columnstore_effect
 from benchmarks.dataset import Dataset, bench_home, open_dataset
 from benchmarks.explorer import first_chart
-from benchmarks.extras import budget_proof, concurrent_load, ingest_and_sync, storage
+from benchmarks.extras import (
+    budget_proof,
+    concurrent_load,
+    ingest_and_sync,
+    json_rendering,
+    storage,
+)
 from benchmarks.measure import CaseResult, run_case
 from benchmarks.presets import PRESETS, Preset
 from benchmarks.report import write_report
@@ -218,6 +224,11 @@ def run_suite(
             progress.update(task, description="queries")
             results["cases"] = [r.to_json() for r in done]
             results["paging_answer_rows"] = paging_rows
+            results["json_rendering"] = (
+                {"status": "not available", "note": server_note}
+                if server is None
+                else json_rendering(server)
+            )
 
             task = progress.add_task("concurrent analysts", total=3, rows=0)
             mix = concurrency_mix(dataset, query_settings)

@@ -113,6 +113,11 @@ def test_side_workloads_have_numbers(ci_run: tuple[Path, dict]) -> None:
     else:
         assert columnstore["status"] == "not available" and columnstore["note"]
     if results["backends"]["http_json"]["available"]:
+        rendering = results["json_rendering"]  # the server's JSON pages, rows per second
+        assert rendering["status"] == "ok" and rendering["rows_per_s"] > 0, rendering
+        report = (out / "report.md").read_text()
+        target = next(line for line in report.splitlines() if "rows/s rendered" in line)
+        assert re.search(r"\d[kM]? rows/s \|", target), target
         # The explorer page's first chart, timed in headless Chromium (not asserted).
         explorer = results["explorer"]
         assert explorer["status"] == "ok", explorer

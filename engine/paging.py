@@ -3,15 +3,16 @@
 Page N of size S starts at row offset (N-1)*S. Walking the answer's series in order
 (user_id, metric), whole series and then whole days are skipped using the row counts the
 rollup refresh keeps (day_counts); the page then starts at the first day that holds the
-offset, and only rows inside that one day are read and discarded. A day whose count is not
-known exactly (a partial first/last day of the span, or a day whose rollups lag its raw
+offset, and only rows inside that one day are read and discarded. The span's partial
+first and last days (a span from 08:00) are counted exactly by the caller, from the rows
+the answer holds on them. A day whose count is not known exactly (its rollups lag its raw
 rows) stops the skipping there: the rest is skipped row by row, still correct.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import psycopg
 
@@ -21,6 +22,8 @@ from engine.timestamps import midnight
 from engine.timings import StageTimes
 
 SeriesDays = Callable[[int, str], Sequence[tuple[date, int]]]  # (user, metric) -> rows per day
+# Rows per (user, metric) the answer holds in [start, end): how partial days are counted.
+SeriesRows = Callable[[datetime, datetime], Mapping[tuple[int, str], int]]
 
 # The day_counts column per resolution (a day holds one 1d bucket per series). Our constants:
 # the SQL below takes identifiers from here, never from input.
@@ -33,14 +36,25 @@ _SERIES_TOTALS = "SELECT user_id, metric, sum({column}) " + _COUNTS_WHERE + " GR
 _SERIES_DAYS = "SELECT day, {column} " + _COUNTS_WHERE + " ORDER BY day"
 
 
-def uncertain_days(query: DataQuery, user_id: int, stale: Coverage) -> list[date]:
-    """Days of this user's span whose row count day_counts cannot give exactly."""
+def partial_days(query: DataQuery) -> list[tuple[date, datetime, datetime]]:
+    """The span's first and last days when it holds only part of them: (day, and the part
+    of it inside the span)."""
     first, last = query.days
-    days = set()
+    parts = []
     if query.start != midnight(first):
-        days.add(first)
-    if query.end != midnight(last + timedelta(days=1)):
-        days.add(last)
+        parts.append((first, query.start, min(query.end, midnight(first + timedelta(days=1)))))
+    if query.end != midnight(last + timedelta(days=1)) and not (parts and last == first):
+        parts.append((last, max(query.start, midnight(last)), query.end))
+    return parts
+
+
+def uncertain_days(
+    query: DataQuery, user_id: int, stale: Coverage, partial_known: bool = False
+) -> list[date]:
+    """Days of this user's span whose row count day_counts cannot give exactly (its partial
+    days are not among them once they are counted: `partial_known`)."""
+    first, last = query.days
+    days = set() if partial_known else {day for day, _, _ in partial_days(query)}
     for lo, hi in stale.of(user_id):
         day = max(lo, first)
         while day <= min(hi, last):
@@ -55,24 +69,31 @@ def locate(
     totals: Mapping[tuple[int, str], int],
     series_days: SeriesDays,
     stale: Coverage,
+    partial: Mapping[tuple[int, str, date], int] | None = None,
 ) -> tuple[Key | None, int]:
     """(after, skip): start streaming after `after`, then drop `skip` rows, to reach offset.
 
     `totals` holds each series' rows over the span's days; `series_days(user, metric)` its
     rows per day, asked for only where the offset falls, or where some day's count is not
-    exact, so a deep page reads one series' days, not every series' days.
+    exact, so a deep page reads one series' days, not every series' days. With `partial`
+    (the exact rows of each series on the span's partial days), `totals` and `series_days`
+    cover the whole days only.
     """
     if offset <= 0:
         return None, 0
     skipped = 0
     for user_id in query.users:
-        uncertain = uncertain_days(query, user_id, stale)
+        uncertain = uncertain_days(query, user_id, stale, partial is not None)
         for metric in query.metrics:
-            total = totals.get((user_id, metric), 0)
+            counted = {
+                day: n for (u, m, day), n in (partial or {}).items() if (u, m) == (user_id, metric)
+            }
+            total = totals.get((user_id, metric), 0) + sum(counted.values())
             if not uncertain and skipped + total <= offset:
                 skipped += total  # the whole series lies before the page
                 continue
             known = {day: n for day, n in series_days(user_id, metric) if day not in uncertain}
+            known.update(counted)
             for day in sorted({*known, *uncertain}):
                 rows = known.get(day)
                 if rows is None or skipped + rows > offset:
@@ -84,12 +105,24 @@ def locate(
 
 
 def locate_by_counts(
-    conn: psycopg.Connection, query: DataQuery, stale: Coverage, times: StageTimes | None = None
+    conn: psycopg.Connection,
+    query: DataQuery,
+    stale: Coverage,
+    times: StageTimes | None = None,
+    series_rows: SeriesRows | None = None,
 ) -> tuple[Key | None, int]:
     """`locate` for the query's page, with the series' row counts read from day_counts
-    (its statements counted in `times`' warm_statements)."""
+    (its statements counted in `times`' warm_statements), and those of the span's partial
+    days from `series_rows` (else the skip stops at a partial first day)."""
     column = _COUNT_COLUMN[query.resolution]
     first, last = query.days
+    partial: dict[tuple[int, str, date], int] | None = None
+    if series_rows is not None:
+        partial = {}
+        for day, start, end in partial_days(query):
+            partial.update({(u, m, day): n for (u, m), n in series_rows(start, end).items()})
+            first += timedelta(days=1) if day == first else timedelta(0)
+            last -= timedelta(days=1) if day == last else timedelta(0)
     span = {
         "users": list(query.users),
         "metrics": list(query.metrics),
@@ -108,4 +141,4 @@ def locate_by_counts(
             times.count("warm_statements")
         return [(day, int(n)) for day, n in days]
 
-    return locate(query, query.offset, totals, series_days, stale)
+    return locate(query, query.offset, totals, series_days, stale, partial)

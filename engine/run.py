@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
 
 import duckdb
@@ -581,13 +582,36 @@ class Engine:
             # (4 rows per column and series at most): skip within it.
             return None, query.offset
         no_counts = (None, query.offset)  # skip row by row
+
+        def series_rows(start: datetime, end: datetime) -> dict[tuple[int, str], int]:
+            return self._series_rows(query, start, end, times)
+
         try:
             return self._read(
-                lambda conn: paging.locate_by_counts(conn, query, catalog.stale_rollups, times),
+                lambda conn: paging.locate_by_counts(
+                    conn, query, catalog.stale_rollups, times, series_rows
+                ),
                 lambda: no_counts,
             )
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
             return no_counts
+
+    def _series_rows(
+        self, query: DataQuery, start: datetime, end: datetime, times: StageTimes
+    ) -> dict[tuple[int, str], int]:
+        """Rows per series of `query`'s answer within [start, end) (a partial day of its
+        span), read the way the answer is: day counts only hold whole days."""
+        part = replace(query, start=start, end=end, page_size=0, page_number=1, after=None)
+        part_times = StageTimes()
+        plan, _ = self.checked_plan(part, part_times)
+        counts: Counter[tuple[int, str]] = Counter()
+        for batch in self._stream(plan, None, 0, None, part_times):  # a batch at a time
+            per_series = pa.Table.from_batches([batch]).group_by(["user_id", "metric"])
+            counted = per_series.aggregate([([], "count_all")]).to_pydict()
+            series = zip(counted["user_id"], counted["metric"], strict=True)
+            counts.update(dict(zip(series, counted["count_all"], strict=True)))
+        times.count("warm_statements", part_times.counts.get("warm_statements", 0))
+        return dict(counts)
 
     def _segment_stream(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
 from hypothesis import given
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from engine.access import LOCAL_ADMIN
 from engine.catalog import Coverage
 from engine.merge import merge_sorted, take
-from engine.paging import locate
+from engine.paging import locate, partial_days
 from engine.query import DataQuery, Key, to_us
 from engine.shapes import RAW
 
@@ -122,3 +122,26 @@ def test_uncertain_days_stop_the_skip() -> None:
         Key(1, "heart_rate", to_us(partial.start) - 1),
         150,
     )
+
+
+def test_partial_days_counted_exactly_are_skipped_too() -> None:
+    # The span starts at noon: day counts give its whole days (the 2nd), and the rows each
+    # series holds on the partial 1st are counted from the answer (here 40, 0 and 6).
+    q = query("2024-01-01T12:00", "2024-01-03")
+    whole_days = {
+        series: [d for d in days if d[0] != date(2024, 1, 1)] for series, days in COUNTS.items()
+    }
+    partial = {(1, "heart_rate", date(2024, 1, 1)): 40, (2, "heart_rate", date(2024, 1, 1)): 6}
+    totals = {series: sum(n for _, n in days) for series, days in whole_days.items()}
+
+    def located(offset: int) -> tuple[Key | None, int]:
+        def series_days(user: int, metric: str) -> list[tuple[date, int]]:
+            return whole_days.get((user, metric), [])
+
+        return locate(q, offset, totals, series_days, Coverage(), partial)
+
+    assert located(39) == (Key(1, "heart_rate", to_us(q.start) - 1), 39)
+    assert located(40) == (at(1, "heart_rate", "2024-01-02"), 0)
+    assert located(145) == (at(1, "steps", "2024-01-02"), 5)
+    assert located(193) == (Key(2, "heart_rate", to_us(q.start) - 1), 3)
+    assert partial_days(q) == [(date(2024, 1, 1), q.start, q.start + timedelta(hours=12))]

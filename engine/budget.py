@@ -23,8 +23,10 @@ QUERY_OVERHEAD_BYTES = 16 * 2**20  # a query's fixed cost: plans, buffers, the i
 # One chunk of an answer being rendered and sent: its text pieces, the joined chunk, the
 # server's copy (api/render.py renders at most ~131k rows, a few MB of text, at a time).
 RENDER_BYTES = 16 * 2**20
-# A page of fewer rows than a chunk renders at most its rows: text, joined copy, server's copy.
-RENDERED_ROW_BYTES = 256
+# A page of fewer rows than a chunk renders at most its rows: its batches put together in one
+# (api/render.py renders chunks, not the answer's small batches), text pieces, joined copy,
+# server's copy.
+RENDERED_ROW_BYTES = 384
 # DuckDB's share of what the budget leaves once the process's own footprint is set aside.
 DUCKDB_SHARE = 0.5
 MIN_SHARE_BYTES = 32 * 2**20

@@ -76,7 +76,14 @@ def served(pg_server: LocalPostgres, tmp_path_factory: pytest.TempPathFactory) -
     )
     serve = [str(Path(sys.executable).with_name("stratum")), "serve"]
     dataset = _Dataset(url, home, home / "lake")
-    server = ServerProcess(serve, dataset, home / "server.log")  # type: ignore[arg-type]
+    # The lake wherever it holds the days (small hourly answers would otherwise be read
+    # from the warm store alone): the page shows both stores.
+    server = ServerProcess(
+        serve,
+        dataset,  # type: ignore[arg-type]
+        home / "server.log",
+        STRATUM_WARM_ROLLUP_ROWS="0",
+    )
     try:
         yield Served(server.base_url, server.key, scoped, url)
     finally:

@@ -29,6 +29,12 @@ Per batch:
    and synced_seq are written and the "being loaded" marks cleared.
 A run killed between 2 and 3 leaves its batch's days marked; running the backfill again
 loads them. Days of earlier batches stay loaded.
+
+An ingest into a participant of the batch never sees its days between 2 and 3: the batch holds
+its participants' locks (sync/runs.py) from before step 2 until step 3 has recorded the days,
+and ingest takes them before it looks at its days, so it waits and then rehydrates the days
+from the lake that now holds them. A day an interrupted run left marked is refused by ingest
+(sync/rehydrate.py), naming it, until the backfill is run again.
 """
 
 from __future__ import annotations
@@ -60,7 +66,8 @@ from sync.ingest import last_per_key
 from sync.lakefiles import require_current_log
 from sync.prefetch import prefetched
 from sync.readers import RAW_SCHEMA, read_validated
-from sync.runs import SYNC_LOCK, advisory_lock
+from sync.rehydrate import LOADING
+from sync.runs import SYNC_LOCK, advisory_lock, participants_locked
 from sync.tiering import record_location, tiering_cutoff
 
 log = logging.getLogger(__name__)
@@ -70,7 +77,6 @@ Pair = tuple[int, date]
 Progress = Callable[[Path, int, int, int], None]
 
 BATCH_ROWS = 4_000_000  # raw rows per Delta commit: ~1 participant-year of 3 per-minute metrics
-LOADING = "being loaded by stratum backfill (run it again if it was interrupted)"
 _COARSE = (TIERS["1h"].lake_table, TIERS["1d"].lake_table)
 _MICROS_PER_DAY = 86_400_000_000
 _KEY_SHIFT = 1 << 32
@@ -477,16 +483,18 @@ def _load_batch(
     grace_days: int,
     tally: Tally,
 ) -> None:
-    change_seq = _stage(writer, pairs, tables)
-    with writer.cursor() as cur:
-        # The months and years holding these days, whole, as sync writes them: from the
-        # warm store, which holds every day's 1h/1d rows (these days' were just written).
-        coarse = read_tiers(
-            cur, sorted(change_seq), metrics, sync_cutoff(today, grace_days), _COARSE
-        )
-    writer.commit()
-    snapshot = Snapshot(change_seq, {"raw": tables["raw"], "agg_1m": tables["agg_1m"], **coarse})
-    export_batch(conn, lake, snapshot, tally)
+    # An ingest of these participants waits from before the marks until the records.
+    with participants_locked(conn, sorted({u for u, _ in pairs})):
+        change_seq = _stage(writer, pairs, tables)
+        with writer.cursor() as cur:
+            # The months and years holding these days, whole, as sync writes them: from the
+            # warm store, which holds every day's 1h/1d rows (these days' were just written).
+            coarse = read_tiers(
+                cur, sorted(change_seq), metrics, sync_cutoff(today, grace_days), _COARSE
+            )
+        writer.commit()
+        tiers = {"raw": tables["raw"], "agg_1m": tables["agg_1m"], **coarse}
+        export_batch(conn, lake, Snapshot(change_seq, tiers), tally)
 
 
 def _stage(

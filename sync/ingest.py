@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from lake import Lake
 from sync import rehydrate, timescale
 from sync.readers import CSV_BLOCK_BYTES, RAW_SCHEMA, read_validated
+from sync.runs import participant_locks_sql
 
 _STAGING = "stratum_ingest_staging"
 _RANGES = "stratum_ingest_ranges"
@@ -173,6 +174,9 @@ def _load(url: str, tables: Iterable[pa.Table], lake_root: str | Path | None) ->
             return 0, 0
         touched = pa.concat_tables(days).group_by(["user_id", "day"]).aggregate([])
         cur.adbc_ingest("stratum_ingest_days", touched, mode="replace", temporary=True)
+        # A backfill batch of these participants finishes first (sync/runs.py).
+        cur.execute(participant_locks_sql("pg_advisory_xact_lock_shared", "stratum_ingest_days"))
+        cur.fetchall()
         # Days tiered to the lake are copied back; the rows just written win over the lake's.
         tiered = rehydrate.lock_tiered_days(cur, "stratum_ingest_days")
         if tiered:

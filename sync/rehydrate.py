@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 Pair = tuple[int, date]
 
+# lake_damage's reason for the days of a backfill batch between its marks and its records.
+LOADING = "being loaded by stratum backfill (run it again if it was interrupted)"
+_SHOWN = 5
+
 # Locks every touched day_state row (in key order), so a tiering run either finishes before
 # (and we see the mark) or waits for this ingest (and sees the day changed).
 _LOCK_TOUCHED = """
@@ -82,7 +86,16 @@ def lake_root(cur: adbc.Cursor, configured: str | Path | None) -> str | Path:
 
 
 def rehydrate(cur: adbc.Cursor, lake: Lake, days: list[Pair]) -> int:
-    """Copy the days' raw and 1m rows back from the lake; clear their tiered mark."""
+    """Copy the days' raw and 1m rows back from the lake; clear their tiered mark. SyncFailed
+    naming them when some are still being loaded by a backfill."""
+    wanted = pa.table(
+        {
+            "user_id": pa.array([u for u, _ in days], pa.int32()),
+            "day": pa.array([d for _, d in days], pa.date32()),
+        }
+    )
+    cur.adbc_ingest("stratum_rehydrate_days", wanted, mode="replace", temporary=True)
+    _refuse_days_being_loaded(cur)
     copied = 0
     for tier in TIERED:
         rows = read_days(lake, tier, days)
@@ -91,13 +104,6 @@ def rehydrate(cur: adbc.Cursor, lake: Lake, days: list[Pair]) -> int:
             cur.adbc_ingest(name, rows, mode="replace", temporary=True)
             cur.execute(_copy_back(tier))
         copied += rows.num_rows if tier is RAW else 0
-    wanted = pa.table(
-        {
-            "user_id": pa.array([u for u, _ in days], pa.int32()),
-            "day": pa.array([d for _, d in days], pa.date32()),
-        }
-    )
-    cur.adbc_ingest("stratum_rehydrate_days", wanted, mode="replace", temporary=True)
     cur.execute(
         "UPDATE day_state d SET tiered_seq = NULL, tiered_at = NULL "
         "FROM stratum_rehydrate_days w WHERE d.user_id = w.user_id AND d.day = w.day"
@@ -105,6 +111,24 @@ def rehydrate(cur: adbc.Cursor, lake: Lake, days: list[Pair]) -> int:
     cur.execute("SELECT nextval('catalog_seq')")
     log.info("rehydrated %d tiered user-days (%d raw rows) from %s", len(days), copied, lake.root)
     return copied
+
+
+def _refuse_days_being_loaded(cur: adbc.Cursor) -> None:
+    cur.execute(
+        "SELECT DISTINCT l.user_id, l.day FROM lake_damage l "  # noqa: S608 (a constant)
+        "JOIN stratum_rehydrate_days w ON l.user_id = w.user_id AND l.day = w.day "
+        f"WHERE l.reason = '{LOADING}' ORDER BY l.user_id, l.day"
+    )
+    loading = cur.fetchall()
+    if loading:
+        shown = ", ".join(f"user {u} {d}" for u, d in loading[:_SHOWN])
+        more = f" and {len(loading) - _SHOWN} more" if len(loading) > _SHOWN else ""
+        raise SyncFailed(
+            f"{shown}{more} {'is' if len(loading) == 1 else 'are'} being loaded by stratum "
+            "backfill, which was interrupted or could not verify them, so the lake may not "
+            "hold them yet: run that backfill again, then this ingest (nothing of it was "
+            "written)"
+        )
 
 
 def read_days(lake: Lake, tier: Tier, days: list[Pair]) -> pa.Table:

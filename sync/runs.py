@@ -18,6 +18,42 @@ SYNC_LOCK = 0x53594E43  # "SYNC"
 # Held by a scheduler while it runs the nightly job, so two schedulers never both run it.
 NIGHTLY_LOCK = 0x4E49474854  # "NIGHT"
 
+# Ingest and backfill never work on one participant's days at once. A backfill batch holds
+# its participants' locks (exclusive, on its session) from before it marks its days tiered
+# and "being loaded" until the lake holds them and they are recorded; an ingest takes its
+# participants' locks (shared, until its transaction ends) before it looks at their days, so
+# it never rehydrates a day from a lake that does not hold it yet: it waits for the batch.
+# Participants share PARTICIPANT_BUCKETS locks (user_id mod the count): an ingest of any
+# number of participants takes at most that many of PostgreSQL's lock slots, and two
+# participants of one bucket merely wait for each other. The two-key form of the advisory
+# locks is a key space of its own, apart from the one-key locks above. Both sides lock the
+# buckets in ascending order (a sorted subquery), so two lockers never deadlock.
+PARTICIPANT_LOCK = 0x50415254  # "PART", the first key; the bucket is the second
+PARTICIPANT_BUCKETS = 256
+
+
+def participant_locks_sql(function: str, users: str) -> str:
+    """SQL taking `function` (an advisory lock function of two int keys) on the buckets of
+    the participants of `users` (a FROM item with a user_id column), in ascending order."""
+    return (
+        f"SELECT count({function}({PARTICIPANT_LOCK}, bucket)) FROM ("  # noqa: S608 (constants)
+        f"SELECT DISTINCT mod(user_id, {PARTICIPANT_BUCKETS}) AS bucket FROM {users} "
+        "ORDER BY bucket) AS buckets"
+    )
+
+
+@contextmanager
+def participants_locked(conn: psycopg.Connection, users: list[int]) -> Iterator[None]:
+    """Hold the participants' locks exclusively on `conn` (an autocommit session): waits for
+    ingests of them to commit, makes new ones wait until the block ends. Released when the
+    block ends, or by the server when the process dies."""
+    given = "unnest(%s::int[]) AS given(user_id)"
+    conn.execute(participant_locks_sql("pg_advisory_lock", given), (users,))
+    try:
+        yield
+    finally:
+        conn.execute(participant_locks_sql("pg_advisory_unlock", given), (users,))
+
 
 @dataclass(frozen=True)
 class JobResult:

@@ -1,6 +1,6 @@
 """The pipeline in one place: engine.run(query) = plan(query, catalog) → execute(plan) → Arrow.
 
-catalog = catalogs.load(conn)           # the only I/O of planning (cached per generation)
+catalog = catalogs.load(conn)           # the only I/O of planning (cached per participant)
 plan    = planner.plan(query, catalog)  # pure
 after, skip = paging.locate(...)        # deep pages skip whole days by their counts
 streams = [warm | lake executor per segment]
@@ -201,7 +201,7 @@ class Engine:
         with self._connection() as conn:
             if conn is None:
                 return False
-            self.catalogs.load(conn, (), date(1970, 1, 1), date(1970, 1, 1))
+            self.catalogs.preload(conn)
             self._principals = live_principals(conn)
             self._cursor_secret = cursor_secret(conn)
             return True

@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 $(INSTALLED): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench]' -e './client[pandas,polars]'
+	$(BIN)/pip install --quiet -e '.[dev,bench,jobs]' -e './client[pandas,polars]'
 	touch $(INSTALLED)
 
 install: $(INSTALLED) postgres chromium

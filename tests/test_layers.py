@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Bottom to top: a package may import itself and the packages below it, never one above.
-STACK = ("lake", "engine", "sync", "benchmarks", "api")
+STACK = ("lake", "engine", "sync", "jobs", "benchmarks", "api")
 # A package of its own (client/, installed apart from the server): talks to the API over HTTP.
 CLIENT = "stratum_client"
 CLIENT_ROOT = ROOT / "client"

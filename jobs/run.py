@@ -127,6 +127,12 @@ def use_runner(ray_address: str | None, threads: int) -> str:
     return wanted
 
 
+def _is_ray_connection_error(exc: Exception) -> bool:
+    from ray.exceptions import AuthenticationError
+
+    return isinstance(exc, AuthenticationError | ConnectionError)
+
+
 def io_config(storage: LakeStorage) -> IOConfig | None:
     """Daft's S3 settings from the lake's (the standard AWS variables); None on a folder."""
     if storage.is_local:
@@ -238,9 +244,18 @@ def run_job(
         io = io_config(engine.lake.storage)
     finally:
         engine.close()
-    runner = use_runner(ray_address, settings.memory.duckdb_threads)
     budget_rows = max(1, settings.memory.budget_bytes // BUDGET_SHARE // ROW_BYTES)
-    table, chunk_count = compute(job, pinned, budget_rows, io)
+    try:
+        runner = use_runner(ray_address, settings.memory.duckdb_threads)
+        table, chunk_count = compute(job, pinned, budget_rows, io)
+    except Exception as exc:
+        if ray_address and _is_ray_connection_error(exc):
+            raise StratumError(
+                f"could not use the Ray cluster at {ray_address}: {exc} (token auth: set "
+                "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH to the cluster's token)",
+                parameter="--ray",
+            ) from None
+        raise
     write_deltalake(str(out), table, mode="error")
     return JobResult(
         job=name,

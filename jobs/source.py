@@ -21,9 +21,10 @@ from engine.run import Engine
 from engine.tiers import TIERS
 
 DayKey = tuple[int, date]
-# Bytes one agg_1m row takes in Daft's memory, with the list aggregations' copies (measured
-# on the synthetic cohort: a chunk of this many rows per budget byte stays within it).
-ROW_BYTES = 200
+# Bytes one agg_1m row takes in the job's memory (scan, list aggregations, result), with
+# room to spare: measured 54 B/row over 1.7M rows and 40 B/row over 6.9M rows (resting_hr,
+# one chunk, RSS above the imports' 0.34 GB).
+ROW_BYTES = 64
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,7 @@ def settings_for(home: Path, **extra: str) -> Settings:
     return load_settings(env)
 
 
-@pytest.fixture
-def lake_cohort(warm_url: str, tmp_path: Path) -> Settings:
+def make_lake_cohort(warm_url: str, settings: Settings) -> Settings:
     """3 participants x 3 days of heart rate, steps and HRV once a minute; two days synced;
     cohort 'study' = participants 1 and 2."""
     ingest_tables(
@@ -42,8 +41,12 @@ def lake_cohort(warm_url: str, tmp_path: Path) -> Settings:
         generate_cohort(3, DAYS, START, metrics=["heart_rate", "steps", "hrv"], every_s=60),
     )
     refresh_rollups(warm_url)
-    settings = settings_for(tmp_path / "home")
     lake = Lake(settings.lake.path)
     sync_to_lake(warm_url, lake, grace_days=1, batch_days=8, today=END)
     create_cohort(warm_url, "study", COHORT_USERS)
     return settings
+
+
+@pytest.fixture
+def lake_cohort(warm_url: str, tmp_path: Path) -> Settings:
+    return make_lake_cohort(warm_url, settings_for(tmp_path / "home"))

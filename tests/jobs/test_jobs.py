@@ -29,7 +29,7 @@ from jobs.source import Span, chunks, pin
 from lake import Lake
 from sync.ingest import ingest_tables
 from tests.integration.test_lake_integrity import flip_byte, lake_file
-from tests.jobs.conftest import COHORT_USERS, END, LAKE_DAYS, START
+from tests.jobs.conftest import COHORT_USERS, END, LAKE_DAYS, START, make_lake_cohort, settings_for
 
 
 def engine_rows(settings: Settings, url: str, metric: str, resolution: str) -> pd.DataFrame:
@@ -238,3 +238,14 @@ def test_a_bad_date_exits_2(cli_env: Path, capsys: pytest.CaptureFixture[str]) -
         main([*argv, "--end", "2024-01-04", "--out", "x"])
     assert exit_info.value.code == 2
     assert "'2024-13-01' is not a date (YYYY-MM-DD)" in capsys.readouterr().err
+
+
+def test_a_job_over_a_lake_on_s3(warm_url: str, tmp_path: Path, s3_root: str) -> None:
+    """The lake on the local S3 server: Daft reads the pinned version there with the lake's
+    endpoint and credentials (the AWS_* variables), and answers what the engine answers."""
+    settings = make_lake_cohort(
+        warm_url, settings_for(tmp_path / "home", STRATUM_LAKE_PATH=s3_root)
+    )
+    wear = run(settings, warm_url, "wear_time", tmp_path / "wear")
+    minutes = by_day(engine_rows(settings, warm_url, "heart_rate", "1m")).size()
+    assert wear["wear_minutes"].to_dict() == minutes.to_dict()

@@ -99,63 +99,88 @@ def _nightly_hrv(rows: DataFrame) -> DataFrame:
     )
 
 
-JOBS: dict[str, Job] = {
-    job.name: job
-    for job in (
-        Job(
-            name="wear_time",
-            summary="minutes of the UTC day with heart-rate data, and that share of the day",
-            definition=(
-                "wear_minutes: the 1-minute buckets of the UTC day holding at least one "
-                "heart-rate sample (what /data answers at resolution=1m for heart_rate: "
-                "its rows); coverage: wear_minutes / 1440"
-            ),
-            metrics=("heart_rate",),
-            columns=pa.schema([("wear_minutes", pa.int64()), ("coverage", pa.float64())]),
-            compute=_wear_time,
-            empty={"wear_minutes": 0, "coverage": 0.0},
+SINGLE_JOBS: tuple[Job, ...] = (
+    Job(
+        name="wear_time",
+        summary="minutes of the UTC day with heart-rate data, and that share of the day",
+        definition=(
+            "wear_minutes: the 1-minute buckets of the UTC day holding at least one "
+            "heart-rate sample (what /data answers at resolution=1m for heart_rate: "
+            "its rows); coverage: wear_minutes / 1440"
         ),
-        Job(
-            name="resting_hr",
-            summary="resting heart rate of the UTC day (bpm)",
-            definition=(
-                f"resting_hr_bpm: the mean of the {RESTING_LOWEST_MINUTES} lowest 1-minute "
-                "mean heart rates of the UTC day (minutes with at least one sample); null "
-                f"when the day has fewer than {RESTING_LOWEST_MINUTES} such minutes"
-            ),
-            metrics=("heart_rate",),
-            columns=pa.schema([("resting_hr_bpm", pa.float64())]),
-            compute=_resting_heart_rate,
-            empty={"resting_hr_bpm": None},
+        metrics=("heart_rate",),
+        columns=pa.schema([("wear_minutes", pa.int64()), ("coverage", pa.float64())]),
+        compute=_wear_time,
+        empty={"wear_minutes": 0, "coverage": 0.0},
+    ),
+    Job(
+        name="resting_hr",
+        summary="resting heart rate of the UTC day (bpm)",
+        definition=(
+            f"resting_hr_bpm: the mean of the {RESTING_LOWEST_MINUTES} lowest 1-minute "
+            "mean heart rates of the UTC day (minutes with at least one sample); null "
+            f"when the day has fewer than {RESTING_LOWEST_MINUTES} such minutes"
         ),
-        Job(
-            name="daily_steps",
-            summary="steps of the UTC day",
-            definition=(
-                "steps: the sum of the day's step samples (/data's 1d sum for steps); "
-                "null when the day has no step samples"
-            ),
-            metrics=("steps",),
-            columns=pa.schema([("steps", pa.float64())]),
-            compute=_daily_steps,
-            empty={"steps": None},
+        metrics=("heart_rate",),
+        columns=pa.schema([("resting_hr_bpm", pa.float64())]),
+        compute=_resting_heart_rate,
+        empty={"resting_hr_bpm": None},
+    ),
+    Job(
+        name="daily_steps",
+        summary="steps of the UTC day",
+        definition=(
+            "steps: the sum of the day's step samples (/data's 1d sum for steps); "
+            "null when the day has no step samples"
         ),
-        Job(
-            name="nightly_hrv",
-            summary="mean HRV of the night ending on the morning of the UTC day (ms)",
-            definition=(
-                f"hrv_night_ms: the mean of the HRV samples from 00:00 to "
-                f"{NIGHT_END_HOUR:02d}:00 UTC of the day (sum / count of its 1-minute "
-                "buckets); hrv_night_samples: how many samples; null and 0 when none. "
-                "Night is UTC, not the participant's local time"
-            ),
-            metrics=("hrv",),
-            columns=pa.schema([("hrv_night_ms", pa.float64()), ("hrv_night_samples", pa.int64())]),
-            compute=_nightly_hrv,
-            empty={"hrv_night_ms": None, "hrv_night_samples": 0},
+        metrics=("steps",),
+        columns=pa.schema([("steps", pa.float64())]),
+        compute=_daily_steps,
+        empty={"steps": None},
+    ),
+    Job(
+        name="nightly_hrv",
+        summary="mean HRV of the night ending on the morning of the UTC day (ms)",
+        definition=(
+            f"hrv_night_ms: the mean of the HRV samples from 00:00 to "
+            f"{NIGHT_END_HOUR:02d}:00 UTC of the day (sum / count of its 1-minute "
+            "buckets); hrv_night_samples: how many samples; null and 0 when none. "
+            "Night is UTC, not the participant's local time"
         ),
-    )
-}
+        metrics=("hrv",),
+        columns=pa.schema([("hrv_night_ms", pa.float64()), ("hrv_night_samples", pa.int64())]),
+        compute=_nightly_hrv,
+        empty={"hrv_night_ms": None, "hrv_night_samples": 0},
+    ),
+)
+
+
+def _every_feature(rows: DataFrame) -> DataFrame:
+    """The four jobs' columns side by side: one pass over the rows, one table."""
+    joined = SINGLE_JOBS[0].compute(rows)
+    for job in SINGLE_JOBS[1:]:
+        joined = joined.join(job.compute(rows), on=["user_id", "date"], how="outer")
+    # A day with some metrics but not others: the missing jobs' own empty values.
+    filled = [
+        _col(name).fill_null(_lit(value)) if value is not None else _col(name)
+        for job in SINGLE_JOBS
+        for name, value in job.empty.items()
+    ]
+    return joined.select("user_id", "date", *filled)
+
+
+DAILY = Job(
+    name="daily",
+    summary="every feature above, one row per participant-day",
+    definition="the columns of wear_time, resting_hr, daily_steps and nightly_hrv, as defined "
+    "there, side by side (one pass over the lake)",
+    metrics=tuple(sorted({metric for job in SINGLE_JOBS for metric in job.metrics})),
+    columns=pa.schema([field for job in SINGLE_JOBS for field in job.columns]),
+    compute=_every_feature,
+    empty={name: value for job in SINGLE_JOBS for name, value in job.empty.items()},
+)
+
+JOBS: dict[str, Job] = {job.name: job for job in (*SINGLE_JOBS, DAILY)}
 
 KEY_SCHEMA = pa.schema(
     [pa.field("user_id", pa.int32(), nullable=False), pa.field("date", pa.date32(), nullable=False)]

@@ -249,3 +249,41 @@ def test_a_job_over_a_lake_on_s3(warm_url: str, tmp_path: Path, s3_root: str) ->
     wear = run(settings, warm_url, "wear_time", tmp_path / "wear")
     minutes = by_day(engine_rows(settings, warm_url, "heart_rate", "1m")).size()
     assert wear["wear_minutes"].to_dict() == minutes.to_dict()
+
+
+def test_daily_holds_every_job_side_by_side(
+    lake_cohort: Settings, warm_url: str, tmp_path: Path
+) -> None:
+    """`daily` answers, column for column, what the four jobs answer one by one."""
+    daily = run(lake_cohort, warm_url, "daily", tmp_path / "daily")
+    singles = [
+        run(lake_cohort, warm_url, name, tmp_path / name)
+        for name in ("wear_time", "resting_hr", "daily_steps", "nightly_hrv")
+    ]
+    joined = pd.concat(singles, axis=1)
+    assert list(daily.columns) == list(joined.columns)
+    assert daily.to_dict() == joined.to_dict()
+
+
+def test_a_day_with_some_metrics_gets_the_others_empty_values() -> None:
+    """Day 1 has heart rate only, day 2 steps only: each job's own empty values fill in."""
+    import daft
+
+    midnight_ts = [datetime(2024, 1, d, 0, m, tzinfo=UTC) for d, m in ((1, 0), (1, 1), (2, 0))]
+    rows = daft.from_pydict(
+        {
+            "user_id": [1, 1, 1],
+            "date": [date(2024, 1, 1), date(2024, 1, 1), date(2024, 1, 2)],
+            "metric": ["heart_rate", "heart_rate", "steps"],
+            "ts": midnight_ts,
+            "count": [60, 30, 1],
+            "sum": [3600.0, 1800.0, 12.0],
+        }
+    )
+    out = JOBS["daily"].compute(rows).sort("date").to_pydict()
+    assert out["wear_minutes"] == [2, 0]
+    assert out["coverage"] == [2 / 1440, 0.0]
+    assert out["resting_hr_bpm"] == [None, None]  # fewer than 10 minutes
+    assert out["steps"] == [None, 12.0]
+    assert out["hrv_night_ms"] == [None, None]
+    assert out["hrv_night_samples"] == [0, 0]

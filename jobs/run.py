@@ -24,7 +24,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.access import Principal, cohort_principal
-from engine.errors import ConfigurationError, Forbidden, InvalidParameter, StratumError
+from engine.errors import (
+    ConfigurationError,
+    Forbidden,
+    InvalidParameter,
+    StratumError,
+    WarmStoreUnavailable,
+)
 from engine.run import Engine
 from engine.settings import Settings
 from jobs.features import JOBS, KEY_SCHEMA, Job, output_schema
@@ -87,8 +93,14 @@ def check_out(out: Path) -> None:
 
 def scope(database_url: str, cohort: str, users: Sequence[int] | None) -> Principal:
     """The cohort's principal, narrowed to `users` (each of which must be a member)."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        principal = cohort_principal(conn, cohort)
+    try:
+        with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
+            principal = cohort_principal(conn, cohort)
+    except psycopg.OperationalError as exc:
+        raise WarmStoreUnavailable(
+            f"the warm store is unreachable ({exc}); a job reads the cohort and the lake's "
+            "catalog from it"
+        ) from None
     if users is None:
         return principal
     outside = sorted(u for u in set(users) if not principal.sees_user(u))

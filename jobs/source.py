@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
 from engine.access import Principal
-from engine.errors import StratumError
+from engine.errors import StratumError, WarmStoreUnavailable
 from engine.plan import Segment
 from engine.query import DataQuery
 from engine.run import Engine
@@ -86,7 +86,11 @@ def pin(
         page_number=1,
         principal=principal,
     )
-    plan, _ = engine.checked_plan(query)
+    plan, catalog = engine.checked_plan(query)
+    if not catalog.warm_available:  # planned from a cached catalog: it may be missing days
+        raise WarmStoreUnavailable(
+            "the warm store is unreachable: a job reads only the days its catalog verified"
+        )
     versions = {s.lake_version for s in plan.segments if s.backend == "lake"}
     if len(versions) > 1:  # one catalog pins one version per table
         raise StratumError(f"the plan reads several lake versions: {sorted(map(str, versions))}")

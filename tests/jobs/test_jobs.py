@@ -20,6 +20,7 @@ from deltalake import DeltaTable
 
 from api.cli import main
 from engine.access import LOCAL_ADMIN
+from engine.errors import WarmStoreUnavailable
 from engine.query import build_query
 from engine.run import Engine
 from engine.settings import Settings
@@ -287,3 +288,11 @@ def test_a_day_with_some_metrics_gets_the_others_empty_values() -> None:
     assert out["steps"] == [None, 12.0]
     assert out["hrv_night_ms"] == [None, None]
     assert out["hrv_night_samples"] == [0, 0]
+
+
+def test_an_unreachable_warm_store_is_a_clear_error(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path / "home")
+    nowhere = f"postgresql://stratum@{str(tmp_path).replace('/', '%2F')}%2Fnone/db"
+    with pytest.raises(WarmStoreUnavailable, match="the warm store is unreachable"):
+        run_job(settings, nowhere, "wear_time", "study", START, END, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BUDGET_SHARE = 4  # a chunk's rows fit this fraction of the memory budget
+RAY_FILES_PER_TASK = 200
 _runner: str | None = None  # what this process set Daft to run on ("native" or a Ray address)
 
 
@@ -128,6 +129,11 @@ def use_runner(ray_address: str | None, threads: int) -> str:
     wanted = ray_address or "native"
     if _runner is None:
         if ray_address:
+            # The lake holds a file per user-day: one Ray task per file costs more than its
+            # work. Merging up to this many files per scan task halved a 6.9M-row job.
+            daft.set_execution_config(
+                enable_scan_task_split_and_merge=True, max_sources_per_scan_task=RAY_FILES_PER_TASK
+            )
             daft.set_runner_ray(ray_address)
         else:
             daft.set_runner_native(num_threads=threads)

@@ -5,6 +5,7 @@ COPY pyproject.toml README.md ./
 COPY engine engine
 COPY lake lake
 COPY sync sync
+COPY jobs jobs
 COPY api api
 COPY benchmarks benchmarks
 RUN pip install --no-cache-dir .

@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install postgres chromium demo test test-postgresql lint typecheck unit bench-ci clean
+.PHONY: install postgres chromium demo test test-postgresql test-ray lint typecheck unit bench-ci clean
 
 $(INSTALLED): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench]' -e './client[pandas,polars]'
+	$(BIN)/pip install --quiet -e '.[dev,bench,jobs]' -e './client[pandas,polars]'
 	touch $(INSTALLED)
 
 install: $(INSTALLED) postgres chromium
@@ -48,6 +48,11 @@ test: lint typecheck unit
 # TimescaleDB there, plus the warm-store, tiering and hybrid tests on plain PostgreSQL).
 test-postgresql: install
 	STRATUM_TEST_FLAVOUR=postgresql $(BIN)/pytest
+
+# The cohort job on a real Ray cluster (head + worker on a private loopback, token auth) on
+# its own; `make test` runs it too (about a minute; skipped where namespaces need root).
+test-ray: install
+	$(BIN)/pytest -m ray tests/jobs
 
 # The ci benchmark preset on its own (make test runs it too, as tests/benchmarks).
 bench-ci: install

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.text import Text
 
-from api import access_commands, commands, lake_commands, tz_commands
+from api import access_commands, commands, job_commands, lake_commands, tz_commands
 from api.argtypes import comma_list, iso_date, non_negative, output_file, positive
 from api.console import err_console
 from engine.errors import InvalidParameter, StratumError
@@ -167,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     lake_commands.add_parsers(sub)  # sync, sync status, tier, maintain, scheduler
     access_commands.add_parsers(sub)  # cohort, key, audit
     tz_commands.add_parsers(sub)
+    job_commands.add_parsers(sub)  # job run, job list
     return parser
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from engine.errors import Forbidden, Unauthenticated
+from engine.errors import Forbidden, InvalidParameter, Unauthenticated
 
 KEY_PREFIX = "stratum_"
 
@@ -90,6 +90,17 @@ def _principal(
         users=users,
         metrics=None if metrics is None else frozenset(metrics),
     )
+
+
+def cohort_principal(conn: psycopg.Connection, cohort: str) -> Principal:
+    """The scope of a cohort-wide job: the cohort's members as they are now, every metric.
+    InvalidParameter for an unknown or empty cohort."""
+    if conn.execute("SELECT 1 FROM cohorts WHERE name = %s", (cohort,)).fetchone() is None:
+        raise InvalidParameter("cohort", f"no cohort named {cohort!r}; see `stratum cohort list`")
+    users = frozenset(r[0] for r in conn.execute(_MEMBERS, ([cohort],)))
+    if not users:
+        raise InvalidParameter("cohort", f"cohort {cohort!r} has no participants")
+    return Principal(name=f"cohort {cohort}", admin=False, users=users, metrics=None)
 
 
 def live_principals(conn: psycopg.Connection) -> dict[bytes, Principal]:

@@ -45,5 +45,24 @@ def test_only_benchmarks_import_the_bench_extra() -> None:
     assert users, "no module imports the bench extra: the pattern is stale"
 
 
-def test_make_test_installs_the_bench_extra() -> None:
-    assert "'.[dev,bench]'" in (ROOT / "Makefile").read_text()
+def test_make_test_installs_the_bench_and_jobs_extras() -> None:
+    assert "'.[dev,bench,jobs]'" in (ROOT / "Makefile").read_text()
+
+
+def test_only_the_jobs_package_imports_the_jobs_extra() -> None:
+    """Daft and Ray are an extra (`pip install stratum[jobs]`): serving must not need them."""
+    extra = names(PROJECT["optional-dependencies"]["jobs"])
+    assert extra == {"daft", "ray"}
+    assert extra & names(PROJECT["dependencies"]) == set()
+    outside = [
+        path
+        for package in ("engine", "lake", "sync", "api", "benchmarks")
+        for path in sorted((ROOT / package).rglob("*.py"))
+    ]
+    wrong = sorted(
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in outside
+        for name in imported_top_levels(path) & extra
+    )
+    assert wrong == []
+    assert imported_top_levels(ROOT / "jobs" / "run.py") & extra == {"daft", "ray"}

@@ -10,6 +10,7 @@ cannot hide a cycle.
 from __future__ import annotations
 
 import ast
+import re
 import sys
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -19,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Bottom to top: a package may import itself and the packages below it, never one above.
-STACK = ("lake", "engine", "sync", "benchmarks", "api")
+STACK = ("lake", "engine", "sync", "jobs", "benchmarks", "api")
 # A package of its own (client/, installed apart from the server): talks to the API over HTTP.
 CLIENT = "stratum_client"
 CLIENT_ROOT = ROOT / "client"
@@ -248,3 +249,10 @@ def test_the_client_imports_only_the_standard_library_and_its_dependencies() -> 
     )
     assert wrong == []
     assert ("client.py", "httpx") in found  # the scan sees the client's imports
+
+
+def test_the_image_copies_every_package_of_the_stack() -> None:
+    """`pip install .` in the Dockerfile installs only what was copied: a package left out
+    breaks the `stratum` command in the image (the CLI imports every layer)."""
+    copied = set(re.findall(r"^COPY (\w+) \1$", (ROOT / "Dockerfile").read_text(), re.M))
+    assert copied >= set(STACK)

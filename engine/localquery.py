@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.calendar import Bucket, buckets
-from engine.query import LOCAL, DataQuery, Key, describe, from_us
+from engine.paging import cut_page
+from engine.query import LOCAL, DataQuery, describe, from_us
 from engine.rebucket import BucketTable, exact_tier
 from engine.tiers import Resolution
 from engine.zones import History, Period, periods
@@ -112,15 +113,4 @@ def page(query: DataQuery, answer: pa.Table) -> tuple[pa.Table, bool, str | None
     answer = answer.slice(min(query.offset, answer.num_rows))
     if query.page_size == 0:
         return answer, False, None
-    has_more = answer.num_rows > query.page_size
-    answer = answer.slice(0, query.page_size)
-    if not has_more:
-        return answer, False, None
-    last = answer.num_rows - 1
-    ts_us = int(answer.column("ts").cast(pa.int64())[last].as_py())
-    key = Key(
-        int(answer.column("user_id")[last].as_py()),
-        str(answer.column("metric")[last].as_py()),
-        ts_us,
-    )
-    return answer, True, query.cursor_after(key)
+    return cut_page(query, answer)

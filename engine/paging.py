@@ -1,4 +1,5 @@
-"""Deep pages without reading every earlier row.
+"""Pages: cutting one out of the rows read for it, and deep pages without reading every
+earlier row.
 
 Page N of size S starts at row offset (N-1)*S. Walking the answer's series in order
 (user_id, metric), whole series and then whole days are skipped using the row counts the
@@ -15,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 
 import psycopg
+import pyarrow as pa
 
 from engine.catalog import Coverage
 from engine.query import DataQuery, Key, to_us
@@ -34,6 +36,22 @@ _COUNTS_WHERE = (
 )
 _SERIES_TOTALS = "SELECT user_id, metric, sum({column}) " + _COUNTS_WHERE + " GROUP BY 1, 2"
 _SERIES_DAYS = "SELECT day, {column} " + _COUNTS_WHERE + " ORDER BY day"
+
+
+def cut_page(query: DataQuery, rows: pa.Table) -> tuple[pa.Table, bool, str | None]:
+    """(at most `page_size` of `rows`, whether more follow, the cursor after the page's last
+    row). Readers ask for one row beyond the page: its presence is what `has_more` says."""
+    has_more = rows.num_rows > query.page_size
+    page = rows.slice(0, query.page_size)
+    if not has_more:
+        return page, False, None
+    last = page.num_rows - 1
+    key = Key(
+        int(page.column("user_id")[last].as_py()),
+        str(page.column("metric")[last].as_py()),
+        int(page.column("ts").cast(pa.int64())[last].as_py()),
+    )
+    return page, True, query.cursor_after(key)
 
 
 def partial_days(query: DataQuery) -> list[tuple[date, datetime, datetime]]:

@@ -50,6 +50,7 @@ from engine.localquery import CalendarWork, page, prepare
 from engine.m4 import M4
 from engine.merge import merge_sorted, take
 from engine.overview import Health, Overview, coverage, damaged_days, last_runs, ping
+from engine.paging import cut_page
 from engine.plan import Plan, Segment
 from engine.query import LOCAL, DataQuery, Key
 from engine.rebucket import combine, partials
@@ -677,17 +678,9 @@ class Engine:
             self.budget.release(reservation)
 
     def _paged(self, plan: Plan, batches: list[pa.RecordBatch]) -> Answer:
-        query = plan.query
         schema = schema_for(plan.resolution)
-        table = pa.Table.from_batches(batches, schema=schema)
-        has_more = table.num_rows > query.page_size
-        if has_more:
-            table = table.slice(0, query.page_size)
-        next_cursor = None
-        if has_more:
-            last = table.slice(table.num_rows - 1).to_pylist()[0]
-            key = Key(last["user_id"], last["metric"], _ts_us(table))
-            next_cursor = query.cursor_after(key)
+        rows = pa.Table.from_batches(batches, schema=schema)
+        table, has_more, next_cursor = cut_page(plan.query, rows)
         return Answer(
             plan=plan,
             schema=schema,
@@ -711,7 +704,3 @@ def _checked_out(pool: psycopg_pool.ConnectionPool) -> psycopg.Connection:
         pool.putconn(conn)
         pool.check()
     return pool.getconn(timeout=3)
-
-
-def _ts_us(table: pa.Table) -> int:
-    return int(table.column("ts").cast(pa.int64())[table.num_rows - 1].as_py())

@@ -11,20 +11,25 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import adbc_driver_postgresql.dbapi as adbc
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from engine.errors import SyncFailed
 from lake import Lake
 from sync import rehydrate, timescale
 from sync.readers import CSV_BLOCK_BYTES, RAW_SCHEMA, read_validated
-from sync.runs import participant_locks_sql
+from sync.runs import held_participants, participant_locks_sql
 
 _STAGING = "stratum_ingest_staging"
 _RANGES = "stratum_ingest_ranges"
 COPY_ROWS = 1 << 20
+LOCK_WAIT_S = 600.0  # longest wait for a backfill batch (minutes: a batch on object storage)
+LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
+_SHOWN = 5  # participants named in a refusal
 
 # Replacing stored rows needs an upsert, which costs PostgreSQL twice a plain COPY. Most
 # deliveries are new data, so a batch whose (user, metric) time ranges hold no stored row is
@@ -71,29 +76,65 @@ def ingest_files(
     lake_root: str | Path | None = None,
     csv_block_bytes: int = CSV_BLOCK_BYTES,
     ts_unit: str | None = None,
+    lock_wait_s: float = LOCK_WAIT_S,
 ) -> IngestResult:
     """Ingest each file in its own transaction; the first bad file raises IngestRejected.
 
     ``lake_root``: where tiered days are read back from (default: where tiering put them);
     ``csv_block_bytes``: CSV text read per batch (and the longest line allowed);
-    ``ts_unit``: ``ts`` holds integer epochs in s, ms or us (else integers are refused).
+    ``ts_unit``: ``ts`` holds integer epochs in s, ms or us (else integers are refused);
+    ``lock_wait_s``: how long to wait for a backfill batch of the same participants
+    (then SyncFailed, and nothing of the file is loaded).
     """
     started = time.perf_counter()
     files = rows = days = 0
     for path in paths:
         batches = read_validated(Path(path), csv_block_bytes, ts_unit)
-        loaded, marked = _load(url, batches, lake_root)
+        loaded, marked = _load(url, batches, lake_root, lock_wait_s)
         files, rows, days = files + 1, rows + loaded, days + marked
     return IngestResult(files, rows, days, time.perf_counter() - started)
 
 
 def ingest_tables(
-    url: str, tables: Iterable[pa.Table], lake_root: str | Path | None = None
+    url: str,
+    tables: Iterable[pa.Table],
+    lake_root: str | Path | None = None,
+    lock_wait_s: float = LOCK_WAIT_S,
 ) -> IngestResult:
     """Ingest already-validated Arrow tables (RAW_SCHEMA) in one transaction."""
     started = time.perf_counter()
-    rows, days = _load(url, (t.cast(RAW_SCHEMA) for t in tables), lake_root)
+    rows, days = _load(url, (t.cast(RAW_SCHEMA) for t in tables), lake_root, lock_wait_s)
     return IngestResult(1, rows, days, time.perf_counter() - started)
+
+
+def _wait_for_backfills(cur: Any, users: list[int], lock_wait_s: float) -> None:
+    """Take the participants' locks (shared): a backfill batch of them finishes first
+    (sync/runs.py). A batch that does not finish within `lock_wait_s` (a hung lake write)
+    refuses the ingest rather than holding it, and every row it wrote, indefinitely."""
+    cur.execute(f"SET LOCAL lock_timeout = {max(1, round(lock_wait_s * 1000))}")
+    try:
+        cur.execute(participant_locks_sql("pg_advisory_xact_lock_shared", "stratum_ingest_days"))
+        cur.fetchall()
+    except adbc.Error as exc:  # (the lock statement fails at its fetch)
+        if getattr(exc, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            raise
+        cur.connection.rollback()
+        raise SyncFailed(
+            f"{_named(held_participants(cur, users))} being loaded by stratum backfill for over "
+            f"{lock_wait_s:g} s; nothing was loaded: run the ingest again once the "
+            "backfill has moved on"
+        ) from None
+    cur.execute("SET LOCAL lock_timeout TO DEFAULT")
+
+
+def _named(users: list[int]) -> str:
+    shown = ", ".join(map(str, users[:_SHOWN]))
+    if not users:  # the batch ended just after the wait
+        return "the file's participants were"
+    if len(users) == 1:
+        return f"participant {shown} is"
+    more = f" and {len(users) - _SHOWN} more" if len(users) > _SHOWN else ""
+    return f"participants {shown}{more} are"
 
 
 def last_per_key(table: pa.Table) -> pa.Table:
@@ -151,7 +192,9 @@ def _days(table: pa.Table) -> pa.Table:
     )
 
 
-def _load(url: str, tables: Iterable[pa.Table], lake_root: str | Path | None) -> tuple[int, int]:
+def _load(
+    url: str, tables: Iterable[pa.Table], lake_root: str | Path | None, lock_wait_s: float
+) -> tuple[int, int]:
     """Write every batch and mark the touched days, all in one transaction."""
     rows = 0
     days: list[pa.Table] = []
@@ -174,9 +217,8 @@ def _load(url: str, tables: Iterable[pa.Table], lake_root: str | Path | None) ->
             return 0, 0
         touched = pa.concat_tables(days).group_by(["user_id", "day"]).aggregate([])
         cur.adbc_ingest("stratum_ingest_days", touched, mode="replace", temporary=True)
-        # A backfill batch of these participants finishes first (sync/runs.py).
-        cur.execute(participant_locks_sql("pg_advisory_xact_lock_shared", "stratum_ingest_days"))
-        cur.fetchall()
+        users = pc.unique(touched["user_id"]).to_pylist()
+        _wait_for_backfills(cur, sorted(users), lock_wait_s)
         # Days tiered to the lake are copied back; the rows just written win over the lake's.
         tiered = rehydrate.lock_tiered_days(cur, "stratum_ingest_days")
         if tiered:

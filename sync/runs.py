@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import psycopg
 
@@ -53,6 +54,20 @@ def participants_locked(conn: psycopg.Connection, users: list[int]) -> Iterator[
         yield
     finally:
         conn.execute(participant_locks_sql("pg_advisory_unlock", given), (users,))
+
+
+_HELD_BUCKETS = (
+    "SELECT DISTINCT objid::int FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 "  # noqa: S608 (constants)
+    f"AND classid = {PARTICIPANT_LOCK} AND mode = 'ExclusiveLock' AND granted "
+    "AND pid <> pg_backend_pid()"
+)
+
+
+def held_participants(cur: Any, users: list[int]) -> list[int]:
+    """Of `users`, those whose lock another session holds exclusively (a backfill batch)."""
+    cur.execute(_HELD_BUCKETS)
+    buckets = {int(row[0]) for row in cur.fetchall()}
+    return [u for u in users if u % PARTICIPANT_BUCKETS in buckets]
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,13 @@ def load_cohort(
 
 def ingest_rows(url: str, rows: Iterable[tuple[str, int, str, float]]) -> None:
     """Ingest (iso ts, user_id, metric, value) rows, as a late delivery would."""
+    ingest_tables(url, [ingest_table(rows)])
+
+
+def ingest_table(rows: Iterable[tuple[str, int, str, float]]) -> pa.Table:
+    """(iso ts, user_id, metric, value) rows as a table of the raw schema."""
     rows = list(rows)
-    table = pa.table(
+    return pa.table(
         {
             "ts": pa.array([r[0] for r in rows]).cast(pa.timestamp("us", tz="UTC")),
             "user_id": pa.array([r[1] for r in rows], pa.int32()),
@@ -44,7 +49,6 @@ def ingest_rows(url: str, rows: Iterable[tuple[str, int, str, float]]) -> None:
             "value": pa.array([r[3] for r in rows], pa.float64()),
         }
     )
-    ingest_tables(url, [table])
 
 
 def run_sync(

@@ -27,8 +27,10 @@ from lake import Lake
 from lake.locking import writer_lock
 from sync.backfill import LOADING
 from sync.export import sync_to_lake
+from sync.ingest import ingest_tables
 from sync.rollups import refresh_rollups
-from tests.sync.lakesync import day_state, ingest_rows
+from sync.runs import participants_locked
+from tests.sync.lakesync import day_state, ingest_rows, ingest_table
 from tests.sync.test_backfill import FIRST, TODAY, answer, backfill, cohort, query, write
 
 WAIT_S = 120  # generous: only a broken run waits this long
@@ -156,3 +158,25 @@ def test_a_batch_killed_between_its_marks_and_its_export_refuses_ingests_until_r
     rows = answer(flavour_url, tmp_path / "home", lake.root, PARAMS)
     assert len(rows) == archived_heart_rates() + 1
     assert (1, "heart_rate", LATE, 200.0) in rows
+
+
+def test_an_ingest_waits_for_a_batch_only_so_long_then_is_refused_whole(
+    flavour_url: str, tmp_path: Path
+) -> None:
+    """A batch that never finishes (a hung lake write) does not hold ingests forever."""
+    rows = [(LATE.isoformat(), 1, "heart_rate", 200.0), (LATE.isoformat(), 2, "steps", 7.0)]
+    table = ingest_table(rows)
+    before = day_state(flavour_url)
+    refused = pytest.raises(SyncFailed, match=r"participant 1 is .*backfill.*nothing was loaded")
+    with (
+        psycopg.connect(flavour_url, autocommit=True) as batch,
+        participants_locked(batch, [1]),
+        refused,
+    ):
+        ingest_tables(flavour_url, [table], lock_wait_s=0.5)
+    assert day_state(flavour_url) == before  # user 2's row was not kept either
+    with psycopg.connect(flavour_url) as conn:
+        assert conn.execute("SELECT count(*) FROM raw_data").fetchone() == (0,)
+    ingest_tables(flavour_url, [table], lock_wait_s=0.5)  # the batch has moved on
+    with psycopg.connect(flavour_url) as conn:
+        assert conn.execute("SELECT count(*) FROM raw_data").fetchone() == (2,)

@@ -138,6 +138,9 @@ def uvicorn_options(server: ServerSettings) -> dict[str, Any]:
         "http": protocol_for(server),
         "timeout_keep_alive": server.idle_timeout_s,
         "log_level": server.log_level,
+        # uvicorn's own default comes from $FORWARDED_ALLOW_IPS: the setting decides instead.
+        "proxy_headers": bool(server.forwarded_allow_ips),
+        "forwarded_allow_ips": list(server.forwarded_allow_ips) or None,
     }
 
 

@@ -70,6 +70,7 @@ class ServerSettings:
     allowed_hosts: tuple[str, ...] | None  # None: the bind address and localhost
     send_timeout_s: int  # a client that accepts no 64 KiB of its answer for this long is dropped
     idle_timeout_s: int  # a connection must send a request's headers within this long
+    forwarded_allow_ips: tuple[str, ...]  # proxies whose X-Forwarded-For is believed; () none
 
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -172,6 +173,25 @@ def host_list(value: str, name: str) -> tuple[str, ...]:
     if not hosts:
         raise ConfigurationError(f"{name}={value!r}: give host names, comma-separated")
     return hosts
+
+
+def proxy_list(value: str, name: str) -> tuple[str, ...]:
+    """Addresses or networks (CIDR) of trusted proxies, `*`, or `none` (an empty tuple)."""
+    if value.strip().lower() == "none":
+        return ()
+    given = tuple(a.strip() for a in value.split(",") if a.strip())
+    for address in given:
+        if address == "*":
+            continue
+        try:
+            ipaddress.ip_network(address, strict=False)
+        except ValueError:
+            raise ConfigurationError(
+                f"{name}={value!r}: {address!r} is not an IP address or network; give "
+                "addresses or networks (CIDR), comma-separated, `*` or `none`",
+                parameter=name,
+            ) from None
+    return given
 
 
 def time_zone(value: str, name: str) -> str:
@@ -437,6 +457,17 @@ SETTINGS: tuple[Setting, ...] = (
         field="server.idle_timeout_s",
     ),
     Setting(
+        name="STRATUM_FORWARDED_ALLOW_IPS",
+        default="127.0.0.1,::1",
+        parse=proxy_list,
+        meaning="proxies (addresses or CIDR networks, comma-separated; `*` any; `none`) whose "
+        "`X-Forwarded-For` and `X-Forwarded-Proto` `stratum serve` believes: a request from one "
+        "of them counts as from the address it names (per-client limits, the access log). The "
+        "default trusts a proxy on this machine, so set `none` where local users are not all "
+        "trusted, or the proxy's address when it runs elsewhere",
+        field="server.forwarded_allow_ips",
+    ),
+    Setting(
         name="STRATUM_NIGHTLY_CRON",
         default="0 2 * * *",
         parse=text,
@@ -481,7 +512,8 @@ SETTINGS: tuple[Setting, ...] = (
         parse=integer(minimum=1),
         meaning="requests one client address may have running at once, whatever its keys "
         "(streams count until their last byte); beyond it 429 `client_busy` + `Retry-After`. "
-        "Behind a proxy on this machine uvicorn takes the address from `X-Forwarded-For`",
+        "A trusted proxy's requests count as from the address it forwards "
+        "(`STRATUM_FORWARDED_ALLOW_IPS`)",
         field="access.max_requests_per_client",
     ),
 )

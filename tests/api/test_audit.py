@@ -4,16 +4,21 @@ refused (401/403/400), failed mid-stream, or cut off by the client."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from litestar.exceptions import LitestarException
 from litestar.testing import TestClient
 
 from api.app import create_app
+from engine.errors import ConfigurationError
+from engine.settings import load_settings
 from sync.access import create_cohort, read_audit
 from tests.api.conftest import api_settings, new_key
+from tests.api.served import HOST, served
 
 OK = {"user_id": "1,2", "metric": "heart_rate", "start": "2024-01-01", "end": "2024-01-02"}
 
@@ -152,3 +157,33 @@ def test_a_client_that_goes_away_midway_is_logged_as_499() -> None:
     (entry,) = recorded
     assert entry.status == audit.CLIENT_CLOSED and entry.client == "10.0.0.7"
     assert entry.key_name == "-" and entry.path == "/data"
+
+
+@pytest.mark.parametrize(
+    ("trusted", "logged_client"),
+    [("127.0.0.1,::1", "198.51.100.7"), ("10.0.0.0/8", "127.0.0.1"), ("none", "127.0.0.1")],
+)
+def test_forwarded_addresses_are_believed_only_from_trusted_proxies(
+    cohort_url: str, tmp_path: Path, trusted: str, logged_client: str
+) -> None:
+    """A local user cannot name another address in the access log (nor escape the
+    per-client limit) unless STRATUM_FORWARDED_ALLOW_IPS trusts loopback as a proxy."""
+    settings = api_settings(
+        tmp_path, STRATUM_FORWARDED_ALLOW_IPS=trusted, STRATUM_ALLOWED_HOSTS=HOST
+    )
+    key_text = new_key(cohort_url)
+    headers = {"Authorization": f"Bearer {key_text}", "X-Forwarded-For": "198.51.100.7"}
+    with served(create_app(settings, cohort_url)) as port:
+        answer = httpx.get(f"http://{HOST}:{port}/catalog", headers=headers, timeout=30)
+    assert answer.status_code == 200
+    (row,) = rows_of(cohort_url, key_name_of(cohort_url, key_text))
+    assert row["client"] == logged_client
+
+
+@pytest.mark.parametrize("given", ["", "localhost", "10.0.0.300", "10.0.0.0/40"])
+def test_a_proxy_list_that_is_not_addresses_is_refused_naming_the_setting(given: str) -> None:
+    if not given:
+        assert load_settings({"STRATUM_FORWARDED_ALLOW_IPS": given}).server.forwarded_allow_ips
+        return
+    with pytest.raises(ConfigurationError, match="STRATUM_FORWARDED_ALLOW_IPS=.*CIDR"):
+        load_settings({"STRATUM_FORWARDED_ALLOW_IPS": given})

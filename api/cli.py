@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale",
         choices=commands.BENCH_SCALES,
         default="ci",
-        help="ci (< 2 min), small (< 5 min), medium (< 20 min on 2 cores), large (big servers)",
+        help="ci (< 2 min), small (< 5 min), medium (< 20 min on 2 cores), large (big servers), "
+        "cohort (500 participants x 2 years through backfill, resumable; hours on 2 cores)",
     )
     bench.add_argument(
         "--out",

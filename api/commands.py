@@ -166,7 +166,9 @@ def demo(args: argparse.Namespace, ctx: Context) -> int:
 
 # -- `stratum bench` -------------------------------------------------------------------------
 
-BENCH_SCALES = ("ci", "small", "medium", "large")  # benchmarks.presets.PRESETS (a test checks)
+COHORT_SCALE = "cohort"  # benchmarks/cohort.py: 500 participants x 2 years through backfill
+# benchmarks.presets.PRESETS, then the cohort (a test checks)
+BENCH_SCALES = ("ci", "small", "medium", "large", COHORT_SCALE)
 
 
 # Our packages: a module of these that fails to import is a bug, not a missing extra.
@@ -188,12 +190,18 @@ def missing_bench_extra(exc: ImportError) -> str | None:
 def bench(args: argparse.Namespace, ctx: Context) -> int:
     # The suite needs the bench extra and imports the whole stack: load it only when asked.
     try:
+        from benchmarks.cohort import run_cohort
         from benchmarks.suite import run_suite
     except ImportError as exc:
         message = missing_bench_extra(exc)
         if message is None:
             raise
         raise StratumError(message) from None
+
+    if args.scale == COHORT_SCALE:  # its own build (backfill) and targets (issue 12)
+        report = run_cohort(ctx.settings, out_dir=args.out, rebuild=args.rebuild)
+        console.print(f"report: {report}")
+        return 0
 
     # The bench serves the API the way `stratum serve` does, in a process of its own.
     serve_command = (sys.executable, "-m", "api.cli", "serve")

@@ -12,10 +12,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
-from benchmarks.dataset import Dataset
 from sync.access import create_key
 
 
@@ -81,11 +81,22 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class ServedData(Protocol):
+    """What a server is started over: a bench Dataset, or any home, database and lake."""
+
+    @property
+    def home(self) -> Path: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def lake_path(self) -> Path: ...
+
+
 class ServerProcess:
     """`serve_command` (the HTTP API) over a dataset, with extra STRATUM_* settings."""
 
     def __init__(
-        self, serve_command: Sequence[str], dataset: Dataset, log_path: Path, **env: str
+        self, serve_command: Sequence[str], dataset: ServedData, log_path: Path, **env: str
     ) -> None:
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"

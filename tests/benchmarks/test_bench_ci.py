@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 
 from api.cli import main
-from api.commands import BENCH_SCALES
+from api.commands import BENCH_SCALES, COHORT_SCALE
 from benchmarks.presets import PRESETS
 from benchmarks.report import PLOT_FILE, SECTIONS
 from sync.localdb import stop_local_postgres
 
 
 def test_cli_scales_are_the_presets() -> None:
-    assert set(BENCH_SCALES) == set(PRESETS)
+    assert set(BENCH_SCALES) == {*PRESETS, COHORT_SCALE}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,68 @@
+"""The cohort bench (issue 12, point 2) at a tiny shape: built through backfill, resumed
+without loading anything twice, measured and reported (the full shape takes hours)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from benchmarks.cohort import run_cohort
+from benchmarks.cohort_build import METRICS, WARM_DAYS, Shape
+from engine.settings import load_settings
+from sync.localdb import ensure_local_postgres, stop_local_postgres
+
+SHAPE = Shape(users=3, days=6)
+
+
+@pytest.fixture(scope="module")
+def home() -> Iterator[Path]:
+    # Outside pytest's 0700 temp tree: the postgres account must reach it when we are root.
+    path = Path(tempfile.mkdtemp(prefix="stratum-test-cohort-"))
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        stop_local_postgres(path / "cohort")
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run(home: Path, out: Path, scan: bool) -> dict:
+    settings = load_settings({"STRATUM_HOME": str(home)})
+    report = run_cohort(settings, shape=SHAPE, home=home / "cohort", out_dir=out, scan=scan)
+    assert report == out / "report.md"
+    return json.loads((out / "results.json").read_text())
+
+
+def test_the_cohort_is_built_through_backfill_then_reported(home: Path, tmp_path: Path) -> None:
+    results = run(home, tmp_path / "first", scan=True)
+    per_day = len(METRICS) * 1440
+    lake = results["lake"]["tiers"]
+    # History in the lake, one file per participant-day of the fine tiers; the last days warm.
+    assert lake["raw"]["files"] == SHAPE.users * (SHAPE.days - WARM_DAYS)
+    assert 0 < lake["raw"]["rows"] <= SHAPE.users * (SHAPE.days - WARM_DAYS) * per_day
+    server = ensure_local_postgres(home / "cohort")
+    with psycopg.connect(server.url) as conn:
+        warm = conn.execute("SELECT count(DISTINCT (user_id, ts::date)) FROM raw_data").fetchone()
+    stop_local_postgres(home / "cohort")
+    assert warm == (SHAPE.users * WARM_DAYS,)
+    # The scan streamed every row, lake and warm, under the budget.
+    scan = results["scan"]
+    assert scan["rows"] > lake["raw"]["rows"] and scan["peak_rss_bytes"] < 2**30
+    report = (tmp_path / "first" / "report.md").read_text()
+    assert "| catalog + planning, one participant, p50 <= 5 ms |" in report
+    assert (tmp_path / "first" / "cohort_targets.png").stat().st_size > 5_000
+
+
+def test_a_second_run_loads_nothing_again(home: Path, tmp_path: Path) -> None:
+    first = run(home, tmp_path / "first", scan=False)["build"]  # builds, unless built above
+    results = run(home, tmp_path / "again", scan=False)
+    assert results["build"]["runs"] == first["runs"] + 1
+    assert results["build"]["backfill_seconds"] == first["backfill_seconds"]
+    assert "scan" not in results

@@ -23,6 +23,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from lake import extremes
 from lake.layout import TS_TYPE, partition_columns, tier_schema
 from lake.snapshot import LakeFiles
 from lake.storage import LakeStorage
@@ -65,7 +66,9 @@ def scan_sql(files: LakeFiles, param: str = "lake_files") -> tuple[str, dict[str
 
 def _projection(tier: str) -> str:
     types = duckdb_types(tier)
-    return ", ".join(f'CAST("{name}" AS {kind}) AS "{name}"' for name, kind in types.items())
+    return ", ".join(
+        f'CAST({extremes.sql(name)} AS {kind}) AS "{name}"' for name, kind in types.items()
+    )
 
 
 def arrow_dataset(files: LakeFiles, storage: LakeStorage) -> ds.Dataset:

@@ -7,6 +7,7 @@ from datetime import date
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lake import extremes
 from lake.layout import PartitionKey, data_schema, file_schema
 from lake.storage import LakeStorage
 
@@ -33,4 +34,5 @@ def read_partition_file(
     if isinstance(label, date):  # fine tiers: the day is the partition
         columns["date"] = pa.repeat(pa.scalar(label, pa.date32()), rows)
     schema = data_schema(tier)
-    return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
+    table = pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
+    return extremes.restored(table)

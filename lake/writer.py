@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from deltalake.transaction import AddAction, RemoveAction
 
+from lake import extremes
 from lake.layout import PartitionKey, partition_dir, partition_values
 from lake.snapshot import Entry
 from lake.storage import LakeStorage
@@ -84,6 +85,7 @@ def write_file(
     The file is written in place under its final name: until a commit references it, it is an
     orphan that readers never see and vacuum removes, so a crash mid-write is harmless.
     """
+    part = extremes.stored(part)
     relative = f"{partition_dir(tier, key)}/part-{uuid.uuid4().hex}.zstd.parquet"
     path = f"{table_dir}/{relative}"
     storage.make_folder(path.rsplit("/", 1)[0])

@@ -24,7 +24,7 @@ import psycopg
 import psycopg_pool
 import pyarrow as pa
 
-from engine import paging, planner
+from engine import direct, paging, planner
 from engine.access import Principal, authenticate, cursor_secret, hash_key, live_principals
 from engine.audit import AuditEntry, write_entry
 from engine.budget import (
@@ -103,6 +103,7 @@ class Engine:
         self._lock = threading.Lock()
         self._principals: dict[bytes, Principal] = {}  # last known scope per key hash
         self._cursor_secret: bytes | None = None
+        self._too_long = direct.TooLong()  # shapes the one-statement path refused for length
 
     # -- warm-store connections ------------------------------------------------------------
 
@@ -278,6 +279,9 @@ class Engine:
         if query.calendar is not None:
             return self._run_calendar(query)
         times = StageTimes()
+        answered = self._run_direct(query, times)
+        if answered is not None:
+            return answered
         plan, catalog = self.checked_plan(query, times)
         if plan.needs_warm and not catalog.warm_available:
             raise WarmStoreUnavailable(
@@ -312,6 +316,46 @@ class Engine:
             self.budget.release(reservation)
             raise
         # The reservation covers the page until the caller has rendered (consumed) it.
+        answer.batches = self._released(answer.batches, reservation)
+        return answer
+
+    def _run_direct(self, query: DataQuery, times: StageTimes) -> Answer | None:
+        """The answer by one warm-store statement, when the warm store alone may give it
+        (engine/direct.py); None: the general path answers (so it also does whenever the
+        warm store fails, and handles the outage its own way)."""
+        query.principal.require(query.users, query.metrics)  # before any I/O for it
+        warm_rollup_rows = self.settings.query.warm_rollup_rows
+        if self.database_url is None or time.monotonic() < self._warm_down_until:
+            return None
+        with times.stage("plan"):
+            if query in self._too_long:
+                return None
+            if not direct.eligible(query, self.catalogs, warm_rollup_rows):
+                return None
+            plan = direct.plan(query)
+        # Held until the answer is rendered: at most `limit` rows are read.
+        reservation = self.budget.reserve(self._estimate(plan, direct.limit(query)))
+        try:
+            with times.stage("warm_fetch"):
+                read = self._read(lambda conn: direct.read(conn, query), lambda: None)
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
+            read = None
+        except BaseException:
+            self.budget.release(reservation)
+            raise
+        times.count("warm_statements")
+        if read is None or read.rows is None:
+            self.budget.release(reservation)
+            times.count("direct_refused")
+            if read is not None and read.too_long:
+                self._too_long.add(query)
+            return None
+        plan = replace(plan, timings=times.describe())
+        if query.page_size == 0:
+            answer = Answer(plan, read.rows.schema, iter(read.rows.to_batches()), False, None, None)
+        else:
+            answer = self._paged(plan, read.rows.to_batches())
+        answer.times = times
         answer.batches = self._released(answer.batches, reservation)
         return answer
 

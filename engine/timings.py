@@ -5,7 +5,9 @@ Stages: `catalog` (the warm-store statements that load it), `plan` (pure routing
 counts), `warm_fetch` (warm-store statements and their Arrow results), `lake_scan` (DuckDB:
 set-up, scan and batches), `merge` (merging and slicing the segments' streams). Counts:
 `warm_statements`, statements sent to the warm store, whose round trips dominate short spans on
-a busy machine and, unlike milliseconds, do not depend on load.
+a busy machine and, unlike milliseconds, do not depend on load; `direct_refused`, a one-statement
+answer (engine/direct.py) the warm store declined, so the general path answered after it. A
+one-statement answer has no `catalog` stage: its statement's time is `warm_fetch`.
 """
 
 from __future__ import annotations

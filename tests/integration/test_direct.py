@@ -1,0 +1,179 @@
+"""Issue 13, point 1: small answers the warm store gives alone come from one statement
+(engine/direct.py), and whenever a day of the span needs more (rollups lagging raw, a day
+the lake serves, a tiered day, an answer too long for it) the general path answers, exactly.
+Real PostgreSQL (both flavours), real Delta."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import pytest
+
+from engine.access import LOCAL_ADMIN
+from engine.direct import DIRECT_ROWS
+from engine.query import build_query
+from engine.run import Answer, Engine
+from engine.settings import load_settings
+from lake import Lake
+from sync.rollups import refresh_rollups
+from sync.tiering import tier_warm_store
+from tests.sync.lakesync import FIRST_DAY, TODAY, ingest_rows, load_cohort, run_sync
+
+LAST = TODAY - timedelta(days=1)  # the grace period: warm only
+LAKE_DAY = FIRST_DAY + timedelta(days=1)
+
+
+@pytest.fixture
+def lake(flavour_url: str, tmp_path: Path) -> Lake:
+    load_cohort(flavour_url, users=2)  # every metric once a minute (heart rate with gaps)
+    lake = Lake(tmp_path / "lake")
+    run_sync(flavour_url, lake)
+    return lake
+
+
+@pytest.fixture
+def engine(flavour_url: str, lake: Lake, tmp_path: Path) -> Iterator[Engine]:
+    settings = load_settings(
+        {"STRATUM_HOME": str(tmp_path / "home"), "STRATUM_LAKE_PATH": str(lake.root)}
+    )
+    engine = Engine(settings, flavour_url)
+    yield engine
+    engine.close()
+
+
+def ask(
+    engine: Engine, first: date, days: int, resolution: str, users: str = "1", **more: str
+) -> tuple[Answer, list[dict[str, Any]]]:
+    params = {
+        "user_id": [users],
+        "metric": ["heart_rate"],
+        "start": [first.isoformat()],
+        "end": [(first + timedelta(days=days)).isoformat()],
+        "resolution": [resolution],
+        "page_size": ["0"],
+        **{name: [value] for name, value in more.items()},
+    }
+    query = build_query(params, engine.settings.query, principal=LOCAL_ADMIN)
+    answer = engine.run(query)
+    rows = pa.Table.from_batches(list(answer.batches), schema=answer.schema).to_pylist()
+    return answer, rows
+
+
+def truth(url: str, first: date, days: int, resolution: str, users: tuple[int, ...] = (1,)):
+    """The answer computed from raw rows alone (invariants 1 and 2)."""
+    start = datetime(first.year, first.month, first.day, tzinfo=UTC)
+    span = (list(users), start, start + timedelta(days=days))
+    where = "user_id = ANY(%s) AND metric = 'heart_rate' AND ts >= %s AND ts < %s"
+    if resolution == "raw":
+        sql = f"SELECT user_id, metric, ts, value FROM raw_data WHERE {where} ORDER BY 1, 2, 3"
+    else:
+        unit = {"1m": "minute", "1h": "hour", "1d": "day"}[resolution]
+        sql = (
+            f"SELECT user_id, metric, date_trunc('{unit}', ts, 'UTC') AS ts, count(*), "
+            f"sum(value), min(value), max(value), sum(value) / count(*) FROM raw_data "
+            f"WHERE {where} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        )
+    with psycopg.connect(url) as conn:
+        found = conn.execute(sql.encode(), span).fetchall()
+    names = ["user_id", "metric", "ts", "value"]
+    if resolution != "raw":
+        names = ["user_id", "metric", "ts", "count", "sum", "min", "max", "avg"]
+    return [dict(zip(names, row, strict=True)) for row in found]
+
+
+def direct(answer: Answer) -> bool:
+    """Answered by the one statement: no catalog, no ADBC fetch."""
+    return answer.times.counts == {"warm_statements": 1} and "catalog" not in answer.times.ms
+
+
+@pytest.mark.parametrize(
+    ("first", "resolution"), [(LAST, "raw"), (LAST, "1m"), (LAST, "1h"), (LAKE_DAY, "1h")]
+)
+def test_a_small_warm_answer_is_one_statement_and_exact(
+    engine: Engine, flavour_url: str, first: date, resolution: str
+) -> None:
+    ask(engine, first, 1, resolution)  # the first question caches the participant's catalog
+    answer, rows = ask(engine, first, 1, resolution)
+    assert direct(answer), answer.times.describe()
+    assert answer.plan.sources == ["warm"]
+    assert rows and rows == truth(flavour_url, first, 1, resolution)
+
+
+def test_a_span_the_lake_serves_is_read_from_the_lake(
+    engine: Engine, flavour_url: str, lake: Lake
+) -> None:
+    answer, _ = ask(engine, LAKE_DAY, 1, "raw")
+    assert answer.plan.sources == ["lake"]
+    assert "direct_refused" not in answer.times.counts  # the cached catalog said so: no try
+
+
+def test_a_day_synced_since_the_catalog_was_cached_is_read_from_the_lake(
+    engine: Engine, flavour_url: str, lake: Lake
+) -> None:
+    ask(engine, LAST, 1, "raw")  # cached while the last day is warm only
+    run_sync(flavour_url, lake, today=TODAY + timedelta(days=2))  # now the lake serves it
+    answer, rows = ask(engine, LAST, 1, "raw")
+    assert answer.times.counts.get("direct_refused") == 1  # the statement found the lake day
+    assert answer.plan.sources == ["lake"]
+    assert rows == truth(flavour_url, LAST, 1, "raw")
+
+
+@pytest.mark.parametrize(
+    ("first", "resolution"),
+    [(LAST, "1m"), (LAST, "1h"), (LAST, "1d"), (LAKE_DAY, "1h"), (LAKE_DAY, "1d")],
+)
+def test_a_late_row_not_rolled_up_yet_is_in_the_answer(
+    engine: Engine, flavour_url: str, first: date, resolution: str
+) -> None:
+    ask(engine, first, 1, resolution)
+    late = datetime(first.year, first.month, first.day, 10, 0, 30, tzinfo=UTC)
+    ingest_rows(flavour_url, [(late.isoformat(), 1, "heart_rate", 500.0)])  # not refreshed
+    answer, rows = ask(engine, first, 1, resolution)
+    assert not direct(answer)
+    assert answer.times.counts.get("direct_refused") == 1
+    assert rows == truth(flavour_url, first, 1, resolution)
+    assert max(row["max"] for row in rows) == 500.0
+    refresh_rollups(flavour_url)
+    answer, again = ask(engine, first, 1, resolution)
+    assert direct(answer) and again == rows
+
+
+def test_tiered_days_are_read_from_the_lake(engine: Engine, flavour_url: str, lake: Lake) -> None:
+    ask(engine, LAKE_DAY, 1, "raw")
+    before = truth(flavour_url, LAKE_DAY, 1, "raw")
+    tier_warm_store(flavour_url, lake, older_than_days=1, today=TODAY)
+    assert not truth(flavour_url, LAKE_DAY, 1, "raw")  # gone from the warm store
+    answer, rows = ask(engine, LAKE_DAY, 1, "raw")
+    assert answer.plan.sources == ["lake"]
+    assert rows and rows == before
+
+
+def test_an_answer_too_long_for_one_statement_is_tried_once(
+    engine: Engine, flavour_url: str
+) -> None:
+    ask(engine, LAST, 1, "raw", users="1,2")
+    answer, rows = ask(engine, LAST, 1, "raw", users="1,2")
+    assert len(rows) > DIRECT_ROWS
+    assert answer.times.counts.get("direct_refused") == 1
+    assert rows == truth(flavour_url, LAST, 1, "raw", (1, 2))
+    answer, again = ask(engine, LAST, 1, "raw", users="1,2")
+    assert "direct_refused" not in answer.times.counts and again == rows
+
+
+def test_pages_of_a_long_answer_are_one_statement_each(engine: Engine, flavour_url: str) -> None:
+    ask(engine, LAST, 1, "raw", users="1,2")
+    rows: list[dict[str, Any]] = []
+    cursor: dict[str, str] = {}
+    while True:
+        answer, page = ask(engine, LAST, 1, "raw", users="1,2", page_size="1000", **cursor)
+        assert direct(answer), answer.times.describe()
+        rows += page
+        if answer.next_cursor is None:
+            break
+        cursor = {"cursor": answer.next_cursor}
+    assert rows == truth(flavour_url, LAST, 1, "raw", (1, 2))

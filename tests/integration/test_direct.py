@@ -26,6 +26,8 @@ from tests.sync.lakesync import FIRST_DAY, TODAY, ingest_rows, load_cohort, run_
 
 LAST = TODAY - timedelta(days=1)  # the grace period: warm only
 LAKE_DAY = FIRST_DAY + timedelta(days=1)
+HOURS = {"raw": 6, "1m": 6, "1h": 24, "1d": 24}  # answers under DIRECT_ROWS
+DAY = 24
 
 
 @pytest.fixture
@@ -47,13 +49,14 @@ def engine(flavour_url: str, lake: Lake, tmp_path: Path) -> Iterator[Engine]:
 
 
 def ask(
-    engine: Engine, first: date, days: int, resolution: str, users: str = "1", **more: str
+    engine: Engine, first: date, hours: int, resolution: str, users: str = "1", **more: str
 ) -> tuple[Answer, list[dict[str, Any]]]:
+    start = datetime(first.year, first.month, first.day, tzinfo=UTC)
     params = {
         "user_id": [users],
         "metric": ["heart_rate"],
-        "start": [first.isoformat()],
-        "end": [(first + timedelta(days=days)).isoformat()],
+        "start": [start.isoformat()],
+        "end": [(start + timedelta(hours=hours)).isoformat()],
         "resolution": [resolution],
         "page_size": ["0"],
         **{name: [value] for name, value in more.items()},
@@ -64,10 +67,10 @@ def ask(
     return answer, rows
 
 
-def truth(url: str, first: date, days: int, resolution: str, users: tuple[int, ...] = (1,)):
+def truth(url: str, first: date, hours: int, resolution: str, users: tuple[int, ...] = (1,)):
     """The answer computed from raw rows alone (invariants 1 and 2)."""
     start = datetime(first.year, first.month, first.day, tzinfo=UTC)
-    span = (list(users), start, start + timedelta(days=days))
+    span = (list(users), start, start + timedelta(hours=hours))
     where = "user_id = ANY(%s) AND metric = 'heart_rate' AND ts >= %s AND ts < %s"
     if resolution == "raw":
         sql = f"SELECT user_id, metric, ts, value FROM raw_data WHERE {where} ORDER BY 1, 2, 3"
@@ -97,17 +100,18 @@ def direct(answer: Answer) -> bool:
 def test_a_small_warm_answer_is_one_statement_and_exact(
     engine: Engine, flavour_url: str, first: date, resolution: str
 ) -> None:
-    ask(engine, first, 1, resolution)  # the first question caches the participant's catalog
-    answer, rows = ask(engine, first, 1, resolution)
+    hours = HOURS[resolution]
+    ask(engine, first, hours, resolution)  # the first question caches the participant's catalog
+    answer, rows = ask(engine, first, hours, resolution)
     assert direct(answer), answer.times.describe()
     assert answer.plan.sources == ["warm"]
-    assert rows and rows == truth(flavour_url, first, 1, resolution)
+    assert rows and rows == truth(flavour_url, first, hours, resolution)
 
 
 def test_a_span_the_lake_serves_is_read_from_the_lake(
     engine: Engine, flavour_url: str, lake: Lake
 ) -> None:
-    answer, _ = ask(engine, LAKE_DAY, 1, "raw")
+    answer, _ = ask(engine, LAKE_DAY, HOURS["raw"], "raw")
     assert answer.plan.sources == ["lake"]
     assert "direct_refused" not in answer.times.counts  # the cached catalog said so: no try
 
@@ -115,12 +119,12 @@ def test_a_span_the_lake_serves_is_read_from_the_lake(
 def test_a_day_synced_since_the_catalog_was_cached_is_read_from_the_lake(
     engine: Engine, flavour_url: str, lake: Lake
 ) -> None:
-    ask(engine, LAST, 1, "raw")  # cached while the last day is warm only
+    ask(engine, LAST, HOURS["raw"], "raw")  # cached while the last day is warm only
     run_sync(flavour_url, lake, today=TODAY + timedelta(days=2))  # now the lake serves it
-    answer, rows = ask(engine, LAST, 1, "raw")
-    assert answer.times.counts.get("direct_refused") == 1  # the statement found the lake day
+    answer, rows = ask(engine, LAST, HOURS["raw"], "raw")
+    assert answer.times.counts.get("direct_refused") == 1  # the statement found the change
     assert answer.plan.sources == ["lake"]
-    assert rows == truth(flavour_url, LAST, 1, "raw")
+    assert rows == truth(flavour_url, LAST, HOURS["raw"], "raw")
 
 
 @pytest.mark.parametrize(
@@ -130,25 +134,26 @@ def test_a_day_synced_since_the_catalog_was_cached_is_read_from_the_lake(
 def test_a_late_row_not_rolled_up_yet_is_in_the_answer(
     engine: Engine, flavour_url: str, first: date, resolution: str
 ) -> None:
-    ask(engine, first, 1, resolution)
-    late = datetime(first.year, first.month, first.day, 10, 0, 30, tzinfo=UTC)
+    hours = HOURS[resolution]
+    ask(engine, first, hours, resolution)
+    late = datetime(first.year, first.month, first.day, 4, 0, 30, tzinfo=UTC)
     ingest_rows(flavour_url, [(late.isoformat(), 1, "heart_rate", 500.0)])  # not refreshed
-    answer, rows = ask(engine, first, 1, resolution)
+    answer, rows = ask(engine, first, hours, resolution)
     assert not direct(answer)
     assert answer.times.counts.get("direct_refused") == 1
-    assert rows == truth(flavour_url, first, 1, resolution)
+    assert rows == truth(flavour_url, first, hours, resolution)
     assert max(row["max"] for row in rows) == 500.0
     refresh_rollups(flavour_url)
-    answer, again = ask(engine, first, 1, resolution)
+    answer, again = ask(engine, first, hours, resolution)
     assert direct(answer) and again == rows
 
 
 def test_tiered_days_are_read_from_the_lake(engine: Engine, flavour_url: str, lake: Lake) -> None:
-    ask(engine, LAKE_DAY, 1, "raw")
-    before = truth(flavour_url, LAKE_DAY, 1, "raw")
+    ask(engine, LAKE_DAY, DAY, "raw")
+    before = truth(flavour_url, LAKE_DAY, DAY, "raw")
     tier_warm_store(flavour_url, lake, older_than_days=1, today=TODAY)
-    assert not truth(flavour_url, LAKE_DAY, 1, "raw")  # gone from the warm store
-    answer, rows = ask(engine, LAKE_DAY, 1, "raw")
+    assert not truth(flavour_url, LAKE_DAY, DAY, "raw")  # gone from the warm store
+    answer, rows = ask(engine, LAKE_DAY, DAY, "raw")
     assert answer.plan.sources == ["lake"]
     assert rows and rows == before
 
@@ -156,24 +161,24 @@ def test_tiered_days_are_read_from_the_lake(engine: Engine, flavour_url: str, la
 def test_an_answer_too_long_for_one_statement_is_tried_once(
     engine: Engine, flavour_url: str
 ) -> None:
-    ask(engine, LAST, 1, "raw", users="1,2")
-    answer, rows = ask(engine, LAST, 1, "raw", users="1,2")
+    ask(engine, LAST, DAY, "raw", users="1,2")
+    answer, rows = ask(engine, LAST, DAY, "raw", users="1,2")
     assert len(rows) > DIRECT_ROWS
     assert answer.times.counts.get("direct_refused") == 1
-    assert rows == truth(flavour_url, LAST, 1, "raw", (1, 2))
-    answer, again = ask(engine, LAST, 1, "raw", users="1,2")
+    assert rows == truth(flavour_url, LAST, DAY, "raw", (1, 2))
+    answer, again = ask(engine, LAST, DAY, "raw", users="1,2")
     assert "direct_refused" not in answer.times.counts and again == rows
 
 
 def test_pages_of_a_long_answer_are_one_statement_each(engine: Engine, flavour_url: str) -> None:
-    ask(engine, LAST, 1, "raw", users="1,2")
+    ask(engine, LAST, DAY, "raw", users="1,2")
     rows: list[dict[str, Any]] = []
     cursor: dict[str, str] = {}
     while True:
-        answer, page = ask(engine, LAST, 1, "raw", users="1,2", page_size="1000", **cursor)
+        answer, page = ask(engine, LAST, DAY, "raw", users="1,2", page_size="400", **cursor)
         assert direct(answer), answer.times.describe()
         rows += page
         if answer.next_cursor is None:
             break
         cursor = {"cursor": answer.next_cursor}
-    assert rows == truth(flavour_url, LAST, 1, "raw", (1, 2))
+    assert rows == truth(flavour_url, LAST, DAY, "raw", (1, 2))

@@ -21,6 +21,7 @@ from engine.settings import LakeSettings
 from lake import Lake
 from lake.integrity import file_days, file_digest
 from sync import backfill
+from sync.catalog_changes import KEPT, prune_catalog_changes
 from sync.columnstore import compress_warm_store
 from sync.export import Progress, SyncResult, sync_to_lake
 from sync.lakefiles import (
@@ -253,6 +254,8 @@ def maintain_job(url: str, settings: LakeSettings) -> JobResult:
                 ],
             )
             prune_file_records(conn, lake)
+            pruned = prune_catalog_changes(conn)
+            log.info("maintain: %d catalog changes older than %s pruned", pruned, KEPT)
         error = _problems(
             damaged,
             "damaged lake days left uncompacted (queued for repair)",

@@ -253,8 +253,7 @@ def test_maintenance_prunes_the_catalog_changes_older_than_a_day(
     _record_damage(flavour_url, 2)
     with psycopg.connect(flavour_url) as conn:
         conn.execute(
-            "UPDATE catalog_changes SET changed_at = now() - interval '25 hours' "
-            "WHERE user_id <> 2"
+            "UPDATE catalog_changes SET changed_at = now() - interval '25 hours' WHERE user_id <> 2"
         )
     settings = load_settings(
         {"STRATUM_HOME": str(tmp_path / "home"), "STRATUM_LAKE_PATH": str(lake.root)}

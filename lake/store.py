@@ -101,10 +101,28 @@ class Lake:
 
     # -- reading -------------------------------------------------------------------------
 
-    def version(self, tier: str) -> int | None:
-        """Latest committed version of a tier's table, None if it does not exist yet."""
+    def version(self, tier: str, recheck: bool = False) -> int | None:
+        """Latest committed version of a tier's table, None if it does not exist yet.
+
+        ``recheck``: also make sure the log still holds the version this Lake cached (one
+        more stat); if it does not (commits lost, a log restored from a backup), forget what
+        was cached of the table and read it again. Writers' safety checks ask for this."""
+        if recheck:
+            self._recheck(tier)
         snapshot = self._latest_snapshot(tier)
         return None if snapshot is None else snapshot.version
+
+    def _recheck(self, tier: str) -> None:
+        with self._lock:
+            current = self._latest.get(tier)
+            if current is None or self.storage.exists(
+                log_entry(self.table_dir(tier), current.version)
+            ):
+                return
+            del self._latest[tier]
+            for key in [k for k in self._snapshots if k[0] == tier]:
+                del self._snapshots[key]
+            self._writers.pop(tier, None)
 
     def files(
         self,

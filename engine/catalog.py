@@ -77,8 +77,9 @@ ORDER BY user_id, 2
 # What every query reads fresh, in one statement (one round trip): the xmin of its snapshot
 # (the horizon participants loaded now are cached under), which of the cached participants
 # asked have a catalog change their cached entry may not have seen (catalog_changes,
-# sync/migrations/008), and as islands per kind and user, the days written since their last
-# sync ('unsynced') and those whose rollups lag raw ('stale').
+# sync/migrations/008, or loaded below the floor of pruned changes, 009), and as islands per
+# kind and user, the days written since their last sync ('unsynced') and those whose rollups
+# lag raw ('stale').
 _FRESH = """
 SELECT 'horizon' AS kind, NULL::int, NULL::date, NULL::date,
        (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint
@@ -88,7 +89,7 @@ FROM unnest(%(cached)s::int[], %(horizons)s::bigint[]) AS p(user_id, horizon)
 WHERE EXISTS (
     SELECT 1 FROM catalog_changes c
     WHERE c.user_id = p.user_id AND c.xact_id >= (p.horizon::text)::xid8
-)
+) OR p.horizon < (SELECT below FROM catalog_changes_floor)
 UNION ALL
 SELECT kind, user_id, min(day), max(day), NULL FROM (
     SELECT kind, user_id, day,

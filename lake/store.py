@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction
 
 from lake.checksum import DayKey, DayStat, day_checksums, merge_checksums
@@ -77,11 +77,20 @@ class Lake:
         self._lock = threading.Lock()
         self._latest: dict[str, Snapshot] = {}
         self._snapshots: OrderedDict[tuple[str, int], Snapshot] = OrderedDict()
+        # The writers' delta-rs tables, kept open and brought forward by the commits since
+        # (update_incremental): opening one replays its whole log state, which grows with the
+        # lake, for each commit. Used only under the tier's writer lock.
+        self._writers: dict[str, DeltaTable] = {}
+        # Whole-state loads (what a long-lived Lake avoids): snapshots built from a table's
+        # full file list, and delta-rs opens of a table. Test and bench figures.
+        self.snapshot_loads = 0
+        self.table_opens = 0
 
     def table_dir(self, tier: str) -> str:
         return self.storage.join(check_tier(tier))
 
     def _table(self, tier: str, version: int | None = None) -> DeltaTable:
+        self.table_opens += 1
         return DeltaTable(
             self.table_dir(tier), version=version, storage_options=self.storage.storage_options
         )
@@ -92,10 +101,28 @@ class Lake:
 
     # -- reading -------------------------------------------------------------------------
 
-    def version(self, tier: str) -> int | None:
-        """Latest committed version of a tier's table, None if it does not exist yet."""
+    def version(self, tier: str, recheck: bool = False) -> int | None:
+        """Latest committed version of a tier's table, None if it does not exist yet.
+
+        ``recheck``: also make sure the log still holds the version this Lake cached (one
+        more stat); if it does not (commits lost, a log restored from a backup), forget what
+        was cached of the table and read it again. Writers' safety checks ask for this."""
+        if recheck:
+            self._recheck(tier)
         snapshot = self._latest_snapshot(tier)
         return None if snapshot is None else snapshot.version
+
+    def _recheck(self, tier: str) -> None:
+        with self._lock:
+            current = self._latest.get(tier)
+            if current is None or self.storage.exists(
+                log_entry(self.table_dir(tier), current.version)
+            ):
+                return
+            del self._latest[tier]
+            for key in [k for k in self._snapshots if k[0] == tier]:
+                del self._snapshots[key]
+            self._writers.pop(tier, None)
 
     def files(
         self,
@@ -226,6 +253,7 @@ class Lake:
             return self._remember(snapshot)
 
     def _build(self, tier: str, table: DeltaTable) -> Snapshot:
+        self.snapshot_loads += 1
         actions = pa.table(table.get_add_actions(flatten=True))
         return Snapshot.from_add_actions(tier, table.version(), self.table_dir(tier), actions)
 
@@ -233,6 +261,22 @@ class Lake:
 
     def _open_for_write(self, tier: str) -> DeltaTable:
         """The table at its latest version, created if missing (caller holds the writer lock)."""
+        kept = self._writers.get(tier)
+        # A log that lost the kept version's commit (or was replaced) is opened afresh.
+        if kept is not None and self.storage.exists(
+            log_entry(self.table_dir(tier), kept.version())
+        ):
+            try:
+                kept.update_incremental()
+                return kept
+            except DeltaError:
+                pass
+        self._writers.pop(tier, None)
+        table = self._open_or_create(tier)
+        self._writers[tier] = table
+        return table
+
+    def _open_or_create(self, tier: str) -> DeltaTable:
         table_dir = self.table_dir(tier)
         if self._exists(tier):
             try:
@@ -319,7 +363,7 @@ class Lake:
                 # Another process committed this version first (object storage has no lock
                 # across processes). Our files are written: replace what the partitions hold
                 # in the newer version instead, so the later commit wins them whole.
-                table = self._table(tier)
+                table = self._open_for_write(tier)
             raise AssertionError("unreachable")
 
     def compact(self, tier: str) -> CompactResult:
@@ -367,7 +411,7 @@ class Lake:
             with writer_lock(self.storage, tier):
                 if not self._exists(tier):
                     continue
-                table = self._table(tier)
+                table = self._open_for_write(tier)
                 # full=True also reclaims never-committed files left by killed writers.
                 paths = table.vacuum(
                     retention_hours=retention_hours,

@@ -21,6 +21,7 @@ from engine.settings import LakeSettings
 from lake import Lake
 from lake.integrity import file_days, file_digest
 from sync import backfill
+from sync.catalog_changes import KEPT, prune_catalog_changes
 from sync.columnstore import compress_warm_store
 from sync.export import Progress, SyncResult, sync_to_lake
 from sync.lakefiles import (
@@ -111,12 +112,13 @@ def sync_job(
     *,
     today: date | None = None,
     progress: Progress | None = None,
+    lake: Lake | None = None,
 ) -> JobResult:
     def body() -> JobResult:
         return _from_sync(
             sync_to_lake(
                 url,
-                Lake(settings.path),
+                lake or Lake(settings.path),
                 grace_days=settings.sync_grace_days,
                 batch_days=settings.sync_batch_days,
                 today=today,
@@ -168,11 +170,12 @@ def tiering_job(
     older_than_days: int | None = None,
     today: date | None = None,
     progress: Progress | None = None,
+    lake: Lake | None = None,
 ) -> JobResult:
     def body() -> JobResult:
         tiered = tier_warm_store(
             url,
-            Lake(settings.path),
+            lake or Lake(settings.path),
             older_than_days=older_than_days or settings.tier_older_than_days,
             batch_days=settings.sync_batch_days,
             today=today,
@@ -223,12 +226,13 @@ def columnstore_job(
     return run_job(url, "compress", body)
 
 
-def maintain_job(url: str, settings: LakeSettings) -> JobResult:
+def maintain_job(url: str, settings: LakeSettings, lake: Lake | None = None) -> JobResult:
+    opened = lake or Lake(settings.path)
+
     def body() -> JobResult:
-        lake = Lake(settings.path)
         with psycopg.connect(url, autocommit=True) as conn:
-            require_current_log(conn, lake)  # a compaction commit would reuse lost versions
-            done = maintain_lake(lake, settings.vacuum_retention_hours)
+            require_current_log(conn, opened)  # a compaction commit would reuse lost versions
+            done = maintain_lake(opened, settings.vacuum_retention_hours)
             damaged = [
                 (user_id, table, day, f"{relative}: {why}")
                 for table, compacted in done.compacted.items()
@@ -244,7 +248,7 @@ def maintain_job(url: str, settings: LakeSettings) -> JobResult:
                         table,
                         path,
                         size,
-                        file_digest(lake.storage, f"{lake.table_dir(table)}/{path}"),
+                        file_digest(opened.storage, f"{opened.table_dir(table)}/{path}"),
                         version,
                     )
                     for table, compacted in done.compacted.items()
@@ -252,7 +256,9 @@ def maintain_job(url: str, settings: LakeSettings) -> JobResult:
                     for path, size in compacted.added
                 ],
             )
-            prune_file_records(conn, lake)
+            prune_file_records(conn, opened)
+            pruned = prune_catalog_changes(conn)
+            log.info("maintain: %d catalog changes older than %s pruned", pruned, KEPT)
         error = _problems(
             damaged,
             "damaged lake days left uncompacted (queued for repair)",
@@ -273,9 +279,9 @@ def maintain_job(url: str, settings: LakeSettings) -> JobResult:
     return run_job(url, "maintain", body)
 
 
-def verify_job(url: str, settings: LakeSettings) -> JobResult:
+def verify_job(url: str, settings: LakeSettings, lake: Lake | None = None) -> JobResult:
     def body() -> JobResult:
-        done = verify_lake(url, Lake(settings.path))
+        done = verify_lake(url, lake or Lake(settings.path))
         error = _problems(
             done.damaged,
             "damaged lake days (run `stratum repair`)",
@@ -323,29 +329,36 @@ def repair_job(url: str, settings: LakeSettings, *, today: date | None = None) -
     return run_job(url, "repair", body)
 
 
-def nightly_job(url: str, settings: LakeSettings, *, today: date | None = None) -> JobResult:
+def nightly_job(
+    url: str, settings: LakeSettings, *, today: date | None = None, lake: Lake | None = None
+) -> JobResult:
     """Refresh rollups, sync, tier, maintain and verify, each recorded; later steps run even
-    when an earlier one failed (each is safe alone). Skipped if another scheduler runs it now."""
+    when an earlier one failed (each is safe alone). Skipped if another scheduler runs it now.
+
+    `lake`: the steps share it (default: a new one for this run). The scheduler passes one
+    Lake for its whole life, so each night reads only the lake's new commits: opening a
+    table's whole file list costs what the lake holds, not what the night adds."""
+    lake = lake or Lake(settings.path)
     with psycopg.connect(url, autocommit=True) as lock:
         row = lock.execute("SELECT pg_try_advisory_lock(%s)", (NIGHTLY_LOCK,)).fetchone()
         if not row or not row[0]:
             log.warning("nightly job already running elsewhere; skipped")
             return _record_skipped(url, "nightly", "another scheduler is running the nightly job")
         try:
-            return run_job(url, "nightly", lambda: _nightly_steps(url, settings, today))
+            return run_job(url, "nightly", lambda: _nightly_steps(url, settings, today, lake))
         finally:
             lock.execute("SELECT pg_advisory_unlock(%s)", (NIGHTLY_LOCK,))
 
 
-def _nightly_steps(url: str, settings: LakeSettings, today: date | None) -> JobResult:
+def _nightly_steps(url: str, settings: LakeSettings, today: date | None, lake: Lake) -> JobResult:
     started = time.perf_counter()
     steps: list[tuple[str, Callable[[], JobResult]]] = [
         ("refresh", lambda: refresh_job(url)),
-        ("sync", lambda: sync_job(url, settings, today=today)),
-        ("tier", lambda: tiering_job(url, settings, today=today)),
+        ("sync", lambda: sync_job(url, settings, today=today, lake=lake)),
+        ("tier", lambda: tiering_job(url, settings, today=today, lake=lake)),
         ("compress", lambda: columnstore_job(url, settings, today=today)),
-        ("maintain", lambda: maintain_job(url, settings)),
-        ("verify", lambda: verify_job(url, settings)),  # the nightly scrub
+        ("maintain", lambda: maintain_job(url, settings, lake)),
+        ("verify", lambda: verify_job(url, settings, lake)),  # the nightly scrub
     ]
     results: dict[str, JobResult] = {}
     errors: list[str] = []

@@ -80,7 +80,7 @@ def days_ahead(conn: psycopg.Connection, lake: Lake) -> list[DamageRow]:
     """Verified days whose table's log ends before the version they were verified at."""
     found: list[DamageRow] = []
     for table in LAKE_TABLES:
-        version = lake.version(table)
+        version = lake.version(table, recheck=True)  # a long-lived Lake's cache may predate a loss
         current = -1 if version is None else version
         for user_id, day, verified in conn.execute(_AHEAD, (table, current)).fetchall():
             why = f"verified at lake version {verified}; the table's log ends at {version}"

@@ -21,6 +21,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from engine.errors import ConfigurationError
 from engine.settings import Settings
+from lake import Lake
 from sync import jobs
 from sync.runs import last_success
 
@@ -68,6 +69,8 @@ def build_scheduler(
         jobs.nightly_job,
         nightly_trigger(settings.scheduler.nightly_cron),
         args=(url, settings.lake),
+        # One Lake for the scheduler's life: each night reads only the new commits.
+        kwargs={"lake": Lake(settings.lake.path)},
         id="nightly",
         name="nightly: refresh, sync, tier, compress, maintain, verify",
         replace_existing=True,

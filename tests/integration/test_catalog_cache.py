@@ -22,7 +22,9 @@ from engine.run import Engine
 from engine.settings import load_settings
 from lake import Lake
 from sync.backfill import backfill_files
+from sync.catalog_changes import prune_catalog_changes
 from sync.generate import generate_cohort
+from sync.jobs import maintain_job
 from sync.rollups import refresh_rollups
 from sync.tiering import tier_warm_store
 from sync.verify import repair_lake, verify_lake
@@ -207,3 +209,56 @@ def test_a_change_committed_after_a_load_it_began_before_is_seen(
     # committed when the block ended
     assert sources(plan(engine, 1), DAY) == {"warm"}
     assert engine.catalogs.cached(1).damaged == {"raw": ((DAY, DAY),)}  # type: ignore[union-attr]
+
+
+def _record_damage(url: str, user_id: int) -> None:
+    with psycopg.connect(url) as writer:
+        writer.execute(
+            "INSERT INTO lake_damage (user_id, tier, day, reason) VALUES (%s, 'raw', %s, 'test')",
+            (user_id, DAY),
+        )
+
+
+def _changes(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM catalog_changes").fetchone()
+        return int(row[0]) if row else 0
+
+
+def test_pruning_catalog_changes_never_leaves_a_cached_participant_stale(
+    engine: Engine, flavour_url: str
+) -> None:
+    plan(engine, 1)
+    plan(engine, 2)
+    _record_damage(flavour_url, 1)  # a change participant 1's cached entry has not seen
+    assert _changes(flavour_url) > 0
+    with psycopg.connect(flavour_url, autocommit=True) as conn:
+        assert prune_catalog_changes(conn, older_than=timedelta(0)) > 0
+    assert _changes(flavour_url) == 0  # the log no longer grows with every sync
+    # The deleted row was the only trace of the change: the floor makes the entries that
+    # could have needed it reload.
+    assert sources(plan(engine, 1), DAY) == {"warm"}
+    assert engine.catalogs.cached(1).damaged == {"raw": ((DAY, DAY),)}  # type: ignore[union-attr]
+    loads = engine.catalogs.loads
+    with psycopg.connect(flavour_url, autocommit=True) as conn:
+        assert prune_catalog_changes(conn, older_than=timedelta(0)) == 0
+    plan(engine, 1)
+    assert engine.catalogs.loads == loads  # loaded above the floor: not reloaded again
+
+
+def test_maintenance_prunes_the_catalog_changes_older_than_a_day(
+    engine: Engine, flavour_url: str, lake: Lake, tmp_path: Path
+) -> None:
+    _record_damage(flavour_url, 1)
+    _record_damage(flavour_url, 2)
+    with psycopg.connect(flavour_url) as conn:
+        conn.execute(
+            "UPDATE catalog_changes SET changed_at = now() - interval '25 hours' WHERE user_id <> 2"
+        )
+    settings = load_settings(
+        {"STRATUM_HOME": str(tmp_path / "home"), "STRATUM_LAKE_PATH": str(lake.root)}
+    )
+    maintain_job(flavour_url, settings.lake)
+    with psycopg.connect(flavour_url) as conn:
+        left = conn.execute("SELECT DISTINCT user_id FROM catalog_changes").fetchall()
+    assert left == [(2,)]

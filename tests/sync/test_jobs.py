@@ -162,6 +162,27 @@ def test_nightly_job_refreshes_syncs_tiers_and_maintains(warm_url: str, settings
     assert last_success(warm_url, "nightly") == runs["nightly"].started_at
 
 
+def test_a_nightly_job_with_the_previous_nights_lake_reads_only_new_commits(
+    warm_url: str, settings: Settings
+) -> None:
+    # The scheduler keeps one Lake: the second night must not load any table's whole file
+    # list again (what grows with the lake), only the commits made since.
+    lake = Lake(settings.lake.path)
+    ingest_tables(warm_url, generate_cohort(2, 5, FIRST_DAY, every_s=300))
+    first = jobs.nightly_job(warm_url, settings.lake, today=TODAY, lake=lake)
+    assert first.status == "ok", first.error
+    loads, opens = lake.snapshot_loads, lake.table_opens
+    assert loads > 0 and opens > 0
+    ingest_tables(warm_url, generate_cohort(2, 1, TODAY - timedelta(days=1), every_s=300))
+
+    second = jobs.nightly_job(warm_url, settings.lake, today=TODAY + timedelta(days=1), lake=lake)
+
+    assert second.status == "ok", second.error
+    assert second.days == 2  # the new day of each user, written through the same Lake
+    assert (lake.snapshot_loads, lake.table_opens) == (loads, opens)
+    assert_lake_equals_source(warm_url, Lake(settings.lake.path), before=TODAY)
+
+
 def test_second_nightly_job_is_skipped_while_one_runs(warm_url: str, settings: Settings) -> None:
     with psycopg.connect(warm_url, autocommit=True) as other:
         other.execute("SELECT pg_advisory_lock(%s)", (NIGHTLY_LOCK,))
@@ -212,6 +233,7 @@ def test_scheduler_wiring(warm_url: str, settings: Settings) -> None:
         for job in (nightly, refresh):
             assert (job.max_instances, job.coalesce, job.misfire_grace_time) == (1, True, 600)
         assert nightly.func is jobs.nightly_job and nightly.args == (warm_url, settings.lake)
+        assert isinstance(nightly.kwargs["lake"], Lake)  # one for every night
         assert refresh.func is jobs.refresh_job
         assert nightly.next_run_time == NOW  # no successful run yet: catch up at once
     finally:

@@ -135,6 +135,23 @@ def test_sync_and_maintain_refuse_a_log_that_lost_commits(
     assert_lake_equals_source(warm_url, Lake(settings.lake.path), TODAY - timedelta(days=1))
 
 
+def test_the_schedulers_kept_lake_refuses_a_log_that_lost_commits_too(
+    warm_url: str, settings: Settings
+) -> None:
+    # The scheduler's Lake cached the newest version before the commit was lost: it must not
+    # vouch for that version from its cache.
+    load_cohort(warm_url)
+    kept = Lake(settings.lake.path)
+    jobs.sync_job(warm_url, settings.lake, today=TODAY, lake=kept)
+    newest = sorted((settings.lake.path / "raw" / "_delta_log").glob("*.json"))[-1]
+    newest.unlink()
+
+    with pytest.raises(SyncFailed, match="commits were lost"):
+        jobs.sync_job(warm_url, settings.lake, lake=kept)
+    with pytest.raises(SyncFailed, match="commits were lost"):
+        jobs.maintain_job(warm_url, settings.lake, kept)
+
+
 def test_maintain_skips_a_damaged_partition_names_it_and_compacts_the_rest(
     warm_url: str, settings: Settings
 ) -> None:

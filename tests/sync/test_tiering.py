@@ -148,6 +148,30 @@ def test_a_lake_copy_that_no_longer_matches_is_not_tiered(flavour_url: str, lake
     assert_lake_equals_source_for(flavour_url, lake, victim)
 
 
+@pytest.mark.parametrize("table", ["raw_data", "data_1m"])
+def test_a_day_whose_warm_rows_no_longer_match_the_export_is_not_tiered(
+    flavour_url: str, lake: Lake, table: str
+) -> None:
+    # Rows gone from the warm store behind the sync's back (no change recorded): the lake
+    # copy is whole, but the warm store no longer holds what was verified.
+    victim = (1, FIRST_DAY + timedelta(days=1))
+    with psycopg.connect(flavour_url) as conn:
+        conn.execute(  # by key: a ctid names a row only within one TimescaleDB chunk
+            f"DELETE FROM {table} WHERE user_id = %s AND metric = 'heart_rate' "  # noqa: S608
+            f"AND ts = (SELECT min(ts) FROM {table} WHERE user_id = %s "
+            "AND metric = 'heart_rate' AND ts >= %s::date::timestamp AT TIME ZONE 'UTC')",
+            (victim[0], victim[0], victim[1]),
+        )
+
+    result = tier(flavour_url, lake)
+
+    assert [(u, d, why) for u, d, why in result.refused] == [
+        (*victim, "warm-store row count differs from the verified export")
+    ]
+    assert result.days == 7
+    assert day_state(flavour_url)[victim][2] == 0  # queued for a fresh sync
+
+
 def assert_lake_equals_source_for(url: str, lake: Lake, pair: tuple[int, date]) -> None:
     recorded = lake_days(url)
     for name in ("raw", "agg_1m"):

@@ -49,15 +49,17 @@ DIRECT_ROWS = 500
 
 # Any day of the span whose rollups lag raw; for raw and 1m also any change to the catalog of
 # a participant asked that its cached entry may not have seen (catalog_changes, as the
-# catalog source checks it): the entry said no day of the span is in the lake or tiered, and
-# only such a change can make one so.
+# catalog source checks it, or an entry loaded below the floor of pruned changes, whose
+# record may be gone): the entry said no day of the span is in the lake or tiered, and only
+# such a change can make one so.
 _STALE = (
     "EXISTS (SELECT 1 FROM day_state WHERE user_id = ANY(%(users)s) "
     "AND day BETWEEN %(first)s AND %(last)s AND change_seq > refreshed_seq)"
 )
 _CHANGED = (
     "EXISTS (SELECT 1 FROM unnest(%(users)s::int[], %(horizons)s::bigint[]) AS p(user_id, h) "
-    "JOIN catalog_changes c ON c.user_id = p.user_id AND c.xact_id >= (p.h::text)::xid8)"
+    "WHERE p.h < (SELECT below FROM catalog_changes_floor) OR EXISTS (SELECT 1 FROM "
+    "catalog_changes c WHERE c.user_id = p.user_id AND c.xact_id >= (p.h::text)::xid8))"
 )
 # Known to be longer than this path reads: the refresh counts every day's rows, and a span
 # holding part of its days is taken to hold that share of their rows (an estimate: a span of

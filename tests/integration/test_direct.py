@@ -20,6 +20,7 @@ from engine.query import build_query
 from engine.run import Answer, Engine
 from engine.settings import load_settings
 from lake import Lake
+from sync.catalog_changes import prune_catalog_changes
 from sync.rollups import refresh_rollups
 from sync.tiering import tier_warm_store
 from tests.sync.lakesync import FIRST_DAY, TODAY, ingest_rows, load_cohort, run_sync
@@ -125,6 +126,24 @@ def test_a_day_synced_since_the_catalog_was_cached_is_read_from_the_lake(
     assert answer.times.counts.get("direct_refused") == 1  # the statement found the change
     assert answer.plan.sources == ["lake"]
     assert rows == truth(flavour_url, LAST, HOURS["raw"], "raw")
+
+
+def test_a_change_whose_record_was_pruned_is_still_seen(
+    engine: Engine, flavour_url: str, lake: Lake
+) -> None:
+    """catalog_changes is pruned nightly: an entry cached before the prune cannot rely on
+    the rows that would have told it; the floor of pruned changes refuses it instead."""
+    before = truth(flavour_url, LAST, HOURS["raw"], "raw")
+    ask(engine, LAST, HOURS["raw"], "raw")  # cached while the last day is warm only
+    later = TODAY + timedelta(days=2)
+    run_sync(flavour_url, lake, today=later)
+    tier_warm_store(flavour_url, lake, older_than_days=1, today=later)
+    assert not truth(flavour_url, LAST, HOURS["raw"], "raw")  # only the lake holds it now
+    with psycopg.connect(flavour_url, autocommit=True) as conn:
+        assert prune_catalog_changes(conn, older_than=timedelta(0)) > 0
+    answer, rows = ask(engine, LAST, HOURS["raw"], "raw")
+    assert answer.plan.sources == ["lake"]
+    assert rows and rows == before
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from engine.settings import LakeSettings
 from lake import Lake
 from lake.integrity import file_days, file_digest
 from sync import backfill
+from sync.calendar_cache import prune_calendar_cache
 from sync.columnstore import compress_warm_store
 from sync.export import Progress, SyncResult, sync_to_lake
 from sync.lakefiles import (
@@ -90,6 +91,17 @@ def refresh_job(url: str) -> JobResult:
         )
 
     return run_job(url, "refresh", body)
+
+
+def prune_cache_job(url: str, max_rows: int) -> JobResult:
+    """Drop the oldest calendar-cache entries beyond `max_rows` (rows: how many)."""
+
+    def body() -> JobResult:
+        started = time.perf_counter()
+        dropped = prune_calendar_cache(url, max_rows)
+        return JobResult("prune_cache", rows=dropped, seconds=time.perf_counter() - started)
+
+    return run_job(url, "prune_cache", body)
 
 
 def _from_sync(result: SyncResult) -> JobResult:
@@ -323,21 +335,32 @@ def repair_job(url: str, settings: LakeSettings, *, today: date | None = None) -
     return run_job(url, "repair", body)
 
 
-def nightly_job(url: str, settings: LakeSettings, *, today: date | None = None) -> JobResult:
-    """Refresh rollups, sync, tier, maintain and verify, each recorded; later steps run even
-    when an earlier one failed (each is safe alone). Skipped if another scheduler runs it now."""
+def nightly_job(
+    url: str,
+    settings: LakeSettings,
+    *,
+    today: date | None = None,
+    calendar_cache_rows: int | None = None,
+) -> JobResult:
+    """Refresh rollups, sync, tier, maintain and verify, each recorded, then prune the
+    calendar cache to `calendar_cache_rows` (None: left alone); later steps run even when an
+    earlier one failed (each is safe alone). Skipped if another scheduler runs it now."""
     with psycopg.connect(url, autocommit=True) as lock:
         row = lock.execute("SELECT pg_try_advisory_lock(%s)", (NIGHTLY_LOCK,)).fetchone()
         if not row or not row[0]:
             log.warning("nightly job already running elsewhere; skipped")
             return _record_skipped(url, "nightly", "another scheduler is running the nightly job")
         try:
-            return run_job(url, "nightly", lambda: _nightly_steps(url, settings, today))
+            return run_job(
+                url, "nightly", lambda: _nightly_steps(url, settings, today, calendar_cache_rows)
+            )
         finally:
             lock.execute("SELECT pg_advisory_unlock(%s)", (NIGHTLY_LOCK,))
 
 
-def _nightly_steps(url: str, settings: LakeSettings, today: date | None) -> JobResult:
+def _nightly_steps(
+    url: str, settings: LakeSettings, today: date | None, calendar_cache_rows: int | None
+) -> JobResult:
     started = time.perf_counter()
     steps: list[tuple[str, Callable[[], JobResult]]] = [
         ("refresh", lambda: refresh_job(url)),
@@ -347,6 +370,8 @@ def _nightly_steps(url: str, settings: LakeSettings, today: date | None) -> JobR
         ("maintain", lambda: maintain_job(url, settings)),
         ("verify", lambda: verify_job(url, settings)),  # the nightly scrub
     ]
+    if calendar_cache_rows is not None:
+        steps.append(("prune_cache", lambda: prune_cache_job(url, calendar_cache_rows)))
     results: dict[str, JobResult] = {}
     errors: list[str] = []
     for name, step in steps:

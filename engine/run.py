@@ -394,7 +394,7 @@ class Engine:
             return self._read(
                 lambda conn: calendarcache.read(conn, work.query, work.table), lambda: None
             )
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             log.warning("calendar cache unreadable, computing every bucket: %s", exc)
             return None
 

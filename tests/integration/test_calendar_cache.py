@@ -25,6 +25,7 @@ from sync.calendar_cache import prune_calendar_cache
 from sync.export import sync_to_lake
 from sync.ingest import ingest_tables
 from sync.rollups import refresh_rollups
+from sync.tiering import tier_warm_store
 from sync.zones import DAWN, ZoneChange, record
 
 USER = 1
@@ -221,6 +222,22 @@ def test_a_backfill_replacing_a_day_changes_the_next_answer(
         ]
     finally:
         built.close()
+
+
+def test_tiering_keeps_the_entries_and_a_late_row_into_a_tiered_day_misses(
+    engine: Engine, flavour_url: str
+) -> None:
+    """Tiering moves rows without changing them: the change numbers, and so the entries,
+    stay. An ingest into a tiered day rehydrates it and takes a new number."""
+    ask(engine)
+    tiered = tier_warm_store(flavour_url, engine.lake, older_than_days=5, today=TODAY)
+    assert tiered.days == 2  # UTC 03-10 and 03-11
+    assert ask(engine) == (whole_days(), {"hits": 3, "misses": 0})
+    ingest_tables(flavour_url, [minutes(datetime(2024, 3, 11, 2, 0, tzinfo=UTC), 1, 9.0, 1)])
+    answer, cache = ask(engine)
+    assert cache == {"hits": 1, "misses": 2}
+    assert answer[0] == (KOLKATA_DAY[0], "Asia/Kolkata", 1441, 1449.0, 1.0, 9.0)
+    assert answer[1:] == whole_days()[1:]
 
 
 def test_with_the_cache_off_nothing_is_stored(flavour_url: str, tmp_path: Path) -> None:

@@ -98,7 +98,7 @@ class CacheRead:
     rebucket.partials gives), and which (bucket, metric) pairs must be computed."""
 
     metrics: tuple[str, ...]  # the request's, in order: key = bucket * len(metrics) + index
-    seqs: dict[tuple[int, int], int]  # (user, epoch day) -> change_seq, read first
+    seqs: dict[tuple[int, int], int]  # (user, epoch day) -> change_seq, read before the misses
     hit: np.ndarray  # bool per key
     hits: pa.Table  # runs of the hits holding rows (count > 0)
 

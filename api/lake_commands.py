@@ -322,7 +322,11 @@ def scheduler_command(args: argparse.Namespace, ctx: Context) -> int:
     for name in ("sync", "apscheduler"):
         logging.getLogger(name).setLevel(logging.INFO)
     if args.once:
-        result = jobs.nightly_job(ctx.url, ctx.settings.lake)
+        result = jobs.nightly_job(
+            ctx.url,
+            ctx.settings.lake,
+            calendar_cache_rows=ctx.settings.query.calendar_cache_rows,
+        )
         console.print(
             f"nightly job: {result.status}" + (f" ({result.error})" if result.error else "")
         )

@@ -60,6 +60,7 @@ class QuerySettings:
     max_users: int
     default_tz: str = "UTC"  # the zone of participants without a zone history
     warm_rollup_rows: int = 10_000  # 1h/1d answers up to this many rows: the warm store alone
+    calendar_cache_rows: int = 10_000_000  # calendar buckets kept computed; 0: none
 
 
 @dataclass(frozen=True)
@@ -401,6 +402,16 @@ SETTINGS: tuple[Setting, ...] = (
         "~3 us a row, the lake's few large rollup files little more per row than per file). "
         "0: the lake wherever it holds the days",
         field="query.warm_rollup_rows",
+    ),
+    Setting(
+        name="STRATUM_CALENDAR_CACHE_ROWS",
+        default="10000000",
+        parse=integer(minimum=0),
+        meaning="calendar buckets (local days, weeks, months per participant and metric) kept "
+        "computed in the warm store's calendar_cache, so a repeated calendar answer reads them "
+        "instead of 1m/1h rows; the nightly job drops the oldest beyond this many. 0: none "
+        "kept, every calendar answer is computed from the rows",
+        field="query.calendar_cache_rows",
     ),
     Setting(
         name="STRATUM_MAX_USERS",

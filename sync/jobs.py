@@ -21,6 +21,7 @@ from engine.settings import LakeSettings
 from lake import Lake
 from lake.integrity import file_days, file_digest
 from sync import backfill
+from sync.calendar_cache import prune_calendar_cache
 from sync.catalog_changes import KEPT, prune_catalog_changes
 from sync.columnstore import compress_warm_store
 from sync.export import Progress, SyncResult, sync_to_lake
@@ -91,6 +92,17 @@ def refresh_job(url: str) -> JobResult:
         )
 
     return run_job(url, "refresh", body)
+
+
+def prune_cache_job(url: str, max_rows: int) -> JobResult:
+    """Drop the oldest calendar-cache entries beyond `max_rows` (rows: how many)."""
+
+    def body() -> JobResult:
+        started = time.perf_counter()
+        dropped = prune_calendar_cache(url, max_rows)
+        return JobResult("prune_cache", rows=dropped, seconds=time.perf_counter() - started)
+
+    return run_job(url, "prune_cache", body)
 
 
 def _from_sync(result: SyncResult) -> JobResult:
@@ -330,10 +342,16 @@ def repair_job(url: str, settings: LakeSettings, *, today: date | None = None) -
 
 
 def nightly_job(
-    url: str, settings: LakeSettings, *, today: date | None = None, lake: Lake | None = None
+    url: str,
+    settings: LakeSettings,
+    *,
+    today: date | None = None,
+    lake: Lake | None = None,
+    calendar_cache_rows: int | None = None,
 ) -> JobResult:
-    """Refresh rollups, sync, tier, maintain and verify, each recorded; later steps run even
-    when an earlier one failed (each is safe alone). Skipped if another scheduler runs it now.
+    """Refresh rollups, sync, tier, maintain and verify, each recorded, then prune the
+    calendar cache to `calendar_cache_rows` (None: left alone); later steps run even when an
+    earlier one failed (each is safe alone). Skipped if another scheduler runs it now.
 
     `lake`: the steps share it (default: a new one for this run). The scheduler passes one
     Lake for its whole life, so each night reads only the lake's new commits: opening a
@@ -345,12 +363,22 @@ def nightly_job(
             log.warning("nightly job already running elsewhere; skipped")
             return _record_skipped(url, "nightly", "another scheduler is running the nightly job")
         try:
-            return run_job(url, "nightly", lambda: _nightly_steps(url, settings, today, lake))
+            return run_job(
+                url,
+                "nightly",
+                lambda: _nightly_steps(url, settings, today, lake, calendar_cache_rows),
+            )
         finally:
             lock.execute("SELECT pg_advisory_unlock(%s)", (NIGHTLY_LOCK,))
 
 
-def _nightly_steps(url: str, settings: LakeSettings, today: date | None, lake: Lake) -> JobResult:
+def _nightly_steps(
+    url: str,
+    settings: LakeSettings,
+    today: date | None,
+    lake: Lake,
+    calendar_cache_rows: int | None,
+) -> JobResult:
     started = time.perf_counter()
     steps: list[tuple[str, Callable[[], JobResult]]] = [
         ("refresh", lambda: refresh_job(url)),
@@ -360,6 +388,8 @@ def _nightly_steps(url: str, settings: LakeSettings, today: date | None, lake: L
         ("maintain", lambda: maintain_job(url, settings, lake)),
         ("verify", lambda: verify_job(url, settings, lake)),  # the nightly scrub
     ]
+    if calendar_cache_rows is not None:
+        steps.append(("prune_cache", lambda: prune_cache_job(url, calendar_cache_rows)))
     results: dict[str, JobResult] = {}
     errors: list[str] = []
     for name, step in steps:

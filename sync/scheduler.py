@@ -1,9 +1,9 @@
 """APScheduler wiring (`stratum scheduler`), and nothing else: the jobs live in sync/jobs.py.
 
 Two jobs, in UTC: the nightly job (refresh, sync, tier, compress, maintain, verify: the lake
-scrub) at STRATUM_NIGHTLY_CRON, and an hourly rollup refresh. Neither runs twice at once
-(max_instances=1), missed runs collapse into one (coalesce) and start only within
-STRATUM_MISFIRE_GRACE_S of their time.
+scrub; then the calendar cache pruned) at STRATUM_NIGHTLY_CRON, and an hourly rollup
+refresh. Neither runs twice at once (max_instances=1), missed runs collapse into one
+(coalesce) and start only within STRATUM_MISFIRE_GRACE_S of their time.
 Two schedulers may run side by side: the nightly job takes an advisory lock and the sync
 and tiering steps another, so only one of them does the work. On start the nightly job runs
 at once when its last success is over a day old (the machine was down at 02:00).
@@ -70,7 +70,10 @@ def build_scheduler(
         nightly_trigger(settings.scheduler.nightly_cron),
         args=(url, settings.lake),
         # One Lake for the scheduler's life: each night reads only the new commits.
-        kwargs={"lake": Lake(settings.lake.path)},
+        kwargs={
+            "lake": Lake(settings.lake.path),
+            "calendar_cache_rows": settings.query.calendar_cache_rows,
+        },
         id="nightly",
         name="nightly: refresh, sync, tier, compress, maintain, verify",
         replace_existing=True,

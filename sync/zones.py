@@ -1,8 +1,9 @@
 """The write side of participants' time zones (`stratum tz set`, `stratum tz load`).
 
 Entries are upserts keyed by (user, valid_from): setting a zone again from the same instant
-replaces it. Answers read the history at each request, so an edit applies at once; nothing
-is precomputed from it.
+replaces it. Answers read the history at each request, so an edit applies at once: the
+calendar cache (engine/calendarcache.py) holds buckets by their UTC interval, and the
+intervals an edit makes are new ones, so nothing needs invalidating here.
 """
 
 from __future__ import annotations

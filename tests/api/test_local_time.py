@@ -167,13 +167,16 @@ def test_weeks_and_months_in_utc(client: TestClient) -> None:
     assert month["day_minutes"] == 31 * 1440
 
 
-def test_plan_names_the_exact_tier(client: TestClient) -> None:
+def test_plan_names_the_exact_tier(client: TestClient, zones_url: str) -> None:
+    with psycopg.connect(zones_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM calendar_cache")  # what earlier tests asked is cached
     common = {"metric": "steps", "start": "2024-03-14", "end": "2024-03-16", "tz": "local"}
     kolkata = client.get("/plan", params={**common, "user_id": str(KOLKATA), "resolution": "1d"})
     assert kolkata.status_code == 200, kolkata.text
     plan = kolkata.json()
     assert plan["resolution"] == "1d" and plan["calendar"]["tier"] == "1m"
     assert plan["calendar"]["zones"] == ["Asia/Kolkata"] and plan["query"]["tz"] == "local"
+    assert plan["calendar"]["cache"] == {"hits": 0, "misses": 2}
     # Kolkata's 03-14 and 03-15 span UTC 03-13 18:30 .. 03-15 18:30: three UTC days are read.
     (segment,) = plan["segments"]
     assert (segment["start"], segment["end"], segment["source"]) == (
@@ -183,6 +186,27 @@ def test_plan_names_the_exact_tier(client: TestClient) -> None:
     )
     new_york = client.get("/plan", params={**common, "user_id": str(NEW_YORK), "resolution": "1d"})
     assert new_york.json()["calendar"]["tier"] == "1h"  # whole-hour offsets
+
+
+def test_plan_counts_cache_hits_and_reads_only_the_misses(
+    client: TestClient, zones_url: str
+) -> None:
+    with psycopg.connect(zones_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM calendar_cache")
+    params = {"user_id": str(KOLKATA), "metric": "steps", "resolution": "1d", "tz": "local"}
+    rows(client, **params, start="2024-03-14", end="2024-03-15")  # fills 03-14
+    plan = client.get("/plan", params={**params, "start": "2024-03-14", "end": "2024-03-16"})
+    assert plan.json()["calendar"]["cache"] == {"hits": 1, "misses": 1}
+    # Only Kolkata's 03-15 (UTC 03-14 18:30 .. 03-15 18:30) is read.
+    (segment,) = plan.json()["segments"]
+    assert (segment["start"], segment["end"]) == (
+        "2024-03-14T18:30:00+00:00",
+        "2024-03-15T18:30:00+00:00",
+    )
+    rows(client, **params, start="2024-03-14", end="2024-03-16")
+    plan = client.get("/plan", params={**params, "start": "2024-03-14", "end": "2024-03-16"})
+    assert plan.json()["calendar"]["cache"] == {"hits": 2, "misses": 0}
+    assert plan.json()["segments"] == []
 
 
 def test_cursor_pages_of_a_calendar_answer(client: TestClient) -> None:

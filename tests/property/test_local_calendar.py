@@ -2,7 +2,9 @@
 
 For random rows, zone histories (zones at :30, :45 and :45 past +13, DST in both
 hemispheres, changes mid-history, at odd instants), lake watermarks, late rows, spans and
-buckets (1d, 1w, 1mo), the engine's tz=local (or named-zone) answer equals the reference:
+buckets (1d, 1w, 1mo), the engine's tz=local (or named-zone) answer equals the reference,
+asked before the late rows and zone-history edits, and twice after them (the calendar cache
+cold, then warm):
 each raw row counted in the local bucket of its own instant, in the zone its participant had
 then, a zone change cutting a bucket in two. Counts, minima and maxima exact; sums too
 (integral values).
@@ -52,7 +54,10 @@ ZONES = (
     "Europe/London",
     "Pacific/Kiritimati",  # +14
 )
-TABLES = "raw_data, data_1m, data_1h, data_1d, day_state, day_counts, lake_days, tz_history"
+TABLES = (
+    "raw_data, data_1m, data_1h, data_1d, day_state, day_counts, lake_days, tz_history, "
+    "calendar_cache"
+)
 
 # Seconds after UTC midnight at which some zone's local day starts (offsets of ZONES, their
 # DST ones included), where a wrong day boundary shows: rows are drawn around them.
@@ -175,6 +180,7 @@ def fresh_url(pg_servers: Servers) -> Iterator[str]:
     first=st.lists(sample, min_size=1, max_size=80),
     late=st.lists(sample, max_size=15),
     changes=st.lists(change, max_size=4),
+    edits=st.lists(change, max_size=2),
     default=st.sampled_from(ZONES),
     named=st.one_of(st.none(), st.sampled_from(ZONES[1:])),
     grace=st.integers(20, 60),  # days left out of the lake: 20 exports most, 60 none
@@ -186,6 +192,7 @@ def test_local_buckets_equal_zoneinfo_reference(
     first: list,
     late: list,
     changes: list,
+    edits: list,
     default: str,
     named: str | None,
     grace: int,
@@ -205,19 +212,22 @@ def test_local_buckets_equal_zoneinfo_reference(
             truth[(u, m, BASE + timedelta(seconds=s))] = v
 
     histories: dict[int, list[tuple[datetime, str]]] = defaultdict(list)
-    zone_changes = []
-    for user, seconds, tz in changes:
-        when = BASE + timedelta(seconds=seconds)
-        histories[user] = [h for h in histories[user] if h[0] != when] + [(when, tz)]
-        zone_changes.append(ZoneChange(user, when, tz))
-    record(url, zone_changes)
+
+    def move(listed: list) -> None:
+        zone_changes = []
+        for user, seconds, tz in listed:
+            when = BASE + timedelta(seconds=seconds)
+            histories[user] = [h for h in histories[user] if h[0] != when] + [(when, tz)]
+            zone_changes.append(ZoneChange(user, when, tz))
+        record(url, zone_changes)
+
+    move(changes)
 
     deliver(first)
     refresh_rollups(url)
     engine = Engine(load_settings({"STRATUM_HOME": str(home), "STRATUM_DEFAULT_TZ": default}), url)
     try:
         sync_to_lake(url, engine.lake, grace_days=grace, batch_days=5, today=TODAY)
-        deliver(late)  # late rows, possibly into synced days; rollups lag them
         lo, length = window
         local_from = BASE.date() + timedelta(days=lo)
         local_to = local_from + timedelta(days=length)
@@ -238,10 +248,19 @@ def test_local_buckets_equal_zoneinfo_reference(
         query = build_query(
             {k: [v] for k, v in params.items()}, engine.settings.query, principal=LOCAL_ADMIN
         )
+        # Asked before the late rows (filling the calendar cache), then after them twice:
+        # cold for the days they touched, then warm.
+        before = reference(truth, histories_used, default_used, bucket, local_from, local_to)
+        assert answer(engine, params) == before
+        deliver(late)  # late rows, possibly into synced days; rollups lag them
+        move(edits)  # zone-history edits after the answer was cached
         plan = engine.plan(query)
         event(f"tier {plan.calendar['tier'] if plan.calendar else '-'}; {'+'.join(plan.sources)}")
         expected = reference(truth, histories_used, default_used, bucket, local_from, local_to)
         assert answer(engine, params) == expected
+        assert answer(engine, params) == expected
+        again = engine.plan(query).calendar
+        assert again is None or again["cache"] is None or again["cache"]["misses"] == 0
     finally:
         engine.close()
         shutil.rmtree(home, ignore_errors=True)

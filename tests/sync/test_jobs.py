@@ -183,6 +183,24 @@ def test_a_nightly_job_with_the_previous_nights_lake_reads_only_new_commits(
     assert_lake_equals_source(warm_url, Lake(settings.lake.path), before=TODAY)
 
 
+def test_the_nightly_job_prunes_the_calendar_cache_to_its_setting(
+    warm_url: str, settings: Settings
+) -> None:
+    with psycopg.connect(warm_url) as conn:
+        conn.execute(
+            "INSERT INTO calendar_cache (user_id, metric, start_ts, end_ts, count, sum, "
+            "day_seqs, filled_at) SELECT 1, 'steps', t, t + interval '1 day', 0, 0, '{}', t "
+            "FROM generate_series(timestamptz '2024-01-01', '2024-01-05', interval '1 day') t"
+        )
+    result = jobs.nightly_job(warm_url, settings.lake, today=TODAY, calendar_cache_rows=2)
+    assert result.status == "ok", result.error
+    runs = {r.job: r for r in recent_runs(warm_url)}
+    assert runs["prune_cache"].rows == 3
+    with psycopg.connect(warm_url) as conn:
+        kept = conn.execute("SELECT start_ts::date FROM calendar_cache ORDER BY 1").fetchall()
+    assert kept == [(date(2024, 1, 4),), (date(2024, 1, 5),)]  # the newest fills
+
+
 def test_second_nightly_job_is_skipped_while_one_runs(warm_url: str, settings: Settings) -> None:
     with psycopg.connect(warm_url, autocommit=True) as other:
         other.execute("SELECT pg_advisory_lock(%s)", (NIGHTLY_LOCK,))
@@ -234,6 +252,7 @@ def test_scheduler_wiring(warm_url: str, settings: Settings) -> None:
             assert (job.max_instances, job.coalesce, job.misfire_grace_time) == (1, True, 600)
         assert nightly.func is jobs.nightly_job and nightly.args == (warm_url, settings.lake)
         assert isinstance(nightly.kwargs["lake"], Lake)  # one for every night
+        assert nightly.kwargs["calendar_cache_rows"] == settings.query.calendar_cache_rows
         assert refresh.func is jobs.refresh_job
         assert nightly.next_run_time == NOW  # no successful run yet: catch up at once
     finally:

@@ -80,16 +80,21 @@ ORDER BY user_id, 2
 # sync/migrations/008, or loaded below the floor of pruned changes, 009), and as islands per
 # kind and user, the days written since their last sync ('unsynced') and those whose rollups
 # lag raw ('stale').
-_FRESH = """
+# A participant's catalog entry cached under `horizon` may be out of date: a catalog change
+# committed at or after it, or the entry was loaded below the floor of pruned changes (their
+# records may be gone). `user_id` and `horizon` name SQL expressions of the caller's query;
+# engine/direct.py asks the same in its own statement.
+ENTRY_OUTDATED = (
+    "{horizon} < (SELECT below FROM catalog_changes_floor) OR EXISTS (SELECT 1 FROM "
+    "catalog_changes c WHERE c.user_id = {user_id} AND c.xact_id >= ({horizon}::text)::xid8)"
+)
+_FRESH = f"""
 SELECT 'horizon' AS kind, NULL::int, NULL::date, NULL::date,
        (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint
 UNION ALL
 SELECT 'changed', p.user_id, NULL, NULL, NULL
 FROM unnest(%(cached)s::int[], %(horizons)s::bigint[]) AS p(user_id, horizon)
-WHERE EXISTS (
-    SELECT 1 FROM catalog_changes c
-    WHERE c.user_id = p.user_id AND c.xact_id >= (p.horizon::text)::xid8
-) OR p.horizon < (SELECT below FROM catalog_changes_floor)
+WHERE {ENTRY_OUTDATED.format(user_id="p.user_id", horizon="p.horizon")}
 UNION ALL
 SELECT kind, user_id, min(day), max(day), NULL FROM (
     SELECT kind, user_id, day,
@@ -106,7 +111,7 @@ SELECT kind, user_id, min(day), max(day), NULL FROM (
 ) AS numbered
 GROUP BY kind, user_id, grp
 ORDER BY 1, 2, 3
-"""
+"""  # noqa: S608 (constants only)
 # The cached part of participants' catalogs, as islands per kind, lake table and user: the
 # lake days the router may serve (current_lake_days, sync/migrations: verified and unchanged
 # since) with the newest Delta version they were verified at, the damaged lake days, and the

@@ -39,7 +39,7 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 
-from engine.catalog import CatalogSource
+from engine.catalog import ENTRY_OUTDATED, CatalogSource
 from engine.plan import Plan, Segment
 from engine.query import DataQuery, from_us
 from engine.shapes import schema_for
@@ -57,9 +57,8 @@ _STALE = (
     "AND day BETWEEN %(first)s AND %(last)s AND change_seq > refreshed_seq)"
 )
 _CHANGED = (
-    "EXISTS (SELECT 1 FROM unnest(%(users)s::int[], %(horizons)s::bigint[]) AS p(user_id, h) "
-    "WHERE p.h < (SELECT below FROM catalog_changes_floor) OR EXISTS (SELECT 1 FROM "
-    "catalog_changes c WHERE c.user_id = p.user_id AND c.xact_id >= (p.h::text)::xid8))"
+    "EXISTS (SELECT 1 FROM unnest(%(users)s::int[], %(horizons)s::bigint[]) AS p(user_id, h) "  # noqa: S608
+    f"WHERE {ENTRY_OUTDATED.format(user_id='p.user_id', horizon='p.h')})"
 )
 # Known to be longer than this path reads: the refresh counts every day's rows, and a span
 # holding part of its days is taken to hold that share of their rows (an estimate: a span of

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import date
+from typing import TypeVar
+
+_T = TypeVar("_T")
+
+
+def first_few(items: Sequence[_T], describe: Callable[[_T], str] = str, shown: int = 5) -> str:
+    """The first `shown` items described and joined, then "and N more": a refusal names what
+    it refuses without growing with it."""
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(describe(item) for item in items[:shown]) + more
 
 
 class StratumError(Exception):
@@ -129,15 +140,13 @@ class LakeDamaged(Unavailable):
     def __init__(
         self, tier: str, days: list[tuple[int, date, date]], reason: str | None = None
     ) -> None:
-        shown = ", ".join(
-            f"user {u} {first}" + ("" if last == first else f"..{last}")
-            for u, first, last in days[:10]
+        shown = first_few(
+            days, lambda d: f"user {d[0]} {d[1]}" + ("" if d[2] == d[1] else f"..{d[2]}"), 10
         )
-        more = f" and {len(days) - 10} more" if len(days) > 10 else ""
         reason = reason or (
             "is damaged and the warm store no longer holds those days; `stratum repair` "
             "lists what must be restored from a backup"
         )
-        super().__init__(f"the lake copy ({tier}) of {shown}{more} {reason}")
+        super().__init__(f"the lake copy ({tier}) of {shown} {reason}")
         self.tier = tier
         self.days = days

@@ -55,7 +55,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.errors import IngestRejected, SyncFailed
+from engine.errors import IngestRejected, SyncFailed, first_few
 from engine.tiers import RAW, TIERS
 from lake import Lake
 from lake.layout import data_schema
@@ -233,11 +233,10 @@ def backfill_files(
         seconds=time.perf_counter() - started,
     )
     if tally.failed:
-        shown = ", ".join(f"user {u} {d} {t}" for u, d, t in tally.failed[:_SHOWN])
+        shown = first_few(tally.failed, lambda f: f"user {f[0]} {f[1]} {f[2]}", _SHOWN)
         raise BackfillFailed(
-            f"lake read-back differs from the backfilled rows for {shown}"
-            f"{_more(len(tally.failed))}; those days stay marked and are not served from the "
-            "lake: run the backfill again",
+            f"lake read-back differs from the backfilled rows for {shown}; those days stay marked "
+            "and are not served from the lake: run the backfill again",
             result,
         )
     return result
@@ -314,8 +313,8 @@ def _rolled_up(
         yield lo, hi, batch, rollups(raw.filter(pa.array((packed >= lo) & (packed <= hi))))
 
 
-def _more(count: int) -> str:
-    return f" and {count - _SHOWN} more" if count > _SHOWN else ""
+def _user_days(pairs: Sequence[Pair]) -> str:
+    return first_few(pairs, lambda p: f"user {p[0]} {p[1]}", _SHOWN)
 
 
 def _check_days(
@@ -325,11 +324,10 @@ def _check_days(
     the days the lake alone holds (to be replaced)."""
     recent = [p for p in pairs if p[1] >= horizon]
     if recent:
-        shown = ", ".join(f"user {u} {d}" for u, d in recent[:_SHOWN])
         raise IngestRejected(
             str(path),
             None,
-            f"{shown}{_more(len(recent))}: backfill loads days before {horizon} (older than "
+            f"{_user_days(recent)}: backfill loads days before {horizon} (older than "
             f"the warm horizon of {older_than} days, STRATUM_TIER_OLDER_THAN_DAYS); load recent "
             "days with `stratum ingest`",
         )
@@ -338,11 +336,10 @@ def _check_days(
     rows = conn.execute(_HELD, ([u for u, _ in pairs], [d for _, d in pairs])).fetchall()
     warm = [(int(u), d) for u, d, held in rows if held]
     if warm:
-        shown = ", ".join(f"user {u} {d}" for u, d in warm[:_SHOWN])
         raise IngestRejected(
             str(path),
             None,
-            f"the warm store holds {shown}{_more(len(warm))}: backfill only loads or replaces "
+            f"the warm store holds {_user_days(warm)}: backfill only loads or replaces "
             "days that are in the lake alone; change those with `stratum ingest`, or let "
             "`stratum tier` move them to the lake first",
         )
@@ -523,9 +520,8 @@ def _stage(
                 if warm
             ]
             if held:
-                shown = ", ".join(f"user {u} {d}" for u, d in held[:_SHOWN])
                 raise SyncFailed(
-                    f"an ingest wrote {shown}{_more(len(held))} while the backfill ran: the warm "
+                    f"an ingest wrote {_user_days(held)} while the backfill ran: the warm "
                     "store holds those days now, so backfill stopped (earlier batches are "
                     "loaded); change them with `stratum ingest`"
                 )

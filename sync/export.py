@@ -35,7 +35,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.errors import SyncFailed
+from engine.errors import SyncFailed, first_few
 from engine.tiers import LAKE_TABLES, by_lake_table
 from engine.timestamps import midnight
 from lake import Lake, day_checksums, partition_of
@@ -211,10 +211,9 @@ def sync_to_lake(
         seconds=time.perf_counter() - started,
     )
     if tally.failed:
-        shown = ", ".join(f"user {u} {d} {t}" for u, d, t in tally.failed[:5])
-        more = f" and {len(tally.failed) - 5} more" if len(tally.failed) > 5 else ""
+        shown = first_few(tally.failed, lambda f: f"user {f[0]} {f[1]} {f[2]}")
         raise VerificationFailed(
-            f"lake read-back differs from the warm store for {shown}{more}; those days stay "
+            f"lake read-back differs from the warm store for {shown}; those days stay "
             "served from the warm store and pending",
             result,
         )

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.errors import SyncFailed
+from engine.errors import SyncFailed, first_few
 from lake import Lake
 from sync import rehydrate, timescale
 from sync.readers import CSV_BLOCK_BYTES, RAW_SCHEMA, read_validated
@@ -128,13 +128,11 @@ def _wait_for_backfills(cur: Any, users: list[int], lock_wait_s: float) -> None:
 
 
 def _named(users: list[int]) -> str:
-    shown = ", ".join(map(str, users[:_SHOWN]))
     if not users:  # the batch ended just after the wait
         return "the file's participants were"
     if len(users) == 1:
-        return f"participant {shown} is"
-    more = f" and {len(users) - _SHOWN} more" if len(users) > _SHOWN else ""
-    return f"participants {shown}{more} are"
+        return f"participant {users[0]} is"
+    return f"participants {first_few(users, shown=_SHOWN)} are"
 
 
 def last_per_key(table: pa.Table) -> pa.Table:

@@ -18,7 +18,7 @@ import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.errors import SyncFailed
+from engine.errors import SyncFailed, first_few
 from engine.tiers import RAW, TIERED, Tier
 from engine.timestamps import midnight
 from lake import Lake, partition_of
@@ -121,10 +121,9 @@ def _refuse_days_being_loaded(cur: adbc.Cursor) -> None:
     )
     loading = cur.fetchall()
     if loading:
-        shown = ", ".join(f"user {u} {d}" for u, d in loading[:_SHOWN])
-        more = f" and {len(loading) - _SHOWN} more" if len(loading) > _SHOWN else ""
+        shown = first_few(loading, lambda p: f"user {p[0]} {p[1]}", _SHOWN)
         raise SyncFailed(
-            f"{shown}{more} {'is' if len(loading) == 1 else 'are'} being loaded by stratum "
+            f"{shown} {'is' if len(loading) == 1 else 'are'} being loaded by stratum "
             "backfill, which was interrupted or could not verify them, so the lake may not "
             "hold them yet: run that backfill again, then this ingest (nothing of it was "
             "written)"

@@ -39,6 +39,7 @@ import pyarrow.ipc as ipc
 from benchmarks.cohort_build import DAYS, METRICS, USERS, WARM_DAYS, Shape, bar, build
 from benchmarks.cohort_report import SCAN_BUDGET, write_report
 from benchmarks.dataset import Dataset, bench_home, open_dataset
+from benchmarks.measure import median_ms
 from benchmarks.presets import PRESETS, Preset
 from benchmarks.server import ServedData, ServerProcess
 from benchmarks.suite import default_out_dir
@@ -54,16 +55,6 @@ FULL = Shape(USERS, DAYS)
 
 
 # -- measuring -----------------------------------------------------------------------------
-
-
-def _median_ms(action: Callable[[], object], repeats: int = REPEATS) -> float:
-    action()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
 
 
 def _params(
@@ -96,8 +87,8 @@ def one_year_raw(settings: Settings, url: str, last: date) -> dict[str, float]:
         params = _params([1], ["heart_rate"], last - timedelta(days=364), last, "raw")
         query = build_query(params, engine.settings.query, principal=LOCAL_ADMIN)
         return {
-            "latency_ms": _median_ms(_runner(engine, params)),
-            "catalog_plan_ms": _median_ms(lambda: engine.plan(query)),
+            "latency_ms": median_ms(_runner(engine, params), REPEATS),
+            "catalog_plan_ms": median_ms(lambda: engine.plan(query), REPEATS),
         }
     finally:
         engine.close()
@@ -113,8 +104,8 @@ def span_queries(settings: Settings, url: str, shape: Shape) -> dict[str, float]
         daily = _params(everyone, ["heart_rate"], first, shape.end, "1d")
         hourly = _params([1], METRICS, first, shape.end, "1h")
         return {
-            "daily_all_ms": _median_ms(_runner(engine, daily)),
-            "hourly_one_ms": _median_ms(_runner(engine, hourly)),
+            "daily_all_ms": median_ms(_runner(engine, daily), REPEATS),
+            "hourly_one_ms": median_ms(_runner(engine, hourly), REPEATS),
         }
     finally:
         engine.close()

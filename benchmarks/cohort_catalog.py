@@ -23,7 +23,6 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import numpy as np
 import psycopg
 import pyarrow as pa
 
+from benchmarks.measure import elapsed_ms, median_ms
 from engine.access import LOCAL_ADMIN
 from engine.query import DataQuery, build_query
 from engine.run import Engine
@@ -160,12 +160,6 @@ def _loads(engine: Engine) -> int:
     return int(getattr(engine.catalogs, "loads", 0))
 
 
-def _ms(action: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    action()
-    return (time.perf_counter() - started) * 1000
-
-
 def measure(url: str, lake_path: Path, home: Path) -> dict[str, float]:
     settings = load_settings(
         {
@@ -197,33 +191,30 @@ def measure(url: str, lake_path: Path, home: Path) -> dict[str, float]:
         plan = engine.plan(one)  # warm-up
         assert any(s.backend == "lake" for s in plan.segments), plan.segments
         figures: dict[str, float] = {}
-        figures["1 participant, steady"] = statistics.median(
-            _ms(lambda: engine.plan(one)) for _ in range(REPEATS)
-        )
+        figures["1 participant, steady"] = median_ms(lambda: engine.plan(one), REPEATS)
         other: list[float] = []
         own: list[float] = []
         loads = {"other": 0, "own": 0}
         for i in range(CHANGED_REPEATS):
             _reverify(url, 2 + i % (USERS - 1), FIRST + timedelta(days=i))
             before = _loads(engine)
-            other.append(_ms(lambda: engine.plan(one)))
+            other.append(elapsed_ms(lambda: engine.plan(one)))
             loads["other"] += _loads(engine) - before
             _reverify(url, 1, FIRST + timedelta(days=i))
             before = _loads(engine)
-            own.append(_ms(lambda: engine.plan(one)))
+            own.append(elapsed_ms(lambda: engine.plan(one)))
             loads["own"] += _loads(engine) - before
         print(f"participants loaded in {CHANGED_REPEATS} queries each: {loads}")
         figures["1 participant, after another participant's change"] = statistics.median(other)
         figures["1 participant, after its own change"] = statistics.median(own)
         everyone = query(",".join(map(str, range(1, USERS + 1))))
-        engine.plan(everyone)  # warm-up
-        figures[f"all {USERS} participants, steady"] = statistics.median(
-            _ms(lambda: engine.plan(everyone)) for _ in range(CHANGED_REPEATS)
+        figures[f"all {USERS} participants, steady"] = median_ms(
+            lambda: engine.plan(everyone), CHANGED_REPEATS
         )
         changed = []
         for i in range(CHANGED_REPEATS):
             _reverify(url, 2 + i, LAST - timedelta(days=i))
-            changed.append(_ms(lambda: engine.plan(everyone)))
+            changed.append(elapsed_ms(lambda: engine.plan(everyone)))
         figures[f"all {USERS} participants, after one participant's change"] = statistics.median(
             changed
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +13,19 @@ from benchmarks.backends import Backend, NotApplicable, Timed
 from benchmarks.presets import Preset
 from benchmarks.server import RssSampler
 from benchmarks.workloads import Case
+
+
+def elapsed_ms(action: Callable[[], object]) -> float:
+    """Wall time of one call, in milliseconds."""
+    started = time.perf_counter()
+    action()
+    return (time.perf_counter() - started) * 1000
+
+
+def median_ms(action: Callable[[], object], repeats: int) -> float:
+    """Median of `repeats` timed calls after one untimed warm-up call."""
+    action()
+    return statistics.median(elapsed_ms(action) for _ in range(repeats))
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from benchmarks.backends import Backend, Timed
+from benchmarks.backends import Backend, HttpStatusError, Timed
 from benchmarks.dataset import Dataset, drop_database, ingest_file, sync_until
 from benchmarks.measure import percentile
 from benchmarks.server import RssSampler, ServerProcess
@@ -31,15 +31,15 @@ from sync.schema import init_schema
 
 
 def _status_of(exc: BaseException) -> str:
-    if isinstance(exc, httpx.HTTPStatusError):
-        return str(exc.response.status_code)
+    if isinstance(exc, HttpStatusError):
+        return str(exc.status)
     return type(exc).__name__
 
 
 def _retry_after(exc: BaseException) -> float:
-    if isinstance(exc, httpx.HTTPStatusError):
+    if isinstance(exc, HttpStatusError):
         try:
-            return float(exc.response.headers.get("retry-after", "1"))
+            return float(exc.headers.get("retry-after", "1"))
         except ValueError:
             return 1.0
     return 1.0

@@ -898,7 +898,9 @@ def render(results: dict[str, Any], plot: Path | None) -> str:
         "(sorted by metric, ts; what a scan of these rows costs at best, whatever the lake's "
         "file layout); `÷ warm raw` by psycopg `fetchall()` over raw_data (the "
         "original design). Below 1 is faster. Bare DuckDB times exclude listing the files; "
-        "every other backend's time is end to end."
+        "every other backend's time is end to end. The HTTP backends read with the standard "
+        "library's http.client over a kept-alive connection (httpx spends ~10x longer reading "
+        "a large body on loopback, which would time the client library, not the server)."
     )
     lines.append("")
     lines.append("Backends:")

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from engine.m4 import M4, duckdb_sql
 from engine.plan import Segment
 from engine.query import Key, from_us, to_us
 from engine.settings import MemorySettings
-from engine.shapes import conform, schema_for
+from engine.shapes import TS, conform, schema_for
 from engine.timestamps import midnight
-from lake import LakeFile, LakeFiles, LakeStorage, lake_scan
+from lake import LakeFile, LakeFiles, LakeStorage, lake_scan, read_measures
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,14 @@ class ScanTuning:
     # series-by-series queries it needs: the sort reads every row of the files (a deep page's
     # whole participant), the series queries only the files from where the page starts.
     query_rows: int = 65_536
+    # Answers whose files hold at most this many rows (by their statistics), in at most
+    # `small_files` files, are read with pyarrow, not DuckDB: a DuckDB query costs ~2.5 ms
+    # to bind and submit before it reads a row, more than reading a small file (one
+    # participant-day of raw rows, 6,581 in one file: the engine's answer 2.0 ms this way,
+    # 4.0 through DuckDB). pyarrow reads files one after another and whole, DuckDB in
+    # parallel and only the row groups asked: at 7-10 files the two were even.
+    small_rows: int = 32_768
+    small_files: int = 4
 
 
 DEFAULT_TUNING = ScanTuning()
@@ -144,6 +153,61 @@ def _run(
         reader.close()  # a page stops early: the scan's dataset can then be dropped
 
 
+def _small(files: tuple[LakeFile, ...], tuning: ScanTuning) -> bool:
+    if len(files) > tuning.small_files or any(f.rows < 0 for f in files):
+        return False
+    return sum(f.rows for f in files) <= tuning.small_rows
+
+
+def _read_small(
+    storage: LakeStorage,
+    segment: Segment,
+    files: tuple[LakeFile, ...],
+    metrics: tuple[str, ...],
+    after: Key | None,
+    limit: int | None,
+) -> Iterator[pa.RecordBatch]:
+    """The rows DuckDB's one query would give, read file by file with pyarrow: files come in
+    (user, day) order and hold rows sorted by (metric, ts), so one metric needs no sort."""
+    start, end = pa.scalar(segment.start, TS), pa.scalar(segment.end, TS)
+    asked = pa.array(metrics, pa.string())
+    parts = []
+    for lake_file in files:
+        table = read_measures(storage, segment.source, lake_file.path)
+        keep = pc.and_(
+            pc.is_in(table["metric"], value_set=asked),
+            pc.and_(pc.greater_equal(table["ts"], start), pc.less(table["ts"], end)),
+        )
+        if after is not None and lake_file.user_id == after.user_id:
+            later = pc.or_(
+                pc.greater(table["metric"], after.metric),
+                pc.and_(
+                    pc.equal(table["metric"], after.metric),
+                    pc.greater(table["ts"], pa.scalar(from_us(after.ts_us), TS)),
+                ),
+            )
+            keep = pc.and_(keep, later)
+        elif after is not None and lake_file.user_id < after.user_id:
+            continue
+        table = table.filter(keep)
+        user = pa.repeat(pa.scalar(lake_file.user_id, pa.int32()), table.num_rows)
+        parts.append(table.add_column(0, "user_id", user))
+    if not parts:
+        return
+    rows = pa.concat_tables(parts)
+    if len(metrics) > 1:
+        rows = rows.sort_by([(name, "ascending") for name in ("user_id", "metric", "ts")])
+    if limit is not None:
+        rows = rows.slice(0, limit)
+    if segment.resolution != "raw":  # DuckDB's `sum / count AS avg`
+        avg = pc.divide(rows["sum"], pc.cast(rows["count"], pa.float64()))
+        rows = rows.append_column("avg", avg)
+    schema = schema_for(segment.resolution)
+    for batch in rows.select(schema.names).to_batches(BATCH_ROWS):
+        if batch.num_rows:
+            yield conform(batch, schema)
+
+
 def _chunks(
     files: tuple[LakeFile, ...], limited: bool, first: int
 ) -> Iterator[tuple[LakeFile, ...]]:
@@ -219,6 +283,10 @@ def stream_lake(
         files = _resumed(files, metrics, after)
         if not files:
             return
+    if _small(files, tuning):
+        log.debug("lake read of %d small files with pyarrow", len(files))
+        yield from _read_small(storage, segment, files, metrics, after, limit)
+        return
     if _one_query(files, metrics, limit, tuning):
         # One order-preserving scan, or one sort of a small answer: a single query.
         log.debug("lake scan of %d files in one query", len(files))

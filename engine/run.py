@@ -730,12 +730,18 @@ class Engine:
         m4: M4 | None,
     ) -> Iterator[pa.RecordBatch]:
         """A file damaged after this process verified it (same size and mtime: bit rot) can
-        still fail in DuckDB: a 503, never a 500, and the files are checked again next time."""
+        still fail in DuckDB (or pyarrow, for small answers): a 503, never a 500, and the files
+        are checked again next time."""
         try:
             yield from stream_lake(
                 self.duck, self.lake.storage, segment, metrics, after, limit, self.scan_tuning, m4
             )
-        except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+        except (
+            duckdb.IOException,
+            duckdb.InvalidInputException,
+            pa.ArrowException,
+            OSError,
+        ) as exc:
             raise self._unreadable(segment, exc) from None
 
     def _unreadable(self, segment: Segment, exc: Exception) -> LakeDamaged:

@@ -4,6 +4,7 @@ from lake.checksum import day_checksums
 from lake.duck import lake_relation, lake_scan, scan_sql
 from lake.layout import TIERS, partition_columns, partition_of, tier_schema
 from lake.maintenance import CompactResult, VacuumResult
+from lake.read import read_measures
 from lake.snapshot import LakeFile, LakeFiles
 from lake.storage import LakeStorage
 from lake.store import Lake
@@ -21,6 +22,7 @@ __all__ = [
     "lake_scan",
     "partition_columns",
     "partition_of",
+    "read_measures",
     "scan_sql",
     "tier_schema",
 ]

@@ -8,8 +8,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lake import extremes
-from lake.layout import PartitionKey, data_schema, file_schema
+from lake.layout import PartitionKey, data_schema, file_schema, value_columns
 from lake.storage import LakeStorage
+
+
+def read_measures(storage: LakeStorage, tier: str, path: str) -> pa.Table:
+    """metric, ts and the tier's measures of one file, min/max restored; no partition
+    columns and no page-checksum verification (the query path's read, as DuckDB's is)."""
+    with storage.open(path) as handle:
+        table = pq.ParquetFile(handle).read(columns=["metric", "ts", *value_columns(tier)])
+    return extremes.restored(table)
 
 
 def read_partition_file(

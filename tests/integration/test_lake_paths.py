@@ -1,5 +1,6 @@
-"""The lake executor's two strategies (one sorted query, or series by series in file order
-with growing file chunks) give the same answers, pages and cursor walks."""
+"""The lake executor's strategies (one sorted DuckDB query, series by series in file order
+with growing file chunks, or small answers read with pyarrow) give the same answers, pages
+and cursor walks."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from sync.generate import generate_cohort
 from sync.ingest import ingest_tables
 from sync.rollups import refresh_rollups
 
+DUCKDB_ONLY = ScanTuning(small_rows=0)
+
 
 @pytest.fixture
 def engine(warm_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
@@ -28,7 +31,8 @@ def engine(warm_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
         warm_url, generate_cohort(3, 6, date(2024, 5, 1), seed=3, metrics=metrics, every_s=120)
     )
     refresh_rollups(warm_url)
-    engine = Engine(load_settings({"STRATUM_HOME": str(tmp_path)}), warm_url)
+    # DuckDB for every answer; small ones are compared with it below.
+    engine = Engine(load_settings({"STRATUM_HOME": str(tmp_path)}), warm_url, DUCKDB_ONLY)
     sync_to_lake(warm_url, engine.lake, grace_days=1, batch_days=8, today=date(2024, 5, 6))
     yield engine
     engine.close()
@@ -77,7 +81,9 @@ def test_series_scans_equal_one_sorted_query(
     sorted_whole, _ = run(engine, page_size="0")
     sorted_pages = [run(engine, page_size="700", page_number=str(n))[0] for n in (1, 5, 9)]
     # The same data, read series by series (nothing counts as small) in runs of one file.
-    series = Engine(engine.settings, warm_url, ScanTuning(sort_rows=0, first_chunk_files=1))
+    series = Engine(
+        engine.settings, warm_url, ScanTuning(sort_rows=0, first_chunk_files=1, small_rows=0)
+    )
     try:
         with caplog.at_level(logging.DEBUG, logger="engine.lakeexec"):
             series_whole, _ = run(series, page_size="0")
@@ -97,7 +103,7 @@ def test_deep_pages_of_several_metrics_read_series_from_their_day(
     # files; when that costs more than the queries of the series the page spans (here any
     # query costs what 1,000 rows do), the page is read series by series from its day.
     whole, _ = run(engine, page_size="0")
-    costly = Engine(engine.settings, warm_url, ScanTuning(query_rows=1_000))
+    costly = Engine(engine.settings, warm_url, ScanTuning(query_rows=1_000, small_rows=0))
     try:
         for number in (1, 9, 20):
             caplog.clear()
@@ -127,3 +133,44 @@ def test_a_deep_page_of_one_metric_opens_no_file_before_its_day(
     assert page[0]["user_id"] == 3 and first_day >= date(2024, 5, 3)
     days_read = (date(2024, 5, 4) - first_day).days + 1
     assert f"lake scan of {days_read} files in one query" in caplog.text
+
+
+@pytest.mark.parametrize("resolution", ["raw", "1m", "1h"])
+def test_small_answers_read_with_pyarrow_equal_duckdbs(
+    engine: Engine, warm_url: str, resolution: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Hourly answers from the lake too (small ones are otherwise the warm store's), and
+    # everything counts as small: every answer below is read file by file with pyarrow.
+    settings = load_settings(
+        {"STRATUM_HOME": str(engine.settings.database.home), "STRATUM_WARM_ROLLUP_ROWS": "0"}
+    )
+    duck = Engine(settings, warm_url, DUCKDB_ONLY)
+    small = Engine(settings, warm_url, ScanTuning(small_rows=10**9, small_files=10**6))
+    asked = [
+        {"resolution": resolution},  # three participants, three metrics: sorted
+        {"resolution": resolution, "metric": "steps"},  # one metric: file order
+        {"resolution": resolution, "user_id": "2", "start": "2024-05-02T13:17:05Z"},
+    ]
+    try:
+        for extra in asked:
+            whole, _ = run(duck, page_size="0", **extra)
+            caplog.clear()
+            with caplog.at_level(logging.DEBUG, logger="engine.lakeexec"):
+                assert run(small, page_size="0", **extra)[0] == whole
+            assert "with pyarrow" in caplog.text and "query" not in caplog.text
+            assert len(whole) > 100
+            for number in (1, 3, 7):
+                page, _ = run(small, page_size="97", page_number=str(number), **extra)
+                assert page == whole[(number - 1) * 97 : number * 97]
+            assert walk_with(small, 211, extra) == whole
+    finally:
+        small.close()
+        duck.close()
+
+
+def walk_with(engine: Engine, page_size: int, extra: dict[str, str]) -> list[dict]:
+    rows, cursor = run(engine, page_size=str(page_size), **extra)
+    while cursor:
+        more, cursor = run(engine, page_size=str(page_size), cursor=cursor, **extra)
+        rows += more
+    return rows

@@ -317,9 +317,10 @@ class HttpStatusError(Exception):
 class Loopback:
     """GETs over one kept-alive stdlib connection: the HTTP backends' instrument.
 
-    Not httpx: it reads a body 64 KiB at a time through h11, which on loopback costs ~100 ms
-    per 13 MB against 8 ms for http.client's reads (measured side by side, one machine), so
-    a 1-year Arrow answer would time the client library more than the server."""
+    Not httpx: it reads a body 64 KiB at a time through h11. On loopback, side by side, a
+    13.6 MB chunked body (as /data streams) took httpx 50-56 ms and http.client 19-35 ms (a
+    Content-Length one 86-125 ms and 8-12 ms): part of a 1-year Arrow answer's time would be
+    the client library's, not the server's."""
 
     def __init__(self, base_url: str, key: str, timeout: float = 600.0) -> None:
         address = urlsplit(base_url)

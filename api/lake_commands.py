@@ -1,11 +1,12 @@
 """The lake jobs from the CLI: `stratum sync`, `sync status`, `backfill`, `tier`, `db compress`,
-`maintain`, `verify`, `repair`, `scheduler`."""
+`maintain`, `verify`, `repair`, `prefill`, `scheduler`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, date
 from pathlib import Path
@@ -17,7 +18,9 @@ from rich.text import Text
 
 from api.argtypes import non_negative, positive
 from api.console import Context, console, progress
+from engine.calendarprefill import PrefillResult, mark_all_pending, prefill_calendar
 from engine.errors import SyncFailed
+from engine.run import Engine
 from engine.tiers import TIERS
 from lake import Lake
 from sync import jobs
@@ -125,6 +128,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="re-export damaged lake days the warm store holds; list what needs a backup",
     )
     repair.set_defaults(run=repair_command)
+
+    prefill = sub.add_parser(
+        "prefill",
+        help="compute the calendar cache's local days for the days changed since the last "
+        "prefill (the nightly job's step; $STRATUM_CALENDAR_PREFILL)",
+    )
+    prefill.add_argument(
+        "--all",
+        action="store_true",
+        help="every day, not only the changed ones (after adding a zone to the setting)",
+    )
+    prefill.set_defaults(run=prefill_command)
 
     scheduler = sub.add_parser(
         "scheduler", help="run the nightly sync and the hourly rollup refresh (UTC)"
@@ -318,15 +333,51 @@ def _print_damage(rows: list[tuple[int, str, date, str]]) -> None:
     console.print(table)
 
 
+@contextmanager
+def _calendar_prefill(ctx: Context) -> Iterator[Callable[[], PrefillResult] | None]:
+    """The nightly prefill over an engine of its own (None: the setting or the cache is off)."""
+    zones = ctx.settings.query.calendar_prefill
+    if not zones or not ctx.settings.query.calendar_cache_rows:
+        yield None
+        return
+    url = ctx.url
+    engine = Engine(ctx.settings, url)
+    try:
+        yield lambda: prefill_calendar(engine, url, zones)
+    finally:
+        engine.close()
+
+
+def prefill_command(args: argparse.Namespace, ctx: Context) -> int:
+    with _calendar_prefill(ctx) as prefill:
+        if prefill is None:
+            console.print(
+                "no prefill: STRATUM_CALENDAR_PREFILL is none or STRATUM_CALENDAR_CACHE_ROWS is 0"
+            )
+            return 0
+        if args.all:
+            console.print(f"{mark_all_pending(ctx.url)} days marked for the prefill")
+        result = jobs.prefill_cache_job(ctx.url, prefill)
+    done = result.detail
+    assert isinstance(done, PrefillResult)
+    console.print(
+        f"prefilled {done.days} participant-days in {done.requests} requests: "
+        f"{done.computed} entries computed, {done.hits} already cached; {done.seconds:.1f}s"
+    )
+    return 0
+
+
 def scheduler_command(args: argparse.Namespace, ctx: Context) -> int:
-    for name in ("sync", "apscheduler"):
+    for name in ("sync", "apscheduler", "engine.calendarprefill"):
         logging.getLogger(name).setLevel(logging.INFO)
     if args.once:
-        result = jobs.nightly_job(
-            ctx.url,
-            ctx.settings.lake,
-            calendar_cache_rows=ctx.settings.query.calendar_cache_rows,
-        )
+        with _calendar_prefill(ctx) as prefill:
+            result = jobs.nightly_job(
+                ctx.url,
+                ctx.settings.lake,
+                calendar_cache_rows=ctx.settings.query.calendar_cache_rows,
+                prefill=prefill,
+            )
         console.print(
             f"nightly job: {result.status}" + (f" ({result.error})" if result.error else "")
         )
@@ -337,7 +388,8 @@ def scheduler_command(args: argparse.Namespace, ctx: Context) -> int:
         f"scheduler: nightly at '{ctx.settings.scheduler.nightly_cron}' UTC, rollups hourly; "
         "Ctrl-C stops"
     )
-    run_scheduler(ctx.url, ctx.settings)
+    with _calendar_prefill(ctx) as prefill:
+        run_scheduler(ctx.url, ctx.settings, prefill)
     return 0
 
 

@@ -60,17 +60,19 @@ ORDER BY c.user_id, c.start_ts
 # literal (numbers and registry metric names only): dumping 3,660-element lists value by
 # value cost half of a year's fill.
 _UPSERT = """
-INSERT INTO calendar_cache (user_id, metric, start_ts, end_ts, count, sum, min, max, day_seqs)
+INSERT INTO calendar_cache (user_id, metric, start_ts, end_ts, count, sum, min, max, day_seqs,
+    prefilled)
 SELECT u, m, timestamptz 'epoch' + s * interval '1 microsecond',
     timestamptz 'epoch' + e * interval '1 microsecond', c, t,
-    nullif(lo, 'NaN'), nullif(hi, 'NaN'), d::bigint[]
+    nullif(lo, 'NaN'), nullif(hi, 'NaN'), d::bigint[], %(prefilled)s
 FROM unnest(%(users)s::text::int[], %(metrics)s::text::text[], %(starts)s::text::bigint[],
     %(ends)s::text::bigint[], %(counts)s::text::bigint[], %(sums)s::text::float8[],
     %(mins)s::text::float8[], %(maxs)s::text::float8[], %(day_seqs)s::text::text[])
     AS x(u, m, s, e, c, t, lo, hi, d)
 ON CONFLICT (user_id, metric, start_ts, end_ts) DO UPDATE
 SET count = EXCLUDED.count, sum = EXCLUDED.sum, min = EXCLUDED.min, max = EXCLUDED.max,
-    day_seqs = EXCLUDED.day_seqs, filled_at = now()
+    day_seqs = EXCLUDED.day_seqs, filled_at = now(),
+    prefilled = calendar_cache.prefilled OR EXCLUDED.prefilled
 """
 
 
@@ -224,10 +226,15 @@ def _day_seqs(conn: psycopg.Connection, table: BucketTable) -> dict[tuple[int, i
 
 
 def fill(
-    conn: psycopg.Connection, cached: CacheRead, table: BucketTable, computed: Sequence[pa.Table]
+    conn: psycopg.Connection,
+    cached: CacheRead,
+    table: BucketTable,
+    computed: Sequence[pa.Table],
+    prefilled: bool = False,
 ) -> int:
     """Store every missed pair (count 0 for those without rows) with the change numbers read
-    before they were computed; the number of entries written."""
+    before they were computed; the number of entries written. `prefilled`: by the nightly
+    prefill, whose entries pruning keeps longest (an entry once prefilled stays so)."""
     missing = np.flatnonzero(~cached.hit)
     if not len(missing):
         return 0
@@ -270,6 +277,7 @@ def fill(
             "mins": _literal(np.where(filled, low[missing], np.nan).tolist()),
             "maxs": _literal(np.where(filled, high[missing], np.nan).tolist()),
             "day_seqs": "{" + ",".join(f'"{seqs}"' for seqs in day_seqs) + "}",
+            "prefilled": prefilled,
         },
     )
     return len(missing)

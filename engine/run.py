@@ -386,30 +386,7 @@ class Engine:
     def _run_calendar(self, query: DataQuery) -> Answer:
         """The whole calendar answer is small (a row per bucket and series): it is summed
         from the finer rows, then paged."""
-        work = self._calendar_work(query)
-        cached = self._cache_read(work)
-        inner = self._missing(work, cached)
-        described = self._described(work, cached)
-        parts = [] if cached is None else [cached.hits]
-        if inner is None:
-            plan = Plan(query, (), calendar=described)
-        else:
-            plan, catalog = self.checked_plan(inner)
-            if plan.needs_warm and not catalog.warm_available:
-                raise WarmStoreUnavailable(
-                    "the warm store is unreachable and this span needs it; spans already in "
-                    "the lake are still served"
-                )
-            plan = replace(plan, calendar=described)
-            reservation = self.budget.reserve(self._estimate(plan))
-            try:
-                computed = [self._partials(s, inner, work) for s in plan.segments]
-            finally:
-                self.budget.release(reservation)
-            if cached is not None:
-                computed = [cached.only_missing(runs) for runs in computed]
-                self._cache_fill(work, cached, computed)
-            parts.extend(computed)
+        plan, work, parts, _ = self._calendar_parts(query)
         table = combine(parts, work.table) if work.inner is not None else CALENDAR.empty_table()
         rows, has_more, next_cursor = page(query, table)
         return Answer(
@@ -420,6 +397,48 @@ class Engine:
             next_cursor=next_cursor,
             rows=None if query.page_size == 0 else rows.num_rows,
         )
+
+    def fill_calendar(self, query: DataQuery) -> tuple[dict[str, Any], int]:
+        """Compute and store what the calendar cache lacks of a calendar request, as an
+        answer would, its entries marked prefilled (engine/calendarprefill.py); the plan's
+        calendar part and the entries written. A failed store raises (an answer would
+        shrug it off): the prefill must not count the days as done."""
+        plan, work, _, filled = self._calendar_parts(query, prefilled=True)
+        calendar = plan.calendar or {}
+        if work.inner is not None and calendar.get("cache") is None:
+            raise WarmStoreUnavailable("the calendar cache is off or unreadable: nothing prefilled")
+        return calendar, filled
+
+    def _calendar_parts(
+        self, query: DataQuery, prefilled: bool = False
+    ) -> tuple[Plan, CalendarWork, list[pa.Table], int]:
+        """The plan, the buckets, their partial-sum runs (cached ones first) and how many
+        entries were stored: the misses are computed, then stored."""
+        work = self._calendar_work(query)
+        cached = self._cache_read(work)
+        inner = self._missing(work, cached)
+        described = self._described(work, cached)
+        parts = [] if cached is None else [cached.hits]
+        if inner is None:
+            return Plan(query, (), calendar=described), work, parts, 0
+        plan, catalog = self.checked_plan(inner)
+        if plan.needs_warm and not catalog.warm_available:
+            raise WarmStoreUnavailable(
+                "the warm store is unreachable and this span needs it; spans already in "
+                "the lake are still served"
+            )
+        plan = replace(plan, calendar=described)
+        reservation = self.budget.reserve(self._estimate(plan))
+        try:
+            computed = [self._partials(s, inner, work) for s in plan.segments]
+        finally:
+            self.budget.release(reservation)
+        filled = 0
+        if cached is not None:
+            computed = [cached.only_missing(runs) for runs in computed]
+            filled = self._cache_fill(work, cached, computed, prefilled)
+        parts.extend(computed)
+        return plan, work, parts, filled
 
     def _partials(self, segment: Segment, inner: DataQuery, work: CalendarWork) -> pa.Table:
         """A segment's partial bucket sums, as its rows stream in. (Summing lake rows inside
@@ -443,14 +462,22 @@ class Engine:
             log.warning("calendar cache unreadable, computing every bucket: %s", exc)
             return None
 
-    def _cache_fill(self, work: CalendarWork, cached: CacheRead, computed: list[pa.Table]) -> None:
-        """Store the buckets just computed. Best effort: the answer is right without it."""
+    def _cache_fill(
+        self, work: CalendarWork, cached: CacheRead, computed: list[pa.Table], prefilled: bool
+    ) -> int:
+        """Store the buckets just computed; how many. Best effort for an answer (it is right
+        without them); a prefill's failure raises."""
         try:
             with self._connection() as conn:
                 if conn is not None:
-                    calendarcache.fill(conn, cached, work.table, computed)
+                    return calendarcache.fill(conn, cached, work.table, computed, prefilled)
+                if prefilled:
+                    raise WarmStoreUnavailable("the warm store is unreachable: nothing prefilled")
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            if prefilled:
+                raise
             log.warning("calendar cache not filled: %s", exc)
+        return 0
 
     @staticmethod
     def _missing(work: CalendarWork, cached: CacheRead | None) -> DataQuery | None:

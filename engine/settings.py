@@ -61,6 +61,8 @@ class QuerySettings:
     default_tz: str = "UTC"  # the zone of participants without a zone history
     warm_rollup_rows: int = 10_000  # 1h/1d answers up to this many rows: the warm store alone
     calendar_cache_rows: int = 10_000_000  # calendar buckets kept computed; 0: none
+    # The calendars the nightly job prefills the cache with ("local" and zone names); (): none
+    calendar_prefill: tuple[str, ...] = ("local",)
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,26 @@ def on_off(value: str, name: str) -> bool:
     if lowered in ("off", "false", "0", "no"):
         return False
     raise ConfigurationError(f"{name}={value!r}: use on or off", parameter=name)
+
+
+def prefill_zones(value: str, name: str) -> tuple[str, ...]:
+    """`local` and/or IANA names (not UTC: UTC days are the stored 1d tier), comma-separated;
+    `none` (or empty): an empty tuple."""
+    given = [z.strip() for z in value.split(",") if z.strip()]
+    if [z.lower() for z in given] in ([], ["none"], ["off"]):
+        return ()
+    zones: list[str] = []
+    for text in given:
+        zone = "local" if text.lower() == "local" else time_zone(text, name)
+        if zone == "UTC":
+            raise ConfigurationError(
+                f"{name}={value!r}: UTC days need no prefill (they are the stored 1d tier); "
+                "list local and/or IANA zones, or none",
+                parameter=name,
+            )
+        if zone not in zones:
+            zones.append(zone)
+    return tuple(zones)
 
 
 def host_list(value: str, name: str) -> tuple[str, ...]:
@@ -409,9 +431,21 @@ SETTINGS: tuple[Setting, ...] = (
         parse=integer(minimum=0),
         meaning="calendar buckets (local days, weeks, months per participant and metric) kept "
         "computed in the warm store's calendar_cache, so a repeated calendar answer reads them "
-        "instead of 1m/1h rows; the nightly job drops the oldest beyond this many. 0: none "
-        "kept, every calendar answer is computed from the rows",
+        "instead of 1m/1h rows; the nightly job drops those beyond this many, the ones "
+        "filled by answers first (oldest first), the ones it prefilled last. 0: none kept, "
+        "every calendar answer is computed from the rows",
         field="query.calendar_cache_rows",
+    ),
+    Setting(
+        name="STRATUM_CALENDAR_PREFILL",
+        default="local",
+        parse=prefill_zones,
+        meaning="the calendars the nightly job computes into the calendar cache after the "
+        "sync, for the days written (or whose zone history changed) since its last prefill, so "
+        "the first answer of the day reads them: `local` (each participant's own days) and/or "
+        "IANA zones analysts ask in (e.g. `local,Asia/Kathmandu`), daily buckets; `none`: no "
+        "prefill",
+        field="query.calendar_prefill",
     ),
     Setting(
         name="STRATUM_MAX_USERS",

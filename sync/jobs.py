@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
@@ -99,10 +99,48 @@ def prune_cache_job(url: str, max_rows: int) -> JobResult:
 
     def body() -> JobResult:
         started = time.perf_counter()
-        dropped = prune_calendar_cache(url, max_rows)
-        return JobResult("prune_cache", rows=dropped, seconds=time.perf_counter() - started)
+        pruned = prune_calendar_cache(url, max_rows)
+        if pruned.prefilled:
+            log.warning(
+                "calendar cache: %d prefilled entries pruned (STRATUM_CALENDAR_CACHE_ROWS=%d is "
+                "smaller than the prefilled days); their %d days are prefilled again next night",
+                pruned.prefilled,
+                max_rows,
+                pruned.days_unfilled,
+            )
+        return JobResult(
+            "prune_cache",
+            rows=pruned.dropped,
+            seconds=time.perf_counter() - started,
+            detail=pruned,
+        )
 
     return run_job(url, "prune_cache", body)
+
+
+class Prefilled(Protocol):
+    """What a calendar prefill reports (engine/calendarprefill.py: the write side runs it,
+    the query side computes it)."""
+
+    @property
+    def days(self) -> int: ...
+    @property
+    def computed(self) -> int: ...
+    @property
+    def seconds(self) -> float: ...
+
+
+def prefill_cache_job(url: str, prefill: Callable[[], Prefilled]) -> JobResult:
+    """Compute the calendar cache's entries for the days changed since the last prefill
+    (days: (participant, day) pairs; rows: entries computed)."""
+
+    def body() -> JobResult:
+        done = prefill()
+        return JobResult(
+            "prefill_cache", days=done.days, rows=done.computed, seconds=done.seconds, detail=done
+        )
+
+    return run_job(url, "prefill_cache", body)
 
 
 def _from_sync(result: SyncResult) -> JobResult:
@@ -348,10 +386,15 @@ def nightly_job(
     today: date | None = None,
     lake: Lake | None = None,
     calendar_cache_rows: int | None = None,
+    prefill: Callable[[], Prefilled] | None = None,
 ) -> JobResult:
-    """Refresh rollups, sync, tier, maintain and verify, each recorded, then prune the
-    calendar cache to `calendar_cache_rows` (None: left alone); later steps run even when an
-    earlier one failed (each is safe alone). Skipped if another scheduler runs it now.
+    """Refresh rollups, sync, tier, maintain and verify, each recorded, then prefill the
+    calendar cache (`prefill`, None: not) and prune it to `calendar_cache_rows` (None: left
+    alone); later steps run even when an earlier one failed (each is safe alone). Skipped if
+    another scheduler runs it now.
+
+    The prefill runs before the pruning, which keeps prefilled entries longest (entries filled
+    on demand go first): what the night computed for the first answers is kept.
 
     `lake`: the steps share it (default: a new one for this run). The scheduler passes one
     Lake for its whole life, so each night reads only the lake's new commits: opening a
@@ -366,7 +409,7 @@ def nightly_job(
             return run_job(
                 url,
                 "nightly",
-                lambda: _nightly_steps(url, settings, today, lake, calendar_cache_rows),
+                lambda: _nightly_steps(url, settings, today, lake, calendar_cache_rows, prefill),
             )
         finally:
             lock.execute("SELECT pg_advisory_unlock(%s)", (NIGHTLY_LOCK,))
@@ -378,6 +421,7 @@ def _nightly_steps(
     today: date | None,
     lake: Lake,
     calendar_cache_rows: int | None,
+    prefill: Callable[[], Prefilled] | None = None,
 ) -> JobResult:
     started = time.perf_counter()
     steps: list[tuple[str, Callable[[], JobResult]]] = [
@@ -388,6 +432,8 @@ def _nightly_steps(
         ("maintain", lambda: maintain_job(url, settings, lake)),
         ("verify", lambda: verify_job(url, settings, lake)),  # the nightly scrub
     ]
+    if prefill is not None:
+        steps.append(("prefill_cache", lambda: prefill_cache_job(url, prefill)))
     if calendar_cache_rows is not None:
         steps.append(("prune_cache", lambda: prune_cache_job(url, calendar_cache_rows)))
     results: dict[str, JobResult] = {}

@@ -1,7 +1,7 @@
 """APScheduler wiring (`stratum scheduler`), and nothing else: the jobs live in sync/jobs.py.
 
 Two jobs, in UTC: the nightly job (refresh, sync, tier, compress, maintain, verify: the lake
-scrub; then the calendar cache pruned) at STRATUM_NIGHTLY_CRON, and an hourly rollup
+scrub; then the calendar cache prefilled and pruned) at STRATUM_NIGHTLY_CRON, and an hourly rollup
 refresh. Neither runs twice at once (max_instances=1), missed runs collapse into one
 (coalesce) and start only within STRATUM_MISFIRE_GRACE_S of their time.
 Two schedulers may run side by side: the nightly job takes an advisory lock and the sync
@@ -12,6 +12,7 @@ at once when its last success is over a day old (the machine was down at 02:00).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -47,10 +48,13 @@ def build_scheduler(
     settings: Settings,
     now: datetime | None = None,
     scheduler_class: type[BaseScheduler] = BlockingScheduler,
+    prefill: Callable[[], jobs.Prefilled] | None = None,
 ) -> BaseScheduler:
     """The configured scheduler, not started; the nightly job is due now if it must catch up.
 
     `scheduler_class`: tests pass BackgroundScheduler to start it paused and inspect it.
+    `prefill`: the nightly calendar-cache prefill (the query side computes it: the caller,
+    which may build an engine, hands it in); None: none.
     """
     scheduler = scheduler_class(
         timezone=UTC_ZONE,
@@ -73,9 +77,10 @@ def build_scheduler(
         kwargs={
             "lake": Lake(settings.lake.path),
             "calendar_cache_rows": settings.query.calendar_cache_rows,
+            "prefill": prefill,
         },
         id="nightly",
-        name="nightly: refresh, sync, tier, compress, maintain, verify",
+        name="nightly: refresh, sync, tier, compress, maintain, verify, prefill",
         replace_existing=True,
         **catch_up,
     )
@@ -90,9 +95,11 @@ def build_scheduler(
     return scheduler
 
 
-def run_scheduler(url: str, settings: Settings) -> None:
+def run_scheduler(
+    url: str, settings: Settings, prefill: Callable[[], jobs.Prefilled] | None = None
+) -> None:
     """Block running the jobs until interrupted."""
-    scheduler = build_scheduler(url, settings)
+    scheduler = build_scheduler(url, settings, prefill=prefill)
     for job in scheduler.get_jobs():
         log.info("scheduled %s (%s)", job.name, job.trigger)
     try:

@@ -105,12 +105,27 @@ def test_budget_is_capped_to_ram_share() -> None:
         ("STRATUM_MAX_POINTS", "0"),
         ("STRATUM_LAKE_PATH", "s3://"),
         ("STRATUM_LAKE_PATH", "gs://bucket/lake"),
+        ("STRATUM_CALENDAR_PREFILL", "local,Mars/Olympus"),
+        ("STRATUM_CALENDAR_PREFILL", "UTC"),
     ],
 )
 def test_malformed_settings_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigurationError) as caught:
         load_settings({name: value})
     assert caught.value.parameter == name
+
+
+@pytest.mark.parametrize(
+    ("value", "zones"),
+    [
+        ("local", ("local",)),
+        (" LOCAL , asia/kathmandu,local ", ("local", "Asia/Kathmandu")),
+        ("none", ()),
+        ("off", ()),
+    ],
+)
+def test_the_calendar_prefill_lists_local_and_zones(value: str, zones: tuple[str, ...]) -> None:
+    assert load_settings({"STRATUM_CALENDAR_PREFILL": value}).query.calendar_prefill == zones
 
 
 def test_the_lake_path_is_a_folder_or_an_s3_uri(tmp_path: Path) -> None:

@@ -254,7 +254,7 @@ def test_with_the_cache_off_nothing_is_stored(flavour_url: str, tmp_path: Path) 
 def test_pruning_keeps_the_newest_fills(engine: Engine, flavour_url: str) -> None:
     ask(engine, start="2024-03-11", end="2024-03-12")
     ask(engine, start="2024-03-13", end="2024-03-14")
-    assert prune_calendar_cache(flavour_url, max_rows=5) == 0
-    assert prune_calendar_cache(flavour_url, max_rows=1) == 1
+    assert prune_calendar_cache(flavour_url, max_rows=5).dropped == 0
+    assert prune_calendar_cache(flavour_url, max_rows=1).dropped == 1
     assert ask(engine, start="2024-03-13", end="2024-03-14")[1] == {"hits": 1, "misses": 0}
     assert ask(engine, start="2024-03-11", end="2024-03-12")[1] == {"hits": 0, "misses": 1}

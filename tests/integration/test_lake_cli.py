@@ -82,7 +82,7 @@ def test_scheduler_once_runs_the_nightly_job(env: str, capsys: pytest.CaptureFix
     assert "nightly job: ok" in capsys.readouterr().out
     jobs = {r.job: r.status for r in recent_runs(env)}
     steps = ("nightly", "refresh", "sync", "tier", "compress", "maintain", "verify")
-    assert jobs == dict.fromkeys((*steps, "prune_cache"), "ok")
+    assert jobs == dict.fromkeys((*steps, "prefill_cache", "prune_cache"), "ok")
 
 
 def test_verify_and_repair(env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

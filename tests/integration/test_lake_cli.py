@@ -105,3 +105,27 @@ def test_verify_and_repair(env: str, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "re-exported 1 damaged lake days" in capsys.readouterr().out
     assert main(["verify"]) == 0
     assert main(["sync", "status"]) == 0
+
+
+def test_prefill_computes_the_changed_days_once(
+    env: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["sync"]) == 0  # rolls the days up: the prefill takes rolled-up days
+    with psycopg.connect(env) as conn:
+        row = conn.execute("SELECT count(*) FROM day_state").fetchone()
+    days = int(row[0]) if row else 0
+    capsys.readouterr()
+
+    assert main(["prefill"]) == 0
+    out = capsys.readouterr().out
+    assert f"prefilled {days} participant-days" in out and "0 already cached" in out
+    assert main(["prefill"]) == 0
+    assert "prefilled 0 participant-days in 0 requests" in capsys.readouterr().out
+    assert main(["prefill", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert f"{days} days marked" in out and "0 entries computed" in out
+    assert [r.job for r in recent_runs(env)].count("prefill_cache") == 3
+
+    monkeypatch.setenv("STRATUM_CALENDAR_PREFILL", "none")
+    assert main(["prefill"]) == 0
+    assert "no prefill" in capsys.readouterr().out

@@ -11,7 +11,8 @@ pruning its prefilled entries, marks it). Pending days are grouped into runs of 
 per participant, and each run is asked as its own request over the local dates d-1 .. d+1 of
 its days (every zone's local day touching a UTC day has one of those dates), so a late row a
 year ago costs that day's request, not the year between. The mark records the change number
-read before the request: a write landing meanwhile leaves the day pending.
+read before the request, and only over the mark it read: a write landing meanwhile leaves the
+day pending, and so does a zone edit or pruning (which set a fresh mark).
 
 Weeks and months are not prefilled: each new day would recompute its whole week's and
 month's interval from the rows (the engine caches them as their own intervals, not composed
@@ -26,7 +27,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import psycopg
 
@@ -47,7 +48,7 @@ NEAR_DAYS = 2
 # Rolled-up days only: the nightly refresh runs first, and a day's metrics are read from its
 # data_1d rows (kept for every day, tiered or not).
 _PENDING = """
-SELECT user_id, day, change_seq FROM day_state
+SELECT user_id, day, change_seq, prefilled_seq FROM day_state
 WHERE change_seq > prefilled_seq AND refreshed_seq = change_seq
 ORDER BY user_id, day
 """
@@ -61,20 +62,30 @@ WHERE EXISTS (
     AND d.ts = p.day::timestamp AT TIME ZONE 'UTC'
 )
 """
+# Only where prefilled_seq is still what was read: a zone edit or pruning meanwhile set a
+# fresh mark this prefill did not compute for (sync/migrations/011).
 _MARK = """
 UPDATE day_state d SET prefilled_seq = s.seq
-FROM unnest(%(users)s::int[], %(days)s::date[], %(seqs)s::bigint[]) AS s(user_id, day, seq)
-WHERE d.user_id = s.user_id AND d.day = s.day AND d.prefilled_seq < s.seq
+FROM unnest(%(users)s::int[], %(days)s::date[], %(seqs)s::bigint[], %(read)s::bigint[])
+    AS s(user_id, day, seq, read)
+WHERE d.user_id = s.user_id AND d.day = s.day AND d.prefilled_seq = s.read
 """
 
 
 @dataclass(frozen=True)
 class PrefillResult:
-    days: int  # (participant, UTC day) pairs prefilled
+    days: int  # (participant, UTC day) pairs recorded as prefilled
     requests: int  # calendar requests asked
     computed: int  # cache entries computed and stored
     hits: int  # entries asked that the cache already held
     seconds: float
+
+
+class _Day(NamedTuple):
+    user_id: int
+    day: date
+    seq: int  # change_seq: what the prefill records when done
+    read: int  # prefilled_seq as read: recorded over only if still this
 
 
 @dataclass(frozen=True)
@@ -91,11 +102,14 @@ def prefill_calendar(engine: Engine, url: str, zones: Sequence[str]) -> PrefillR
     if not zones or not engine.settings.query.calendar_cache_rows:
         return PrefillResult(0, 0, 0, 0, time.perf_counter() - started)
     with psycopg.connect(url, autocommit=True) as conn:
-        pending = [(int(u), d, int(s)) for u, d, s in conn.execute(_PENDING).fetchall()]
+        pending = [
+            _Day(int(u), d, int(seq), int(read))
+            for u, d, seq, read in conn.execute(_PENDING).fetchall()
+        ]
         metrics = _metrics_of(conn, pending)
-        by_user: dict[int, list[tuple[date, int]]] = defaultdict(list)
-        for user_id, day, seq in pending:
-            by_user[user_id].append((day, seq))
+        by_user: dict[int, list[_Day]] = defaultdict(list)
+        for day in pending:
+            by_user[day.user_id].append(day)
         runs = _runs(by_user, metrics)
         requests = computed = hits = days = 0
         for run, users in runs.items():
@@ -106,35 +120,28 @@ def prefill_calendar(engine: Engine, url: str, zones: Sequence[str]) -> PrefillR
                         requests += 1
                         computed += filled
                         hits += int((cache.get("cache") or {}).get("hits", 0))
-                marked = [
-                    (u, d, seq)
-                    for u in chunk
-                    for d, seq in by_user[u]
-                    if run.first <= d <= run.last
-                ]
-                conn.execute(
+                done = [d for u in chunk for d in by_user[u] if run.first <= d.day <= run.last]
+                days += conn.execute(
                     _MARK,
                     {
-                        "users": [u for u, _, _ in marked],
-                        "days": [d for _, d, _ in marked],
-                        "seqs": [s for _, _, s in marked],
+                        "users": [d.user_id for d in done],
+                        "days": [d.day for d in done],
+                        "seqs": [d.seq for d in done],
+                        "read": [d.read for d in done],
                     },
-                )
-                days += len(marked)
+                ).rowcount
     result = PrefillResult(days, requests, computed, hits, time.perf_counter() - started)
     log.info("calendar prefill: %s", result)
     return result
 
 
-def _metrics_of(
-    conn: psycopg.Connection, pending: list[tuple[int, date, int]]
-) -> dict[int, tuple[str, ...]]:
+def _metrics_of(conn: psycopg.Connection, pending: list[_Day]) -> dict[int, tuple[str, ...]]:
     """Each participant's metrics with rows on one of their pending days."""
     rows = conn.execute(
         _METRICS,
         {
-            "users": [u for u, _, _ in pending],
-            "days": [d for _, d, _ in pending],
+            "users": [d.user_id for d in pending],
+            "days": [d.day for d in pending],
             "metrics": metric_names(),
         },
     ).fetchall()
@@ -145,14 +152,14 @@ def _metrics_of(
 
 
 def _runs(
-    by_user: dict[int, list[tuple[date, int]]], metrics: dict[int, tuple[str, ...]]
+    by_user: dict[int, list[_Day]], metrics: dict[int, tuple[str, ...]]
 ) -> dict[_Run, list[int]]:
     """Participants by run of nearby pending days (at most WINDOW_DAYS long) and metrics:
     after an ordinary night most participants share one run (yesterday), so one request
     serves them all."""
     runs: dict[_Run, list[int]] = defaultdict(list)
     for user_id, pending in by_user.items():
-        days = [day for day, _ in pending]
+        days = [d.day for d in pending]
         first = last = days[0]
         for day in [*days[1:], None]:
             if (

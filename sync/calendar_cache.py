@@ -7,8 +7,9 @@ written since and not asked again. Pruning keeps the configured number of rows
 (STRATUM_CALENDAR_CACHE_ROWS): it drops entries filled on demand first, oldest first, and
 the nightly prefill's entries last, so what the night computed for the first answers of the
 day stays. A prefilled entry it drops marks its days for the next prefill again
-(day_state.prefilled_seq = 0), so the prefill's record of what is done stays true; a
-budget smaller than the prefilled days then costs the next prefill what was dropped.
+(day_state.prefilled_seq: a fresh negative number, see migration 011), so the prefill's
+record of what is done stays true; a budget smaller than the prefilled days then costs the
+next prefill what was dropped.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ WITH old AS (
     AND c.start_ts = old.start_ts AND c.end_ts = old.end_ts
     RETURNING c.user_id, c.start_ts, c.end_ts, c.prefilled
 ), unfilled AS (
-    UPDATE day_state d SET prefilled_seq = 0
+    UPDATE day_state d SET prefilled_seq = -nextval('day_change_seq')
     FROM (
         SELECT DISTINCT user_id, day::date AS day
         FROM dropped, generate_series(
@@ -37,7 +38,7 @@ WITH old AS (
         ) AS day
         WHERE prefilled
     ) p
-    WHERE d.user_id = p.user_id AND d.day = p.day AND d.prefilled_seq <> 0
+    WHERE d.user_id = p.user_id AND d.day = p.day
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM dropped), (SELECT count(*) FROM dropped WHERE prefilled),

@@ -3,7 +3,9 @@
 -- day reads them. Its work follows what changed, as the rollup refresh and the lake sync do:
 -- a day needs a prefill while change_seq > prefilled_seq (every write takes a fresh change
 -- number), and the prefill records the number it saw, so a write landing during it leaves the
--- day marked.
+-- day marked. What marks a day again otherwise (a zone edit, pruning) sets prefilled_seq to a
+-- fresh negative number: a prefill running meanwhile records its number only where
+-- prefilled_seq is still the one it read, so it cannot clear a mark it did not compute for.
 ALTER TABLE day_state ADD COLUMN prefilled_seq bigint NOT NULL DEFAULT 0;
 CREATE INDEX day_state_prefill_pending ON day_state (user_id, day)
 WHERE change_seq > prefilled_seq;
@@ -13,24 +15,22 @@ WHERE change_seq > prefilled_seq;
 -- A day before: the local day holding valid_from may start on the UTC day before it.
 CREATE FUNCTION stratum_prefill_zones_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE day_state d SET prefilled_seq = 0
+    UPDATE day_state d SET prefilled_seq = -nextval('day_change_seq')
     FROM (SELECT user_id, min(valid_from) AS since FROM changed_rows GROUP BY user_id) c
-    WHERE d.user_id = c.user_id AND d.day >= (c.since AT TIME ZONE 'UTC')::date - 1
-    AND d.prefilled_seq <> 0;
+    WHERE d.user_id = c.user_id AND d.day >= (c.since AT TIME ZONE 'UTC')::date - 1;
     RETURN NULL;
 END
 $$;
 CREATE FUNCTION stratum_prefill_zones_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE day_state d SET prefilled_seq = 0
+    UPDATE day_state d SET prefilled_seq = -nextval('day_change_seq')
     FROM (
         SELECT user_id, min(valid_from) AS since
         FROM (SELECT user_id, valid_from FROM old_rows
               UNION ALL SELECT user_id, valid_from FROM new_rows) AS both_sides
         GROUP BY user_id
     ) c
-    WHERE d.user_id = c.user_id AND d.day >= (c.since AT TIME ZONE 'UTC')::date - 1
-    AND d.prefilled_seq <> 0;
+    WHERE d.user_id = c.user_id AND d.day >= (c.since AT TIME ZONE 'UTC')::date - 1;
     RETURN NULL;
 END
 $$;

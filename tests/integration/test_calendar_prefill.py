@@ -16,7 +16,7 @@ import pytest
 
 from engine.access import LOCAL_ADMIN
 from engine.calendarprefill import PrefillResult, mark_all_pending, prefill_calendar
-from engine.query import build_query
+from engine.query import DataQuery, build_query
 from engine.run import Engine
 from engine.settings import load_settings
 from sync import jobs
@@ -182,6 +182,32 @@ def test_a_zone_history_edit_is_prefilled_from_its_day_on(
     assert "Europe/London" in {row["tz"] for row in answer if row["user_id"] == 3}
     # Nothing else was marked: a second prefill has nothing to do.
     assert prefill(engine, flavour_url).days == 0
+
+
+def test_a_zone_edit_landing_during_a_prefill_leaves_its_days_pending(
+    engine: Engine, uncached: Engine, flavour_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    late_row(flavour_url, 3, datetime(2024, 3, 12, 12, tzinfo=UTC), 100.0)
+    computed_for = engine.fill_calendar
+
+    def fill_then_edit(query: DataQuery) -> tuple[dict[str, Any], int]:
+        # The edit commits after the request read participant 3's zones (New York) and
+        # before the prefill records the day as done.
+        done = computed_for(query)
+        record(flavour_url, [ZoneChange(3, datetime(2024, 3, 12, tzinfo=UTC), "Europe/London")])
+        return done
+
+    monkeypatch.setattr(engine, "fill_calendar", fill_then_edit)
+    racing = prefill(engine, flavour_url)
+    monkeypatch.undo()
+
+    assert (racing.requests, racing.days) == (1, 0)  # computed, but not recorded as done
+    after = prefill(engine, flavour_url)
+    assert after.days == 3  # UTC 03-11 .. 03-13: from the day before the change on
+    answer, cache = ask(engine)
+    assert cache is not None and cache["misses"] == 0
+    assert answer == ask(uncached)[0]
+    assert "Europe/London" in {row["tz"] for row in answer if row["user_id"] == 3}
 
 
 def test_pruning_drops_on_demand_entries_first_and_marks_pruned_prefilled_days(

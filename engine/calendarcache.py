@@ -6,9 +6,9 @@ only changes which intervals are asked (they miss). What can change an entry's v
 write to the rows, and every such write gives the UTC days it touches a fresh
 day_state.change_seq. So:
 
-1. `read` takes the entries whose stored change numbers still equal their days' current
-   ones (`hits`, checked in the warm store); then, if some pair missed, the change numbers
-   of the request's days.
+1. `read` reads the change numbers of the request's days, then the entries of the
+   request's intervals, and takes those whose stored numbers equal them (`hits`). (An entry
+   filled after the numbers were read carries newer ones: a miss, computed again.)
 2. The misses are computed by the ordinary pipeline, which starts after step 1 and so sees
    every write committed before it.
 3. `fill` stores them with the numbers of step 1. A write that commits after step 1 (a late
@@ -37,23 +37,21 @@ _SEQS = """
 SELECT user_id, day - DATE '1970-01-01', change_seq FROM day_state
 WHERE user_id = ANY(%(users)s) AND day BETWEEN %(first)s AND %(last)s
 """
-# An entry is used only while each day it touches (its n-th: the UTC date of its start + n)
-# has the change number it was stored with (0: no day_state row).
+# The request's intervals, each with its bucket index, joined to their entries by the primary
+# key: only the intervals asked are read (the cache also holds other zones' days over the same
+# span, which a range scan would read too). An entry is used only while each day it touches
+# (its n-th: the UTC date of its start + n) has the change number it was stored with (0: no
+# day_state row): `read` checks day_seqs against the days' numbers, read first.
 _ENTRIES = """
-SELECT c.user_id, c.metric,
-    (extract(epoch FROM c.start_ts) * 1000000)::bigint,
-    (extract(epoch FROM c.end_ts) * 1000000)::bigint,
-    c.count, c.sum, c.min, c.max
-FROM calendar_cache c
-WHERE c.user_id = ANY(%(users)s) AND c.metric = ANY(%(metrics)s)
-AND c.start_ts BETWEEN %(first)s AND %(last)s
-AND NOT EXISTS (
-    SELECT 1 FROM unnest(c.day_seqs) WITH ORDINALITY AS s(seq, n)
-    LEFT JOIN day_state d ON d.user_id = c.user_id
-        AND d.day = (c.start_ts AT TIME ZONE 'UTC')::date + (s.n::int - 1)
-    WHERE s.seq <> coalesce(d.change_seq, 0)
-)
-ORDER BY c.user_id, c.start_ts
+SELECT b.i - 1, c.metric, c.count, c.sum, c.min, c.max, c.day_seqs
+FROM unnest(%(users)s::text::int[], %(starts)s::text::bigint[], %(ends)s::text::bigint[])
+    WITH ORDINALITY AS b(user_id, s, e, i)
+JOIN calendar_cache c ON c.user_id = b.user_id
+    AND c.start_ts = timestamptz 'epoch' + b.s * interval '1 microsecond'
+    AND c.end_ts = timestamptz 'epoch' + b.e * interval '1 microsecond'
+WHERE c.metric = ANY(%(metrics)s)
+-- Bounds the scan to the request's span in the primary key, whichever join is chosen.
+AND c.user_id = ANY(%(user_ids)s) AND c.start_ts BETWEEN %(first)s AND %(last)s
 """
 # Intervals travel as µs since the epoch (exact); NaN stands for the NULL min/max of an
 # empty interval; day_seqs as array text (their lengths differ). Each column is one array
@@ -146,67 +144,56 @@ class CacheRead:
 
 
 def read(conn: psycopg.Connection, query: DataQuery, table: BucketTable) -> CacheRead:
-    """The entries of the request still equal to their days' change numbers; then, if some
-    pair missed, the change numbers its fill will be stored with (read before the misses
-    are computed)."""
+    """The change numbers of the request's days (a fill of its misses is stored with them),
+    then the entries of its intervals still equal to them."""
     metrics = query.metrics
     width = len(metrics)
     hit = np.zeros(table.count * width, dtype=bool)
     if table.count == 0:
         return CacheRead(metrics, {}, hit, _runs_schema().empty_table())
+    seqs = _day_seqs(conn, table)
+    owners = table.attributes.column("user_id").to_numpy()
     rows = conn.execute(
         _ENTRIES,
         {
-            "users": list(table.users),
+            "users": _literal(owners.tolist()),
+            "starts": _literal(table.starts.tolist()),
+            "ends": _literal(table.ends.tolist()),
             "metrics": list(metrics),
+            "user_ids": list(table.users),
             "first": from_us(int(table.starts.min())),
             "last": from_us(int(table.starts.max())),
         },
     ).fetchall()
-    columns = list(zip(*rows, strict=True)) if rows else [()] * 8
-    users, names = np.array(columns[0], dtype=np.int64), pa.array(columns[1], pa.string())
-    starts, ends = np.array(columns[2], dtype=np.int64), np.array(columns[3], dtype=np.int64)
-    buckets = _buckets_of(table, users, starts, ends)
-    asked = buckets >= 0  # other intervals (another zone's days) are not this request's
+    first_days = (table.starts // DAY_US).tolist()
+    users = owners.tolist()
+    current = [
+        all(
+            seqs.get((users[bucket], first_days[bucket] + n), 0) == seq
+            for n, seq in enumerate(day_seqs)
+        )
+        for bucket, _, _, _, _, _, day_seqs in rows
+    ]
+    columns = list(zip(*rows, strict=True)) if rows else [()] * 7
+    buckets = np.array(columns[0], dtype=np.int64)
+    names = pa.array(columns[1], pa.string())
     position = pc.index_in(names, value_set=pa.array(metrics)).to_numpy(zero_copy_only=False)
-    keys = buckets[asked] * width + position[asked]
-    hit[keys] = True
-    counts = np.array(columns[4], dtype=np.int64)[asked]
-    held = counts > 0
+    used = np.array(current, dtype=bool)
+    hit[buckets[used] * width + position[used]] = True
+    counts = np.array(columns[2], dtype=np.int64)
+    held = used & (counts > 0)
     hits = pa.table(
         {
-            "bucket": pa.array(buckets[asked][held], pa.int64()),
-            "metric": names.filter(pa.array(asked)).filter(pa.array(held)),
+            "bucket": pa.array(buckets[held], pa.int64()),
+            "metric": names.filter(pa.array(held)),
             "count": pa.array(counts[held], pa.int64()),
-            "sum": pa.array(np.array(columns[5], dtype=np.float64)[asked][held]),
-            "min": pa.array(np.array(columns[6], dtype=np.float64)[asked][held]),
-            "max": pa.array(np.array(columns[7], dtype=np.float64)[asked][held]),
+            "sum": pa.array(np.array(columns[3], dtype=np.float64)[held]),
+            "min": pa.array(np.array(columns[4], dtype=np.float64)[held]),
+            "max": pa.array(np.array(columns[5], dtype=np.float64)[held]),
         },
         schema=_runs_schema(),
     )
-    seqs = _day_seqs(conn, table) if not hit.all() else {}
     return CacheRead(metrics, seqs, hit, hits)
-
-
-def _buckets_of(
-    table: BucketTable, users: np.ndarray, starts: np.ndarray, ends: np.ndarray
-) -> np.ndarray:
-    """Each interval's bucket index in `table` (-1: not one of its buckets). The intervals
-    come sorted by user; a participant's buckets are disjoint and sorted by start."""
-    out = np.full(len(users), -1, dtype=np.int64)
-    if not len(users):
-        return out
-    owners, firsts = np.unique(users, return_index=True)
-    for user_id, lo, hi in zip(
-        owners.tolist(), firsts.tolist(), [*firsts[1:].tolist(), len(users)], strict=True
-    ):
-        first, own_starts, own_ends = table.of(user_id)
-        if not len(own_starts):
-            continue
-        at = np.searchsorted(own_starts, starts[lo:hi]).clip(0, len(own_starts) - 1)
-        same = (own_starts[at] == starts[lo:hi]) & (own_ends[at] == ends[lo:hi])
-        out[lo:hi] = np.where(same, at + first, -1)
-    return out
 
 
 def _day_seqs(conn: psycopg.Connection, table: BucketTable) -> dict[tuple[int, int], int]:

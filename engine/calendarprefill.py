@@ -130,6 +130,10 @@ def prefill_calendar(engine: Engine, url: str, zones: Sequence[str]) -> PrefillR
                         "read": [d.read for d in done],
                     },
                 ).rowcount
+        if computed:
+            # Fresh statistics for the answers' cache reads: a first prefill can grow the
+            # table from nothing faster than autovacuum notices.
+            conn.execute("ANALYZE calendar_cache")
     result = PrefillResult(days, requests, computed, hits, time.perf_counter() - started)
     log.info("calendar prefill: %s", result)
     return result

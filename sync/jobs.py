@@ -1,7 +1,9 @@
 """The sync jobs as plain functions: each records its run in sync_runs and returns a JobResult.
 
 The CLI calls them one at a time; the scheduler (sync/scheduler.py) calls `nightly_job`
-(refresh rollups, sync, tier, compress, maintain, verify) and `refresh_job` on their triggers.
+(refresh rollups, sync, tier, compress, maintain, verify, then the calendar cache prefilled and
+pruned) and `refresh_job` on their triggers. The prefill is computed by the query side
+(engine/calendarprefill.py): the caller hands it in, as this side may not import the engine.
 """
 
 from __future__ import annotations

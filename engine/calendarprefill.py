@@ -130,10 +130,12 @@ def prefill_calendar(engine: Engine, url: str, zones: Sequence[str]) -> PrefillR
                         "read": [d.read for d in done],
                     },
                 ).rowcount
-        if computed:
-            # Fresh statistics for the answers' cache reads: a first prefill can grow the
-            # table from nothing faster than autovacuum notices.
-            conn.execute("ANALYZE calendar_cache")
+        if days:
+            # So the first answers do not pay for the night's writes: fresh statistics (a
+            # first prefill grows the cache from nothing faster than autovacuum notices), and
+            # the new entries' and marked days' row versions settled (hint bits set, dead
+            # versions gone). Both tables' visibility maps keep this to the pages written.
+            conn.execute("VACUUM (ANALYZE) calendar_cache, day_state")
     result = PrefillResult(days, requests, computed, hits, time.perf_counter() - started)
     log.info("calendar prefill: %s", result)
     return result

@@ -1,8 +1,14 @@
 """Tier schemas and the partition layout of the lake (pure functions, no I/O).
 
-Every tier is one Delta table under ``<root>/<tier>``. The fine tiers (raw, agg_1m) hold one
-partition per user-day; the coarse tiers hold one per user-month (agg_1h) or user-year
-(agg_1d) so that no tier is made of tiny files. ``date`` is always the UTC day of ``ts``.
+Every tier is one Delta table under ``<root>/<tier>``. raw, agg_1m and agg_1h hold one
+partition per user-month, agg_1d one per user-year, so that no tier is made of tiny files;
+``date`` is a column inside the files, always the UTC day of ``ts``, and its Delta statistics
+bound each file's days for pruning.
+
+The fine tiers (raw, agg_1m) are replaced day by day (``replaces_days``): a month partition
+holds several files with disjoint day ranges (one per freshly synced run of days) until
+compaction merges them into one sorted file. The coarse tiers are replaced a whole partition
+at a time (their rows are rebuilt from the warm store, which keeps them forever).
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ import pyarrow as pa
 TIERS: Final = ("raw", "agg_1m", "agg_1h", "agg_1d")
 
 TS_TYPE: Final = pa.timestamp("us", tz="UTC")
-EPOCH: Final = date(1970, 1, 1)
 
 _KEY_FIELDS: Final = (
     pa.field("user_id", pa.int32(), nullable=False),
@@ -31,15 +36,23 @@ _AGG_VALUES: Final = (
     pa.field("min", pa.float64()),
     pa.field("max", pa.float64()),
 )
-# The coarse tiers partition by a derived string column; fine tiers by the day itself.
-_DERIVED: Final[dict[str, str | None]] = {
-    "raw": None,
-    "agg_1m": None,
+# Every tier partitions by a string column derived from ``date``. Until issue 12 the fine
+# tiers partitioned by ``date`` itself: one file per user-day, 365,000 per tier at 500 x 730.
+_DERIVED: Final[dict[str, str]] = {
+    "raw": "month",
+    "agg_1m": "month",
     "agg_1h": "month",
     "agg_1d": "year",
 }
+_DAY_REPLACED: Final = frozenset({"raw", "agg_1m"})
+# The partition columns of lakes written before issue 12 (see ``check_partitioning``).
+_OLD_FINE_COLUMNS: Final = ("user_id", "date")
 
-PartitionKey = tuple[int, date] | tuple[int, str]
+PartitionKey = tuple[int, str]  # (user_id, '2024-01' or '2024')
+
+
+class LayoutError(RuntimeError):
+    """A table on disk is laid out differently from what this version reads."""
 
 
 def check_tier(tier: str) -> str:
@@ -55,9 +68,39 @@ def value_columns(tier: str) -> tuple[str, ...]:
     return tuple(f.name for f in fields)
 
 
-def derived_column(tier: str) -> str | None:
-    """The partition column computed from ``date`` ('month'/'year'), if the tier has one."""
+def derived_column(tier: str) -> str:
+    """The partition column computed from ``date``: 'month' or 'year'."""
     return _DERIVED[check_tier(tier)]
+
+
+def replaces_days(tier: str) -> bool:
+    """True when ``Lake.replace_days`` replaces exactly the given days of a tier (raw,
+    agg_1m); False when it replaces whole partitions (agg_1h, agg_1d)."""
+    return check_tier(tier) in _DAY_REPLACED
+
+
+def replaced_span(tier: str, user_id: int, day: date) -> tuple[date, date]:
+    """First and last day (inclusive) that replacing ``day`` rewrites from new rows: the day
+    itself for the fine tiers, its whole month/year partition for the coarse ones."""
+    if replaces_days(tier):
+        return day, day
+    return partition_days(tier, partition_of(tier, user_id, day))
+
+
+def check_partitioning(tier: str, columns: list[str] | tuple[str, ...]) -> None:
+    """Raise LayoutError unless a table's partition columns are the tier's."""
+    if tuple(columns) == partition_columns(tier):
+        return
+    if tuple(columns) == _OLD_FINE_COLUMNS and replaces_days(tier):
+        raise LayoutError(
+            f"lake table {tier!r} is partitioned by user_id/date (one file per participant-"
+            "day, written before issue 12); this version reads user_id/month partitions. "
+            "Run `stratum maintain --relayout` once to rewrite it"
+        )
+    raise LayoutError(
+        f"lake table {tier!r} is partitioned by {list(columns)}, expected "
+        f"{list(partition_columns(tier))}"
+    )
 
 
 def data_schema(tier: str) -> pa.Schema:
@@ -68,17 +111,12 @@ def data_schema(tier: str) -> pa.Schema:
 
 def tier_schema(tier: str) -> pa.Schema:
     """Full logical schema of a tier, including partition columns."""
-    schema = data_schema(tier)
-    derived = derived_column(tier)
-    if derived is not None:
-        schema = schema.append(pa.field(derived, pa.string(), nullable=False))
-    return schema
+    return data_schema(tier).append(pa.field(derived_column(tier), pa.string(), nullable=False))
 
 
 def partition_columns(tier: str) -> tuple[str, ...]:
     """Partition columns of a tier, outermost first."""
-    derived = derived_column(tier)
-    return ("user_id", "date") if derived is None else ("user_id", derived)
+    return ("user_id", derived_column(tier))
 
 
 def file_schema(tier: str) -> pa.Schema:
@@ -90,11 +128,8 @@ def file_schema(tier: str) -> pa.Schema:
 
 
 def partition_of(tier: str, user_id: int, day: date) -> PartitionKey:
-    """The partition key holding that user-day, e.g. ``(42, '2024-01')`` for agg_1h."""
-    derived = derived_column(tier)
-    if derived is None:
-        return (user_id, day)
-    if derived == "month":
+    """The partition key holding that user-day, e.g. ``(42, '2024-01')`` for raw."""
+    if derived_column(tier) == "month":
         return (user_id, f"{day.year:04d}-{day.month:02d}")
     return (user_id, f"{day.year:04d}")
 
@@ -102,8 +137,6 @@ def partition_of(tier: str, user_id: int, day: date) -> PartitionKey:
 def partition_days(tier: str, key: PartitionKey) -> tuple[date, date]:
     """First and last day (inclusive) a partition can hold."""
     label = key[1]
-    if isinstance(label, date):
-        return label, label
     derived = derived_column(tier)
     year = int(label[:4])
     if derived == "year":
@@ -116,10 +149,8 @@ def partition_days(tier: str, key: PartitionKey) -> tuple[date, date]:
 
 def partition_values(tier: str, key: PartitionKey) -> dict[str, str | None]:
     """Delta partition values (strings) of a partition key."""
-    label = key[1]
-    text = label.isoformat() if isinstance(label, date) else label
     user_col, label_col = partition_columns(tier)
-    return {user_col: str(key[0]), label_col: text}
+    return {user_col: str(key[0]), label_col: key[1]}
 
 
 def partition_dir(tier: str, key: PartitionKey) -> str:
@@ -133,27 +164,19 @@ def partition_from_values(tier: str, values: dict[str, str | None]) -> Partition
     user_text, label = values.get(user_col), values.get(label_col)
     if user_text is None or label is None:
         raise ValueError(f"{tier}: file without partition values {values!r}")
-    if derived_column(tier) is None:
-        return (int(user_text), date.fromisoformat(label))
     return (int(user_text), label)
 
 
 def partition_ordinals(tier: str, day_numbers: np.ndarray) -> np.ndarray:
     """Sortable int64 partition label per row, from day numbers (days since 1970-01-01)."""
     days = day_numbers.astype("datetime64[D]")
-    derived = derived_column(tier)
-    if derived is None:
-        return day_numbers.astype(np.int64)
-    unit = "datetime64[M]" if derived == "month" else "datetime64[Y]"
+    unit = "datetime64[M]" if derived_column(tier) == "month" else "datetime64[Y]"
     return days.astype(unit).astype(np.int64)
 
 
 def partition_from_ordinal(tier: str, user_id: int, ordinal: int) -> PartitionKey:
     """The partition key for a user and a label from ``partition_ordinals``."""
-    derived = derived_column(tier)
-    if derived is None:
-        return (user_id, EPOCH + timedelta(days=ordinal))
-    if derived == "month":
+    if derived_column(tier) == "month":
         year, month0 = divmod(ordinal, 12)
         return (user_id, f"{1970 + year:04d}-{month0 + 1:02d}")
     return (user_id, f"{1970 + ordinal:04d}")

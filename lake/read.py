@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import date
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -38,9 +36,6 @@ def read_partition_file(
         name: raw.column(name).cast(stored.field(name).type) for name in stored.names
     }
     columns["user_id"] = pa.repeat(pa.scalar(partition[0], pa.int32()), rows)
-    label = partition[1]
-    if isinstance(label, date):  # fine tiers: the day is the partition
-        columns["date"] = pa.repeat(pa.scalar(label, pa.date32()), rows)
     schema = data_schema(tier)
     table = pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
     return extremes.restored(table)

@@ -17,14 +17,18 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 from deltalake.transaction import AddAction, RemoveAction
 
 from lake.checksum import DayKey, DayStat, day_checksums, merge_checksums
+from lake.dayfiles import days_by_partition, kept_rows, outside, plan_days, split_runs
 from lake.deltalog import log_entry, read_commits
 from lake.layout import (
     TIERS,
     PartitionKey,
+    check_partitioning,
     check_tier,
+    file_schema,
     partition_columns,
     partition_days,
     partition_of,
+    replaces_days,
     tier_schema,
 )
 from lake.locking import writer_lock
@@ -91,9 +95,12 @@ class Lake:
 
     def _table(self, tier: str, version: int | None = None) -> DeltaTable:
         self.table_opens += 1
-        return DeltaTable(
+        table = DeltaTable(
             self.table_dir(tier), version=version, storage_options=self.storage.storage_options
         )
+        # A table of an older layout must never be read with this one's partition columns.
+        check_partitioning(tier, table.metadata().partition_columns)
+        return table
 
     def _exists(self, tier: str) -> bool:
         # Not DeltaTable.is_deltatable: its listing hangs against some S3 servers (moto).
@@ -157,21 +164,30 @@ class Lake:
         """
         wanted = _pairs(pairs)
         snapshot = self._snapshot(tier, version)
-        jobs: list[tuple[str, PartitionKey]] = []
+        jobs: list[tuple[LakeFile, PartitionKey]] = []
         if snapshot is not None:
             for key in sorted({partition_of(tier, u, d) for u, d in wanted}, key=str):
-                jobs.extend((e.file.path, key) for e in snapshot.by_partition.get(key, ()))
+                # Only the files whose days hold one asked for: a month partition of the fine
+                # tiers holds many files.
+                jobs.extend(
+                    (e.file, key)
+                    for e in snapshot.by_partition.get(key, ())
+                    if any(
+                        (key[0], e.file.first_day + timedelta(days=n)) in wanted
+                        for n in range((e.file.last_day - e.file.first_day).days + 1)
+                    )
+                )
 
-        def stats_of(job: tuple[str, PartitionKey]) -> dict[DayKey, DayStat]:
+        def stats_of(job: tuple[LakeFile, PartitionKey]) -> dict[DayKey, DayStat]:
+            lake_file, key = job
             try:
-                table = read_partition_file(self.storage, tier, job[0], job[1])
+                table = read_partition_file(self.storage, tier, lake_file.path, key)
             except (pa.ArrowException, OSError) as exc:
                 if damaged is None:
                     raise
-                first, last = partition_days(tier, job[1])
                 for user_id, day in wanted:
-                    if user_id == job[1][0] and first <= day <= last:
-                        damaged[(user_id, day)] = f"{job[0]}: {exc}"
+                    if user_id == key[0] and lake_file.first_day <= day <= lake_file.last_day:
+                        damaged[(user_id, day)] = f"{lake_file.path}: {exc}"
                 return {}
             return {k: v for k, v in day_checksums(tier, table).items() if k in wanted}
 
@@ -322,59 +338,110 @@ class Lake:
         return read_version + 1
 
     def replace_days(self, tier: str, data: pa.Table, days: Iterable[tuple[int, date]]) -> int:
-        """Replace every partition holding one of ``days`` with the rows of ``data``, in one
-        Delta commit, and return the new version.
+        """Replace ``days`` with the rows of ``data``, in one Delta commit, and return the new
+        version. Removed files stay on disk for older readers.
 
-        ``data`` must hold all rows of those partitions (for agg_1h/agg_1d: the user's whole
-        month/year) and nothing outside them. Removed files stay on disk for older readers.
+        raw and agg_1m: exactly those (user, day)s change; ``data`` holds their new rows and
+        nothing else (see ``lake.dayfiles``). agg_1h and agg_1d: every partition holding one
+        of ``days`` is replaced whole, so ``data`` holds the user's whole month/year.
         """
         check_tier(tier)
-        targets = {partition_of(tier, u, d) for u, d in _pairs(days)}
-        partitions = split_partitions(tier, data)
-        strays = sorted({str(key) for key, _ in partitions if key not in targets})
+        pairs = _pairs(days)
+        partitions = dict(split_partitions(tier, data))
+        replaced = days_by_partition(tier, pairs)
+        by_day = replaces_days(tier)
+        strays = sorted(
+            str(key)
+            for key, part in partitions.items()
+            if key not in replaced or (by_day and outside(part, replaced[key]).num_rows)
+        )
         if strays:
-            raise ValueError(f"{tier}: data has rows outside the replaced partitions: {strays}")
+            unit = "days" if by_day else "partitions"
+            raise ValueError(f"{tier}: data has rows outside the replaced {unit}: {strays}")
         with writer_lock(self.storage, tier):
             table = self._open_for_write(tier)
-            table_dir = self.table_dir(tier)
-
-            def write(partition: tuple[PartitionKey, pa.Table]) -> AddAction:
-                return write_file(
-                    self.storage, table_dir, tier, partition[0], sort_rows(partition[1])
-                )
-
-            with ThreadPoolExecutor(_IO_THREADS) as pool:
-                adds: list[AddAction | RemoveAction] = list(pool.map(write, partitions))
+            written: list[AddAction] | None = None
             for attempt in range(1, _COMMIT_ATTEMPTS + 1):
                 snapshot = self._writer_snapshot(tier, table)
                 now_ms = int(time.time() * 1000)
-                removes: list[AddAction | RemoveAction] = [
-                    remove_action(tier, entry, now_ms)
-                    for key in targets
-                    for entry in snapshot.by_partition.get(key, ())
-                ]
-                if not adds and not removes:
+                if by_day:
+                    actions = self._day_actions(tier, snapshot, partitions, replaced, now_ms)
+                else:
+                    if written is None:  # whole partitions: the files do not depend on the version
+                        written = self._write_all(tier, list(partitions.items()))
+                    removes = [
+                        remove_action(tier, entry, now_ms)
+                        for key in replaced
+                        for entry in snapshot.by_partition.get(key, ())
+                    ]
+                    actions = [*written, *removes]
+                if not actions:
                     return table.version()
                 try:
-                    return self._commit(tier, table, [*adds, *removes], "replace_days")
+                    return self._commit(tier, table, actions, "replace_days")
                 except CommitFailedError:
                     if self.storage.is_local or attempt == _COMMIT_ATTEMPTS:
                         raise
                 # Another process committed this version first (object storage has no lock
-                # across processes). Our files are written: replace what the partitions hold
-                # in the newer version instead, so the later commit wins them whole.
+                # across processes): replace what the newer version holds instead, so the
+                # later commit wins the days whole.
                 table = self._open_for_write(tier)
             raise AssertionError("unreachable")
 
-    def compact(self, tier: str) -> CompactResult:
-        """Merge every partition holding more than one file into one file (one commit)."""
+    def _write_all(self, tier: str, parts: list[tuple[PartitionKey, pa.Table]]) -> list[AddAction]:
+        table_dir = self.table_dir(tier)
+
+        def write(part: tuple[PartitionKey, pa.Table]) -> AddAction:
+            return write_file(self.storage, table_dir, tier, part[0], sort_rows(part[1]))
+
+        with ThreadPoolExecutor(_IO_THREADS) as pool:
+            return list(pool.map(write, parts))
+
+    def _day_actions(
+        self,
+        tier: str,
+        snapshot: Snapshot | None,
+        partitions: Mapping[PartitionKey, pa.Table],
+        replaced: Mapping[PartitionKey, frozenset[date]],
+        now_ms: int,
+    ) -> list[AddAction | RemoveAction]:
+        """Files to write and remove to replace exactly these days (see lake.dayfiles)."""
+        columns = file_schema(tier).names
+        parts: list[tuple[PartitionKey, pa.Table]] = []
+        removes: list[AddAction | RemoveAction] = []
+        for key, plan in plan_days(snapshot, replaced).items():
+            new = partitions.get(key)
+            if plan.rewritten:
+                kept = kept_rows(self.storage, tier, key, plan.rewritten, replaced[key])
+                merged = [t.select(columns) for t in kept] + ([] if new is None else [new])
+                parts.append((key, pa.concat_tables(merged)))
+            elif new is not None:
+                parts.extend((key, run) for run in split_runs(new, replaced[key]))
+            removes.extend(
+                remove_action(tier, entry, now_ms) for entry in (*plan.removed, *plan.rewritten)
+            )
+        adds = self._write_all(tier, [(k, t) for k, t in parts if t.num_rows])
+        return [*adds, *removes]
+
+    def compact(self, tier: str, settled_before: date | None = None) -> CompactResult:
+        """Merge every partition holding more than one file into one file sorted by (metric,
+        ts), in one commit; ``settled_before``: only partitions whose days all lie before it.
+
+        The fine tiers get one file per participant-month this way: a month still receiving
+        days keeps one file per synced run (at most one per day) until it is settled, so late
+        data into it costs no rewrite."""
         started = time.perf_counter()
         with writer_lock(self.storage, check_tier(tier)):
             if not self._exists(tier):
                 return CompactResult(tier, None, 0, 0, 0, 0, 0, time.perf_counter() - started)
             table = self._open_for_write(tier)
             snapshot = self._writer_snapshot(tier, table)
-            crowded = {k: v for k, v in snapshot.by_partition.items() if len(v) > 1}
+            crowded = {
+                key: entries
+                for key, entries in snapshot.by_partition.items()
+                if len(entries) > 1
+                and (settled_before is None or partition_days(tier, key)[1] < settled_before)
+            }
             if not crowded:
                 return CompactResult(
                     tier, snapshot.version, 0, 0, 0, 0, 0, time.perf_counter() - started

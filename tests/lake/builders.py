@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from lake import Lake, LakeFiles, lake_relation
-from lake.layout import data_schema
+from lake.layout import data_schema, derived_column
 
 Pair = tuple[int, date]
 
@@ -66,6 +66,14 @@ def tier_rows(
         else:
             arrays.append(pa.array(values).cast(field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def with_partition_column(tier: str, table: pa.Table) -> pa.Table:
+    """``table`` plus its month/year column, as another Delta writer must supply it."""
+    name = derived_column(tier)
+    unit = "datetime64[M]" if name == "month" else "datetime64[Y]"
+    days = table.column("date").cast(pa.int32()).to_numpy().astype("datetime64[D]")
+    return table.append_column(name, pa.array(days.astype(unit).astype(str)))
 
 
 def sorted_rows(tier: str, table: pa.Table) -> list[dict[str, object]]:

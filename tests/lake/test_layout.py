@@ -34,27 +34,22 @@ def test_schemas() -> None:
             pa.field("metric", pa.string(), nullable=False),
             pa.field("ts", TS, nullable=False),
             pa.field("value", pa.float64()),
+            pa.field("month", pa.string(), nullable=False),
         ]
     )
     agg = ["user_id", "date", "metric", "ts", "count", "sum", "min", "max"]
-    assert tier_schema("agg_1m").names == agg
+    assert tier_schema("agg_1m").names == [*agg, "month"]
     assert tier_schema("agg_1h").names == [*agg, "month"]
     assert tier_schema("agg_1d").names == [*agg, "year"]
-    assert file_schema("agg_1h").names == agg[1:]  # `date` stays inside coarse files
-    assert file_schema("raw").names == ["metric", "ts", "value"]
+    assert file_schema("agg_1h").names == agg[1:]  # `date` stays inside the files
+    assert file_schema("raw").names == ["date", "metric", "ts", "value"]
 
 
 @pytest.mark.parametrize(
     ("tier", "columns", "key", "first", "last"),
     [
-        ("raw", ("user_id", "date"), (4, date(2024, 2, 29)), date(2024, 2, 29), date(2024, 2, 29)),
-        (
-            "agg_1m",
-            ("user_id", "date"),
-            (4, date(2024, 2, 29)),
-            date(2024, 2, 29),
-            date(2024, 2, 29),
-        ),
+        ("raw", ("user_id", "month"), (4, "2024-02"), date(2024, 2, 1), date(2024, 2, 29)),
+        ("agg_1m", ("user_id", "month"), (4, "2024-02"), date(2024, 2, 1), date(2024, 2, 29)),
         ("agg_1h", ("user_id", "month"), (4, "2024-02"), date(2024, 2, 1), date(2024, 2, 29)),
         ("agg_1d", ("user_id", "year"), (4, "2024"), date(2024, 1, 1), date(2024, 12, 31)),
     ],

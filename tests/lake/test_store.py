@@ -23,6 +23,7 @@ from tests.lake.builders import (
     read_files,
     sorted_rows,
     tier_rows,
+    with_partition_column,
 )
 
 
@@ -42,8 +43,8 @@ def test_round_trip_per_tier(lake: Lake, tier: str) -> None:
     assert lake.version(tier) == version
     assert sorted_rows(tier, read_all(lake, tier)) == sorted_rows(tier, source)
     expected_dirs = {
-        "raw": {f"user_id={u}/date={d}" for u, d in pairs},
-        "agg_1m": {f"user_id={u}/date={d}" for u, d in pairs},
+        "raw": {f"user_id={u}/month={m}" for u in (1, 2) for m in ("2024-01", "2024-02")},
+        "agg_1m": {f"user_id={u}/month={m}" for u in (1, 2) for m in ("2024-01", "2024-02")},
         "agg_1h": {f"user_id={u}/month={m}" for u in (1, 2) for m in ("2024-01", "2024-02")},
         "agg_1d": {"user_id=1/year=2024", "user_id=2/year=2024"},
     }[tier]
@@ -69,7 +70,7 @@ def test_files_are_sorted_zstd_with_statistics(lake: Lake, tier: str) -> None:
         assert column.statistics is not None and column.statistics.has_min_max
 
 
-def test_replace_days_replaces_exactly_those_partitions(lake: Lake) -> None:
+def test_replace_days_replaces_exactly_those_days(lake: Lake) -> None:
     days = days_from(JAN1, 4)
     pairs = [(u, d) for u in (1, 2) for d in days]
     first = tier_rows("raw", pairs, seed=1)
@@ -96,19 +97,24 @@ def test_replace_days_replaces_exactly_those_partitions(lake: Lake) -> None:
     )
     assert sorted_rows("raw", read_all(lake, "raw")) == sorted_rows("raw", expected)
     assert lake.storage.exists(old_file.path)  # older readers keep working
-    assert len(lake.files("raw", None, *ALL_TIME).files) == len(pairs)
+    # One file per user held the four days; each is rewritten with its kept days and the new.
+    assert len(lake.files("raw", None, *ALL_TIME).files) == 2
 
 
-def test_empty_replacement_removes_the_partition(lake: Lake) -> None:
-    pairs = [(1, d) for d in days_from(JAN1, 3)]
-    v1 = lake.replace_days("raw", tier_rows("raw", pairs), pairs)
+def test_empty_replacement_removes_the_days(lake: Lake) -> None:
+    pairs = [(1, d) for d in days_from(JAN1, 4)]
+    source = tier_rows("raw", pairs)
+    lake.replace_days("raw", source.filter(pc.equal(source["date"], JAN1)), pairs[:1])
+    v1 = lake.replace_days("raw", source.filter(pc.not_equal(source["date"], JAN1)), pairs[1:])
 
-    v2 = lake.replace_days("raw", data_schema("raw").empty_table(), [pairs[1]])
+    v2 = lake.replace_days("raw", data_schema("raw").empty_table(), pairs[:2])
 
     assert v2 == v1 + 1
-    listed = lake.files("raw", None, *ALL_TIME).files
-    assert [(f.first_day, f.last_day) for f in listed] == [(pairs[0][1],) * 2, (pairs[2][1],) * 2]
-    assert lake.day_stats("raw", [pairs[1]]) == {pairs[1]: (0, 0)}
+    (listed,) = lake.files("raw", None, *ALL_TIME).files  # day 1's file is gone
+    assert (listed.first_day, listed.last_day) == (pairs[2][1], pairs[3][1])
+    assert lake.day_stats("raw", pairs[:2]) == {pairs[0]: (0, 0), pairs[1]: (0, 0)}
+    kept = day_checksums("raw", source)
+    assert lake.day_stats("raw", pairs[2:]) == {p: kept[p] for p in pairs[2:]}
 
 
 def test_replace_without_changes_makes_no_commit(lake: Lake) -> None:
@@ -160,7 +166,7 @@ def test_derived_partition_column_is_checked(lake: Lake) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ("outside", "outside the replaced partitions"),
+        ("outside", "outside the replaced days"),
         ("date", "UTC date of 'ts'"),
         ("missing", "columns missing"),
         ("extra", "unexpected"),
@@ -197,8 +203,9 @@ def test_unknown_tier_and_naive_times_are_rejected(lake: Lake) -> None:
 
 def test_files_prunes_by_users_and_time_range(lake: Lake) -> None:
     days = days_from(JAN1, 5)
-    pairs = [(u, d) for u in (1, 2, 3) for d in days]
-    lake.replace_days("raw", tier_rows("raw", pairs, metrics=("hr",)), pairs)
+    for day in days:  # one file per day: what the nightly sync writes
+        pairs = [(u, day) for u in (1, 2, 3)]
+        lake.replace_days("raw", tier_rows("raw", pairs, metrics=("hr",)), pairs)
 
     def listed(users: list[int] | None, start: datetime, end: datetime) -> list[tuple[int, date]]:
         return [(f.user_id, f.first_day) for f in lake.files("raw", users, start, end).files]
@@ -251,7 +258,7 @@ def test_a_second_lake_sees_new_commits(tmp_path: Path) -> None:
     version = writer.replace_days("raw", tier_rows("raw", pairs[1:]), pairs[1:])
 
     listed = reader.files("raw", None, *ALL_TIME)
-    assert (listed.version, len(listed.files)) == (version, 3)
+    assert (listed.version, len(listed.files)) == (version, 2)
     assert reader.total_bytes("raw") == sum(f.size_bytes for f in listed.files) > 0
 
 
@@ -313,7 +320,7 @@ def test_incremental_refresh_matches_a_cold_load(lake: Lake) -> None:
         same_as_cold()
     write_deltalake(
         lake.table_dir("raw"),
-        tier_rows("raw", pairs[5:6], metrics=("x",)),
+        with_partition_column("raw", tier_rows("raw", pairs[5:6], metrics=("x",))),
         mode="append",
         storage_options=lake.storage.storage_options,
     )

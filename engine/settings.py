@@ -41,6 +41,7 @@ class LakeSettings:
     sync_grace_days: int  # days younger than this stay in the warm store: devices upload late
     sync_batch_days: int  # (user, day) pairs per Delta commit
     vacuum_retention_hours: int  # unreferenced files younger than this survive vacuum
+    compact_after_days: int  # a fine-tier month is merged into one file once this settled
     tier_older_than_days: int  # scheduler's tiering horizon for raw and 1m rows
     columnstore_after_days: int  # TimescaleDB chunks this old are compressed; 0: never
 
@@ -346,6 +347,15 @@ SETTINGS: tuple[Setting, ...] = (
         parse=integer(),
         meaning="unreferenced lake files younger than this survive vacuum",
         field="lake.vacuum_retention_hours",
+    ),
+    Setting(
+        name="STRATUM_COMPACT_AFTER_DAYS",
+        default="7",
+        parse=integer(),
+        meaning="`stratum maintain` merges a participant-month of the raw and 1m lake tiers "
+        "into one file once its last day is this many days old (later data into it rewrites "
+        "that month)",
+        field="lake.compact_after_days",
     ),
     Setting(
         name="STRATUM_TIER_OLDER_THAN_DAYS",

@@ -36,7 +36,7 @@ def conform(tier: str, data: pa.Table) -> pa.Table:
     """Select and cast ``data`` to the tier's data schema; raise ValueError on bad input."""
     schema = data_schema(check_tier(tier))
     derived = derived_column(tier)
-    allowed = set(schema.names) | ({derived} if derived else set())
+    allowed = {*schema.names, derived}
     extra = sorted(set(data.column_names) - allowed)
     missing = [name for name in schema.names if name not in data.column_names]
     if extra or missing:
@@ -48,11 +48,12 @@ def conform(tier: str, data: pa.Table) -> pa.Table:
             raise ValueError(f"{tier}: column {field.name!r} has NULLs")
         columns.append(column.cast(field.type))
     table = pa.Table.from_arrays(columns, schema=schema)
-    if derived is not None and derived in data.column_names:
+    if derived in data.column_names:
         unit = "datetime64[M]" if derived == "month" else "datetime64[Y]"
         days = table.column("date").cast(pa.int32()).to_numpy().astype("datetime64[D]")
         expected = pa.array(days.astype(unit).astype(str))
-        if not pc.all(pc.equal(data.column(derived).cast(pa.string()), expected)).as_py():
+        matches = pc.all(pc.equal(data.column(derived).cast(pa.string()), expected)).as_py()
+        if table.num_rows and not matches:  # all() of no rows is null
             raise ValueError(f"{tier}: column {derived!r} does not match 'date'")
     return table
 

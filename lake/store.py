@@ -204,6 +204,20 @@ class Lake:
             return []
         return [(e.relative_path, e.file) for e in snapshot.by_path.values()]
 
+    def added_files(self, tier: str, version: int) -> list[tuple[str, LakeFile]]:
+        """(relative path, file) of the files the commit of ``version`` added: what a writer
+        records and verifies after its replace_days (a rewritten month included)."""
+        current = self._snapshot(tier, version)
+        if current is None:
+            return []
+        before = self._snapshot(tier, version - 1) if version > 0 else None
+        known = {} if before is None else before.by_path
+        return [
+            (relative, entry.file)
+            for relative, entry in current.by_path.items()
+            if relative not in known
+        ]
+
     def relative_path(self, tier: str, lake_file: LakeFile) -> str:
         """A file's path relative to its table folder (how the catalog records it)."""
         return self.storage.relative(lake_file.path, self.table_dir(tier))

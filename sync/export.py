@@ -7,23 +7,25 @@ the warm store (not tiered). Days go in batches; per batch:
 1. one REPEATABLE READ snapshot reads the batch's day_state change numbers and every tier's
    rows, as Arrow (ADBC, one array per (user, metric, window) so PostgreSQL ships a few
    hundred rows instead of millions);
-2. each tier gets one Delta commit replacing exactly the batch's partitions (agg_1h/agg_1d:
-   the users' whole months/years, rebuilt from the warm store, which keeps them forever);
+2. each tier gets one Delta commit replacing exactly the batch's days (agg_1h/agg_1d: the
+   users' whole months/years, rebuilt from the warm store, which keeps them forever);
 3. the commit is read back and compared, per (user, day), with the source rows (count and
    checksum); only then are lake_days and synced_seq written, with the change number read in
    the snapshot. A write landing meanwhile has a newer number, so its day stays pending and
    the router keeps reading it from the warm store.
 
 A mismatch writes nothing for that (user, day, tier) - any older lake_days row for it is
-deleted, as its partition was just replaced - and the run raises VerificationFailed once the
-other batches are done. The next batch is read while the current one is written.
+deleted, as its rows were just replaced; so is the row of any other day of a file the commit
+rewrote (a month, a year, a compacted raw month) that no longer reads back as recorded - and
+the run raises VerificationFailed once the other batches are done. The next batch is read
+while the current one is written.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -40,7 +42,14 @@ from engine.tiers import LAKE_TABLES, by_lake_table
 from engine.timestamps import midnight
 from lake import Lake, day_checksums, partition_of
 from lake.integrity import file_digest
-from lake.layout import PartitionKey, data_schema, derived_column, partition_days, value_columns
+from lake.layout import (
+    PartitionKey,
+    data_schema,
+    partition_days,
+    replaced_span,
+    replaces_days,
+    value_columns,
+)
 from sync.lakefiles import record_files, require_current_log
 from sync.prefetch import prefetched
 from sync.runs import SYNC_LOCK, advisory_lock
@@ -122,6 +131,8 @@ class Tally:
     # partition (agg_1h: user-month, agg_1d: user-year) is rewritten whole by every batch
     # holding one of its days: counted once, as it stands in the lake, not once per batch.
     written: dict[tuple[str, PartitionKey], tuple[int, int, int]] = field(default_factory=dict)
+    # The fine tiers replace days, each once per run: [rows, bytes, files] summed per tier.
+    fine: dict[str, list[int]] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)
     failed: list[tuple[int, date, str]] = field(default_factory=list)
 
@@ -130,15 +141,19 @@ class Tally:
         per_tier = dict.fromkeys(LAKE_TABLES, 0)
         for (tier, _), (rows, _, _) in self.written.items():
             per_tier[tier] += rows
+        for tier, (rows, _, _) in self.fine.items():
+            per_tier[tier] += rows
         return per_tier
 
     @property
     def bytes(self) -> int:
-        return sum(size for _, size, _ in self.written.values())
+        coarse = sum(size for _, size, _ in self.written.values())
+        return coarse + sum(size for _, size, _ in self.fine.values())
 
     @property
     def files(self) -> int:
-        return sum(files for _, _, files in self.written.values())
+        coarse = sum(files for _, _, files in self.written.values())
+        return coarse + sum(files for _, _, files in self.fine.values())
 
 
 Progress = Callable[[int, int, int], None]  # (days done, days total, rows exported)
@@ -229,13 +244,11 @@ def _windows(kept: Sequence[Pair], metrics: Sequence[str], cutoff: date) -> pa.T
     range of the (user_id, metric, ts) primary key."""
     rows: list[tuple[str, int, datetime, datetime]] = []
     for tier in LAKE_TABLES:
-        spans: dict[PartitionKey, tuple[int, date, date]] = {}
+        spans: set[tuple[int, date, date]] = set()
         for user_id, day in kept:
-            key = partition_of(tier, user_id, day)
-            if key not in spans:
-                first, last = partition_days(tier, key)
-                spans[key] = (user_id, first, min(last + timedelta(days=1), cutoff))
-        for user_id, lo, hi in spans.values():
+            first, last = replaced_span(tier, user_id, day)
+            spans.add((user_id, first, min(last + timedelta(days=1), cutoff)))
+        for user_id, lo, hi in sorted(spans):
             rows.append((tier, user_id, midnight(lo), midnight(hi)))
     tiers, users, los, his = (list(c) for c in zip(*rows, strict=True)) if rows else ([],) * 4
     n = len(metrics)
@@ -327,7 +340,7 @@ def _assemble(tier: str, fetched: pa.Table, windows: pa.Table, metrics: Sequence
     lengths = pc.fill_null(pc.list_value_length(fetched.column("ts")), 0).to_numpy()
     window = np.repeat(fetched.column("idx").to_numpy(), lengths)
     ts = pc.list_flatten(fetched.column("ts")).cast(schema.field("ts").type)
-    if derived_column(tier) is None:  # one window per day: the row's day is its window's
+    if replaces_days(tier):  # one window per day: the row's day is its window's
         window_days = windows.column("lo").cast(pa.int64()).to_numpy() // _MICROS_PER_DAY
         days = window_days.astype(np.int32)[window]
     else:
@@ -357,15 +370,23 @@ def export_batch(conn: psycopg.Connection, lake: Lake, snapshot: Snapshot, tally
     files: dict[str, list[tuple[str, int, str]]] = {}
     for tier in LAKE_TABLES:
         table = snapshot.tables[tier]
+        by_day = replaces_days(tier)
         partitions = {partition_of(tier, u, d) for u, d in pairs}
-        # Coarse partitions (a month, a year) hold other days too: their records may change.
-        coarse = derived_column(tier) is not None
-        others = _recorded_in(conn, tier, partitions, pairs) if coarse else {}
         source = day_checksums(tier, table)  # here, not on the reader: it waits on PostgreSQL
         version = lake.replace_days(tier, table, pairs)
         versions[tier] = version
+        added = lake.added_files(tier, version)
+        # Other days the commit rewrote may change records: a coarse partition holds other
+        # days; a fine tier's new file may hold a compacted month's other days, copied.
+        if by_day:
+            spans = [(f.user_id, f.first_day, f.last_day) for _, f in added]
+        else:
+            spans = [(key[0], *partition_days(tier, key)) for key in partitions]
+        others = _recorded_in(conn, tier, spans, pairs)
         # Hashed before the read-back: what is recorded is what was verified.
-        files[tier] = _file_records(lake, tier, version, partitions)
+        files[tier] = [
+            (relative, f.size_bytes, file_digest(lake.storage, f.path)) for relative, f in added
+        ]
         wanted = set(pairs) | set(others)
         # A file that does not read back fails its days only (absent from `back`).
         unreadable: dict[Pair, str] = {}
@@ -373,12 +394,18 @@ def export_batch(conn: psycopg.Connection, lake: Lake, snapshot: Snapshot, tally
         verified[tier] = {p: back[p] for p in pairs if back.get(p) == source.get(p, (0, 0))}
         failed[tier] = {p for p in pairs if p not in verified[tier]}
         stale_rows[tier] = {p for p, stat in others.items() if back.get(p) != stat}
-        rows = dict.fromkeys(partitions, 0)
-        for (u, d), (count, _) in source.items():
-            rows[partition_of(tier, u, d)] += count
-        sizes = _written(lake, tier, version, partitions)
-        for key in partitions:
-            tally.written[(tier, key)] = (rows[key], *sizes.get(key, (0, 0)))
+        if by_day:
+            counts = tally.fine.setdefault(tier, [0, 0, 0])
+            counts[0] += sum(count for count, _ in source.values())
+            counts[1] += sum(f.size_bytes for _, f in added)
+            counts[2] += len(added)
+        else:
+            rows = dict.fromkeys(partitions, 0)
+            for (u, d), (count, _) in source.items():
+                rows[partition_of(tier, u, d)] += count
+            sizes = _written(lake, tier, version, partitions)
+            for key in partitions:
+                tally.written[(tier, key)] = (rows[key], *sizes.get(key, (0, 0)))
         tally.versions[tier] = version
         for u, d in sorted(failed[tier]):
             log.error(
@@ -394,23 +421,6 @@ def export_batch(conn: psycopg.Connection, lake: Lake, snapshot: Snapshot, tally
     _record(conn, snapshot, verified, failed, stale_rows, versions, synced)
     _record_files(conn, files, versions, verified)
     tally.days += len(synced)
-
-
-def _file_records(
-    lake: Lake, tier: str, version: int, partitions: set[PartitionKey]
-) -> list[tuple[str, int, str]]:
-    """(relative path, size, content hash) of the files of these partitions at `version`."""
-    if not partitions:
-        return []
-    users = sorted({key[0] for key in partitions})
-    spans = [partition_days(tier, key) for key in partitions]
-    start = midnight(min(lo for lo, _ in spans))
-    end = midnight(max(hi for _, hi in spans) + timedelta(days=1))
-    return [
-        (lake.relative_path(tier, f), f.size_bytes, file_digest(lake.storage, f.path))
-        for f in lake.files(tier, users, start, end, version=version).files
-        if partition_of(tier, f.user_id, f.first_day) in partitions
-    ]
 
 
 def _record_files(
@@ -437,10 +447,12 @@ def _record_files(
 
 
 def _recorded_in(
-    conn: psycopg.Connection, tier: str, partitions: Iterable[PartitionKey], exclude: list[Pair]
+    conn: psycopg.Connection,
+    tier: str,
+    spans: Sequence[tuple[int, date, date]],
+    exclude: list[Pair],
 ) -> dict[Pair, Stat]:
-    """lake_days rows of `tier` for other days of the partitions about to be replaced."""
-    spans = [(key[0], *partition_days(tier, key)) for key in partitions]
+    """lake_days rows of `tier` in these (user, first day, last day) spans, but `exclude`."""
     if not spans:
         return {}
     rows = conn.execute(

@@ -278,13 +278,17 @@ def columnstore_job(
     return run_job(url, "compress", body)
 
 
-def maintain_job(url: str, settings: LakeSettings, lake: Lake | None = None) -> JobResult:
+def maintain_job(
+    url: str, settings: LakeSettings, lake: Lake | None = None, today: date | None = None
+) -> JobResult:
     opened = lake or Lake(settings.path)
+    # Months whose last day is older than this are settled: late data is no longer expected.
+    settled_before = (today or utc_now().date()) - timedelta(days=settings.compact_after_days)
 
     def body() -> JobResult:
         with psycopg.connect(url, autocommit=True) as conn:
             require_current_log(conn, opened)  # a compaction commit would reuse lost versions
-            done = maintain_lake(opened, settings.vacuum_retention_hours)
+            done = maintain_lake(opened, settings.vacuum_retention_hours, settled_before)
             damaged = [
                 (user_id, table, day, f"{relative}: {why}")
                 for table, compacted in done.compacted.items()

@@ -27,7 +27,7 @@ import psycopg
 from engine.tiers import LAKE_TABLES, TIERED
 from lake import Lake, LakeFile, day_checksums, partition_of
 from lake.integrity import check_file, file_days, file_digest
-from lake.layout import partition_days
+from lake.layout import partition_days, replaces_days
 from lake.read import read_partition_file
 from sync.export import SyncResult, sync_to_lake
 from sync.lakefiles import DamageRow, days_ahead, record_damage, record_files
@@ -70,16 +70,16 @@ def verify_lake(url: str, lake: Lake) -> VerifyResult:
             }
             version = lake.version(table)
             entries = lake.entries(table)
-            per_partition = Counter(partition_of(table, f.user_id, f.first_day) for _, f in entries)
-            partitions = set(per_partition)
+            # The days each file may hold: a fine tier's month holds several files, each its
+            # own days; a day two files may hold is "crowded" (a crash or a foreign writer).
+            holders = Counter(day for _, f in entries for day in file_days(f))
             for relative, lake_file in entries:
                 files += 1
                 size += lake_file.size_bytes
-                partition = partition_of(table, lake_file.user_id, lake_file.first_day)
                 recorded_size, digest = records.get(relative, (lake_file.size_bytes, None))
                 problem = check_file(lake.storage, lake_file.path, recorded_size, digest)
                 if problem is None and digest is None:
-                    crowded = per_partition[partition] > 1
+                    crowded = any(holders[day] > 1 for day in file_days(lake_file))
                     problem = _adopt(conn, lake, table, relative, lake_file, version, crowded)
                 if problem is not None:
                     log.error("verify: %s/%s: %s", table, relative, problem)
@@ -89,7 +89,7 @@ def verify_lake(url: str, lake: Lake) -> VerifyResult:
                 "SELECT user_id, day FROM current_lake_days WHERE tier = %s AND rows > 0",
                 (table,),
             ):
-                if partition_of(table, user_id, day) not in partitions:
+                if (user_id, day) not in holders:
                     damaged.setdefault(
                         (user_id, table, day),
                         f"verified in the lake, but no file of version {version} holds it",
@@ -118,7 +118,12 @@ def _adopt(
     with the days' verified checksums and, when they agree, record its hash now. Why it does
     not agree, or None."""
     partition = partition_of(table, lake_file.user_id, lake_file.first_day)
-    first, last = partition_days(table, partition)
+    # A coarse partition's file holds all its days (those without rows included); a fine
+    # tier's file only the days its statistics bound.
+    if replaces_days(table):
+        first, last = lake_file.first_day, lake_file.last_day
+    else:
+        first, last = partition_days(table, partition)
     expected = {
         (int(u), d): (int(r), int(c))
         for u, d, r, c in conn.execute(

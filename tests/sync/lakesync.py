@@ -106,6 +106,7 @@ def job_settings(tmp_path: Path, tier_older_than_days: int) -> Settings:
         sync_grace_days=1,
         sync_batch_days=3,
         vacuum_retention_hours=0,
+        compact_after_days=7,
         tier_older_than_days=tier_older_than_days,
         columnstore_after_days=2,
     )

@@ -6,6 +6,7 @@ holds and lists what only a backup can restore."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -16,12 +17,13 @@ from deltalake import write_deltalake
 
 from engine.errors import SyncFailed
 from engine.settings import Settings
-from lake import Lake
+from lake import Lake, partition_of
 from lake.read import read_partition_file
 from sync import jobs
 from sync.export import VerificationFailed, sync_to_lake
 from sync.lakefiles import damage_report
 from sync.verify import RepairResult, VerifyResult
+from tests.lake.builders import ALL_TIME, with_partition_column
 from tests.sync.lakesync import (
     FIRST_DAY,
     TODAY,
@@ -36,15 +38,22 @@ DAMAGED = (1, FIRST_DAY)
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return job_settings(tmp_path, tier_older_than_days=1)
+    base = job_settings(tmp_path, tier_older_than_days=1)
+    # One day per sync batch: one raw file per participant-day, so damage stays one day's.
+    return replace(base, lake=replace(base.lake, sync_batch_days=1))
 
 
 def raw_file(settings: Settings, user_id: int = 1, several: bool = False) -> Path:
-    """The day's one raw file (its folder, with `several`)."""
-    folder = settings.lake.path / "raw" / f"user_id={user_id}" / f"date={FIRST_DAY}"
+    """The raw file holding the user's first day (its month's folder, with `several`)."""
+    folder = settings.lake.path / "raw" / f"user_id={user_id}" / f"month={FIRST_DAY:%Y-%m}"
     if several:
         return folder
-    (found,) = folder.glob("*.parquet")
+    lake = Lake(settings.lake.path)
+    (found,) = [
+        Path(f.path)
+        for f in lake.files("raw", [user_id], *ALL_TIME).files
+        if f.first_day == FIRST_DAY
+    ]
     return found
 
 
@@ -161,7 +170,10 @@ def test_maintain_skips_a_damaged_partition_names_it_and_compacts_the_rest(
     # Two crowded partitions (as another Delta writer could leave them); one file truncated.
     for user_id in (1, 2):
         path = str(raw_file(settings, user_id))
-        rows = read_partition_file(lake.storage, "raw", path, (user_id, FIRST_DAY))
+        rows = read_partition_file(
+            lake.storage, "raw", path, partition_of("raw", user_id, FIRST_DAY)
+        )
+        rows = with_partition_column("raw", rows)
         for part in (rows.slice(0, 100), rows.slice(100)):
             write_deltalake(
                 lake.table_dir("raw"),
@@ -207,10 +219,10 @@ class RottingLake(Lake):
 
     def replace_days(self, tier: str, data: pa.Table, days: Iterable[tuple[int, date]]) -> int:
         version = super().replace_days(tier, data, days)
-        folder = Path(self.table_dir("raw")) / "user_id=1" / f"date={FIRST_DAY}"
-        if tier == "raw" and folder.is_dir():
-            for path in folder.glob("*.parquet"):
-                truncate(path)
+        if tier == "raw" and (1, FIRST_DAY) in set(days):
+            for _, lake_file in self.added_files("raw", version):
+                if lake_file.user_id == 1 and lake_file.first_day == FIRST_DAY:
+                    truncate(Path(lake_file.path))
         return version
 
 
@@ -220,7 +232,7 @@ def test_sync_fails_a_day_that_does_not_read_back_and_finishes_the_rest(
     load_cohort(warm_url)
     lake = RottingLake(settings.lake.path)
     with pytest.raises(VerificationFailed, match=f"user 1 {FIRST_DAY} raw") as failed:
-        sync_to_lake(warm_url, lake, grace_days=1, batch_days=3, today=TODAY)
+        sync_to_lake(warm_url, lake, grace_days=1, batch_days=1, today=TODAY)  # a file a day
     assert failed.value.result.failed == [(1, FIRST_DAY, "raw")]
     assert failed.value.result.days == 8 - 1
 

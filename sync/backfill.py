@@ -290,15 +290,26 @@ def _day_keys(raw: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return np.unique(_packed(raw), return_counts=True)
 
 
+def _month_numbers(keys: np.ndarray) -> np.ndarray:
+    """One int64 per packed (user, day) key, equal for the days of one participant-month."""
+    users, days = np.divmod(keys, _KEY_SHIFT)
+    day_numbers = (days - _DAY_OFFSET).astype("datetime64[D]")
+    return users * 100_000 + day_numbers.astype("datetime64[M]").astype(np.int64)
+
+
 def _batches(
     keys: np.ndarray, counts: np.ndarray, batch_rows: int
 ) -> Iterator[tuple[int, int, list[Pair]]]:
-    """Consecutive runs of (user, day) keys holding about `batch_rows` rows each (a day is
-    never split): (first key, last key, the days)."""
+    """Consecutive runs of (user, day) keys holding about `batch_rows` rows each: (first key,
+    last key, the days). A batch ends only where a participant-month does, so the lake's fine
+    tiers get one file per participant-month straight away (a month's consecutive days in one
+    commit are one file), with nothing left for compaction."""
+    months = _month_numbers(keys)
     start, rows = 0, 0
     for index, count in enumerate(counts.tolist()):
         rows += count
-        if rows >= batch_rows or index == len(counts) - 1:
+        last = index == len(counts) - 1
+        if last or (rows >= batch_rows and months[index + 1] != months[index]):
             chosen = keys[start : index + 1]
             yield int(chosen[0]), int(chosen[-1]), [_unpack(int(k)) for k in chosen]
             start, rows = index + 1, 0

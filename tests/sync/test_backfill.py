@@ -273,3 +273,27 @@ def test_sync_and_backfill_exclude_each_other(flavour_url: str, tmp_path: Path) 
         conn.execute("SELECT pg_advisory_lock(%s)", (SYNC_LOCK,))
         with pytest.raises(SyncFailed, match="sync, tiering or backfill run"):
             backfill(flavour_url, Lake(tmp_path / "lake"), write(tmp_path / "c.parquet", cohort()))
+
+
+def test_backfill_writes_one_fine_file_per_participant_month(warm_url: str, tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    days = 33  # January 29 to March 1: three months per participant
+    source = cohort(users=2, days=days)
+    # Batches far smaller than a month: they still end only where a participant-month does.
+    result = backfill(warm_url, lake, write(tmp_path / "a.parquet", source), batch_rows=1_000)
+
+    assert result.days == 2 * days
+    for tier in ("raw", "agg_1m"):
+        listed = lake.files(
+            tier, None, datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 4, 1, tzinfo=UTC)
+        )
+        spans = sorted((f.user_id, f.first_day, f.last_day) for f in listed.files)
+        assert spans == [
+            (user, first, last)
+            for user in (1, 2)
+            for first, last in (
+                (FIRST, date(2024, 1, 31)),
+                (date(2024, 2, 1), date(2024, 2, 29)),
+                (date(2024, 3, 1), FIRST + timedelta(days=days - 1)),
+            )
+        ]

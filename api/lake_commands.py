@@ -31,6 +31,7 @@ from sync.export import SyncResult, VerificationFailed
 from sync.fitbit import time_zone
 from sync.lakefiles import damage_report
 from sync.maintenance import MaintainResult
+from sync.relayout import relayout_lake
 from sync.runs import recent_runs
 from sync.scheduler import run_scheduler
 from sync.tiering import TieringResult
@@ -116,6 +117,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         type=non_negative,
         default=None,
         help="keep unreferenced files younger than this (default $STRATUM_VACUUM_RETENTION_HOURS)",
+    )
+    maintain.add_argument(
+        "--relayout",
+        action="store_true",
+        help="once, with the API and scheduler stopped: rewrite raw and 1m tables of the "
+        "pre-issue-12 layout (one file per participant-day) into month partitions",
     )
     maintain.set_defaults(run=maintain_command)
 
@@ -269,6 +276,12 @@ def tier_command(args: argparse.Namespace, ctx: Context) -> int:
 
 def maintain_command(args: argparse.Namespace, ctx: Context) -> int:
     settings = ctx.settings.lake
+    if args.relayout:
+        for rewritten in relayout_lake(ctx.url, Lake(settings.path)):
+            console.print(
+                f"{rewritten.tier}: {rewritten.files_before} files -> {rewritten.files_after} "
+                f"({rewritten.rows:,} rows, verified; v{rewritten.version})"
+            )
     if args.retention_hours is not None:
         settings = replace(settings, vacuum_retention_hours=args.retention_hours)
     result = jobs.maintain_job(ctx.url, settings)

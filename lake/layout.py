@@ -46,7 +46,7 @@ _DERIVED: Final[dict[str, str]] = {
 }
 _DAY_REPLACED: Final = frozenset({"raw", "agg_1m"})
 # The partition columns of lakes written before issue 12 (see ``check_partitioning``).
-_OLD_FINE_COLUMNS: Final = ("user_id", "date")
+OLD_FINE_COLUMNS: Final = ("user_id", "date")
 
 PartitionKey = tuple[int, str]  # (user_id, '2024-01' or '2024')
 
@@ -91,7 +91,7 @@ def check_partitioning(tier: str, columns: list[str] | tuple[str, ...]) -> None:
     """Raise LayoutError unless a table's partition columns are the tier's."""
     if tuple(columns) == partition_columns(tier):
         return
-    if tuple(columns) == _OLD_FINE_COLUMNS and replaces_days(tier):
+    if tuple(columns) == OLD_FINE_COLUMNS and replaces_days(tier):
         raise LayoutError(
             f"lake table {tier!r} is partitioned by user_id/date (one file per participant-"
             "day, written before issue 12); this version reads user_id/month partitions. "

@@ -18,6 +18,7 @@ from deltalake import write_deltalake
 
 from lake import Lake, day_checksums
 from lake.layout import LayoutError, data_schema
+from lake.relayout import relayout
 from lake.writer import ROW_GROUP_ROWS
 from tests.lake.builders import (
     ALL_TIME,
@@ -196,3 +197,29 @@ def test_a_table_of_the_old_day_layout_is_refused_not_misread(lake: Lake) -> Non
     ):
         with pytest.raises(LayoutError, match="stratum maintain --relayout"):
             action()
+
+
+def test_relayout_rewrites_an_old_day_table_into_month_files(local_lake: Lake) -> None:
+    lake = local_lake  # relayout renames folders: local lakes only
+    pairs = [
+        (u, d) for u in (1, 2) for d in days_from(date(2024, 1, 30), 4) if d != date(2024, 2, 1)
+    ]
+    source = tier_rows("agg_1m", pairs)
+    write_deltalake(lake.table_dir("agg_1m"), source, partition_by=["user_id", "date"])
+
+    done = relayout(lake.storage, "agg_1m")
+
+    assert (done.files_before, done.files_after, done.rows) == (6, 4, source.num_rows)
+    fresh = Lake(lake.root)
+    assert fresh.day_stats("agg_1m", pairs) == day_checksums("agg_1m", source)
+    assert same_rows("agg_1m", read_all(fresh, "agg_1m"), source)
+    spans = sorted(
+        (f.user_id, f.first_day, f.last_day) for f in fresh.files("agg_1m", None, *ALL_TIME).files
+    )
+    assert spans == [
+        (u, first, last)
+        for u in (1, 2)
+        for first, last in ((date(2024, 1, 30), date(2024, 1, 31)), (date(2024, 2, 2),) * 2)
+    ]
+    assert relayout(fresh.storage, "agg_1m").version is None  # nothing left to do
+    assert (Path(lake.root) / ".relayout-old" / "agg_1m" / "_delta_log").is_dir()

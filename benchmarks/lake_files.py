@@ -1,0 +1,147 @@
+"""What the fine tiers' file layout costs (issue 12 point 3, issue 13.0): not a test, never
+asserted.
+
+    python -m benchmarks.lake_files ROOT [--users 50] [--days 730]
+
+Builds, in the empty folder ROOT, a raw tier of USERS x DAYS participant-days of one metric
+at one sample a minute, one file per participant-day (what the nightly sync leaves, and what
+every lake held before issue 12), then compacts it to one file per participant-month, and
+prints for both states: files, bytes per row, opening the tier cold (delta-rs, then the
+Snapshot index), and DuckDB over one participant-year; then the cost of one late day into a
+compacted month (replace_days rewrites that participant-month).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+from deltalake import DeltaTable
+
+from lake import Lake, scan_sql
+from lake.layout import data_schema
+from lake.snapshot import Snapshot
+
+FIRST = date(2024, 1, 1)
+PER_DAY = 1440  # one sample a minute
+_ALL = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+
+
+def day_rows(users: range, days: list[date], seed: int = 0) -> pa.Table:
+    """One heart-rate-like row a minute for each user-day (values with one decimal)."""
+    rng = np.random.default_rng(seed)
+    n = len(users) * len(days)
+    starts = np.array(
+        [np.datetime64(d.isoformat(), "us").astype(np.int64) for _ in users for d in days]
+    )
+    ts = (starts[:, None] + np.arange(PER_DAY) * 60_000_000).ravel()
+    user = np.repeat(np.array([u for u in users for _ in days], np.int32), PER_DAY)
+    day = np.repeat(
+        np.array([np.datetime64(d.isoformat(), "D") for _ in users for d in days]), PER_DAY
+    )
+    values = np.round(rng.normal(70, 8, n * PER_DAY), 1)
+    schema = data_schema("raw")
+    return pa.Table.from_arrays(
+        [
+            pa.array(user),
+            pa.array(day).cast(pa.date32()),
+            pa.array(np.full(n * PER_DAY, "heart_rate", dtype=object), pa.string()),
+            pa.array(ts, pa.int64()).cast(schema.field("ts").type),
+            pa.array(values),
+        ],
+        schema=schema,
+    )
+
+
+def median_time(action: Callable[[], object], repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def open_cold(root: Path) -> tuple[float, float, int]:
+    """Seconds of delta-rs opening the raw table and listing its files, seconds of building
+    the Snapshot index from that list, and the files."""
+    started = time.perf_counter()
+    table = DeltaTable(str(root / "raw"))
+    actions = pa.table(table.get_add_actions(flatten=True))
+    opened = time.perf_counter()
+    snapshot = Snapshot.from_add_actions("raw", table.version(), str(root / "raw"), actions)
+    return opened - started, time.perf_counter() - opened, len(snapshot.files)
+
+
+def state(root: Path, label: str, users: int, days: int) -> None:
+    lake = Lake(root)
+    delta, index, files = min((open_cold(root) for _ in range(5)), key=lambda t: t[0] + t[1])
+    rows = users * days * PER_DAY
+    year = lake.files(
+        "raw", [1], datetime(2024, 1, 1, tzinfo=UTC), datetime(2025, 1, 1, tzinfo=UTC)
+    )
+    sql, params = scan_sql(year)
+    with duckdb.connect() as conn:
+        query = f"SELECT count(*), avg(value) FROM {sql} WHERE metric = 'heart_rate'"  # noqa: S608
+        scan = median_time(lambda: conn.execute(query, params).fetchall())
+        fetch = f"SELECT * FROM {sql} WHERE metric = 'heart_rate'"  # noqa: S608
+        arrow = median_time(lambda: conn.sql(fetch, params=params).to_arrow_table())
+    print(
+        f"{label}: {files:,} files, {lake.total_bytes('raw') / rows:.2f} bytes/row; open cold "
+        f"{(delta + index) * 1000:.0f} ms (delta-rs {delta * 1000:.0f} ms + index "
+        f"{index * 1000:.0f} ms); participant-year ({len(year.files)} files, "
+        f"{year.rows:,} rows): DuckDB count+avg {scan * 1000:.1f} ms, to Arrow "
+        f"{arrow * 1000:.1f} ms"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--days", type=int, default=730)
+    args = parser.parse_args()
+    lake = Lake(args.root)
+    users = range(1, args.users + 1)
+    days = [FIRST + timedelta(days=n) for n in range(args.days)]
+    started = time.perf_counter()
+    # Every other day per commit: one file per participant-day, as day-by-day syncs leave.
+    for chunk in range(0, len(days), 62):
+        for parity in (0, 1):
+            some = days[chunk : chunk + 62][parity::2]
+            lake.replace_days(
+                "raw", day_rows(users, some, chunk + parity), [(u, d) for u in users for d in some]
+            )
+    built = time.perf_counter() - started
+    rows = args.users * args.days * PER_DAY
+    print(
+        f"wrote {args.users * args.days:,} participant-day files in {built:.0f} s "
+        f"({rows / built:,.0f} rows/s)"
+    )
+    state(args.root, "one file per participant-day", args.users, args.days)
+    started = time.perf_counter()
+    result = lake.compact("raw")
+    compacted = time.perf_counter() - started
+    print(
+        f"compacted {result.files_removed:,} files into {result.files_added:,} in "
+        f"{compacted:.0f} s ({rows / compacted:,.0f} rows/s)"
+    )
+    state(args.root, "one file per participant-month", args.users, args.days)
+    late_day = days[len(days) // 2]
+    started = time.perf_counter()
+    lake.replace_days("raw", day_rows(range(1, 2), [late_day], 99), [(1, late_day)])
+    print(
+        f"one late day into a compacted month ({late_day}): replace_days "
+        f"{(time.perf_counter() - started) * 1000:.0f} ms (that participant-month rewritten)"
+    )
+
+
+if __name__ == "__main__":
+    main()

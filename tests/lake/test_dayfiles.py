@@ -111,6 +111,10 @@ def test_compaction_merges_settled_months_into_one_sorted_file(lake: Lake) -> No
     result = lake.compact("raw", settled_before=date(2024, 2, 3))
 
     assert (result.partitions, result.files_removed, result.files_added) == (1, 31, 1)
+    # A checkpoint at the compaction's version: opening the table skips replaying its removes.
+    assert lake.storage.exists(
+        f"{lake.table_dir('raw')}/_delta_log/{result.version:020d}.checkpoint.parquet"
+    )
     listed = lake.files("raw", None, *ALL_TIME).files
     assert [(f.first_day, f.last_day) for f in listed] == [
         (JAN1, JANUARY[-1]),

@@ -23,6 +23,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
 from lake import Lake, scan_sql
@@ -87,7 +88,8 @@ def best_open(root: Path) -> tuple[float, float, int]:
 def state(root: Path, label: str, users: int, days: int) -> None:
     lake = Lake(root)
     delta, index, files = best_open(root)
-    if DeltaTable(str(root / "raw")).version() % 50:  # no checkpoint at the latest version
+    version = DeltaTable(str(root / "raw")).version()
+    if not (root / "raw" / "_delta_log" / f"{version:020d}.checkpoint.parquet").exists():
         print(f"{label}: open cold from the JSON commits {(delta + index) * 1000:.0f} ms")
         DeltaTable(str(root / "raw")).create_checkpoint()
         delta, index, files = best_open(root)
@@ -99,7 +101,8 @@ def state(root: Path, label: str, users: int, days: int) -> None:
     with duckdb.connect() as conn:
         query = f"SELECT count(*), avg(value) FROM {sql} WHERE metric = 'heart_rate'"  # noqa: S608
         scan = median_time(lambda: conn.execute(query, params).fetchall())
-        fetch = f"SELECT * FROM {sql} WHERE metric = 'heart_rate'"  # noqa: S608
+        # The columns the limit file holds: compare layouts, not projections.
+        fetch = f"SELECT metric, ts, value FROM {sql} WHERE metric = 'heart_rate'"  # noqa: S608
         arrow = median_time(lambda: conn.sql(fetch, params=params).to_arrow_table())
     print(
         f"{label}: {files:,} files, {lake.total_bytes('raw') / rows:.2f} bytes/row; open cold "
@@ -107,6 +110,39 @@ def state(root: Path, label: str, users: int, days: int) -> None:
         f"{index * 1000:.0f} ms); participant-year ({len(year.files)} files, "
         f"{year.rows:,} rows): DuckDB count+avg {scan * 1000:.1f} ms, to Arrow "
         f"{arrow * 1000:.1f} ms"
+    )
+
+
+def limit(root: Path) -> None:
+    """The same participant-year in one file sorted by (metric, ts), 128k-row groups: the
+    bench's "limit" layout (benchmarks/limit.py), what a scan of these rows costs at best."""
+    lake = Lake(root)
+    year = lake.files(
+        "raw", [1], datetime(2024, 1, 1, tzinfo=UTC), datetime(2025, 1, 1, tzinfo=UTC)
+    )
+    sql, params = scan_sql(year)
+    path = root / "limit-user-1-2024.parquet"
+    with duckdb.connect() as conn:
+        rows = conn.sql(
+            f"SELECT metric, ts, value FROM {sql} WHERE ts < '2025-01-01' ORDER BY metric, ts",  # noqa: S608
+            params=params,
+        ).to_arrow_table()
+        pq.write_table(rows, path, row_group_size=131_072, compression="zstd", compression_level=3)
+        scan = median_time(
+            lambda: conn.execute(
+                "SELECT count(*), avg(value) FROM read_parquet($p) WHERE metric = 'heart_rate'",
+                {"p": str(path)},
+            ).fetchall()
+        )
+        arrow = median_time(
+            lambda: conn.sql(
+                "SELECT * FROM read_parquet($p) WHERE metric = 'heart_rate'",
+                params={"p": str(path)},
+            ).to_arrow_table()
+        )
+    print(
+        f"limit (one sorted file, {rows.num_rows:,} rows): DuckDB count+avg {scan * 1000:.1f} ms, "
+        f"to Arrow {arrow * 1000:.1f} ms"
     )
 
 
@@ -142,6 +178,7 @@ def main() -> None:
         f"{compacted:.0f} s ({rows / compacted:,.0f} rows/s)"
     )
     state(args.root, "one file per participant-month", args.users, args.days)
+    limit(args.root)
     late_day = days[len(days) // 2]
     started = time.perf_counter()
     lake.replace_days("raw", day_rows(range(1, 2), [late_day], 99), [(1, late_day)])

@@ -1,7 +1,8 @@
 """The "limit" layout: the lake's rows in one compacted file per participant and tier.
 
-The lake keeps one file per participant-day (raw, 1m), -month (1h) or -year (1d); DuckDB pays
-for every file it opens. The limit backend reads the same rows from one file per participant,
+The lake keeps one file per participant-month (raw, 1m once compacted, 1h) or -year (1d),
+and one per participant-day of the raw and 1m months not yet settled; DuckDB pays for every
+file it opens. The limit backend reads the same rows from one file per participant,
 sorted by (metric, ts) with 128k-row groups, so row-group statistics prune metric and time
 inside it: what a scan of these rows can cost at best, whatever the lake's file layout.
 

@@ -1,9 +1,10 @@
 """Lake executor: DuckDB over the exact file list of a pinned Delta version.
 
 No directory globbing: the planner hands over the files. Filters on metric and ts push down
-to Parquet row groups (files are sorted by metric, ts). Files of one user and day hold one
-partition each, sorted by (metric, ts); listed in (user_id, day) order, a one-metric scan
-is already in answer order, so DuckDB (preserve_insertion_order) streams it without a sort.
+to Parquet row groups (files are sorted by metric, ts). A user's files hold disjoint day
+ranges (a day, a run of days, a compacted month), each sorted by (metric, ts); listed in
+(user_id, first day) order, a one-metric scan is already in answer order, so DuckDB
+(preserve_insertion_order) streams it without a sort.
 """
 
 from __future__ import annotations

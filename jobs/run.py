@@ -173,7 +173,8 @@ def io_config(storage: LakeStorage) -> IOConfig | None:
 
 def _read(pinned: PinnedRead, spans: list[Span], job: Job, io: IOConfig | None) -> DataFrame:
     """agg_1m rows of these spans at the pinned version: one scan per day range, pruned to
-    its participants' partitions (user_id, date) when Daft plans it."""
+    its participants' partitions (user_id, month) and to the files whose `date` statistics
+    overlap the range when Daft plans it."""
     import daft
     from daft import col, lit
 

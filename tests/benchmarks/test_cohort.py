@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -44,8 +45,10 @@ def test_the_cohort_is_built_through_backfill_then_reported(home: Path, tmp_path
     results = run(home, tmp_path / "first", scan=True)
     per_day = len(METRICS) * 1440
     lake = results["lake"]["tiers"]
-    # History in the lake, one file per participant-day of the fine tiers; the last days warm.
-    assert lake["raw"]["files"] == SHAPE.users * (SHAPE.days - WARM_DAYS)
+    # History in the lake, one file per participant-month of the fine tiers (backfill writes
+    # whole months); the last days warm.
+    history = [SHAPE.end - timedelta(days=n) for n in range(WARM_DAYS, SHAPE.days)]
+    assert lake["raw"]["files"] == SHAPE.users * len({(d.year, d.month) for d in history})
     assert 0 < lake["raw"]["rows"] <= SHAPE.users * (SHAPE.days - WARM_DAYS) * per_day
     server = ensure_local_postgres(home / "cohort")
     with psycopg.connect(server.url) as conn:

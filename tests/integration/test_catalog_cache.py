@@ -160,7 +160,10 @@ def _seen(change: str, engine: Engine, url: str, lake: Lake, tmp_path: Path) -> 
         old = FIRST_DAY - timedelta(days=60)
         assert sources(plan(engine, 1, first=old), old) == {"lake"}
     else:
-        assert entry.damaged.get("raw") == ((DAY, DAY),)
+        # A damaged file damages every day it holds (a sync batch's run of days).
+        (damaged,) = lake.files("raw", [1], *_span(DAY)).files
+        assert damaged.first_day <= DAY <= damaged.last_day
+        assert entry.damaged.get("raw") == ((damaged.first_day, damaged.last_day),)
         assert sources(plan(engine, 1), DAY) == {"warm"}  # not served from the damaged file
         repair_lake(url, lake, grace_days=1, batch_days=3, today=TODAY)
         assert sources(plan(engine, 1), DAY) == {"lake"}

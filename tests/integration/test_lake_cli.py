@@ -92,17 +92,20 @@ def test_verify_and_repair(env: str, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["verify"]) == 0
     capsys.readouterr()
     day = datetime.now(UTC).date() - timedelta(days=DAYS)
-    (path,) = (tmp_path / "lake" / "raw" / "user_id=1" / f"date={day}").glob("*.parquet")
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    (damaged,) = Lake(tmp_path / "lake").files("raw", [1], start, start + timedelta(days=1)).files
+    path = Path(damaged.path)
     path.write_bytes(path.read_bytes()[:100])
+    days = (damaged.last_day - damaged.first_day).days + 1  # the file's days are all damaged
 
     assert main(["verify"]) == 2
     out = capsys.readouterr()
-    assert "1 damaged lake days" in out.out and str(day) in out.out + out.err
+    assert f"{days} damaged lake days" in out.out and str(day) in out.out + out.err
     assert main(["sync", "status"]) == 2
     assert "damaged lake days" in capsys.readouterr().out
 
     assert main(["repair"]) == 0
-    assert "re-exported 1 damaged lake days" in capsys.readouterr().out
+    assert f"re-exported {days} damaged lake days" in capsys.readouterr().out
     assert main(["verify"]) == 0
     assert main(["sync", "status"]) == 0
 

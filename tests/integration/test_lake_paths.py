@@ -33,7 +33,9 @@ def engine(warm_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
     refresh_rollups(warm_url)
     # DuckDB for every answer; small ones are compared with it below.
     engine = Engine(load_settings({"STRATUM_HOME": str(tmp_path)}), warm_url, DUCKDB_ONLY)
-    sync_to_lake(warm_url, engine.lake, grace_days=1, batch_days=8, today=date(2024, 5, 6))
+    # One day per batch: one file per participant-day, as the nightly sync leaves them until
+    # a month is compacted, so the strategies have many files to order and chunk.
+    sync_to_lake(warm_url, engine.lake, grace_days=1, batch_days=1, today=date(2024, 5, 6))
     yield engine
     engine.close()
 

@@ -92,6 +92,8 @@ def test_nightly_job_on_s3_then_a_late_row_rehydrates_a_tiered_day(
 
 
 def test_verify_and_repair_on_s3(warm_url: str, settings: Settings) -> None:
+    # One day per sync batch: one raw file per participant-day, so damage stays one day's.
+    settings = replace(settings, lake=replace(settings.lake, sync_batch_days=1))
     load_cohort(warm_url)
     jobs.sync_job(warm_url, settings.lake, today=TODAY)
     assert jobs.verify_job(warm_url, settings.lake).status == "ok"

@@ -45,7 +45,8 @@ def make_lake_cohort(warm_url: str, settings: Settings) -> Settings:
     )
     refresh_rollups(warm_url)
     lake = Lake(settings.lake.path)
-    sync_to_lake(warm_url, lake, grace_days=1, batch_days=8, today=END)
+    # One day per batch: one file per participant-day, so a damaged file is one day's.
+    sync_to_lake(warm_url, lake, grace_days=1, batch_days=1, today=END)
     create_cohort(warm_url, "study", COHORT_USERS)
     return settings
 

@@ -13,6 +13,7 @@ at a time (their rows are rebuilt from the warm store, which keeps them forever)
 
 from __future__ import annotations
 
+import functools
 from datetime import date, timedelta
 from typing import Final
 
@@ -136,8 +137,12 @@ def partition_of(tier: str, user_id: int, day: date) -> PartitionKey:
 
 def partition_days(tier: str, key: PartitionKey) -> tuple[date, date]:
     """First and last day (inclusive) a partition can hold."""
-    label = key[1]
-    derived = derived_column(tier)
+    return _label_days(derived_column(tier), key[1])
+
+
+@functools.lru_cache(maxsize=4096)
+def _label_days(derived: str, label: str) -> tuple[date, date]:
+    # Cached: a snapshot of 12,000 month files asks for a few dozen distinct labels.
     year = int(label[:4])
     if derived == "year":
         return date(year, 1, 1), date(year, 12, 31)

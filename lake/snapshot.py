@@ -232,6 +232,7 @@ class _EntryParser:
                 label_col: None if label is None else str(label),
             }
             key = partition_from_values(self.tier, values)
+            # Interned: every file of a month partition shares one key and one bound pair.
             known = self.keys[(user, label)] = (key, *partition_days(self.tier, key))
         key, first, last = known
         # Coarse tiers keep `date` inside their files: its stats bound a file tighter than

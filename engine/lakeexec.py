@@ -154,10 +154,17 @@ def _run(
         reader.close()  # a page stops early: the scan's dataset can then be dropped
 
 
-def _small(files: tuple[LakeFile, ...], tuning: ScanTuning) -> bool:
+def _small(segment: Segment, files: tuple[LakeFile, ...], tuning: ScanTuning) -> bool:
+    """Few files, and few rows in the days asked (a file's rows taken as spread evenly over
+    its days: a day of a participant-month file is a thirtieth of it)."""
     if len(files) > tuning.small_files or any(f.rows < 0 for f in files):
         return False
-    return sum(f.rows for f in files) <= tuning.small_rows
+    first, last = segment.start.date(), (segment.end - timedelta(microseconds=1)).date()
+    rows = 0.0
+    for f in files:
+        overlap = (min(last, f.last_day) - max(first, f.first_day)).days + 1
+        rows += f.rows * max(overlap, 0) / ((f.last_day - f.first_day).days + 1)
+    return rows <= tuning.small_rows
 
 
 def _read_small(
@@ -174,7 +181,13 @@ def _read_small(
     asked = pa.array(metrics, pa.string())
     parts = []
     for lake_file in files:
-        table = read_measures(storage, segment.source, lake_file.path)
+        table = read_measures(
+            storage,
+            segment.source,
+            lake_file.path,
+            (min(metrics), max(metrics)),
+            (to_us(segment.start), to_us(segment.end)),
+        )
         keep = pc.and_(
             pc.is_in(table["metric"], value_set=asked),
             pc.and_(pc.greater_equal(table["ts"], start), pc.less(table["ts"], end)),
@@ -284,7 +297,7 @@ def stream_lake(
         files = _resumed(files, metrics, after)
         if not files:
             return
-    if _small(files, tuning):
+    if _small(segment, files, tuning):
         log.debug("lake read of %d small files with pyarrow", len(files))
         yield from _read_small(storage, segment, files, metrics, after, limit)
         return

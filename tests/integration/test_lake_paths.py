@@ -5,7 +5,7 @@ and cursor walks."""
 from __future__ import annotations
 
 import logging
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,9 +19,11 @@ from engine.settings import load_settings
 from sync.export import sync_to_lake
 from sync.generate import generate_cohort
 from sync.ingest import ingest_tables
+from sync.jobs import maintain_job
 from sync.rollups import refresh_rollups
 
 DUCKDB_ONLY = ScanTuning(small_rows=0)
+DAY_ONE = datetime(2024, 5, 1, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -137,10 +139,18 @@ def test_a_deep_page_of_one_metric_opens_no_file_before_its_day(
     assert f"lake scan of {days_read} files in one query" in caplog.text
 
 
+@pytest.mark.parametrize("compacted", [False, True], ids=["day files", "month files"])
 @pytest.mark.parametrize("resolution", ["raw", "1m", "1h"])
 def test_small_answers_read_with_pyarrow_equal_duckdbs(
-    engine: Engine, warm_url: str, resolution: str, caplog: pytest.LogCaptureFixture
+    engine: Engine,
+    warm_url: str,
+    resolution: str,
+    compacted: bool,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    if compacted:  # as the nightly job leaves settled months: one file per participant-month
+        assert maintain_job(warm_url, engine.settings.lake).status == "ok"
+        assert len(engine.lake.files("raw", [1], DAY_ONE, DAY_ONE + timedelta(days=7)).files) == 1
     # Hourly answers from the lake too (small ones are otherwise the warm store's), and
     # everything counts as small: every answer below is read file by file with pyarrow.
     settings = load_settings(

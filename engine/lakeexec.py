@@ -176,7 +176,8 @@ def _read_small(
     limit: int | None,
 ) -> Iterator[pa.RecordBatch]:
     """The rows DuckDB's one query would give, read file by file with pyarrow: files come in
-    (user, day) order and hold rows sorted by (metric, ts), so one metric needs no sort."""
+    (user, day) order and hold rows sorted by (metric, ts), so one metric needs no sort.
+    (No file of a user before `after`'s is passed: stream_lake dropped them.)"""
     start, end = pa.scalar(segment.start, TS), pa.scalar(segment.end, TS)
     asked = pa.array(metrics, pa.string())
     parts = []
@@ -201,8 +202,6 @@ def _read_small(
                 ),
             )
             keep = pc.and_(keep, later)
-        elif after is not None and lake_file.user_id < after.user_id:
-            continue
         table = table.filter(keep)
         user = pa.repeat(pa.scalar(lake_file.user_id, pa.int32()), table.num_rows)
         parts.append(table.add_column(0, "user_id", user))

@@ -246,10 +246,7 @@ class Engine:
         """The plan; its `timings` say what loading the catalog (unless given) and planning
         took."""
         if query.calendar is not None:
-            work = self._calendar_work(query)
-            cached = self._cache_read(work)
-            inner = self._missing(work, cached)
-            described = self._described(work, cached)
+            _, _, inner, described = self._calendar_lookup(query)
             if inner is None:
                 return Plan(query, (), calendar=described)
             return replace(self.plan(inner, times=times), calendar=described)
@@ -414,10 +411,7 @@ class Engine:
     ) -> tuple[Plan, CalendarWork, list[pa.Table], int]:
         """The plan, the buckets, their partial-sum runs (cached ones first) and how many
         entries were stored: the misses are computed, then stored."""
-        work = self._calendar_work(query)
-        cached = self._cache_read(work)
-        inner = self._missing(work, cached)
-        described = self._described(work, cached)
+        work, cached, inner, described = self._calendar_lookup(query)
         parts = [] if cached is None else [cached.hits]
         if inner is None:
             return Plan(query, (), calendar=described), work, parts, 0
@@ -439,6 +433,15 @@ class Engine:
             filled = self._cache_fill(work, cached, computed, prefilled)
         parts.extend(computed)
         return plan, work, parts, filled
+
+    def _calendar_lookup(
+        self, query: DataQuery
+    ) -> tuple[CalendarWork, CacheRead | None, DataQuery | None, dict[str, Any]]:
+        """The buckets, what the cache holds of them, the query for the rest (None: nothing
+        to compute) and the plan's calendar part: what a plan and an answer both start from."""
+        work = self._calendar_work(query)
+        cached = self._cache_read(work)
+        return work, cached, self._missing(work, cached), self._described(work, cached)
 
     def _partials(self, segment: Segment, inner: DataQuery, work: CalendarWork) -> pa.Table:
         """A segment's partial bucket sums, as its rows stream in. (Summing lake rows inside

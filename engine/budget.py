@@ -17,6 +17,7 @@ import os
 import threading
 import time
 
+from engine.allocator import give_back_freed_memory
 from engine.errors import BudgetExhausted
 
 QUERY_OVERHEAD_BYTES = 16 * 2**20  # a query's fixed cost: plans, buffers, the interpreter
@@ -36,6 +37,10 @@ MIN_SHARE_BYTES = 32 * 2**20
 # lane would cut the largest page a small server admits (1M-row JSON pages need ~100 MiB).
 LANE_SHARE = 0.25
 LANE_MAX_BYTES = 24 * 2**20
+# Freed memory stays resident in the allocator until it is given back (engine/allocator.py):
+# once large reservations totalling this much have ended, it is given back before the next
+# large query starts, and at once when nothing runs.
+GIVE_BACK_AFTER_BYTES = 32 * 2**20
 
 
 def resident_bytes() -> int:
@@ -67,6 +72,7 @@ class MemoryBudget:
         self._peak = 0
         self._admitted = 0
         self._refused = 0
+        self._released_large = 0  # bytes of large reservations ended since the last give-back
         self._cond = threading.Condition()
 
     @property
@@ -97,6 +103,8 @@ class MemoryBudget:
         reservation may take the lane; a large one must leave it free; one larger than
         `largest_bytes` (a big page on a small server) is admitted only alone."""
         deadline = time.monotonic() + self.wait_s
+        if nbytes > self.lane_bytes:
+            self._give_back_if_due()  # what ended queries freed, before this one allocates
         with self._cond:
             nbytes = min(max(nbytes, 1), self.budget_bytes)
             if nbytes <= self.lane_bytes:
@@ -128,4 +136,19 @@ class MemoryBudget:
     def release(self, nbytes: int) -> None:
         with self._cond:
             self._in_use -= nbytes
+            if nbytes > self.lane_bytes:
+                self._released_large += nbytes
+            idle_and_due = self._in_use == 0 and self._released_large >= GIVE_BACK_AFTER_BYTES
             self._cond.notify_all()
+        if idle_and_due:
+            # What is freed by now; the answer's last buffers are often dropped just after
+            # this, so the count stays for the next large query to give those back too.
+            give_back_freed_memory()
+
+    def _give_back_if_due(self) -> None:
+        with self._cond:
+            due = self._released_large >= GIVE_BACK_AFTER_BYTES
+            if due:
+                self._released_large = 0
+        if due:  # outside the lock: it may take a few ms, and releases need not wait
+            give_back_freed_memory()

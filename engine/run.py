@@ -10,6 +10,7 @@ answer  = take(merge_sorted(streams), skip, limit)
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -26,6 +27,7 @@ import pyarrow as pa
 
 from engine import calendarcache, direct, paging, planner
 from engine.access import Principal, authenticate, cursor_secret, hash_key, live_principals
+from engine.allocator import limit_arenas
 from engine.audit import AuditEntry, write_entry
 from engine.budget import (
     QUERY_OVERHEAD_BYTES,
@@ -92,6 +94,9 @@ class Engine:
         self.settings = settings
         self.scan_tuning = scan_tuning
         self.lake = Lake(settings.lake.path)
+        # Before DuckDB starts its threads: each thread's own arena would keep its own freed
+        # memory outside the budget's sight.
+        limit_arenas(os.cpu_count() or 1)
         duckdb_bytes, admission_bytes = split_budget(settings.memory.budget_bytes, resident_bytes())
         self.duck = connect_duckdb(settings.memory, duckdb_bytes)
         self.budget = MemoryBudget(admission_bytes)

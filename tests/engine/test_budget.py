@@ -1,5 +1,6 @@
 """The memory budget's lane for small queries (issue 11, point 4): large reservations leave
-it free, so a stalled stream cannot make every quick question wait."""
+it free, so a stalled stream cannot make every quick question wait; and what large answers
+freed is given back to the system, so that the budget bounds the process's RSS."""
 
 from __future__ import annotations
 

@@ -37,9 +37,11 @@ MIN_SHARE_BYTES = 32 * 2**20
 # lane would cut the largest page a small server admits (1M-row JSON pages need ~100 MiB).
 LANE_SHARE = 0.25
 LANE_MAX_BYTES = 24 * 2**20
-# Freed memory stays resident in the allocator until it is given back (engine/allocator.py):
-# once large reservations totalling this much have ended, it is given back before the next
-# large query starts, and at once when nothing runs.
+# Freed memory stays resident in the allocator until it is given back (engine/allocator.py).
+# Once answers holding this many bytes of rows have ended, it is given back before the next
+# large query starts, and when the last query ends. Counted in rows answered, not in bytes
+# reserved: every stream reserves tens of MiB, and a short one must not pay the give-back
+# (~0.25 ms when there is little to return, a few ms after a burst).
 GIVE_BACK_AFTER_BYTES = 32 * 2**20
 
 
@@ -72,7 +74,7 @@ class MemoryBudget:
         self._peak = 0
         self._admitted = 0
         self._refused = 0
-        self._released_large = 0  # bytes of large reservations ended since the last give-back
+        self._answered = 0  # bytes of rows answered since memory was last given back
         self._cond = threading.Condition()
 
     @property
@@ -104,7 +106,7 @@ class MemoryBudget:
         `largest_bytes` (a big page on a small server) is admitted only alone."""
         deadline = time.monotonic() + self.wait_s
         if nbytes > self.lane_bytes:
-            self._give_back_if_due()  # what ended queries freed, before this one allocates
+            self._give_back_if_due()  # what ended answers freed, before this one allocates
         with self._cond:
             nbytes = min(max(nbytes, 1), self.budget_bytes)
             if nbytes <= self.lane_bytes:
@@ -133,22 +135,22 @@ class MemoryBudget:
             self.budget_bytes = budget_bytes
             self._cond.notify_all()
 
-    def release(self, nbytes: int) -> None:
+    def release(self, nbytes: int, answered_bytes: int = 0) -> None:
+        """Return a reservation; `answered_bytes`: the bytes of the rows its answer held."""
         with self._cond:
             self._in_use -= nbytes
-            if nbytes > self.lane_bytes:
-                self._released_large += nbytes
-            idle_and_due = self._in_use == 0 and self._released_large >= GIVE_BACK_AFTER_BYTES
+            self._answered += answered_bytes
+            idle_and_due = self._in_use == 0 and self._answered >= GIVE_BACK_AFTER_BYTES
             self._cond.notify_all()
         if idle_and_due:
-            # What is freed by now; the answer's last buffers are often dropped just after
-            # this, so the count stays for the next large query to give those back too.
+            # What is freed by now. An answer's last buffers are often dropped just after
+            # this: the count stays, so that the next large query gives those back too.
             give_back_freed_memory()
 
     def _give_back_if_due(self) -> None:
         with self._cond:
-            due = self._released_large >= GIVE_BACK_AFTER_BYTES
+            due = self._answered >= GIVE_BACK_AFTER_BYTES
             if due:
-                self._released_large = 0
+                self._answered = 0
         if due:  # outside the lock: it may take a few ms, and releases need not wait
             give_back_freed_memory()

@@ -805,10 +805,13 @@ class Engine:
     def _released(
         self, stream: Iterator[pa.RecordBatch], reservation: int
     ) -> Iterator[pa.RecordBatch]:
+        answered = 0
         try:
-            yield from stream
+            for batch in stream:
+                answered += batch.nbytes
+                yield batch
         finally:
-            self.budget.release(reservation)
+            self.budget.release(reservation, answered)
 
     def _paged(self, plan: Plan, batches: list[pa.RecordBatch]) -> Answer:
         schema = schema_for(plan.resolution)

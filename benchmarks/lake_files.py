@@ -1,13 +1,14 @@
 """What the fine tiers' file layout costs (issue 12 point 3, issue 13.0): not a test, never
 asserted.
 
-    python -m benchmarks.lake_files ROOT [--users 50] [--days 730]
+    python -m benchmarks.lake_files ROOT [--users 50] [--days 730] [--per-day 1440]
 
 Builds, in the empty folder ROOT, a raw tier of USERS x DAYS participant-days of one metric
 at one sample a minute, one file per participant-day (what the nightly sync leaves, and what
 every lake held before issue 12), then compacts it to one file per participant-month, and
-prints for both states: files, bytes per row, opening the tier cold (delta-rs, then the
-Snapshot index), and DuckDB over one participant-year; then the cost of one late day into a
+prints for both states: files, bytes per row, opening the tier cold for a one-participant
+query (delta-rs, the Snapshot, that participant's index; then every participant's index, which
+only maintenance needs), and DuckDB over one participant-year; then the cost of one late day into a
 compacted month (replace_days rewrites that participant-month).
 """
 
@@ -17,6 +18,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -35,25 +37,26 @@ PER_DAY = 1440  # one sample a minute
 _ALL = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
 
 
-def day_rows(users: range, days: list[date], seed: int = 0) -> pa.Table:
-    """One heart-rate-like row a minute for each user-day (values with one decimal)."""
+def day_rows(users: range, days: list[date], seed: int = 0, per_day: int = PER_DAY) -> pa.Table:
+    """``per_day`` heart-rate-like rows (one a minute by default) for each user-day (values
+    with one decimal)."""
     rng = np.random.default_rng(seed)
     n = len(users) * len(days)
     starts = np.array(
         [np.datetime64(d.isoformat(), "us").astype(np.int64) for _ in users for d in days]
     )
-    ts = (starts[:, None] + np.arange(PER_DAY) * 60_000_000).ravel()
-    user = np.repeat(np.array([u for u in users for _ in days], np.int32), PER_DAY)
+    ts = (starts[:, None] + np.arange(per_day) * 60_000_000).ravel()
+    user = np.repeat(np.array([u for u in users for _ in days], np.int32), per_day)
     day = np.repeat(
-        np.array([np.datetime64(d.isoformat(), "D") for _ in users for d in days]), PER_DAY
+        np.array([np.datetime64(d.isoformat(), "D") for _ in users for d in days]), per_day
     )
-    values = np.round(rng.normal(70, 8, n * PER_DAY), 1)
+    values = np.round(rng.normal(70, 8, n * per_day), 1)
     schema = data_schema("raw")
     return pa.Table.from_arrays(
         [
             pa.array(user),
             pa.array(day).cast(pa.date32()),
-            pa.array(np.full(n * PER_DAY, "heart_rate", dtype=object), pa.string()),
+            pa.array(np.full(n * per_day, "heart_rate", dtype=object), pa.string()),
             pa.array(ts, pa.int64()).cast(schema.field("ts").type),
             pa.array(values),
         ],
@@ -70,30 +73,47 @@ def median_time(action: Callable[[], object], repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def open_cold(root: Path) -> tuple[float, float, int]:
-    """Seconds of delta-rs opening the raw table and listing its files, seconds of building
-    the Snapshot index from that list, and the files."""
+@dataclass(frozen=True)
+class Opening:
+    """Seconds of opening the raw tier cold, by step (the request path stops at ``user``)."""
+
+    delta: float  # delta-rs opening the table and listing its add actions
+    snapshot: float  # the Snapshot made of that list (columns grouped by user)
+    user: float  # indexing one participant's files (what a one-participant query adds)
+    everything: float  # indexing every participant's files (maintenance: verify, compact)
+    files: int
+
+    @property
+    def cold(self) -> float:
+        return self.delta + self.snapshot + self.user
+
+
+def open_cold(root: Path) -> Opening:
     started = time.perf_counter()
     table = DeltaTable(str(root / "raw"))
     actions = pa.table(table.get_add_actions(flatten=True))
     opened = time.perf_counter()
     snapshot = Snapshot.from_add_actions("raw", table.version(), str(root / "raw"), actions)
-    return opened - started, time.perf_counter() - opened, len(snapshot.files)
+    made = time.perf_counter()
+    snapshot.select([1], date.min, date.max)
+    one = time.perf_counter()
+    files = len(snapshot.files)
+    return Opening(opened - started, made - opened, one - made, time.perf_counter() - one, files)
 
 
-def best_open(root: Path) -> tuple[float, float, int]:
-    return min((open_cold(root) for _ in range(5)), key=lambda t: t[0] + t[1])
+def best_open(root: Path) -> Opening:
+    return min((open_cold(root) for _ in range(5)), key=lambda o: o.cold)
 
 
-def state(root: Path, label: str, users: int, days: int) -> None:
+def state(root: Path, label: str, users: int, days: int, per_day: int) -> None:
     lake = Lake(root)
-    delta, index, files = best_open(root)
+    opening = best_open(root)
     version = DeltaTable(str(root / "raw")).version()
     if not (root / "raw" / "_delta_log" / f"{version:020d}.checkpoint.parquet").exists():
-        print(f"{label}: open cold from the JSON commits {(delta + index) * 1000:.0f} ms")
+        print(f"{label}: open cold from the JSON commits {opening.cold * 1000:.0f} ms")
         DeltaTable(str(root / "raw")).create_checkpoint()
-        delta, index, files = best_open(root)
-    rows = users * days * PER_DAY
+        opening = best_open(root)
+    rows = users * days * per_day
     year = lake.files(
         "raw", [1], datetime(2024, 1, 1, tzinfo=UTC), datetime(2025, 1, 1, tzinfo=UTC)
     )
@@ -105,9 +125,11 @@ def state(root: Path, label: str, users: int, days: int) -> None:
         fetch = f"SELECT metric, ts, value FROM {sql} WHERE metric = 'heart_rate'"  # noqa: S608
         arrow = median_time(lambda: conn.sql(fetch, params=params).to_arrow_table())
     print(
-        f"{label}: {files:,} files, {lake.total_bytes('raw') / rows:.2f} bytes/row; open cold "
-        f"{(delta + index) * 1000:.0f} ms (delta-rs {delta * 1000:.0f} ms + index "
-        f"{index * 1000:.0f} ms); participant-year ({len(year.files)} files, "
+        f"{label}: {opening.files:,} files, {lake.total_bytes('raw') / rows:.2f} bytes/row; "
+        f"open cold for one participant {opening.cold * 1000:.0f} ms (delta-rs "
+        f"{opening.delta * 1000:.0f} ms + snapshot {opening.snapshot * 1000:.1f} ms + the "
+        f"participant's index {opening.user * 1000:.1f} ms; every participant's index "
+        f"{opening.everything * 1000:.0f} ms more); participant-year ({len(year.files)} files, "
         f"{year.rows:,} rows): DuckDB count+avg {scan * 1000:.1f} ms, to Arrow "
         f"{arrow * 1000:.1f} ms"
     )
@@ -151,6 +173,8 @@ def main() -> None:
     parser.add_argument("root", type=Path)
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--days", type=int, default=730)
+    # Fewer rows build quicker; what opening the tier costs depends on its files only.
+    parser.add_argument("--per-day", type=int, default=PER_DAY, help="rows per participant-day")
     args = parser.parse_args()
     lake = Lake(args.root)
     users = range(1, args.users + 1)
@@ -161,15 +185,17 @@ def main() -> None:
         for parity in (0, 1):
             some = days[chunk : chunk + 62][parity::2]
             lake.replace_days(
-                "raw", day_rows(users, some, chunk + parity), [(u, d) for u in users for d in some]
+                "raw",
+                day_rows(users, some, chunk + parity, args.per_day),
+                [(u, d) for u in users for d in some],
             )
     built = time.perf_counter() - started
-    rows = args.users * args.days * PER_DAY
+    rows = args.users * args.days * args.per_day
     print(
         f"wrote {args.users * args.days:,} participant-day files in {built:.0f} s "
         f"({rows / built:,.0f} rows/s)"
     )
-    state(args.root, "one file per participant-day", args.users, args.days)
+    state(args.root, "one file per participant-day", args.users, args.days, args.per_day)
     started = time.perf_counter()
     result = lake.compact("raw")
     compacted = time.perf_counter() - started
@@ -177,11 +203,12 @@ def main() -> None:
         f"compacted {result.files_removed:,} files into {result.files_added:,} in "
         f"{compacted:.0f} s ({rows / compacted:,.0f} rows/s)"
     )
-    state(args.root, "one file per participant-month", args.users, args.days)
+    state(args.root, "one file per participant-month", args.users, args.days, args.per_day)
     limit(args.root)
     late_day = days[len(days) // 2]
     started = time.perf_counter()
-    lake.replace_days("raw", day_rows(range(1, 2), [late_day], 99), [(1, late_day)])
+    late = day_rows(range(1, 2), [late_day], 99, args.per_day)
+    lake.replace_days("raw", late, [(1, late_day)])
     print(
         f"one late day into a compacted month ({late_day}): replace_days "
         f"{(time.perf_counter() - started) * 1000:.0f} ms (that participant-month rewritten)"

@@ -211,12 +211,7 @@ class Lake:
         if current is None:
             return []
         before = self._snapshot(tier, version - 1) if version > 0 else None
-        known = {} if before is None else before.by_path
-        return [
-            (relative, entry.file)
-            for relative, entry in current.by_path.items()
-            if relative not in known
-        ]
+        return [(entry.relative_path, entry.file) for entry in current.added_since(before)]
 
     def relative_path(self, tier: str, lake_file: LakeFile) -> str:
         """A file's path relative to its table folder (how the catalog records it)."""

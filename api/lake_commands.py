@@ -127,7 +127,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     maintain.set_defaults(run=maintain_command)
 
     verify = sub.add_parser(
-        "verify", help="scrub the lake: every file against its recorded size and hash"
+        "verify",
+        help="scrub the lake: every file against its recorded size, a rolling slice (each file "
+        "within STRATUM_SCRUB_NIGHTS runs) against its recorded hash",
     )
     verify.set_defaults(run=verify_command)
     repair = sub.add_parser(
@@ -307,7 +309,8 @@ def verify_command(args: argparse.Namespace, ctx: Context) -> int:
     done = result.detail
     assert isinstance(done, VerifyResult)
     console.print(
-        f"verified {done.files:,} lake files ({_size(done.bytes)}) in {done.seconds:.1f}s; "
+        f"checked {done.files:,} lake files, hashed {done.hashed:,} ({_size(done.bytes)}) in "
+        f"{done.seconds:.1f}s; "
         f"{len(done.damaged)} damaged lake days found"
     )
     _print_damage(done.damaged)

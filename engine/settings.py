@@ -44,6 +44,7 @@ class LakeSettings:
     compact_after_days: int  # a fine-tier month is merged into one file once this settled
     tier_older_than_days: int  # scheduler's tiering horizon for raw and 1m rows
     columnstore_after_days: int  # TimescaleDB chunks this old are compressed; 0: never
+    scrub_nights: int  # the nightly verify hashes every lake file at least once in this many runs
 
 
 @dataclass(frozen=True)
@@ -356,6 +357,15 @@ SETTINGS: tuple[Setting, ...] = (
         "into one file once its last day is this many days old (later data into it rewrites "
         "that month)",
         field="lake.compact_after_days",
+    ),
+    Setting(
+        name="STRATUM_SCRUB_NIGHTS",
+        default="7",
+        parse=integer(minimum=1),
+        meaning="the nightly `verify` hashes the lake files new since its last run and a "
+        "rolling share of the others, so that each file is hashed again within this many "
+        "runs (1: every file every night); every file's presence and size are checked each run",
+        field="lake.scrub_nights",
     ),
     Setting(
         name="STRATUM_TIER_OLDER_THAN_DAYS",

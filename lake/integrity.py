@@ -48,9 +48,9 @@ def _reason(exc: OSError) -> str:
     return f"cannot read: {exc.strerror or exc}"
 
 
-def check_file(storage: LakeStorage, path: str, size: int | None, digest: str | None) -> str | None:
-    """Why the file at ``path`` is not the one recorded (``size``, ``digest``; None: not
-    recorded); None when it is."""
+def check_size(storage: LakeStorage, path: str, size: int | None) -> str | None:
+    """Why the file at ``path`` is missing or not of the recorded ``size`` (None: not
+    recorded); None when it is there, of that size. One stat: no read."""
     try:
         stat = storage.stat(path)
     except OSError as exc:
@@ -60,6 +60,15 @@ def check_file(storage: LakeStorage, path: str, size: int | None, digest: str | 
     found = stat[0]
     if size is not None and found != size:
         return f"size is {found} bytes, {size} recorded at commit"
+    return None
+
+
+def check_file(storage: LakeStorage, path: str, size: int | None, digest: str | None) -> str | None:
+    """Why the file at ``path`` is not the one recorded (``size``, ``digest``; None: not
+    recorded); None when it is."""
+    problem = check_size(storage, path, size)
+    if problem is not None:
+        return problem
     if digest is None:
         return check_structure(storage, path)
     try:

@@ -337,7 +337,7 @@ def maintain_job(
 
 def verify_job(url: str, settings: LakeSettings, lake: Lake | None = None) -> JobResult:
     def body() -> JobResult:
-        done = verify_lake(url, lake or Lake(settings.path))
+        done = verify_lake(url, lake or Lake(settings.path), settings.scrub_nights)
         error = _problems(
             done.damaged,
             "damaged lake days (run `stratum repair`)",

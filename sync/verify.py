@@ -17,8 +17,10 @@ backup of the lake can restore them.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 
@@ -26,7 +28,7 @@ import psycopg
 
 from engine.tiers import LAKE_TABLES, TIERED
 from lake import Lake, LakeFile, day_checksums, partition_of
-from lake.integrity import check_file, file_days, file_digest
+from lake.integrity import check_file, check_size, file_days, file_digest
 from lake.layout import partition_days, replaces_days
 from lake.read import read_partition_file
 from sync.export import SyncResult, sync_to_lake
@@ -40,10 +42,11 @@ _FINE = tuple(t.lake_table for t in TIERED)
 
 @dataclass(frozen=True)
 class VerifyResult:
-    files: int  # files checked
-    bytes: int
+    files: int  # files checked (present, of their recorded size)
+    bytes: int  # bytes of the files hashed
     damaged: list[DamageRow]  # (user, tier, day, why), newly found
     seconds: float
+    hashed: int = 0  # files whose content was hashed (this run's rolling slice)
 
 
 @dataclass(frozen=True)
@@ -54,37 +57,69 @@ class RepairResult:
     seconds: float
 
 
-def verify_lake(url: str, lake: Lake) -> VerifyResult:
+def scrub_slice(scrubbed: Mapping[str, int | None], run: int, nights: int) -> set[str]:
+    """The files scrub run ``run`` hashes, of those ``scrubbed`` maps to the run that last
+    hashed them (None: none since recorded): the new ones, those hashed ``nights`` runs ago,
+    and the longest unhashed 1/``nights`` of the others. So each file is hashed again within
+    ``nights`` runs, and a night's share stays near 1/``nights`` of the lake."""
+    new = {path for path, last in scrubbed.items() if last is None}
+    old = sorted((last, path) for path, last in scrubbed.items() if last is not None)
+    due = {path for last, path in old if last <= run - nights}
+    share = {path for _, path in old[: math.ceil(len(old) / nights)]}
+    return new | due | share
+
+
+def verify_lake(url: str, lake: Lake, nights: int = 1) -> VerifyResult:
+    """Check every lake file's presence and size, hash a rolling slice (``nights``: each file
+    within that many runs; 1: all of them), and record what fails."""
     started = time.perf_counter()
-    files = size = 0
+    files = hashed = size = 0
     damaged: dict[tuple[int, str, date], str] = {}
     with psycopg.connect(url, autocommit=True) as conn:
+        run = conn.execute("SELECT nextval('lake_scrub_seq')").fetchone()
+        assert run is not None
         for user_id, table, day, why in days_ahead(conn, lake):
             damaged[(user_id, table, day)] = why
         for table in LAKE_TABLES:
-            records: dict[str, tuple[int, str | None]] = {
-                path: (int(recorded_size), digest)
-                for path, recorded_size, digest in conn.execute(
-                    "SELECT path, size, sha256 FROM lake_files WHERE tier = %s", (table,)
+            records: dict[str, tuple[int, str | None, int | None]] = {
+                path: (int(recorded_size), digest, scrubbed)
+                for path, recorded_size, digest, scrubbed in conn.execute(
+                    "SELECT path, size, sha256, scrubbed FROM lake_files WHERE tier = %s",
+                    (table,),
                 )
             }
             version = lake.version(table)
             entries = lake.entries(table)
+            chosen = scrub_slice(
+                {relative: records.get(relative, (0, None, None))[2] for relative, _ in entries},
+                run[0],
+                nights,
+            )
             # The days each file may hold: a fine tier's month holds several files, each its
             # own days; a day two files may hold is "crowded" (a crash or a foreign writer).
             holders = Counter(day for _, f in entries for day in file_days(f))
+            done: list[str] = []
             for relative, lake_file in entries:
                 files += 1
-                size += lake_file.size_bytes
-                recorded_size, digest = records.get(relative, (lake_file.size_bytes, None))
-                problem = check_file(lake.storage, lake_file.path, recorded_size, digest)
-                if problem is None and digest is None:
-                    crowded = any(holders[day] > 1 for day in file_days(lake_file))
-                    problem = _adopt(conn, lake, table, relative, lake_file, version, crowded)
+                recorded_size, digest, _ = records.get(relative, (lake_file.size_bytes, None, None))
+                if relative in chosen:
+                    hashed += 1
+                    size += lake_file.size_bytes
+                    done.append(relative)
+                    problem = check_file(lake.storage, lake_file.path, recorded_size, digest)
+                    if problem is None and digest is None:
+                        crowded = any(holders[day] > 1 for day in file_days(lake_file))
+                        problem = _adopt(conn, lake, table, relative, lake_file, version, crowded)
+                else:
+                    problem = check_size(lake.storage, lake_file.path, recorded_size)
                 if problem is not None:
                     log.error("verify: %s/%s: %s", table, relative, problem)
                     for user_id, day in file_days(lake_file):
                         damaged[(user_id, table, day)] = f"{relative}: {problem}"
+            conn.execute(
+                "UPDATE lake_files SET scrubbed = %s WHERE tier = %s AND path = ANY(%s)",
+                (run[0], table, done),
+            )
             for user_id, day in conn.execute(
                 "SELECT user_id, day FROM current_lake_days WHERE tier = %s AND rows > 0",
                 (table,),
@@ -102,7 +137,7 @@ def verify_lake(url: str, lake: Lake) -> VerifyResult:
             (u, t, d, why) for (u, t, d), why in sorted(damaged.items()) if (u, t, d) not in known
         ]
         record_damage(conn, new)
-    return VerifyResult(files, size, new, time.perf_counter() - started)
+    return VerifyResult(files, size, new, time.perf_counter() - started, hashed)
 
 
 def _adopt(

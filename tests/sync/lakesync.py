@@ -109,6 +109,7 @@ def job_settings(tmp_path: Path, tier_older_than_days: int) -> Settings:
         compact_after_days=7,
         tier_older_than_days=tier_older_than_days,
         columnstore_after_days=2,
+        scrub_nights=1,
     )
     return replace(base, lake=lake)
 

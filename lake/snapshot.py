@@ -280,6 +280,12 @@ class Snapshot:
             )
         return self._files
 
+    @functools.cached_property
+    def _day_span(self) -> tuple[date, date]:
+        """First and last day of any file (of ``files``)."""
+        every = self.files
+        return min(f.first_day for f in every), max(f.last_day for f in every)
+
     @property
     def by_path(self) -> Mapping[str, Entry]:
         if self._by_path is None:
@@ -348,6 +354,10 @@ class Snapshot:
         """Files of those users (None: all) whose days overlap [first_day, last_day]."""
         if first_day > last_day:
             return ()
+        if user_ids is None:
+            every = self.files
+            if every and first_day <= self._day_span[0] and last_day >= self._day_span[1]:
+                return every  # the whole table (a cohort-wide scan): no filtering
         selected: list[LakeFile] = []
         for user_id in self.user_ids if user_ids is None else sorted(set(user_ids)):
             view = self._view(user_id)

@@ -3,6 +3,7 @@ cohort scale <= 100 ms); whatever is asked first, it answers as an index of ever
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -175,3 +176,28 @@ def test_added_files_of_a_kept_lake_are_those_of_the_commit(tmp_path: Path) -> N
         assert lake._snapshot("raw", number).indexed_users <= 1  # type: ignore[union-attr]
     assert dict(added).keys() <= dict(lake.entries("raw")).keys()
     assert added == Lake(lake.root).added_files("raw", version)
+
+
+def test_threads_indexing_one_fresh_snapshot_at_once_see_every_file(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    users = range(1, 41)
+    pairs = [(u, d) for u in users for d in days_from(date(2024, 1, 30), 3)]
+    lake.replace_days("agg_1d", tier_rows("agg_1d", pairs), pairs)
+    version = lake.version("agg_1d")
+    assert version is not None
+    files = expected_files(lake, "agg_1d", version)
+    actions = pa.table(DeltaTable(lake.table_dir("agg_1d")).get_add_actions(flatten=True))
+    snapshot = Snapshot.from_add_actions("agg_1d", version, lake.table_dir("agg_1d"), actions)
+    span = (date(2024, 1, 1), date(2024, 12, 31))
+
+    def ask(shift: int) -> tuple[dict[int, tuple[LakeFile, ...]], tuple[LakeFile, ...]]:
+        order = [*users[shift:], *users[:shift]]  # each thread indexes in its own order
+        return {u: snapshot.select([u], *span) for u in order}, snapshot.files
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, range(0, 40, 5)))
+
+    assert snapshot.indexed_users == len(users)
+    for by_user, every in answers:
+        assert by_user == {u: selected(files, [u], *span) for u in users}
+        assert every == selected(files, None, date.min, date.max)

@@ -38,7 +38,8 @@ def record_files(conn: psycopg.Connection, rows: Sequence[FileRow]) -> None:
         "INSERT INTO lake_files (tier, path, size, sha256, lake_version) "
         "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::bigint[]) "
         "ON CONFLICT (tier, path) DO UPDATE SET size = EXCLUDED.size, sha256 = EXCLUDED.sha256, "
-        "lake_version = EXCLUDED.lake_version, recorded_at = now(), scrubbed = NULL",
+        "lake_version = EXCLUDED.lake_version, recorded_at = now(), "
+        "scrubbed = NULL, scrubbed_at = NULL",
         [list(c) for c in zip(*rows, strict=True)],
     )
 

@@ -117,7 +117,8 @@ def verify_lake(url: str, lake: Lake, nights: int = 1) -> VerifyResult:
                     for user_id, day in file_days(lake_file):
                         damaged[(user_id, table, day)] = f"{relative}: {problem}"
             conn.execute(
-                "UPDATE lake_files SET scrubbed = %s WHERE tier = %s AND path = ANY(%s)",
+                "UPDATE lake_files SET scrubbed = %s, scrubbed_at = now() "
+                "WHERE tier = %s AND path = ANY(%s)",
                 (run[0], table, done),
             )
             for user_id, day in conn.execute(

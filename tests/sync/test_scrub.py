@@ -96,6 +96,13 @@ def test_a_night_hashes_new_files_and_a_share_and_finds_old_damage_in_time(
     first = night(warm_url, settings)
     assert (first.files, first.hashed, first.damaged) == (files, files, [])  # all new
     assert None not in scrubbed_runs(warm_url, settings).values()
+    with psycopg.connect(warm_url) as conn:
+        when = conn.execute(
+            "SELECT count(*) FILTER (WHERE scrubbed_at IS NULL), "
+            "count(*) FILTER (WHERE scrubbed_at > now() - interval '1 hour') "
+            "FROM lake_files WHERE scrubbed IS NOT NULL"
+        ).fetchone()
+    assert when == (0, files)
 
     second = night(warm_url, settings)
     assert (second.files, second.hashed) == (files, shares(counts))

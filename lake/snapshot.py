@@ -205,6 +205,7 @@ class Snapshot:
         base: _AddColumns | None,
         changed: Mapping[int, tuple[Entry, ...]],
         changed_paths: Mapping[str, int],
+        views: Mapping[int, _UserView] | None = None,
     ) -> None:
         self.tier = tier
         self.version = version
@@ -216,7 +217,7 @@ class Snapshot:
         kept = set() if base is None else set(base.rows_of) - set(changed)
         self.user_ids: list[int] = sorted(kept | {u for u, e in changed.items() if e})
         self.by_partition: Mapping[PartitionKey, list[Entry]] = _PartitionMap(self)
-        self._views: dict[int, _UserView] = {}
+        self._views: dict[int, _UserView] = dict(views or {})
         self._files: tuple[LakeFile, ...] | None = None
         self._by_path: dict[str, Entry] | None = None
 
@@ -346,7 +347,10 @@ class Snapshot:
                 paths.pop(entry.relative_path, None)
             paths.update((e.relative_path, user_id) for e in entries)
             changed[user_id] = entries
-        return Snapshot(self.tier, delta.version, self._base, changed, paths)
+        # The untouched users' indexes stay valid: a query after a commit does not rebuild
+        # them. dict() copies at once, while other threads may be adding views.
+        kept = {u: v for u, v in dict(self._views).items() if u not in removed and u not in added}
+        return Snapshot(self.tier, delta.version, self._base, changed, paths, kept)
 
     def select(
         self, user_ids: Sequence[int] | None, first_day: date, last_day: date

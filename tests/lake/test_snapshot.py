@@ -14,7 +14,7 @@ from deltalake import DeltaTable
 from lake import Lake, LakeFile
 from lake.layout import data_schema, partition_columns, partition_days
 from lake.snapshot import Snapshot
-from tests.lake.builders import days_from, tier_rows
+from tests.lake.builders import ALL_TIME, days_from, tier_rows
 
 USERS = (1, 2, 3, 4)
 SPANS = [
@@ -201,3 +201,24 @@ def test_threads_indexing_one_fresh_snapshot_at_once_see_every_file(tmp_path: Pa
     for by_user, every in answers:
         assert by_user == {u: selected(files, [u], *span) for u in users}
         assert every == selected(files, None, date.min, date.max)
+
+
+def test_a_commit_keeps_the_untouched_participants_indexes(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    pairs = [(u, d) for u in USERS for d in days_from(date(2024, 1, 30), 3)]
+    lake.replace_days("raw", tier_rows("raw", pairs), pairs)
+    reader = Lake(lake.root)  # a server's kept Lake
+    every = reader.files("raw", list(USERS), *ALL_TIME)
+    loaded = reader._snapshot("raw", None)
+    assert loaded is not None and loaded.indexed_users == len(USERS)
+
+    late = [(3, date(2024, 1, 31))]
+    version = lake.replace_days("raw", tier_rows("raw", late, seed=2), late)
+
+    moved = reader._snapshot("raw", None)
+    assert moved is not None and moved.version == version
+    # A cohort-wide query after each sync commit must not index every participant again.
+    assert moved.indexed_users == len(USERS) - 1
+    after = reader.files("raw", list(USERS), *ALL_TIME)
+    assert [f for f in after.files if f.user_id != 3] == [f for f in every.files if f.user_id != 3]
+    assert after == Lake(lake.root).files("raw", list(USERS), *ALL_TIME)

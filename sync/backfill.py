@@ -49,7 +49,6 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import adbc_driver_postgresql.dbapi as adbc
-import duckdb
 import numpy as np
 import psycopg
 import pyarrow as pa
@@ -388,50 +387,74 @@ def _merged_with_lake(lake: Lake, raw: pa.Table, existing: list[Pair]) -> pa.Tab
 
 def rollups(raw: pa.Table) -> dict[str, pa.Table]:
     """Each lake table's rows (data_schema) for the raw rows: raw itself, then 1m from raw,
-    1h from 1m and 1d from 1h, each bucket keeping count, sum, min and max (UTC)."""
-    con = duckdb.connect()
-    try:
-        # Float sums of non-integral values depend on the order rows are added in; neither
-        # this nor PostgreSQL's (parallel) refresh fixes one, so they may differ in the last
-        # bits, as two refreshes may. Integral values (steps, most heart rates) are exact.
-        con.execute("SET threads = 2")
-        con.register(
-            "raw_rows",
-            pa.table(
-                {
-                    "user_id": raw.column("user_id"),
-                    "metric": raw.column("metric"),
-                    "us": raw.column("ts").cast(pa.int64()),
-                    "value": raw.column("value"),
-                }
-            ),
+    1h from 1m and 1d from 1h, each bucket keeping count, sum, min and max (UTC).
+
+    Every table comes out in the lake's file order (user, metric, ts): a bucket's rows are
+    then one run, so each tier is a few vectorised passes over runs instead of a hash
+    aggregate, and the lake writer finds nothing to sort. Rows not in that order (only a
+    caller other than read_archive hands those over) are sorted first."""
+    raw = raw.combine_chunks()
+    users = raw.column("user_id").to_numpy().astype(np.int64)
+    metric = pc.dictionary_encode(raw.column("metric").combine_chunks())
+    metric_rank = _ranks(metric)
+    us = raw.column("ts").cast(pa.int64()).to_numpy()
+    values = raw.column("value").to_numpy()
+    if not _in_key_order(users, metric_rank, us):
+        order = np.lexsort((us, metric_rank, users))
+        raw = raw.take(pa.array(order))
+        users, metric_rank, us, values = users[order], metric_rank[order], us[order], values[order]
+        metric = pc.dictionary_encode(raw.column("metric").combine_chunks())
+    out = {"raw": _with_date("raw", raw)}
+    # Float sums of non-integral values depend on the order rows are added in; PostgreSQL's
+    # (parallel) refresh fixes none, so they may differ in the last bits, as two refreshes
+    # may. Integral values (steps, most heart rates) are exact.
+    counts = np.ones(len(us), dtype=np.int64)
+    sums, mins, maxes = values, values, values
+    codes = metric.indices.to_numpy(zero_copy_only=False)
+    for resolution in ("1m", "1h", "1d"):
+        tier = TIERS[resolution]
+        width = tier.bucket_s * 1_000_000
+        us = np.floor_divide(us, width) * width  # floors before 1970 too
+        if len(us):  # reduceat refuses no runs
+            starts = _run_starts(users, metric_rank, us)
+            counts = np.add.reduceat(counts, starts)
+            sums = np.add.reduceat(sums, starts)
+            mins = np.minimum.reduceat(mins, starts)
+            maxes = np.maximum.reduceat(maxes, starts)
+            users, metric_rank, us, codes = (a[starts] for a in (users, metric_rank, us, codes))
+        table = pa.table(
+            {
+                "user_id": users,
+                "metric": metric.dictionary.take(pa.array(codes)),
+                "ts": pa.array(us, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+                "count": counts,
+                "sum": sums,
+                "min": mins,
+                "max": maxes,
+            }
         )
-        out = {"raw": _with_date("raw", raw)}
-        source = "raw_rows"
-        for resolution in ("1m", "1h", "1d"):
-            tier = TIERS[resolution]
-            width = tier.bucket_s * 1_000_000
-            measures = (
-                "count(*) AS count, sum(value) AS sum, min(value) AS min, max(value) AS max"
-                if source == "raw_rows"
-                else "sum(count)::BIGINT AS count, sum(sum) AS sum, min(min) AS min, "
-                "max(max) AS max"
-            )
-            # Floor to the bucket (also before 1970: % keeps the dividend's sign).
-            bucket = f"us - ((us % {width}) + {width}) % {width}"
-            name = f"rollup_{resolution}"
-            con.execute(
-                f"CREATE TEMP TABLE {name} AS SELECT user_id, metric, {bucket} AS us, "  # noqa: S608
-                f"{measures} FROM {source} GROUP BY ALL"
-            )
-            table = con.sql(
-                f"SELECT user_id, metric, us, count, sum, min, max FROM {name}"  # noqa: S608
-            ).to_arrow_table()
-            out[tier.lake_table] = _agg_table(tier.lake_table, table)
-            source = name
-        return out
-    finally:
-        con.close()
+        out[tier.lake_table] = _with_date(tier.lake_table, table)
+    return out
+
+
+def _ranks(metric: pa.DictionaryArray) -> np.ndarray:
+    """Each row's metric as its rank among the distinct names (byte order, as a string sort)."""
+    rank = np.empty(len(metric.dictionary), dtype=np.int64)
+    rank[pc.sort_indices(metric.dictionary).to_numpy()] = np.arange(len(metric.dictionary))
+    return rank[metric.indices.to_numpy(zero_copy_only=False)]
+
+
+def _in_key_order(users: np.ndarray, metric_rank: np.ndarray, us: np.ndarray) -> bool:
+    d_user, d_metric, d_us = np.diff(users), np.diff(metric_rank), np.diff(us)
+    return bool(
+        np.all((d_user > 0) | ((d_user == 0) & ((d_metric > 0) | ((d_metric == 0) & (d_us >= 0)))))
+    )
+
+
+def _run_starts(users: np.ndarray, metric_rank: np.ndarray, us: np.ndarray) -> np.ndarray:
+    """Where each run of equal (user, metric, bucket) starts, in rows sorted by that key."""
+    changed = (np.diff(users) != 0) | (np.diff(metric_rank) != 0) | (np.diff(us) != 0)
+    return np.concatenate([[0], np.flatnonzero(changed) + 1])
 
 
 def _with_date(tier: str, table: pa.Table) -> pa.Table:
@@ -447,11 +470,6 @@ def _with_date(tier: str, table: pa.Table) -> pa.Table:
     for name in schema.names[4:]:
         columns[name] = table.column(name).cast(schema.field(name).type)
     return pa.Table.from_arrays([columns[n] for n in schema.names], schema=schema)
-
-
-def _agg_table(tier: str, table: pa.Table) -> pa.Table:
-    ts = table.column("us").cast(pa.int64()).cast(pa.timestamp("us", tz="UTC"))
-    return _with_date(tier, table.drop_columns(["us"]).append_column("ts", ts))
 
 
 def _warm_rollup(table: pa.Table) -> pa.Table:

@@ -20,7 +20,10 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -106,21 +109,24 @@ def _warm_loaded(url: str, shape: Shape) -> bool:
 
 
 def _archive(home: Path, shape: Shape, users: Sequence[int]) -> tuple[Path, int]:
-    """The history of `users` as one Parquet archive (what a study exports)."""
+    """The history of `users` as one Parquet archive (what a study exports): each
+    participant's series one after another, each series in time order, so the backfill finds
+    the rows in key order and sorts nothing."""
     path = home / f"archive-{users[0]}-{users[-1]}.parquet"
-    tables = generate_cohort(
-        len(users),
-        shape.history_days,
-        shape.first_day,
-        seed=SEED,
-        metrics=list(METRICS),
-        every_s=EVERY_S,
-        first_user_id=users[0],
-    )
     rows = 0
     writer: pq.ParquetWriter | None = None
     try:
-        for table in tables:
+        for user in users:
+            days = generate_cohort(
+                1,
+                shape.history_days,
+                shape.first_day,
+                seed=SEED,
+                metrics=list(METRICS),
+                every_s=EVERY_S,
+                first_user_id=user,
+            )
+            table = _by_series(pa.concat_tables(days))
             if writer is None:
                 writer = pq.ParquetWriter(path, table.schema, compression="zstd")
             writer.write_table(table)
@@ -129,6 +135,18 @@ def _archive(home: Path, shape: Shape, users: Sequence[int]) -> tuple[Path, int]
         if writer is not None:
             writer.close()
     return path, rows
+
+
+def _by_series(days: pa.Table) -> pa.Table:
+    """One participant's day tables (each by metric, then ts; days in order) by metric, then
+    ts: a stable sort on the metric alone keeps each series' time order."""
+    if days.num_rows == 0:
+        return days
+    metric = pc.dictionary_encode(days.column("metric").combine_chunks())
+    rank = np.empty(len(metric.dictionary), dtype=np.int8)
+    rank[pc.sort_indices(metric.dictionary).to_numpy()] = np.arange(len(metric.dictionary))
+    order = np.argsort(rank[metric.indices.to_numpy(zero_copy_only=False)], kind="stable")
+    return days.take(pa.array(order))
 
 
 def build(home: Path, shape: Shape, rebuild: bool = False) -> tuple[str, Path, dict[str, Any]]:

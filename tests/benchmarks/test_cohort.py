@@ -17,8 +17,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from benchmarks import cohort_build
 from benchmarks.cohort import run_cohort
 from benchmarks.cohort_build import EVERY_S, METRICS, SEED, WARM_DAYS, Shape, _archive
+from engine.errors import SyncFailed
 from engine.settings import load_settings
 from sync.generate import generate_cohort
 from sync.localdb import ensure_local_postgres, stop_local_postgres
@@ -99,3 +101,24 @@ def test_an_archive_holds_its_rows_in_key_order(tmp_path: Path) -> None:
     assert generated.sort_by(
         [("user_id", "ascending"), ("metric", "ascending"), ("ts", "ascending")]
     ).equals(table)
+
+
+def test_a_build_stopped_by_a_failed_backfill_leaves_no_archive(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Archives are generated ahead of the backfill; one that fails must not strand them."""
+    calls = []
+
+    def failing(*args: object, **kwargs: object) -> None:
+        calls.append(args)
+        raise SyncFailed("another lake job runs")
+
+    monkeypatch.setattr(cohort_build, "backfill_files", failing)
+    folder = home / "stopped"
+    try:
+        with pytest.raises(SyncFailed):
+            cohort_build.build(folder, Shape(users=12, days=4))
+    finally:
+        stop_local_postgres(folder)
+    assert len(calls) == 1
+    assert list(folder.glob("archive-*")) == []

@@ -394,38 +394,35 @@ def rollups(raw: pa.Table) -> dict[str, pa.Table]:
     aggregate, and the lake writer finds nothing to sort. Rows not in that order (only a
     caller other than read_archive hands those over) are sorted first."""
     raw = raw.combine_chunks()
-    users = raw.column("user_id").to_numpy().astype(np.int64)
-    metric = pc.dictionary_encode(raw.column("metric").combine_chunks())
-    metric_rank = _ranks(metric)
+    series, names = _series(raw)
     us = raw.column("ts").cast(pa.int64()).to_numpy()
     values = raw.column("value").to_numpy()
-    if not _in_key_order(users, metric_rank, us):
-        order = np.lexsort((us, metric_rank, users))
+    if not _in_key_order(series, us):
+        order = np.lexsort((us, series))
         raw = raw.take(pa.array(order))
-        users, metric_rank, us, values = users[order], metric_rank[order], us[order], values[order]
-        metric = pc.dictionary_encode(raw.column("metric").combine_chunks())
+        series, us, values = series[order], us[order], values[order]
     out = {"raw": _with_date("raw", raw)}
     # Float sums of non-integral values depend on the order rows are added in; PostgreSQL's
     # (parallel) refresh fixes none, so they may differ in the last bits, as two refreshes
     # may. Integral values (steps, most heart rates) are exact.
     counts = np.ones(len(us), dtype=np.int64)
     sums, mins, maxes = values, values, values
-    codes = metric.indices.to_numpy(zero_copy_only=False)
     for resolution in ("1m", "1h", "1d"):
         tier = TIERS[resolution]
         width = tier.bucket_s * 1_000_000
         us = np.floor_divide(us, width) * width  # floors before 1970 too
-        if len(us):  # reduceat refuses no runs
-            starts = _run_starts(users, metric_rank, us)
+        starts = _run_starts(series, us)
+        if len(starts) < len(us):  # else every bucket holds one row (per-minute data at 1m)
             counts = np.add.reduceat(counts, starts)
             sums = np.add.reduceat(sums, starts)
             mins = np.minimum.reduceat(mins, starts)
             maxes = np.maximum.reduceat(maxes, starts)
-            users, metric_rank, us, codes = (a[starts] for a in (users, metric_rank, us, codes))
+            series, us = series[starts], us[starts]
+        users, rank = np.divmod(series, len(names))
         table = pa.table(
             {
                 "user_id": users,
-                "metric": metric.dictionary.take(pa.array(codes)),
+                "metric": names.take(pa.array(rank)),
                 "ts": pa.array(us, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
                 "count": counts,
                 "sum": sums,
@@ -437,24 +434,27 @@ def rollups(raw: pa.Table) -> dict[str, pa.Table]:
     return out
 
 
-def _ranks(metric: pa.DictionaryArray) -> np.ndarray:
-    """Each row's metric as its rank among the distinct names (byte order, as a string sort)."""
-    rank = np.empty(len(metric.dictionary), dtype=np.int64)
-    rank[pc.sort_indices(metric.dictionary).to_numpy()] = np.arange(len(metric.dictionary))
-    return rank[metric.indices.to_numpy(zero_copy_only=False)]
+def _series(raw: pa.Table) -> tuple[np.ndarray, pa.Array]:
+    """One int64 per row ordered like (user_id, metric): user * metrics + the metric's rank
+    among the distinct names (byte order, as a string sort); and those names in rank order."""
+    metric = pc.dictionary_encode(raw.column("metric").combine_chunks())
+    by_name = pc.sort_indices(metric.dictionary).to_numpy()
+    rank = np.empty(len(by_name), dtype=np.int64)
+    rank[by_name] = np.arange(len(by_name))
+    users = raw.column("user_id").to_numpy().astype(np.int64)
+    series = users * len(by_name) + rank[metric.indices.to_numpy(zero_copy_only=False)]
+    return series, metric.dictionary.take(pa.array(by_name))
 
 
-def _in_key_order(users: np.ndarray, metric_rank: np.ndarray, us: np.ndarray) -> bool:
-    d_user, d_metric, d_us = np.diff(users), np.diff(metric_rank), np.diff(us)
-    return bool(
-        np.all((d_user > 0) | ((d_user == 0) & ((d_metric > 0) | ((d_metric == 0) & (d_us >= 0)))))
-    )
+def _in_key_order(series: np.ndarray, us: np.ndarray) -> bool:
+    d_series, d_us = np.diff(series), np.diff(us)
+    return bool(np.all((d_series > 0) | ((d_series == 0) & (d_us >= 0))))
 
 
-def _run_starts(users: np.ndarray, metric_rank: np.ndarray, us: np.ndarray) -> np.ndarray:
+def _run_starts(series: np.ndarray, us: np.ndarray) -> np.ndarray:
     """Where each run of equal (user, metric, bucket) starts, in rows sorted by that key."""
-    changed = (np.diff(users) != 0) | (np.diff(metric_rank) != 0) | (np.diff(us) != 0)
-    return np.concatenate([[0], np.flatnonzero(changed) + 1])
+    changed = (np.diff(series) != 0) | (np.diff(us) != 0)
+    return np.concatenate([[0], np.flatnonzero(changed) + 1]).astype(np.int64)
 
 
 def _with_date(tier: str, table: pa.Table) -> pa.Table:

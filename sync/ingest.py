@@ -145,17 +145,20 @@ def last_per_key(table: pa.Table) -> pa.Table:
     metric = pc.dictionary_encode(table["metric"].chunk(0))
     rank = np.empty(len(metric.dictionary), dtype=np.int64)
     rank[pc.sort_indices(metric.dictionary).to_numpy()] = np.arange(len(metric.dictionary))
-    metric_rank = rank[metric.indices.to_numpy(zero_copy_only=False)]
-    users = table["user_id"].to_numpy().astype(np.int64)
+    # (user, metric) packed in one int64, ordered alike (the rank is below the names' count):
+    # one comparison per row instead of two.
+    series = (
+        table["user_id"].to_numpy().astype(np.int64) * len(rank)
+        + rank[metric.indices.to_numpy(zero_copy_only=False)]
+    )
     ts = table["ts"].cast(pa.int64()).to_numpy()
-    d_user, d_metric, d_ts = np.diff(users), np.diff(metric_rank), np.diff(ts)
-    in_order = (d_user > 0) | ((d_user == 0) & ((d_metric > 0) | ((d_metric == 0) & (d_ts >= 0))))
-    if not in_order.all():
-        order = np.lexsort((ts, metric_rank, users))  # stable: later rows stay later
+    d_series, d_ts = np.diff(series), np.diff(ts)
+    if not np.all((d_series > 0) | ((d_series == 0) & (d_ts >= 0))):
+        order = np.lexsort((ts, series))  # stable: later rows stay later
         table = table.take(pa.array(order))
-        users, metric_rank, ts = users[order], metric_rank[order], ts[order]
-        d_user, d_metric, d_ts = np.diff(users), np.diff(metric_rank), np.diff(ts)
-    same_as_next = (d_user == 0) & (d_metric == 0) & (d_ts == 0)
+        series, ts = series[order], ts[order]
+        d_series, d_ts = np.diff(series), np.diff(ts)
+    same_as_next = (d_series == 0) & (d_ts == 0)
     if not same_as_next.any():
         return table
     # The sort is stable: of each run of copies, the last one is the latest delivered.

@@ -4,7 +4,7 @@ the issue's cohort targets measured on it side by side. Not a test, never assert
     stratum bench --scale cohort [--out DIR] [--rebuild]
     python -m benchmarks.cohort [--users 500] [--days 730] [--home DIR] [--out DIR] [--rebuild]
 
-The cohort (500 participants x 730 days of three metrics once a minute, 1.58 billion raw
+The cohort (500 participants x 730 days of three metrics once a minute, 1.12 billion raw
 rows) is built through backfill, resumably: benchmarks/cohort_build.py.
 
 Measured in one run (the figures a 16-core, 128 GB server should be sized from):

@@ -19,7 +19,8 @@ day_state marked refreshed, synced and tiered at one fresh change number.
 
 Days go in batches of about `batch_rows` raw rows (many participant-days per Delta commit).
 Per batch:
-1. the rollups (1m from raw, 1h from 1m, 1d from 1h, UTC buckets) are computed in DuckDB;
+1. the rollups (1m from raw, 1h from 1m, 1d from 1h, UTC buckets) are computed with numpy
+   over the rows in key order (`rollups`);
 2. one warm-store transaction locks the days' day_state rows (a day an ingest wrote meanwhile
    stops the run), writes data_1h/data_1d/day_counts, marks the days tiered at a new change
    number and records them in lake_damage as "being loaded": from here until step 3 ends their

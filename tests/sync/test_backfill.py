@@ -3,7 +3,7 @@ would leave them; refused files write nothing; replaced days are replaced exactl
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from engine.run import Engine
 from engine.settings import load_settings
 from lake import TIERS, Lake
 from sync import backfill as backfill_module
-from sync.backfill import LOADING, BackfillResult, backfill_files
+from sync.backfill import LOADING, BackfillFailed, BackfillResult, backfill_files
 from sync.export import sync_to_lake
 from sync.generate import generate_cohort
 from sync.ingest import ingest_tables
@@ -297,3 +297,47 @@ def test_backfill_writes_one_fine_file_per_participant_month(warm_url: str, tmp_
                 (date(2024, 3, 1), FIRST + timedelta(days=days - 1)),
             )
         ]
+
+
+class DamagingLake(Lake):
+    """Fault injection: user 1's raw file holding FIRST is damaged right after its commit."""
+
+    def __init__(self, root: Path, damage: Callable[[Path], None]) -> None:
+        super().__init__(root)
+        self.damage = damage
+
+    def replace_days(self, tier: str, data: pa.Table, days: Iterable[tuple[int, date]]) -> int:
+        version = super().replace_days(tier, data, days)
+        for _, lake_file in self.added_files(tier, version):
+            if tier == "raw" and lake_file.user_id == 1 and lake_file.first_day == FIRST:
+                self.damage(Path(lake_file.path))
+        return version
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_byte], ids=["truncated", "flipped byte"])
+def test_a_file_damaged_after_its_write_fails_its_days_and_they_stay_unserved(
+    warm_url: str, tmp_path: Path, damage: Callable[[Path], None]
+) -> None:
+    """The read-back verification catches a torn or altered file: its days are not recorded
+    in lake_days, stay marked as being loaded, and the run fails naming them."""
+    lake = DamagingLake(tmp_path / "lake", damage)
+    january = [(1, FIRST + timedelta(days=i)) for i in range(3)]  # the file of user 1's January
+    with pytest.raises(BackfillFailed, match=f"user 1 {FIRST} raw") as failed:
+        backfill(warm_url, lake, write(tmp_path / "c.parquet", cohort()))
+    assert failed.value.result.failed == [(u, d, "raw") for u, d in january]
+    assert failed.value.result.days == 2 * DAYS - len(january)
+    recorded = lake_days(warm_url)
+    assert not any((u, "raw", d) in recorded for u, d in january)
+    with psycopg.connect(warm_url) as conn:
+        marked = conn.execute("SELECT user_id, tier, day, reason FROM lake_damage").fetchall()
+    assert sorted(marked) == [(u, "raw", d, LOADING) for u, d in january]

@@ -75,6 +75,7 @@ class MemoryBudget:
         self._admitted = 0
         self._refused = 0
         self._answered = 0  # bytes of rows answered since memory was last given back
+        self._late_frees = False  # given back when idle: once more before the next large query
         self._cond = threading.Condition()
 
     @property
@@ -141,16 +142,20 @@ class MemoryBudget:
             self._in_use -= nbytes
             self._answered += answered_bytes
             idle_and_due = self._in_use == 0 and self._answered >= GIVE_BACK_AFTER_BYTES
+            if idle_and_due:
+                # An answer's last buffers are often dropped just after this: the next
+                # large query gives those back too.
+                self._answered = 0
+                self._late_frees = True
             self._cond.notify_all()
         if idle_and_due:
-            # What is freed by now. An answer's last buffers are often dropped just after
-            # this: the count stays, so that the next large query gives those back too.
             give_back_freed_memory()
 
     def _give_back_if_due(self) -> None:
         with self._cond:
-            due = self._answered >= GIVE_BACK_AFTER_BYTES
+            due = self._answered >= GIVE_BACK_AFTER_BYTES or self._late_frees
             if due:
                 self._answered = 0
+                self._late_frees = False
         if due:  # outside the lock: it may take a few ms, and releases need not wait
             give_back_freed_memory()

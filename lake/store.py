@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction
@@ -180,6 +181,7 @@ class Lake:
 
         def stats_of(job: tuple[LakeFile, PartitionKey]) -> dict[DayKey, DayStat]:
             lake_file, key = job
+            file_first, file_last = lake_file.first_day, lake_file.last_day
             try:
                 table = read_partition_file(self.storage, tier, lake_file.path, key)
             except (pa.ArrowException, OSError) as exc:
@@ -189,6 +191,12 @@ class Lake:
                     if user_id == key[0] and lake_file.first_day <= day <= lake_file.last_day:
                         damaged[(user_id, day)] = f"{lake_file.path}: {exc}"
                 return {}
+            # Checksum only the days asked: a day of a participant-month file is a thirtieth
+            # of it, and summing every day cost more than reading the file (tiering reads one
+            # day of each month file back: 4.9 of ~8 ms per file at cohort scale).
+            days = [d for u, d in wanted if u == key[0] and file_first <= d <= file_last]
+            if len(days) <= (file_last - file_first).days:
+                table = table.filter(pc.is_in(table["date"], value_set=pa.array(days, pa.date32())))
             return {k: v for k, v in day_checksums(tier, table).items() if k in wanted}
 
         with ThreadPoolExecutor(_IO_THREADS) as pool:

@@ -188,7 +188,7 @@ class Lake:
                 if damaged is None:
                     raise
                 for user_id, day in wanted:
-                    if user_id == key[0] and lake_file.first_day <= day <= lake_file.last_day:
+                    if user_id == key[0] and file_first <= day <= file_last:
                         damaged[(user_id, day)] = f"{lake_file.path}: {exc}"
                 return {}
             # Checksum only the days asked: a day of a participant-month file is a thirtieth

@@ -62,7 +62,7 @@ from lake.layout import data_schema
 from sync import rehydrate
 from sync.export import Snapshot, Tally, export_batch, read_tiers, sync_cutoff
 from sync.fitbit import is_fitbit_response, read_fitbit
-from sync.ingest import last_per_key
+from sync.ingest import in_key_order, last_per_key, series_keys
 from sync.lakefiles import require_current_log
 from sync.prefetch import prefetched
 from sync.readers import RAW_SCHEMA, read_validated
@@ -395,10 +395,10 @@ def rollups(raw: pa.Table) -> dict[str, pa.Table]:
     aggregate, and the lake writer finds nothing to sort. Rows not in that order (only a
     caller other than read_archive hands those over) are sorted first."""
     raw = raw.combine_chunks()
-    series, names = _series(raw)
+    series, names = series_keys(raw)
     us = raw.column("ts").cast(pa.int64()).to_numpy()
     values = raw.column("value").to_numpy()
-    if not _in_key_order(series, us):
+    if not in_key_order(series, us):
         order = np.lexsort((us, series))
         raw = raw.take(pa.array(order))
         series, us, values = series[order], us[order], values[order]
@@ -433,23 +433,6 @@ def rollups(raw: pa.Table) -> dict[str, pa.Table]:
         )
         out[tier.lake_table] = _with_date(tier.lake_table, table)
     return out
-
-
-def _series(raw: pa.Table) -> tuple[np.ndarray, pa.Array]:
-    """One int64 per row ordered like (user_id, metric): user * metrics + the metric's rank
-    among the distinct names (byte order, as a string sort); and those names in rank order."""
-    metric = pc.dictionary_encode(raw.column("metric").combine_chunks())
-    by_name = pc.sort_indices(metric.dictionary).to_numpy()
-    rank = np.empty(len(by_name), dtype=np.int64)
-    rank[by_name] = np.arange(len(by_name))
-    users = raw.column("user_id").to_numpy().astype(np.int64)
-    series = users * len(by_name) + rank[metric.indices.to_numpy(zero_copy_only=False)]
-    return series, metric.dictionary.take(pa.array(by_name))
-
-
-def _in_key_order(series: np.ndarray, us: np.ndarray) -> bool:
-    d_series, d_us = np.diff(series), np.diff(us)
-    return bool(np.all((d_series > 0) | ((d_series == 0) & (d_us >= 0))))
 
 
 def _run_starts(series: np.ndarray, us: np.ndarray) -> np.ndarray:

@@ -135,30 +135,38 @@ def _named(users: list[int]) -> str:
     return f"participants {first_few(users, shown=_SHOWN)} are"
 
 
+def series_keys(table: pa.Table) -> tuple[np.ndarray, pa.Array]:
+    """One int64 per row ordered like (user_id, metric), so numpy sorts and compares integers
+    instead of pyarrow comparing strings: user * metrics + the metric's rank among the
+    distinct names (byte order, as a string sort; below the names' count, so the packing
+    keeps the order). Also the names, in rank order."""
+    metric = pc.dictionary_encode(table.column("metric").combine_chunks())
+    by_name = pc.sort_indices(metric.dictionary).to_numpy()
+    rank = np.empty(len(by_name), dtype=np.int64)
+    rank[by_name] = np.arange(len(by_name))
+    users = table.column("user_id").to_numpy().astype(np.int64)
+    series = users * len(by_name) + rank[metric.indices.to_numpy(zero_copy_only=False)]
+    return series, metric.dictionary.take(pa.array(by_name))
+
+
+def in_key_order(series: np.ndarray, ts: np.ndarray) -> bool:
+    """Whether rows are sorted by (series, ts)."""
+    d_series, d_ts = np.diff(series), np.diff(ts)
+    return bool(np.all((d_series > 0) | ((d_series == 0) & (d_ts >= 0))))
+
+
 def last_per_key(table: pa.Table) -> pa.Table:
     """Sort by the key and keep the last copy of each (user, metric, ts), as a re-delivery would."""
     if table.num_rows < 2:
         return table
     table = table.combine_chunks()
-    # Numeric sort keys: the metric as its rank among the distinct names (byte order, as a
-    # string sort), so numpy sorts integers instead of pyarrow comparing strings.
-    metric = pc.dictionary_encode(table["metric"].chunk(0))
-    rank = np.empty(len(metric.dictionary), dtype=np.int64)
-    rank[pc.sort_indices(metric.dictionary).to_numpy()] = np.arange(len(metric.dictionary))
-    # (user, metric) packed in one int64, ordered alike (the rank is below the names' count):
-    # one comparison per row instead of two.
-    series = (
-        table["user_id"].to_numpy().astype(np.int64) * len(rank)
-        + rank[metric.indices.to_numpy(zero_copy_only=False)]
-    )
+    series, _ = series_keys(table)
     ts = table["ts"].cast(pa.int64()).to_numpy()
-    d_series, d_ts = np.diff(series), np.diff(ts)
-    if not np.all((d_series > 0) | ((d_series == 0) & (d_ts >= 0))):
+    if not in_key_order(series, ts):
         order = np.lexsort((ts, series))  # stable: later rows stay later
         table = table.take(pa.array(order))
         series, ts = series[order], ts[order]
-        d_series, d_ts = np.diff(series), np.diff(ts)
-    same_as_next = (d_series == 0) & (d_ts == 0)
+    same_as_next = (np.diff(series) == 0) & (np.diff(ts) == 0)
     if not same_as_next.any():
         return table
     # The sort is stable: of each run of copies, the last one is the latest delivered.

@@ -10,12 +10,16 @@ most flipped bytes, though not another valid file copied over it.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from datetime import date, timedelta
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lake.checksum import DayKey, DayStat, day_checksums
+from lake.layout import PartitionKey
+from lake.read import read_partition_bytes
 from lake.snapshot import LakeFile
 from lake.storage import LakeStorage
 
@@ -31,6 +35,18 @@ def file_days(lake_file: LakeFile) -> list[tuple[int, date]]:
 def file_digest(storage: LakeStorage, path: str) -> str:
     """Hex content hash of a file."""
     return storage.digest(path, HASH_NAME)
+
+
+def read_hashed(
+    storage: LakeStorage, tier: str, path: str, partition: PartitionKey
+) -> tuple[str, dict[DayKey, DayStat]]:
+    """A file's content hash and its (rows, checksum) per (user_id, day), both of the same
+    bytes, read once: a hash recorded from here vouches for exactly the rows checked.
+    Raises (pa.ArrowException, OSError) when the file cannot be read whole."""
+    with storage.open(path) as handle:
+        data = handle.read()
+    digest = hashlib.new(HASH_NAME, data).hexdigest()
+    return digest, day_checksums(tier, read_partition_bytes(tier, data, partition))
 
 
 def check_structure(storage: LakeStorage, path: str) -> str | None:

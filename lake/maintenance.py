@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
 from deltalake.transaction import AddAction, RemoveAction
 
+from lake.checksum import DayKey, DayStat, day_checksums, merge_checksums
+from lake.integrity import read_hashed
 from lake.layout import PartitionKey
 from lake.prepare import sort_rows, split_partitions
 from lake.read import read_partition_file
 from lake.snapshot import Entry, LakeFile
 from lake.storage import LakeStorage
 from lake.writer import remove_action, write_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CheckedFile:
+    """A file compaction wrote, read back: its content hash and (rows, checksum) per day, of
+    the same bytes."""
+
+    relative_path: str
+    size: int
+    sha256: str
+    days: Mapping[DayKey, DayStat]
 
 
 @dataclass(frozen=True)
@@ -28,7 +44,7 @@ class CompactResult:
     seconds: float
     # Files that could not be read (partition left as it was): (relative path, file, why).
     damaged: tuple[tuple[str, LakeFile, str], ...] = ()
-    added: tuple[tuple[str, int], ...] = ()  # (relative path, size) of the files written
+    added: tuple[CheckedFile, ...] = ()  # the files written, read back
 
 
 @dataclass(frozen=True)
@@ -65,23 +81,57 @@ def compact_partitions(
     crowded: Mapping[PartitionKey, Sequence[Entry]],
     now_ms: int,
     damaged: list[tuple[str, LakeFile, str]],
-) -> tuple[list[AddAction | RemoveAction], int, int, int]:
+) -> tuple[list[AddAction | RemoveAction], list[CheckedFile], int, int]:
     """Rewrite each partition's files as one sorted file; return the actions of one commit,
-    files added, bytes before and bytes after. ``dataChange=false``: rows do not change.
-    A partition with an unreadable file is left alone; the file goes to ``damaged``."""
+    the files written (read back), bytes before and bytes after. ``dataChange=false``: rows
+    do not change. A partition with an unreadable file is left alone; the file goes to
+    ``damaged``. A partition whose new file does not read back as the rows it replaces is
+    left alone too (the new file stays an orphan for vacuum)."""
     actions: list[AddAction | RemoveAction] = []
-    added = bytes_before = bytes_after = 0
+    checked: list[CheckedFile] = []
+    bytes_before = bytes_after = 0
     for key, entries in crowded.items():
         rows = _read_all(storage, tier, key, entries, damaged)
         if rows is None:
             continue
         # split_partitions re-validates; one partition comes out.
-        for part_key, part in split_partitions(tier, rows):
-            add = write_file(storage, table_dir, tier, part_key, sort_rows(part), data_change=False)
-            actions.append(add)
-            added += 1
-            bytes_after += add.size
+        adds = [
+            write_file(storage, table_dir, tier, part_key, sort_rows(part), data_change=False)
+            for part_key, part in split_partitions(tier, rows)
+        ]
+        written = _read_back(storage, tier, table_dir, key, adds, day_checksums(tier, rows))
+        if written is None:
+            continue
+        actions.extend(adds)
+        checked.extend(written)
+        bytes_after += sum(add.size for add in adds)
         for entry in entries:
             bytes_before += entry.file.size_bytes
             actions.append(remove_action(tier, entry, now_ms, data_change=False))
-    return actions, added, bytes_before, bytes_after
+    return actions, checked, bytes_before, bytes_after
+
+
+def _read_back(
+    storage: LakeStorage,
+    tier: str,
+    table_dir: str,
+    key: PartitionKey,
+    adds: Sequence[AddAction],
+    expected: Mapping[DayKey, DayStat],
+) -> list[CheckedFile] | None:
+    """The new files, hashed and read back; None (logged) unless they hold exactly the rows
+    they replace. Their hashes later stand for this check (tiering trusts an unchanged hash,
+    see sync/lakefiles.py), so the bytes hashed are the bytes checked."""
+    checked = []
+    try:
+        for add in adds:
+            digest, days = read_hashed(storage, tier, f"{table_dir}/{add.path}", key)
+            checked.append(CheckedFile(add.path, add.size, digest, days))
+    except (pa.ArrowException, OSError) as exc:
+        log.error("compact %s %s: new file unreadable (%s); left as it was", tier, key, exc)
+        return None
+    found = merge_checksums(c.days for c in checked)
+    if found != expected:
+        log.error("compact %s %s: the new file reads back other rows; left as it was", tier, key)
+        return None
+    return checked

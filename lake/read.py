@@ -69,11 +69,20 @@ def read_partition_file(
     ``ParquetFile`` rather than ``pq.read_table``: the latter would also infer hive columns
     from the path, with its own types.
     """
+    with storage.open(path) as handle:
+        return _with_partition(tier, handle, partition)
+
+
+def read_partition_bytes(tier: str, data: bytes, partition: PartitionKey) -> pa.Table:
+    """``read_partition_file`` of a file's bytes already read (to hash the same bytes)."""
+    return _with_partition(tier, pa.BufferReader(data), partition)
+
+
+def _with_partition(tier: str, source: pa.NativeFile, partition: PartitionKey) -> pa.Table:
     stored = file_schema(tier)
     # Page checksums (written since issue 11) are verified: a flipped byte raises here.
-    with storage.open(path) as handle:
-        parquet = pq.ParquetFile(handle, page_checksum_verification=True)
-        raw = parquet.read(columns=stored.names)
+    parquet = pq.ParquetFile(source, page_checksum_verification=True)
+    raw = parquet.read(columns=stored.names)
     rows = raw.num_rows
     columns: dict[str, pa.Array | pa.ChunkedArray] = {
         name: raw.column(name).cast(stored.field(name).type) for name in stored.names

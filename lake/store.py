@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -36,7 +36,7 @@ from lake.locking import writer_lock
 from lake.maintenance import CompactResult, VacuumResult, compact_partitions
 from lake.prepare import sort_rows, split_partitions
 from lake.read import read_partition_file
-from lake.snapshot import LakeFile, LakeFiles, Snapshot
+from lake.snapshot import Entry, LakeFile, LakeFiles, Snapshot
 from lake.storage import LakeStorage
 from lake.writer import remove_action, write_file
 
@@ -47,6 +47,24 @@ _PINNED_CACHE = 16  # parsed snapshots kept per Lake, for readers pinned at olde
 _IO_THREADS = min(4, os.cpu_count() or 1)
 # Commit attempts of one replace_days on object storage, where concurrent writers can race.
 _COMMIT_ATTEMPTS = 8
+
+
+def _holding(
+    snapshot: Snapshot, wanted: set[DayKey]
+) -> Iterator[tuple[Entry, PartitionKey, list[DayKey]]]:
+    """The snapshot's files whose days hold one in ``wanted``, with those days: a month
+    partition of the fine tiers holds many files."""
+    tier = snapshot.tier
+    for key in sorted({partition_of(tier, u, d) for u, d in wanted}, key=str):
+        for entry in snapshot.by_partition.get(key, ()):
+            first, last = entry.file.first_day, entry.file.last_day
+            days = [
+                (key[0], first + timedelta(days=n))
+                for n in range((last - first).days + 1)
+                if (key[0], first + timedelta(days=n)) in wanted
+            ]
+            if days:
+                yield entry, key, days
 
 
 def _pairs(days: Iterable[tuple[int, date]]) -> set[DayKey]:
@@ -165,19 +183,7 @@ class Lake:
         """
         wanted = _pairs(pairs)
         snapshot = self._snapshot(tier, version)
-        jobs: list[tuple[LakeFile, PartitionKey]] = []
-        if snapshot is not None:
-            for key in sorted({partition_of(tier, u, d) for u, d in wanted}, key=str):
-                # Only the files whose days hold one asked for: a month partition of the fine
-                # tiers holds many files.
-                jobs.extend(
-                    (e.file, key)
-                    for e in snapshot.by_partition.get(key, ())
-                    if any(
-                        (key[0], e.file.first_day + timedelta(days=n)) in wanted
-                        for n in range((e.file.last_day - e.file.first_day).days + 1)
-                    )
-                )
+        jobs = [] if snapshot is None else [(e.file, k) for e, k, _ in _holding(snapshot, wanted)]
 
         def stats_of(job: tuple[LakeFile, PartitionKey]) -> dict[DayKey, DayStat]:
             lake_file, key = job
@@ -203,6 +209,23 @@ class Lake:
             merged = merge_checksums(pool.map(stats_of, jobs))
         lost = set(damaged or ())
         return {pair: merged.get(pair, (0, 0)) for pair in sorted(wanted) if pair not in lost}
+
+    def day_files(self, tier: str, pairs: Iterable[DayKey]) -> dict[DayKey, tuple[str, LakeFile]]:
+        """(path relative to the table folder, file) of the file holding each asked day in the
+        latest version; a day no file holds, or several do, is left out."""
+        wanted = _pairs(pairs)
+        snapshot = self._latest_snapshot(tier)
+        if snapshot is None:
+            return {}
+        holders: dict[DayKey, list[Entry]] = {}
+        for entry, _, days in _holding(snapshot, wanted):
+            for day in days:
+                holders.setdefault(day, []).append(entry)
+        return {
+            day: (entries[0].relative_path, entries[0].file)
+            for day, entries in holders.items()
+            if len(entries) == 1
+        }
 
     def entries(self, tier: str, version: int | None = None) -> list[tuple[str, LakeFile]]:
         """(path relative to the table folder, file) of every file of a version (latest if
@@ -467,9 +490,7 @@ class Lake:
             actions, added, bytes_before, bytes_after = compact_partitions(
                 self.storage, tier, self.table_dir(tier), crowded, int(time.time() * 1000), damaged
             )
-            bad = {partition_of(tier, f.user_id, f.first_day) for _, f, _ in damaged}
-            done = {k: v for k, v in crowded.items() if k not in bad}
-            removed = sum(len(entries) for entries in done.values())
+            removed = sum(isinstance(a, RemoveAction) for a in actions)
             version = table.version()
             if actions:
                 version = self._commit(tier, table, actions, "compact")
@@ -479,14 +500,14 @@ class Lake:
             return CompactResult(
                 tier,
                 version,
-                len(done),
+                len(added),  # one file per partition compacted
                 removed,
-                added,
+                len(added),
                 bytes_before,
                 bytes_after,
                 time.perf_counter() - started,
                 tuple(damaged),
-                tuple((a.path, a.size) for a in actions if isinstance(a, AddAction)),
+                tuple(added),
             )
 
     def vacuum(self, retention_hours: int) -> VacuumResult:

@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 from engine.errors import SyncFailed, first_few
 from engine.tiers import LAKE_TABLES, by_lake_table
 from engine.timestamps import midnight
-from lake import Lake, day_checksums, partition_of
+from lake import Lake, LakeFile, day_checksums, partition_of
 from lake.integrity import file_digest
 from lake.layout import (
     PartitionKey,
@@ -383,10 +383,7 @@ def export_batch(conn: psycopg.Connection, lake: Lake, snapshot: Snapshot, tally
         else:
             spans = [(key[0], *partition_days(tier, key)) for key in partitions]
         others = _recorded_in(conn, tier, spans, pairs)
-        # Hashed before the read-back: what is recorded is what was verified.
-        files[tier] = [
-            (relative, f.size_bytes, file_digest(lake.storage, f.path)) for relative, f in added
-        ]
+        files[tier] = _file_records(lake, added)
         wanted = set(pairs) | set(others)
         # A file that does not read back fails its days only (absent from `back`).
         unreadable: dict[Pair, str] = {}
@@ -421,6 +418,12 @@ def export_batch(conn: psycopg.Connection, lake: Lake, snapshot: Snapshot, tally
     _record(conn, snapshot, verified, failed, stale_rows, versions, synced)
     _record_files(conn, files, versions, verified)
     tally.days += len(synced)
+
+
+def _file_records(lake: Lake, added: list[tuple[str, LakeFile]]) -> list[tuple[str, int, str]]:
+    """(relative path, size, hash) of the files a commit added; hashed before the read-back,
+    so that what is recorded is what was verified."""
+    return [(relative, f.size_bytes, file_digest(lake.storage, f.path)) for relative, f in added]
 
 
 def _record_files(

@@ -21,7 +21,7 @@ import psycopg
 from engine.errors import SyncFailed
 from engine.settings import LakeSettings
 from lake import Lake
-from lake.integrity import file_days, file_digest
+from lake.integrity import file_days
 from sync import backfill
 from sync.calendar_cache import prune_calendar_cache
 from sync.catalog_changes import KEPT, prune_catalog_changes
@@ -29,8 +29,8 @@ from sync.columnstore import compress_warm_store
 from sync.export import Progress, SyncResult, sync_to_lake
 from sync.lakefiles import (
     prune_file_records,
+    record_checked_files,
     record_damage,
-    record_files,
     require_current_log,
 )
 from sync.maintenance import maintain_lake
@@ -295,29 +295,26 @@ def maintain_job(
                 for relative, lake_file, why in compacted.damaged
                 for user_id, day in file_days(lake_file)
             ]
-            record_damage(conn, damaged)
-            # Compacted files are committed files too: their hashes are what readers check.
-            record_files(
-                conn,
-                [
-                    (
-                        table,
-                        path,
-                        size,
-                        file_digest(opened.storage, f"{opened.table_dir(table)}/{path}"),
-                        version,
-                    )
-                    for table, compacted in done.compacted.items()
-                    if (version := compacted.version) is not None
-                    for path, size in compacted.added
-                ],
-            )
+            # Compacted files are committed files too: their hashes are what readers and
+            # tiering check, recorded once their days agree with the verified records.
+            differing = [
+                problem
+                for table, compacted in done.compacted.items()
+                if compacted.version is not None
+                for problem in record_checked_files(conn, table, compacted.version, compacted.added)
+            ]
+            record_damage(conn, damaged + differing)
             prune_file_records(conn, opened)
             pruned = prune_catalog_changes(conn)
             log.info("maintain: %d catalog changes older than %s pruned", pruned, KEPT)
         error = _problems(
             damaged,
             "damaged lake days left uncompacted (queued for repair)",
+            _lake_day,
+            shown=5,
+        ) or _problems(
+            differing,
+            "lake days compacted as they were, but not as verified (queued for repair)",
             _lake_day,
             shown=5,
         )

@@ -5,11 +5,19 @@ found damaged (queued for `stratum repair`). A table whose Delta log is older th
 version some day was verified at lost commits: sync and maintenance refuse to write over it
 (that would reuse the lost version numbers) until `stratum verify` has recorded the lost
 days and `stratum repair` dealt with them.
+
+A file's hash is recorded only from bytes whose days were compared with their verification
+records (lake_days): sync's read-back, compaction's and relayout's (`record_checked_files`),
+verify's. A day that did not compare equal loses its record, and lake_days rows are written
+only by sync, together with a new file for their day. So a file that still hashes to its
+record holds each day that has a current record exactly as recorded: tiering takes that
+(`vouched_days`, one hash) instead of decoding a participant-month to check one day.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 
 import psycopg
@@ -17,9 +25,13 @@ import psycopg
 from engine.errors import SyncFailed
 from engine.tiers import LAKE_TABLES
 from lake import Lake
+from lake.integrity import check_file
+from lake.maintenance import CheckedFile
 
 FileRow = tuple[str, str, int, str, int]  # tier, relative path, size, sha256, lake version
 DamageRow = tuple[int, str, date, str]  # user, tier, day, reason
+
+_HASH_THREADS = 4  # hashlib releases the GIL: reads and hashes overlap
 
 # Days verified at a version the table's log does not reach, not yet recorded as damaged.
 _AHEAD = """
@@ -42,6 +54,73 @@ def record_files(conn: psycopg.Connection, rows: Sequence[FileRow]) -> None:
         "scrubbed = NULL, scrubbed_at = NULL",
         [list(c) for c in zip(*rows, strict=True)],
     )
+
+
+def record_checked_files(
+    conn: psycopg.Connection, tier: str, version: int, files: Sequence[CheckedFile]
+) -> list[DamageRow]:
+    """Record the files (written at ``version`` and read back) whose days agree with their
+    current verification records. A day that does not was already wrong in the files it was
+    copied from: it is returned as damage, and its file is not recorded (the scrub and
+    tiering then check that file the slow way)."""
+    spans = [_span(checked) for checked in files if checked.days]
+    recorded: dict[int, list[tuple[date, tuple[int, int]]]] = {}
+    for user_id, day, count, checksum in conn.execute(
+        "SELECT l.user_id, l.day, l.rows, l.checksum FROM current_lake_days l "
+        "JOIN unnest(%s::int[], %s::date[], %s::date[]) AS f(user_id, lo, hi) "
+        "ON l.user_id = f.user_id AND l.day BETWEEN f.lo AND f.hi WHERE l.tier = %s "
+        "ORDER BY l.user_id, l.day",
+        ([u for u, _, _ in spans], [lo for _, lo, _ in spans], [hi for _, _, hi in spans], tier),
+    ).fetchall():
+        recorded.setdefault(int(user_id), []).append((day, (int(count), int(checksum))))
+    damage: list[DamageRow] = []
+    records: list[FileRow] = []
+    for checked in files:
+        if not checked.days:
+            continue  # no rows read back: nothing for its hash to vouch for
+        user_id, first, last = _span(checked)
+        wrong = [
+            (user_id, tier, day, f"{checked.relative_path}: rows differ from those verified")
+            for day, stat in recorded.get(user_id, ())
+            if first <= day <= last and checked.days.get((user_id, day), (0, 0)) != stat
+        ]
+        damage.extend(wrong)
+        if not wrong:
+            records.append((tier, checked.relative_path, checked.size, checked.sha256, version))
+    record_files(conn, records)
+    return damage
+
+
+def _span(checked: CheckedFile) -> tuple[int, date, date]:
+    """(user, first day, last day) of a file's rows."""
+    days = [day for _, day in checked.days]
+    return next(iter(checked.days))[0], min(days), max(days)
+
+
+def vouched_days(
+    conn: psycopg.Connection, lake: Lake, tier: str, pairs: Iterable[tuple[int, date]]
+) -> set[tuple[int, date]]:
+    """The days whose file in the latest version still hashes to its record (see the
+    module docstring): each holds its current verification record's rows."""
+    holders = lake.day_files(tier, pairs)
+    paths = sorted({relative for relative, _ in holders.values()})
+    records = {
+        path: (int(size), sha256)
+        for path, size, sha256 in conn.execute(
+            "SELECT path, size, sha256 FROM lake_files WHERE tier = %s AND path = ANY(%s)",
+            (tier, paths),
+        ).fetchall()
+    }
+    located = {relative: lake_file for relative, lake_file in holders.values()}
+
+    def intact(relative: str) -> bool:
+        size, sha256 = records[relative]
+        return check_file(lake.storage, located[relative].path, size, sha256) is None
+
+    with ThreadPoolExecutor(_HASH_THREADS) as pool:
+        known = [path for path in paths if path in records]
+        good = {path for path, ok in zip(known, pool.map(intact, known), strict=True) if ok}
+    return {day for day, (relative, _) in holders.items() if relative in good}
 
 
 def prune_file_records(conn: psycopg.Connection, lake: Lake) -> int:

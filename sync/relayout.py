@@ -2,19 +2,21 @@
 (one file per participant-day, partitioned by user_id/date) into month partitions, and bring
 the lake's records in the warm store along (see lake/relayout.py for the copy itself).
 
-The new table starts a new Delta log: every file gets a fresh record (size and hash), and the
-tier's verified days point at the new table's version, so that no day looks verified at a
-version the log does not reach. Run it with the API and the scheduler stopped.
+The new table starts a new Delta log: every file whose days agree with their verified
+records gets a fresh record (size and hash), and the tier's verified days point at the new
+table's version, so that no day looks verified at a version the log does not reach. Run it
+with the API and the scheduler stopped.
 """
 
 from __future__ import annotations
 
 import psycopg
 
-from lake import Lake
-from lake.integrity import file_digest
+from lake import Lake, partition_of
+from lake.integrity import read_hashed
+from lake.maintenance import CheckedFile
 from lake.relayout import RelayoutResult, relayout
-from sync.lakefiles import record_files
+from sync.lakefiles import record_checked_files, record_damage
 from sync.runs import SYNC_LOCK, advisory_lock
 
 FINE_TABLES = ("raw", "agg_1m")
@@ -32,17 +34,29 @@ def relayout_lake(url: str, lake: Lake) -> list[RelayoutResult]:
             if result.version is None:
                 continue
             fresh = Lake(lake.root)  # nothing cached of the table that was replaced
-            files = [
-                (table, relative, f.size_bytes, file_digest(fresh.storage, f.path), result.version)
-                for relative, f in fresh.entries(table)
-            ]
             with conn.transaction():
                 conn.execute("DELETE FROM lake_files WHERE tier = %s", (table,))
-                record_files(conn, files)
                 conn.execute(
                     "UPDATE lake_days SET lake_version = %s WHERE tier = %s",
                     (result.version, table),
                 )
+                # The copy equals the old files; compared with the verified records here,
+                # a file's hash may vouch for its days (see sync/lakefiles.py).
+                record_damage(
+                    conn,
+                    record_checked_files(conn, table, result.version, _read_back(fresh, table)),
+                )
                 conn.execute("SELECT nextval('catalog_seq')")  # what the router reads moved
             done.append(result)
     return done
+
+
+def _read_back(lake: Lake, table: str) -> list[CheckedFile]:
+    return [
+        CheckedFile(
+            relative,
+            f.size_bytes,
+            *read_hashed(lake.storage, table, f.path, partition_of(table, f.user_id, f.first_day)),
+        )
+        for relative, f in lake.entries(table)
+    ]

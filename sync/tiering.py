@@ -1,8 +1,9 @@
 """Tiering (`stratum tier`): drop raw and 1m rows the lake holds, verified, from the warm store.
 
 A (user, day) is tiered only when its lake_days rows for raw AND agg_1m carry the day's
-current change number (nothing written since the verified export) and the lake still reads
-back as recorded. Its day_state row is locked while it is checked and deleted, so a
+current change number (nothing written since the verified export) and the lake still holds
+it as recorded: its file hashes to the record made when its days were verified, or it reads
+back equal. Its day_state row is locked while it is checked and deleted, so a
 concurrent ingest either lands first (the day changed: not tiered) or waits and then copies
 the day back from the lake (see sync/rehydrate.py). data_1h and data_1d stay forever.
 
@@ -26,7 +27,7 @@ from engine.tiers import TIERED
 from engine.timestamps import midnight
 from lake import Lake
 from sync import timescale
-from sync.lakefiles import record_damage
+from sync.lakefiles import record_damage, vouched_days
 from sync.runs import SYNC_LOCK, advisory_lock
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class TieringResult:
     chunks: int  # TimescaleDB chunks dropped
     refused: list[tuple[int, date, str]]  # (user, day, why) not tiered, queued for re-sync
     seconds: float
+    read_back: int = 0  # (day, tier)s whose lake copy was decoded: its file's hash did not do
 
     @property
     def total_rows(self) -> int:
@@ -105,6 +107,7 @@ class _Tally:
     rows: dict[str, int] = field(default_factory=lambda: {t.warm_table: 0 for t in TIERED})
     chunks: int = 0
     refused: list[tuple[int, date, str]] = field(default_factory=list)
+    read_back: int = 0
 
     @property
     def total_rows(self) -> int:
@@ -167,7 +170,12 @@ def tier_warm_store(
             done += len(batch)
             report(done)
     return TieringResult(
-        tally.days, tally.rows, tally.chunks, tally.refused, time.perf_counter() - started
+        tally.days,
+        tally.rows,
+        tally.chunks,
+        tally.refused,
+        time.perf_counter() - started,
+        tally.read_back,
     )
 
 
@@ -206,8 +214,12 @@ def _verified(
     # A file that cannot be read refuses its days only: the rest of the run goes on.
     damaged_raw: dict[Pair, str] = {}
     damaged_1m: dict[Pair, str] = {}
-    lake_raw = lake.day_stats(RAW.lake_table, pairs, damaged=damaged_raw)
-    lake_1m = lake.day_stats(MINUTE.lake_table, pairs, damaged=damaged_1m)
+    lake_raw = _lake_copy(
+        conn, lake, RAW.lake_table, {d.pair: d.raw for d in locked}, damaged_raw, tally
+    )
+    lake_1m = _lake_copy(
+        conn, lake, MINUTE.lake_table, {d.pair: d.agg_1m for d in locked}, damaged_1m, tally
+    )
     record_damage(
         conn,
         [(u, RAW.lake_table, d, why) for (u, d), why in damaged_raw.items()]
@@ -246,6 +258,26 @@ def _verified(
         )
         conn.execute("SELECT nextval('catalog_seq')")
     return good
+
+
+def _lake_copy(
+    conn: psycopg.Connection,
+    lake: Lake,
+    tier: str,
+    recorded: dict[Pair, tuple[int, int]],
+    damaged: dict[Pair, str],
+    tally: _Tally,
+) -> dict[Pair, tuple[int, int]]:
+    """(rows, checksum) the lake holds of each day: its record when the day's file still
+    hashes to the one recorded (see sync/lakefiles.py), else read back from the file. A day
+    of a participant-month file read back costs decoding the month; a hash, reading it."""
+    vouched = vouched_days(conn, lake, tier, recorded)
+    found = {pair: stat for pair, stat in recorded.items() if pair in vouched}
+    rest = [pair for pair in recorded if pair not in vouched]
+    if rest:
+        found.update(lake.day_stats(tier, rest, damaged=damaged))
+    tally.read_back += len(rest)
+    return found
 
 
 # Rows per participant of one UTC day, for the participants asked. The day's bounds are

@@ -27,10 +27,9 @@ from datetime import date
 import psycopg
 
 from engine.tiers import LAKE_TABLES, TIERED
-from lake import Lake, LakeFile, day_checksums, partition_of
-from lake.integrity import check_file, check_size, file_days, file_digest
+from lake import Lake, LakeFile, partition_of
+from lake.integrity import check_file, check_size, file_days, read_hashed
 from lake.layout import partition_days, replaces_days
-from lake.read import read_partition_file
 from sync.export import SyncResult, sync_to_lake
 from sync.lakefiles import DamageRow, days_ahead, record_damage, record_files
 from sync.runs import SYNC_LOCK, advisory_lock
@@ -172,24 +171,12 @@ def _adopt(
         return None  # nothing verified to compare with: the structure check must do
     if crowded:
         return None  # one file of several: its rows alone are not the day's
-    found = day_checksums(
-        table, read_partition_file(lake.storage, table, lake_file.path, partition)
-    )
+    # One read for both: the hash recorded is of the bytes compared.
+    digest, found = read_hashed(lake.storage, table, lake_file.path, partition)
     for day, stat in expected.items():
         if found.get(day, (0, 0)) != stat:
             return f"rows differ from the checksum verified for {day[1]}"
-    record_files(
-        conn,
-        [
-            (
-                table,
-                relative,
-                lake_file.size_bytes,
-                file_digest(lake.storage, lake_file.path),
-                version,
-            )
-        ],
-    )
+    record_files(conn, [(table, relative, lake_file.size_bytes, digest, version)])
     return None
 
 

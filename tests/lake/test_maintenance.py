@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import date
 from pathlib import Path
 
+import pyarrow as pa
+import pytest
 from deltalake import write_deltalake
 
-from lake import Lake
+from lake import Lake, maintenance
+from lake.integrity import file_digest
 from tests.lake.builders import (
     ALL_TIME,
     JAN1,
@@ -43,6 +47,52 @@ def test_compact_merges_partitions_holding_several_files(lake: Lake) -> None:
     assert all(lake.storage.exists(p) for p in before.paths)  # the old version stays readable
     assert read_files(lake, before).num_rows == read_all(lake, "raw").num_rows
     assert lake.compact("raw").version == after.version  # nothing left to do: no commit
+
+
+def _crowded_partition(lake: Lake) -> list[tuple[int, date]]:
+    pairs = [(1, d) for d in days_from(JAN1, 2)]
+    lake.replace_days("raw", tier_rows("raw", pairs, metrics=("hr",)), pairs)
+    extra = with_partition_column("raw", tier_rows("raw", pairs[:1], metrics=("spo2",)))
+    write_deltalake(
+        lake.table_dir("raw"), extra, mode="append", storage_options=lake.storage.storage_options
+    )
+    return pairs
+
+
+def test_compacted_files_come_with_the_hash_and_day_checksums_of_their_bytes(lake: Lake) -> None:
+    pairs = _crowded_partition(lake)
+    expected = lake.day_stats("raw", pairs)
+
+    result = lake.compact("raw")
+
+    (written,) = result.added
+    (compacted,) = lake.files("raw", None, *ALL_TIME).files
+    assert written.relative_path == lake.relative_path("raw", compacted)
+    assert written.size == compacted.size_bytes
+    assert written.sha256 == file_digest(lake.storage, compacted.path)
+    assert dict(written.days) == expected
+
+
+def test_a_compacted_copy_that_reads_back_other_rows_is_not_committed(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    pairs = _crowded_partition(lake)
+    before = lake.files("raw", None, *ALL_TIME)
+    stats_before = lake.day_stats("raw", pairs)
+
+    def one_value_off(part: pa.Table) -> pa.Table:  # a writer fault: one measure changed
+        values = part.column("value").to_pylist()
+        values[0] += 1.0
+        return part.set_column(part.schema.get_field_index("value"), "value", pa.array(values))
+
+    monkeypatch.setattr(maintenance, "sort_rows", one_value_off)
+    result = lake.compact("raw")
+
+    assert (result.partitions, result.files_removed, result.files_added) == (0, 0, 0)
+    assert result.version == before.version  # nothing committed
+    assert lake.files("raw", None, *ALL_TIME) == before
+    assert lake.day_stats("raw", pairs) == stats_before
+    assert "reads back other rows" in caplog.text
 
 
 def test_compact_of_missing_table_does_nothing(lake: Lake) -> None:

@@ -4,12 +4,16 @@ tiered day copies it back from the lake first (rehydration)."""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from engine.errors import SyncFailed
 from lake import Lake
+from sync import jobs
 from sync.export import VerificationFailed
 from sync.rollups import refresh_rollups
 from sync.runs import SYNC_LOCK
@@ -21,8 +25,11 @@ from tests.sync.lakesync import (
     assert_lake_equals_source,
     day_state,
     ingest_rows,
+    job_settings,
     lake_days,
     lake_stats,
+    load_cohort,
+    make_lake,
     run_sync,
     source_stats,
 )
@@ -275,3 +282,95 @@ def test_a_chunk_goes_only_when_every_day_in_it_may(
     states: list[tuple[bool, bool]], expected: bool
 ) -> None:
     assert droppable(states) is expected
+
+
+# -- a day's file that still hashes to its record vouches for the day -----------------------
+
+
+def _forget_records(url: str, lake: Lake, tier_name: str, user_id: int) -> None:
+    paths = [path for path, f in lake.entries(tier_name) if f.user_id == user_id]
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "DELETE FROM lake_files WHERE tier = %s AND path = ANY(%s)", (tier_name, paths)
+        )
+
+
+def _rewrite_in_place(lake: Lake, tier_name: str, pair: tuple[int, date]) -> None:
+    """The day's file, rewritten where it lies as a valid Parquet file with one measure of
+    that day changed: no checksum inside the file can tell."""
+    (path, lake_file) = lake.day_files(tier_name, [pair])[pair]
+    stored = pq.read_table(lake_file.path)
+    column = "value" if tier_name == "raw" else "sum"
+    values = stored.column(column).to_pylist()
+    on_day = stored.column("ts").cast(pa.date32()).to_pylist().index(pair[1])
+    values[on_day] += 1.0
+    stored = stored.set_column(
+        stored.schema.get_field_index(column),
+        column,
+        pa.array(values, stored.schema.field(column).type),
+    )
+    pq.write_table(stored, lake_file.path, write_page_checksum=True)
+
+
+def test_days_in_files_that_still_hash_to_their_records_are_not_read_back(
+    flavour_url: str, lake: Lake
+) -> None:
+    _forget_records(flavour_url, lake, "raw", 2)  # as if written before records were kept
+
+    result = tier(flavour_url, lake)
+
+    assert result.days == 8 and not result.refused
+    assert result.read_back == 4  # user 2's raw days; every other file vouched by its hash
+    recorded = lake_days(flavour_url)
+    for tier_name in ("raw", "agg_1m"):
+        stats = lake_stats(lake, tier_name, [(u, d) for u, _, d in recorded])
+        assert all(stats[(u, d)] == v[:2] for (u, t, d), v in recorded.items() if t == tier_name)
+
+
+@pytest.mark.parametrize("tier_name", ["raw", "agg_1m"])
+def test_a_file_changed_after_its_record_is_read_back_and_its_day_refused(
+    flavour_url: str, lake: Lake, tier_name: str
+) -> None:
+    victim = (2, FIRST_DAY + timedelta(days=1))
+    _rewrite_in_place(lake, tier_name, victim)
+
+    result = tier(flavour_url, lake)
+
+    assert [(u, d, why) for u, d, why in result.refused] == [
+        (*victim, "lake copy differs from its verification record")
+    ]
+    assert result.days == 7 and result.read_back > 0
+    assert warm_rows(flavour_url, "raw_data", *victim) > 0
+
+
+def test_a_wrong_day_that_compaction_copies_is_not_vouched_for(
+    flavour_url: str, tmp_path: Path
+) -> None:
+    # January in two files (two syncs), one of them wrong in a way no checksum inside the
+    # file sees: compaction copies the wrong day faithfully. Its new file must not vouch for
+    # that day, or tiering would drop the only right copy from the warm store.
+    load_cohort(flavour_url)
+    lake = make_lake(tmp_path)
+    run_sync(flavour_url, lake, today=FIRST_DAY + timedelta(days=2))
+    run_sync(flavour_url, lake)
+    victim = (1, FIRST_DAY)
+    _rewrite_in_place(lake, "raw", victim)
+    january = [(1, FIRST_DAY + timedelta(days=n)) for n in range(3)]
+    assert len({path for path, _ in lake.day_files("raw", january).values()}) == 2
+
+    settings = job_settings(tmp_path, tier_older_than_days=1)
+    done = jobs.maintain_job(flavour_url, settings.lake, lake, today=TODAY + timedelta(days=7))
+
+    assert done.status == "failed" and "compacted as they were, but not as verified" in str(
+        done.error
+    )
+    assert len({path for path, _ in lake.day_files("raw", january).values()}) == 1
+    with psycopg.connect(flavour_url) as conn:
+        damage = conn.execute("SELECT user_id, tier, day FROM lake_damage").fetchall()
+        recorded = {path for (path,) in conn.execute("SELECT path FROM lake_files")}
+    assert damage == [(1, "raw", FIRST_DAY)]
+    assert lake.day_files("raw", [victim])[victim][0] not in recorded
+    result = tier(flavour_url, lake)
+    assert [(u, d) for u, d, _ in result.refused] == [victim]
+    assert warm_rows(flavour_url, "raw_data", *victim) > 0
+    assert result.days == 7

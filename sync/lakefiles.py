@@ -65,14 +65,21 @@ def record_checked_files(
     tiering then check that file the slow way)."""
     spans = [_span(checked) for checked in files if checked.days]
     recorded: dict[int, list[tuple[date, tuple[int, int]]]] = {}
-    for user_id, day, count, checksum in conn.execute(
-        "SELECT l.user_id, l.day, l.rows, l.checksum FROM current_lake_days l "
-        "JOIN unnest(%s::int[], %s::date[], %s::date[]) AS f(user_id, lo, hi) "
-        "ON l.user_id = f.user_id AND l.day BETWEEN f.lo AND f.hi WHERE l.tier = %s "
-        "ORDER BY l.user_id, l.day",
-        ([u for u, _, _ in spans], [lo for _, lo, _ in spans], [hi for _, _, hi in spans], tier),
-    ).fetchall():
-        recorded.setdefault(int(user_id), []).append((day, (int(count), int(checksum))))
+    if spans:
+        # One index range over the files' users and days (a night's compaction: the same
+        # month of every participant), cut to each file's days below.
+        rows = conn.execute(
+            "SELECT user_id, day, rows, checksum FROM current_lake_days WHERE tier = %s "
+            "AND user_id = ANY(%s) AND day BETWEEN %s AND %s ORDER BY user_id, day",
+            (
+                tier,
+                sorted({u for u, _, _ in spans}),
+                min(lo for _, lo, _ in spans),
+                max(hi for _, _, hi in spans),
+            ),
+        ).fetchall()
+        for user_id, day, count, checksum in rows:
+            recorded.setdefault(int(user_id), []).append((day, (int(count), int(checksum))))
     damage: list[DamageRow] = []
     records: list[FileRow] = []
     for checked in files:

@@ -146,3 +146,65 @@ def test_scattered_labels_are_written_value_by_value_the_same() -> None:
     batch = pa.RecordBatch.from_pydict(rows, schema=schema_for("raw"))
     lines = [reference_line(row, batch.schema) for row in batch.to_pylist()]
     assert render.json_page([batch], {}) == f'{{"data":[{",".join(lines)}],"meta":{{}}}}'.encode()
+
+
+# -- Arrow streams ---------------------------------------------------------------------------
+
+
+def raw_batch(rows: int, first_second: int = 0) -> pa.RecordBatch:
+    schema = schema_for("raw")
+    seconds = range(first_second, first_second + rows)
+    columns = {
+        "user_id": pa.array([1] * rows, schema.field("user_id").type),
+        "metric": pa.array(["heart_rate"] * rows, schema.field("metric").type),
+        "ts": pa.array([TS_US[0] + s * 1_000_000 for s in seconds], schema.field("ts").type),
+        "value": pa.array([float(s) for s in seconds], schema.field("value").type),
+    }
+    return pa.RecordBatch.from_pydict(columns, schema=schema)
+
+
+def arrow_batches(chunks: list[bytes]) -> list[pa.RecordBatch]:
+    import pyarrow.ipc as ipc
+
+    return list(ipc.open_stream(b"".join(chunks)))
+
+
+def test_arrow_streams_large_batches_as_they_come_without_putting_them_together() -> None:
+    """Large engine batches are sent as they are (putting them together into chunk-sized
+    batches copied the whole answer once more); larger than a chunk, they are sliced."""
+    batches = [raw_batch(3_000), raw_batch(3_000, 3_000), raw_batch(9_000, 6_000)]
+    chunks = list(render.stream("arrow", iter(batches), schema_for("raw"), chunk_rows=4_096))
+    got = arrow_batches(chunks)
+    assert [b.num_rows for b in got] == [3_000, 3_000, 4_096, 4_096, 808]
+    assert pa.Table.from_batches(got).equals(pa.Table.from_batches(batches))
+    assert len(chunks) == len(got) + 1  # a chunk per batch; the last also ends the stream
+
+
+def test_arrow_streams_put_runs_of_small_batches_together() -> None:
+    """A lake page comes as a batch per file (24 rows of a day of 1h rollups): readers get
+    batches of about a chunk's rows, not one per file."""
+    batches = [raw_batch(24, 24 * i) for i in range(100)]
+    got = arrow_batches(list(render.stream("arrow", iter(batches), schema_for("raw"), 1_000)))
+    assert [b.num_rows for b in got] == [1_008, 1_008, 384]
+    assert pa.Table.from_batches(got).equals(pa.Table.from_batches(batches))
+
+
+def test_arrow_stream_bytes_are_the_ipc_writers() -> None:
+    import pyarrow.ipc as ipc
+
+    batches = [raw_batch(5_000), raw_batch(5, 5_000).slice(1, 3), raw_batch(7_000, 6_000)]
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, schema_for("raw")) as writer:
+        for batch in render._arrow_batches(iter(batches), 65_536):
+            writer.write_batch(batch)
+    streamed = b"".join(render.stream("arrow", iter(batches), schema_for("raw")))
+    assert streamed == sink.getvalue().to_pybytes()
+    empty = b"".join(render.stream("arrow", iter([]), schema_for("raw")))
+    assert ipc.open_stream(empty).read_all().num_rows == 0
+
+
+def test_an_arrow_stream_refuses_a_batch_of_another_schema() -> None:
+    """Never a stream whose messages do not match its schema (readers would misread it)."""
+    chunks = render.stream("arrow", iter([raw_batch(3), mixed_batch()]), schema_for("1h"))
+    with pytest.raises(pa.ArrowInvalid, match="different schema"):
+        list(chunks)

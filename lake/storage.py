@@ -98,6 +98,14 @@ class LakeStorage:
 
     def has_children(self, folder: str) -> bool:
         """Whether anything lives under ``folder`` (object stores have no empty folders)."""
+        if self.is_local:
+            # The first entry answers: a listing stats every entry (a Delta log of 300
+            # commits: 16 ms of a new process's first query).
+            try:
+                with os.scandir(folder) as entries:
+                    return next(entries, None) is not None
+            except (FileNotFoundError, NotADirectoryError):
+                return False
         selector = pafs.FileSelector(self.fs_path(folder), allow_not_found=True)
         return bool(self.filesystem.get_file_info(selector))
 

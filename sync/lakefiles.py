@@ -9,9 +9,10 @@ days and `stratum repair` dealt with them.
 A file's hash is recorded only from bytes whose days were compared with their verification
 records (lake_days): sync's read-back, compaction's and relayout's (`record_checked_files`),
 verify's. A day that did not compare equal loses its record, and lake_days rows are written
-only by sync, together with a new file for their day. So a file that still hashes to its
-record holds each day that has a current record exactly as recorded: tiering takes that
-(`vouched_days`, one hash) instead of decoding a participant-month to check one day.
+only by sync, together with a new file for their day, at a later lake version. So a file that
+still hashes to its record, recorded at or after the version its day was verified at, holds
+that day exactly as recorded: tiering takes that (`vouched_days`, one hash) instead of
+decoding a participant-month to check one day.
 """
 
 from __future__ import annotations
@@ -108,26 +109,43 @@ def vouched_days(
     conn: psycopg.Connection, lake: Lake, tier: str, pairs: Iterable[tuple[int, date]]
 ) -> set[tuple[int, date]]:
     """The days whose file in the latest version still hashes to its record (see the
-    module docstring): each holds its current verification record's rows."""
+    module docstring): each holds its current verification record's rows. The file must
+    also have been recorded at or after the version its day was verified at: a Delta log
+    that lost commits brings back an older file, whose record may still be kept, while the
+    day's record counts the rows of the file that was lost."""
     holders = lake.day_files(tier, pairs)
     paths = sorted({relative for relative, _ in holders.values()})
     records = {
-        path: (int(size), sha256)
-        for path, size, sha256 in conn.execute(
-            "SELECT path, size, sha256 FROM lake_files WHERE tier = %s AND path = ANY(%s)",
+        path: (int(size), sha256, int(version))
+        for path, size, sha256, version in conn.execute(
+            "SELECT path, size, sha256, lake_version FROM lake_files "
+            "WHERE tier = %s AND path = ANY(%s)",
             (tier, paths),
+        ).fetchall()
+    }
+    verified_at = {
+        (int(user_id), day): int(version)
+        for user_id, day, version in conn.execute(
+            "SELECT l.user_id, l.day, l.lake_version FROM lake_days l "
+            "JOIN unnest(%s::int[], %s::date[]) AS w(user_id, day) "
+            "ON l.user_id = w.user_id AND l.day = w.day WHERE l.tier = %s",
+            ([u for u, _ in holders], [d for _, d in holders], tier),
         ).fetchall()
     }
     located = {relative: lake_file for relative, lake_file in holders.values()}
 
     def intact(relative: str) -> bool:
-        size, sha256 = records[relative]
+        size, sha256, _ = records[relative]
         return check_file(lake.storage, located[relative].path, size, sha256) is None
 
     with ThreadPoolExecutor(_HASH_THREADS) as pool:
         known = [path for path in paths if path in records]
         good = {path for path, ok in zip(known, pool.map(intact, known), strict=True) if ok}
-    return {day for day, (relative, _) in holders.items() if relative in good}
+    return {
+        day
+        for day, (relative, _) in holders.items()
+        if relative in good and day in verified_at and records[relative][2] >= verified_at[day]
+    }
 
 
 def prune_file_records(conn: psycopg.Connection, lake: Lake) -> int:

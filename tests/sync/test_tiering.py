@@ -374,3 +374,26 @@ def test_a_wrong_day_that_compaction_copies_is_not_vouched_for(
     assert [(u, d) for u, d, _ in result.refused] == [victim]
     assert warm_rows(flavour_url, "raw_data", *victim) > 0
     assert result.days == 7
+
+
+def test_a_file_a_lost_commit_brings_back_does_not_vouch_for_a_day_verified_after_it(
+    flavour_url: str, lake: Lake
+) -> None:
+    victim = (1, FIRST_DAY + timedelta(days=1))
+    ingest_rows(flavour_url, [(f"{victim[1]}T10:00:30Z", 1, "heart_rate", 99.0)])  # late
+    refresh_rollups(flavour_url)
+    before = lake.day_files("raw", [victim])[victim][0]
+    assert run_sync(flavour_url, lake).days == 1  # the day again, in a new file
+    # The raw log loses that commit: the file before it, whose record is still kept (no
+    # maintenance ran), holds the day again, without the late row its record now counts.
+    log = Path(lake.table_dir("raw")) / "_delta_log"
+    max(log.glob("*.json")).unlink()
+    reopened = Lake(lake.root)
+    assert reopened.day_files("raw", [victim])[victim][0] == before
+
+    result = tier(flavour_url, reopened)
+
+    assert [(u, d, why) for u, d, why in result.refused] == [
+        (*victim, "lake copy differs from its verification record")
+    ]
+    assert warm_rows(flavour_url, "raw_data", *victim) > 0

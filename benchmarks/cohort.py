@@ -30,6 +30,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -39,7 +40,7 @@ import pyarrow.ipc as ipc
 from benchmarks.cohort_build import DAYS, METRICS, USERS, WARM_DAYS, Shape, bar, build
 from benchmarks.cohort_report import SCAN_BUDGET, write_report
 from benchmarks.dataset import Dataset, bench_home, open_dataset
-from benchmarks.measure import median_ms
+from benchmarks.measure import elapsed_ms, median_ms
 from benchmarks.presets import PRESETS, Preset
 from benchmarks.server import ServedData, ServerProcess
 from benchmarks.suite import default_out_dir
@@ -79,19 +80,44 @@ def _runner(engine: Engine, params: dict[str, list[str]]) -> Callable[[], int]:
     return run
 
 
-def one_year_raw(settings: Settings, url: str, last: date) -> dict[str, float]:
-    """One participant x heart rate x the year up to `last`, raw: the engine's latency, and
-    catalog + planning alone (Engine.plan: what /plan times)."""
-    engine = Engine(settings, url)
+@dataclass(frozen=True)
+class YearQuery:
+    """Where one participant's year of heart rate is asked: a dataset and its last lake day."""
+
+    settings: Settings
+    url: str
+    last: date
+
+
+def one_year_raw(cohort: YearQuery, medium: YearQuery | None) -> dict[str, dict[str, float]]:
+    """One participant x heart rate x the year up to `last`, raw, in the cohort and (when
+    built) in `medium`: each engine's latency, timed interleaved (cohort, medium, cohort,
+    ...) so that the machine's load falls on both alike (one after the other, the ratio
+    moved 1.05x -> 1.24x between runs; interleaved it was 0.98x); and catalog + planning
+    alone (Engine.plan: what /plan times)."""
+    asked = {"one_year_raw": cohort} | ({"medium_one_year_raw": medium} if medium else {})
+    engines = {key: Engine(where.settings, where.url) for key, where in asked.items()}
     try:
-        params = _params([1], ["heart_rate"], last - timedelta(days=364), last, "raw")
-        query = build_query(params, engine.settings.query, principal=LOCAL_ADMIN)
+        runs, plans = {}, {}
+        for key, where in asked.items():
+            first = where.last - timedelta(days=364)
+            params = _params([1], ["heart_rate"], first, where.last, "raw")
+            query = build_query(params, engines[key].settings.query, principal=LOCAL_ADMIN)
+            runs[key] = _runner(engines[key], params)
+            plans[key] = median_ms(partial(engines[key].plan, query), REPEATS)
+        times: dict[str, list[float]] = {key: [] for key in runs}
+        for run in runs.values():
+            run()  # warm-up
+        for _ in range(REPEATS):
+            for key, run in runs.items():
+                times[key].append(elapsed_ms(run))
         return {
-            "latency_ms": median_ms(_runner(engine, params), REPEATS),
-            "catalog_plan_ms": median_ms(lambda: engine.plan(query), REPEATS),
+            key: {"latency_ms": statistics.median(times[key]), "catalog_plan_ms": plans[key]}
+            for key in runs
         }
     finally:
-        engine.close()
+        for engine in engines.values():
+            engine.close()
 
 
 def span_queries(settings: Settings, url: str, shape: Shape) -> dict[str, float]:
@@ -237,17 +263,22 @@ def run_cohort(
             "shape": {"users": shape.users, "days": shape.days, "end": shape.end.isoformat()},
             "build": record,
             "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "one_year_raw": one_year_raw(cohort_settings, url, last_lake_day),
-            "spans": span_queries(cohort_settings, url, shape),
-            "lake": lake_figures(lake_path, shape),
         }
         medium = medium_dataset(settings, with_medium)
-        if medium is not None:
-            try:
-                last = (medium.lake_end - timedelta(days=1)).date()
-                results["medium_one_year_raw"] = one_year_raw(medium.settings(), medium.url, last)
-            finally:
+        try:
+            results |= one_year_raw(
+                YearQuery(cohort_settings, url, last_lake_day),
+                None
+                if medium is None
+                else YearQuery(
+                    medium.settings(), medium.url, (medium.lake_end - timedelta(days=1)).date()
+                ),
+            )
+        finally:
+            if medium is not None:
                 stop_local_postgres(medium.home)
+        results["spans"] = span_queries(cohort_settings, url, shape)
+        results["lake"] = lake_figures(lake_path, shape)
         if scan:
             results["scan"] = full_scan(_Served(home, url, lake_path), shape, out)
         return write_report(results, out)

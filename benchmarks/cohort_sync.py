@@ -54,7 +54,8 @@ FIRST_NIGHT = date(2025, 6, 1)  # "today" of the warm-up night
 USERS_PER_ARCHIVE = 25
 SCAN = "--scan-child"  # the child process of the raw scan
 # Where the time goes: (label, module path suffix, function). Cumulative times; parts nest
-# (a snapshot load happens inside a write), so they do not add up to the step.
+# (a snapshot load happens inside a write), so they do not add up to the step. The profile
+# sees the calling thread only: compaction's partitions run in worker threads.
 PARTS = (
     ("sync: waiting for the warm-store read", "sync/prefetch.py", "prefetched"),
     ("sync: Delta snapshot loads", "lake/store.py", "_build"),
@@ -70,7 +71,6 @@ PARTS = (
     ("tier: row deletes", "sync/tiering.py", "_delete_rows"),
     ("tier: warm-store row counts", "sync/tiering.py", "_warm_counts"),
     ("maintain: compaction", "lake/store.py", "compact"),
-    ("maintain: compaction read-back", "lake/maintenance.py", "_read_back"),
     ("maintain: compared with the records", "sync/lakefiles.py", "record_checked_files"),
     ("maintain: vacuum", "lake/store.py", "vacuum"),
     ("maintain: prune file records", "sync/lakefiles.py", "prune_file_records"),

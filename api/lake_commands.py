@@ -207,7 +207,7 @@ def db_compress(args: argparse.Namespace, ctx: Context) -> int:
         console.print("TimescaleDB: not available, plain PostgreSQL tables: nothing to compress")
     else:
         console.print(
-            f"compressed {done.chunks} chunks in {done.seconds:.1f}s: raw_data and data_1m "
+            f"compressed {done.chunks} chunks in {done.seconds:.1f}s: raw_data and data_1m_stored "
             f"{_size(done.bytes_before)} -> {_size(done.bytes_after)}"
         )
     return 0

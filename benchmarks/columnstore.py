@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from benchmarks.dataset import Dataset, drop_database, sync_until
-from engine.tiers import WARM_TABLES
+from engine.tiers import WARM_STORED_TABLES
 from sync import timescale
 from sync.columnstore import compress_warm_store
 from sync.generate import generate_cohort
@@ -99,7 +99,7 @@ def _measure(dataset: Dataset, store: str, cohort: pa.Table) -> dict[str, Any]:
             result["compress_s"] = done.seconds
             result["chunks"] = done.chunks
         with psycopg.connect(url) as conn:
-            result["bytes"] = sum(timescale.table_bytes(conn, t) for t in WARM_TABLES)
+            result["bytes"] = sum(timescale.table_bytes(conn, t) for t in WARM_STORED_TABLES)
             compressed = sum(timescale.columnstore_bytes(conn, t) for t in timescale.HYPERTABLES)
         result["bytes_per_raw_row"] = result["bytes"] / raw_rows
         old_rows = _rows_before(cohort, last_day - timedelta(days=GRACE_DAYS))

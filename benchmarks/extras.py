@@ -22,7 +22,7 @@ from benchmarks.measure import percentile
 from benchmarks.server import RssSampler, ServerProcess
 from benchmarks.workloads import METRIC, Case
 from engine.registry import METRICS
-from engine.tiers import LAKE_TABLES, WARM_TABLES
+from engine.tiers import LAKE_TABLES, RAW_MINUTE_DAYS, TIERS
 from lake import Lake
 from sync import timescale
 from sync.ingest import ingest_files
@@ -169,10 +169,13 @@ def storage(dataset: Dataset) -> dict[str, Any]:
     """Bytes and rows of each tier's warm table and lake table."""
     warm: dict[str, dict[str, int]] = {}
     with psycopg.connect(dataset.url) as conn:
-        for table in WARM_TABLES:
+        for tier in TIERS.values():
+            table = tier.warm_table
             count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
+            # data_1m is a view: its bytes are the stored buckets' and the per-minute records'.
+            on_disk = [tier.write_table] + ([RAW_MINUTE_DAYS] if tier.stored_in else [])
             warm[table] = {
-                "bytes": timescale.table_bytes(conn, table),
+                "bytes": sum(timescale.table_bytes(conn, t) for t in on_disk),
                 "rows": int(count[0]) if count else 0,
             }
     lake: dict[str, dict[str, int]] = {}

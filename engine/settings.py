@@ -309,7 +309,7 @@ SETTINGS: tuple[Setting, ...] = (
         name="STRATUM_CHUNK_INTERVAL",
         default="1 day",
         parse=text,
-        meaning="TimescaleDB chunk interval of `raw_data` and `data_1m`",
+        meaning="TimescaleDB chunk interval of `raw_data` and `data_1m_stored`",
         field="database.chunk_interval",
     ),
     Setting(
@@ -378,7 +378,7 @@ SETTINGS: tuple[Setting, ...] = (
         name="STRATUM_COLUMNSTORE_AFTER_DAYS",
         default="2",
         parse=integer(),
-        meaning="on TimescaleDB, the nightly job compresses `raw_data` and `data_1m` chunks "
+        meaning="on TimescaleDB, the nightly job compresses `raw_data` and `data_1m_stored` chunks "
         "older than this many days (late rows still land, exactly); `0`: never",
         field="lake.columnstore_after_days",
     ),

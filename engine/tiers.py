@@ -22,8 +22,14 @@ class Tier:
     resolution: Resolution  # its name in queries
     bucket_s: int  # 0 for raw: its spacing is each metric's native interval
     bucket_unit: str  # date_trunc unit computing this tier from raw ('' for raw)
-    warm_table: str  # table in the warm store
+    warm_table: str  # what readers select from in the warm store
     lake_table: str  # Delta table in the lake (lake.TIERS)
+    stored_in: str = ""  # the table writers fill, when warm_table is a view over it
+
+    @property
+    def write_table(self) -> str:
+        """The warm table that holds this tier's written rows."""
+        return self.stored_in or self.warm_table
 
 
 TIERS: dict[Resolution, Tier] = {
@@ -31,7 +37,9 @@ TIERS: dict[Resolution, Tier] = {
     for tier in (
         # resolution, bucket_s, bucket_unit, warm_table, lake_table
         Tier("raw", 0, "", "raw_data", "raw"),
-        Tier("1m", 60, "minute", "data_1m", "agg_1m"),
+        # data_1m is a view: the stored buckets, plus the raw rows of per-minute series days
+        # (RAW_MINUTE_DAYS), each its own bucket (migration 013).
+        Tier("1m", 60, "minute", "data_1m", "agg_1m", stored_in="data_1m_stored"),
         Tier("1h", 3600, "hour", "data_1h", "agg_1h"),
         Tier("1d", 86400, "day", "data_1d", "agg_1d"),
     )
@@ -39,6 +47,14 @@ TIERS: dict[Resolution, Tier] = {
 
 RESOLUTIONS: tuple[Resolution, ...] = tuple(TIERS)  # finest first
 WARM_TABLES: tuple[str, ...] = tuple(t.warm_table for t in TIERS.values())
+# (user, metric, UTC day)s whose raw rows all sit on whole minutes: data_1m reads their raw
+# rows as their 1-minute buckets, and the refresh stores no 1-minute rows for them.
+RAW_MINUTE_DAYS = "raw_minute_days"
+# The warm store's tables on disk (their bytes are the warm store's size).
+WARM_STORED_TABLES: tuple[str, ...] = (
+    *(t.write_table for t in TIERS.values()),
+    RAW_MINUTE_DAYS,
+)
 LAKE_TABLES: tuple[str, ...] = tuple(t.lake_table for t in TIERS.values())
 RAW = TIERS["raw"]
 # Tiering removes these from the warm store once the lake holds them verified (an ingest

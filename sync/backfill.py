@@ -544,7 +544,7 @@ def _stage(
                 cur.adbc_ingest(
                     warm_table, _warm_rollup(tables[tier]), mode="replace", temporary=True
                 )
-                target = TIERS["1h" if tier == "agg_1h" else "1d"].warm_table
+                target = TIERS["1h" if tier == "agg_1h" else "1d"].write_table
                 cur.execute(
                     f"DELETE FROM {target} s USING stratum_backfill_windows w "  # noqa: S608
                     f"WHERE {_IN_WINDOW}"

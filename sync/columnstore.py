@@ -29,7 +29,7 @@ class ColumnstoreResult:
 
 
 def compress_warm_store(url: str, older_than: datetime) -> ColumnstoreResult:
-    """Compress every chunk of raw_data and data_1m that ends before `older_than`."""
+    """Compress every chunk of raw_data and data_1m_stored that ends before `older_than`."""
     started = time.perf_counter()
     with psycopg.connect(url, autocommit=True) as conn:  # one transaction per chunk
         if not timescale.enabled(conn):

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.errors import SyncFailed, first_few
-from engine.tiers import RAW, TIERED, Tier
+from engine.tiers import RAW, RAW_MINUTE_DAYS, TIERED, Tier
 from engine.timestamps import midnight
 from lake import Lake, partition_of
 from lake.layout import value_columns
@@ -52,7 +52,7 @@ def _copy_back(tier: Tier) -> str:
     columns = ", ".join(_columns(tier))
     # Rows already in the warm store are the newly delivered ones: they win.
     return (
-        f"INSERT INTO {tier.warm_table} ({columns}) "  # noqa: S608 (our constants)
+        f"INSERT INTO {tier.write_table} ({columns}) "  # noqa: S608 (our constants)
         f"SELECT {columns} FROM stratum_rehydrate_{tier.lake_table} "
         "ON CONFLICT (user_id, metric, ts) DO NOTHING"
     )
@@ -104,6 +104,12 @@ def rehydrate(cur: adbc.Cursor, lake: Lake, days: list[Pair]) -> int:
             cur.adbc_ingest(name, rows, mode="replace", temporary=True)
             cur.execute(_copy_back(tier))
         copied += rows.num_rows if tier is RAW else 0
+    # The lake's 1m buckets are now stored rows: no day may also read them from raw (tiering
+    # removed the per-minute records; the refresh that follows decides again).
+    cur.execute(
+        f"DELETE FROM {RAW_MINUTE_DAYS} d USING stratum_rehydrate_days w "  # noqa: S608
+        "WHERE d.user_id = w.user_id AND d.day = w.day"
+    )
     cur.execute(
         "UPDATE day_state d SET tiered_seq = NULL, tiered_at = NULL "
         "FROM stratum_rehydrate_days w WHERE d.user_id = w.user_id AND d.day = w.day"

@@ -23,7 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 
-from engine.tiers import TIERED
+from engine.tiers import RAW_MINUTE_DAYS, TIERED
 from engine.timestamps import midnight
 from lake import Lake
 from sync import timescale
@@ -197,10 +197,9 @@ def _tier_batch(conn: psycopg.Connection, lake: Lake, batch: list[Pair], tally: 
         locked = [_Locked((int(u), d), (rr, rc), (mr, mc)) for u, d, rr, rc, mr, mc in rows]
         good = _verified(conn, lake, locked, tally)
         if good:
-            for table, count in _delete_rows(conn, good).items():
-                tally.rows[table] += count
+            _delete_rows(conn, good)
             _mark_tiered(conn, good)
-            tally.days += len(good)
+            _count_tiered(tally, [day for day in locked if day.pair in set(good)])
 
 
 def _verified(
@@ -283,14 +282,21 @@ def _lake_copy(
 # Rows per participant of one UTC day, for the participants asked. The day's bounds are
 # plain parameters, so TimescaleDB excludes the other chunks when it plans (a bound computed
 # per joined row, as a correlated count per (user, day, metric) had, probed every chunk for
-# each: most of a tiering run's time).
-_DAY_COUNTS = """
-SELECT 'raw', user_id, count(*) FROM raw_data
+# each: most of a tiering run's time). The 1m count is what the data_1m view holds: stored
+# buckets, plus the raw rows of the per-minute (user, metric)s, counted from the raw pass.
+_DAY_COUNTS = f"""
+WITH r AS (
+    SELECT user_id, metric, count(*) AS n FROM {RAW.warm_table}
+    WHERE user_id = ANY(%(users)s) AND ts >= %(lo)s AND ts < %(hi)s GROUP BY user_id, metric
+)
+SELECT 'raw', user_id, sum(n) FROM r GROUP BY user_id
+UNION ALL
+SELECT '1m', user_id, count(*) FROM {MINUTE.write_table}
 WHERE user_id = ANY(%(users)s) AND ts >= %(lo)s AND ts < %(hi)s GROUP BY user_id
 UNION ALL
-SELECT '1m', user_id, count(*) FROM data_1m
-WHERE user_id = ANY(%(users)s) AND ts >= %(lo)s AND ts < %(hi)s GROUP BY user_id
-"""
+SELECT '1m', r.user_id, sum(r.n) FROM r JOIN {RAW_MINUTE_DAYS} d
+  ON d.user_id = r.user_id AND d.metric = r.metric AND d.day = %(day)s GROUP BY r.user_id
+"""  # noqa: S608 (constants only)
 
 
 def _warm_counts(conn: psycopg.Connection, pairs: Sequence[Pair]) -> dict[Pair, tuple[int, int]]:
@@ -301,23 +307,34 @@ def _warm_counts(conn: psycopg.Connection, pairs: Sequence[Pair]) -> dict[Pair, 
         users_of.setdefault(day, []).append(user_id)
     found: dict[Pair, list[int]] = {pair: [0, 0] for pair in pairs}
     for day, users in sorted(users_of.items()):
-        params = {"users": users, "lo": midnight(day), "hi": midnight(day + timedelta(days=1))}
+        params = {
+            "users": users,
+            "day": day,
+            "lo": midnight(day),
+            "hi": midnight(day + timedelta(days=1)),
+        }
         for table, user_id, count in conn.execute(_DAY_COUNTS, params).fetchall():
-            found[(int(user_id), day)][0 if table == "raw" else 1] = int(count)
+            found[(int(user_id), day)][0 if table == "raw" else 1] += int(count)
     return {pair: (raw, minute) for pair, (raw, minute) in found.items()}
 
 
-def _delete_rows(conn: psycopg.Connection, pairs: Sequence[Pair]) -> dict[str, int]:
-    """Delete the days' raw_data and data_1m rows; rows deleted per table."""
+def _delete_rows(conn: psycopg.Connection, pairs: Sequence[Pair]) -> None:
+    """Delete the days' raw_data and stored 1m rows, and their per-minute records (their 1m
+    buckets were their raw rows)."""
     conn.execute(_WINDOWS, ([u for u, _ in pairs], [d for _, d in pairs]))
-    deleted = {}
-    for tier in TIERED:
-        cur = conn.execute(
-            f"DELETE FROM {tier.warm_table} s USING tier_window w WHERE {_IN_WINDOW}"  # noqa: S608
-        )
-        deleted[tier.warm_table] = max(cur.rowcount, 0)
+    per_minute = "s.user_id = w.user_id AND s.metric = w.metric AND s.day = w.day"
+    for table in (*(tier.write_table for tier in TIERED), RAW_MINUTE_DAYS):
+        where = per_minute if table == RAW_MINUTE_DAYS else _IN_WINDOW
+        conn.execute(f"DELETE FROM {table} s USING tier_window w WHERE {where}")  # noqa: S608
     conn.execute("DROP TABLE tier_window")
-    return deleted
+
+
+def _count_tiered(tally: _Tally, days: Sequence[_Locked]) -> None:
+    """Count days tiered and their rows, as their verified lake records count them (the warm
+    rows were checked to match before they were deleted)."""
+    tally.rows[RAW.warm_table] += sum(day.raw[0] for day in days)
+    tally.rows[MINUTE.warm_table] += sum(day.agg_1m[0] for day in days)
+    tally.days += len(days)
 
 
 def _mark_tiered(conn: psycopg.Connection, pairs: Sequence[Pair]) -> None:
@@ -398,8 +415,6 @@ def _drop_chunk_span(
                 tally.chunks += timescale.drop_chunks_between(conn, table, start, end)
             _delete_rows(conn, good)  # parts of these days lying in neighbouring chunks
             _mark_tiered(conn, good)
-            tally.rows[RAW.warm_table] += sum(day.raw[0] for day in locked)
-            tally.rows[MINUTE.warm_table] += sum(day.agg_1m[0] for day in locked)
-            tally.days += len(good)
+            _count_tiered(tally, locked)
     except psycopg.errors.LockNotAvailable:
         log.warning("tier: chunk %s..%s busy; its days are tiered row by row", start, end)

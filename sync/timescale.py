@@ -1,7 +1,7 @@
 """Every TimescaleDB-specific statement stratum runs, in one place.
 
 The warm store works on plain PostgreSQL (tests, quick start). When the `timescaledb`
-extension is available (production, docker compose) raw_data and data_1m become
+extension is available (production, docker compose) raw_data and data_1m_stored become
 hypertables and tiering drops whole chunks; chunks past a grace period move to the
 columnstore (compressed, segmented by participant and metric). The SQL follows TimescaleDB
 2.x documentation: create_hypertable with the by_range dimension builder (2.13+),
@@ -14,7 +14,7 @@ from datetime import datetime
 
 import psycopg
 
-HYPERTABLES = ("raw_data", "data_1m")
+HYPERTABLES = ("raw_data", "data_1m_stored")  # data_1m is a view over data_1m_stored
 
 # Every read and write names one participant and metric and a span of time: segments by
 # (user_id, metric) ordered by ts let TimescaleDB skip whole batches on all three.
@@ -76,7 +76,7 @@ def enabled(conn: psycopg.Connection) -> bool:
 
 
 def enable(conn: psycopg.Connection, chunk_interval: str) -> None:
-    """Create the extension and turn raw_data and data_1m into hypertables that may move
+    """Create the extension and turn raw_data and data_1m_stored into hypertables that may move
     chunks to the columnstore (idempotent)."""
     conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
     for table in HYPERTABLES:

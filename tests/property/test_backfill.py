@@ -43,7 +43,8 @@ sample = st.tuples(
 
 TODAY = date(2024, 5, 1)  # every generated day is older than the 30-day horizon
 TABLES = (
-    "raw_data, data_1m, data_1h, data_1d, day_state, day_counts, lake_days, lake_files, "
+    "raw_data, data_1m_stored, raw_minute_days, data_1h, data_1d, day_state, day_counts, "
+    "lake_days, lake_files, "
     "lake_damage, lake_location, sync_runs"
 )
 

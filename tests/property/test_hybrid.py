@@ -40,7 +40,9 @@ BASE = datetime(2024, 3, 9, 20, 0, tzinfo=UTC)  # five UTC days: 03-09 .. 03-13
 SPAN_S = 4 * 86_400 + 4 * 3600
 TODAY = date(2024, 3, 16)
 USERS = (1, 2, 3)
-TABLES = "raw_data, data_1m, data_1h, data_1d, day_state, day_counts, lake_days"
+TABLES = (
+    "raw_data, data_1m_stored, raw_minute_days, data_1h, data_1d, day_state, day_counts, lake_days"
+)
 
 sample = st.tuples(
     st.sampled_from(USERS),

@@ -55,7 +55,8 @@ ZONES = (
     "Pacific/Kiritimati",  # +14
 )
 TABLES = (
-    "raw_data, data_1m, data_1h, data_1d, day_state, day_counts, lake_days, tz_history, "
+    "raw_data, data_1m_stored, raw_minute_days, data_1h, data_1d, day_state, day_counts, "
+    "lake_days, tz_history, "
     "calendar_cache"
 )
 

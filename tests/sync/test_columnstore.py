@@ -51,14 +51,16 @@ def test_chunks_past_the_grace_period_move_to_the_columnstore_whole(
     flavour: str, flavour_url: str, tmp_path: Path
 ) -> None:
     url = flavour_url
-    load_cohort(url)  # 2 users x 5 days from FIRST_DAY, TODAY the day after
+    # 2 users x 5 days from FIRST_DAY, TODAY the day after; every 30 s, so the 1m buckets
+    # are stored rows (a per-minute series stores none)
+    load_cohort(url, every=30)
     before = {tier: stats(url, tier) for tier in TIERS}
 
     done = compress(url, tmp_path)
 
     # Chunks ending at TODAY - 2 or earlier: the first three days, of both hypertables.
     old = [FIRST_DAY + timedelta(days=i) for i in range(3)]
-    assert compressed_days(url, "raw_data") == compressed_days(url, "data_1m") == old
+    assert compressed_days(url, "raw_data") == compressed_days(url, "data_1m_stored") == old
     assert done.chunks == 2 * len(old)
     assert done.bytes_after < done.bytes_before * 0.7  # 3 of 5 days at a fraction of the size
     assert {tier: stats(url, tier) for tier in TIERS} == before  # every row, every value
@@ -85,7 +87,7 @@ def test_late_rows_into_compressed_chunks_refresh_exactly_and_recompress(
     # default, so a refresh that decompressed every batch (its DELETE joined to the windows)
     # failed with "tuple decompression limit exceeded" on the first late row.
     url = flavour_url
-    load_cohort(url, users=4)
+    load_cohort(url, users=4, every=30)  # stored 1m rows (see above)
     compress(url, tmp_path)
     day = FIRST_DAY + timedelta(days=1)
     before = heart_rate_count(url, day)
@@ -96,7 +98,7 @@ def test_late_rows_into_compressed_chunks_refresh_exactly_and_recompress(
     assert heart_rate_count(url, day) == before + 1
     # Only the written day's chunks were touched; the next run recompresses just those.
     untouched = [FIRST_DAY, FIRST_DAY + timedelta(days=2)]
-    assert compressed_days(url, "raw_data") == compressed_days(url, "data_1m") == untouched
+    assert compressed_days(url, "raw_data") == compressed_days(url, "data_1m_stored") == untouched
     assert compress(url, tmp_path).chunks == 2
     assert compressed_days(url, "raw_data") == [FIRST_DAY + timedelta(days=i) for i in range(3)]
 
@@ -146,12 +148,12 @@ def test_db_compress_reports_what_it_did(
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
 ) -> None:
-    load_cohort(flavour_url, users=1, days=3)
+    load_cohort(flavour_url, users=1, days=3, every=30)  # stored 1m rows: chunks of both
     monkeypatch.setenv("STRATUM_DATABASE_URL", flavour_url)
     monkeypatch.setenv("STRATUM_HOME", str(tmp_path / "home"))
     assert main(["db", "compress", "--older-than", "1"]) == 0
     out = capsys.readouterr().out
     if flavour == "timescaledb":
-        assert "compressed 6 chunks" in out  # 3 days x raw_data, data_1m
+        assert "compressed 6 chunks" in out  # 3 days x raw_data, data_1m_stored
     else:
         assert "plain PostgreSQL" in out and "nothing to compress" in out

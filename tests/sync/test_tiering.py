@@ -155,20 +155,44 @@ def test_a_lake_copy_that_no_longer_matches_is_not_tiered(flavour_url: str, lake
     assert_lake_equals_source_for(flavour_url, lake, victim)
 
 
-@pytest.mark.parametrize("table", ["raw_data", "data_1m"])
+_HEART_RATE_OF_DAY = (
+    "user_id = %(user)s AND metric = 'heart_rate' "
+    "AND ts >= %(day)s::date::timestamp AT TIME ZONE 'UTC' "
+    "AND ts < (%(day)s::date + 1)::timestamp AT TIME ZONE 'UTC'"
+)
+# by key: a ctid names a row only within one TimescaleDB chunk
+_FIRST_ROW = (
+    f"{_HEART_RATE_OF_DAY} AND ts = (SELECT min(ts) FROM {{table}} WHERE {_HEART_RATE_OF_DAY})"
+)
+_LOSSES = {
+    "raw_data": [f"DELETE FROM raw_data WHERE {_FIRST_ROW.format(table='raw_data')}"],
+    # The fixture's series is per minute, so its 1m buckets are its raw rows: store them as
+    # 1m rows (the same buckets), then lose one.
+    "data_1m_stored": [
+        f"INSERT INTO data_1m_stored SELECT * FROM data_1m WHERE {_HEART_RATE_OF_DAY}",
+        "DELETE FROM raw_minute_days WHERE user_id = %(user)s AND day = %(day)s "
+        "AND metric = 'heart_rate'",
+        f"DELETE FROM data_1m_stored WHERE {_FIRST_ROW.format(table='data_1m_stored')}",
+    ],
+    # Its record lost: the day's 1m buckets of heart rate are gone from data_1m.
+    "raw_minute_days": [
+        "DELETE FROM raw_minute_days WHERE user_id = %(user)s AND day = %(day)s "
+        "AND metric = 'heart_rate'"
+    ],
+}
+
+
+@pytest.mark.parametrize("loss", sorted(_LOSSES))
 def test_a_day_whose_warm_rows_no_longer_match_the_export_is_not_tiered(
-    flavour_url: str, lake: Lake, table: str
+    flavour_url: str, lake: Lake, loss: str
 ) -> None:
     # Rows gone from the warm store behind the sync's back (no change recorded): the lake
     # copy is whole, but the warm store no longer holds what was verified.
     victim = (1, FIRST_DAY + timedelta(days=1))
     with psycopg.connect(flavour_url) as conn:
-        conn.execute(  # by key: a ctid names a row only within one TimescaleDB chunk
-            f"DELETE FROM {table} WHERE user_id = %s AND metric = 'heart_rate' "  # noqa: S608
-            f"AND ts = (SELECT min(ts) FROM {table} WHERE user_id = %s "
-            "AND metric = 'heart_rate' AND ts >= %s::date::timestamp AT TIME ZONE 'UTC')",
-            (victim[0], victim[0], victim[1]),
-        )
+        for statement in _LOSSES[loss]:
+            changed = conn.execute(statement, {"user": victim[0], "day": victim[1]}).rowcount
+            assert changed > 0, statement
 
     result = tier(flavour_url, lake)
 

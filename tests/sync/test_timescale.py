@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -27,6 +28,7 @@ from tests.sync.lakesync import (
     assert_lake_equals_source,
     ingest_rows,
     load_cohort,
+    make_lake,
     run_sync,
     source_stats,
 )
@@ -128,11 +130,16 @@ def test_installed_but_not_loaded_is_a_clear_error(
 @needs_timescaledb
 @pytest.mark.parametrize("flavour", ["timescaledb"])
 def test_tiering_drops_whole_chunks_and_keeps_those_with_untiered_days(
-    flavour: str, flavour_url: str, lake: Lake
+    flavour: str, flavour_url: str, tmp_path: Path
 ) -> None:
-    url = flavour_url  # 2 users x 5 days, synced: one chunk per day and table
+    # 2 users x 5 days, synced: one chunk per day and table (every 30 s, so the 1m buckets
+    # are stored rows; a per-minute series stores none)
+    url = flavour_url
+    load_cohort(url, every=30)
+    lake = make_lake(tmp_path)
+    run_sync(url, lake)
     days = [FIRST_DAY + timedelta(days=i) for i in range(5)]
-    assert chunk_days(url, "raw_data") == chunk_days(url, "data_1m") == days
+    assert chunk_days(url, "raw_data") == chunk_days(url, "data_1m_stored") == days
     ingest_rows(url, [(f"{CHANGED}T10:00:00Z", 1, "heart_rate", 80.0)])  # user 1 changed
 
     result = tier(url, lake)
@@ -140,7 +147,7 @@ def test_tiering_drops_whole_chunks_and_keeps_those_with_untiered_days(
     # The days before the horizon (TODAY - 1) go, but CHANGED's chunk holds user 1's
     # changed day: it stays, and only user 2's rows leave it, row by row.
     kept = [CHANGED, TODAY - timedelta(days=1)]
-    assert chunk_days(url, "raw_data") == chunk_days(url, "data_1m") == kept
+    assert chunk_days(url, "raw_data") == chunk_days(url, "data_1m_stored") == kept
     assert result.chunks == 2 * (len(days) - len(kept))
     assert result.days == 2 * 3 + 1
     assert warm_rows(url, "raw_data", 1, CHANGED) > 0

@@ -24,7 +24,7 @@ from benchmarks.workloads import Case
 from engine.access import LOCAL_ADMIN
 from engine.query import build_query
 from engine.run import Engine
-from engine.tiers import TIERS
+from engine.tiers import TIERS, minute_rows
 from engine.timings import StageTimes
 from lake import Lake, scan_sql
 
@@ -60,7 +60,7 @@ class _Warm(Backend):
         self.conn = psycopg.connect(dataset.url, autocommit=True)
         self.conn.execute("SET timezone = 'UTC'")  # date_trunc buckets in UTC
 
-    def _timed(self, sql: str, params: list[Any]) -> Timed:
+    def _timed(self, sql: str, params: list[Any] | dict[str, Any]) -> Timed:
         def run() -> int:
             with self.conn.cursor() as cur:
                 cur.execute(sql.encode(), params)
@@ -110,14 +110,29 @@ class WarmRollups(_Warm):
     def prepare(self, case: Case) -> Timed:
         if case.resolution == "raw":
             raise NotApplicable("raw rows: no rollup tier")
-        table = TIERS[case.resolution].warm_table
+        tier = TIERS[case.resolution]
+        source = tier.warm_table
+        if tier.stored_in:  # data_1m, read the way the engine reads it (engine.tiers)
+            source = minute_rows(
+                lambda p: f"{p}user_id = ANY(%(users)s) AND {p}metric = ANY(%(metrics)s)",
+                "%(start)s",
+                "%(end)s",
+            )
         sql = (
-            f"SELECT user_id, metric, ts, count, sum, min, max, sum / count FROM {table} "  # noqa: S608
-            f"WHERE {_WARM_WHERE}"
+            f"SELECT user_id, metric, ts, count, sum, min, max, sum / count FROM {source} m "  # noqa: S608
+            "WHERE user_id = ANY(%(users)s) AND metric = ANY(%(metrics)s) "
+            "AND ts >= %(start)s AND ts < %(end)s" + _ORDER
         )
-        page, page_params = _pg_paging(case)
-        base = [list(case.users), list(case.metrics), case.start, case.end]
-        return self._timed(sql + _ORDER + page, base + page_params)
+        params = {
+            "users": list(case.users),
+            "metrics": list(case.metrics),
+            "start": case.start,
+            "end": case.end,
+        }
+        if case.page_size:
+            sql += " LIMIT %(limit)s OFFSET %(offset)s"
+            params |= {"limit": case.page_size, "offset": (case.page_number - 1) * case.page_size}
+        return self._timed(sql, params)
 
 
 # --- bare DuckDB over the lake's exact file list -----------------------------------------

@@ -90,6 +90,7 @@ def open_dataset(preset: Preset, home: Path, progress: Progress, rebuild: bool =
     if not rebuild and meta_path.exists():
         meta = json.loads(meta_path.read_text())
         if meta.get("fingerprint") == fingerprint and _has_rows(server.url):
+            init_schema(server.url)  # a dataset built before a migration gets it, as servers do
             return Dataset(
                 preset,
                 home,

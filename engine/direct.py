@@ -43,7 +43,7 @@ from engine.catalog import ENTRY_OUTDATED, CatalogSource
 from engine.plan import Plan, Segment
 from engine.query import DataQuery, from_us
 from engine.shapes import schema_for
-from engine.tiers import TIERED, TIERS
+from engine.tiers import TIERED, TIERS, minute_rows
 
 DIRECT_ROWS = 500
 
@@ -178,6 +178,13 @@ def _sql(query: DataQuery) -> str:
             "NULL::float8, NULL::float8, NULL::float8, NULL::float8"
         )
     after = _AFTER if query.after is not None else ""
+    source = tier.warm_table
+    if tier.stored_in:  # 1m: the records of per-minute days filtered like the rows
+        source = minute_rows(
+            lambda p: f"{p}user_id = ANY(%(users)s) AND {p}metric = ANY(%(metrics)s)",
+            "%(start)s",
+            "%(end)s",
+        )
     # The checks run once (a one-time filter): when they block, no row is read, and one row
     # without a metric, which no answer row lacks, says so (and whether the answer is too
     # long for this path). Table names are the tier table's.
@@ -185,7 +192,7 @@ def _sql(query: DataQuery) -> str:
         f"WITH checked AS MATERIALIZED (SELECT {long} AS long), "  # noqa: S608
         f"blocked AS MATERIALIZED (SELECT {' OR '.join(checks)} AS yes, long FROM checked) "
         f"SELECT {blocked} FROM blocked WHERE yes "
-        f"UNION ALL (SELECT {columns} FROM {tier.warm_table} "
+        f"UNION ALL (SELECT {columns} FROM {source} m "
         "WHERE user_id = ANY(%(users)s) AND metric = ANY(%(metrics)s) "
         "AND ts >= %(start)s AND ts < %(end)s "
         f"{after}AND NOT (SELECT yes FROM blocked) "

@@ -25,7 +25,7 @@ from engine.m4 import M4, postgres_sql
 from engine.plan import Segment
 from engine.query import EPOCH, Key, from_us, to_us
 from engine.shapes import conform, schema_for
-from engine.tiers import RAW, TIERS
+from engine.tiers import RAW, TIERS, minute_rows
 from engine.timings import StageTimes
 
 log = logging.getLogger(__name__)
@@ -161,9 +161,16 @@ def _sql(segment: Segment, metrics: tuple[str, ...], inclusive: bool, m4: bool =
             f"WHERE {where} GROUP BY user_id, metric, bucket "
             f"ORDER BY user_id, metric, bucket LIMIT {limit}"
         )
-    table = TIERS[segment.resolution].warm_table
+    tier = TIERS[segment.resolution]
+    source = tier.warm_table
+    if tier.stored_in:  # 1m: the records of per-minute days filtered like the rows
+        source = minute_rows(
+            lambda p: f"{p}user_id IN ({users}) AND {p}metric IN ({names})",
+            _utc(n),
+            _utc(n + 1),
+        )
     return (
-        f"SELECT user_id, metric, ts, count, sum, min, max, sum / count FROM {table} "  # noqa: S608
+        f"SELECT user_id, metric, ts, count, sum, min, max, sum / count FROM {source} m "  # noqa: S608
         f"WHERE {where} ORDER BY user_id, metric, ts LIMIT {limit}"
     )
 

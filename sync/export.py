@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.errors import SyncFailed, first_few
-from engine.tiers import LAKE_TABLES, by_lake_table
+from engine.tiers import LAKE_TABLES, by_lake_table, minute_rows
 from engine.timestamps import midnight
 from lake import Lake, LakeFile, day_checksums, partition_of
 from lake.integrity import file_digest
@@ -269,12 +269,21 @@ def _tier_sql(tier: str) -> str:
     columns = ["ts", *value_columns(tier)]
     aggregates = ", ".join(f'array_agg(s."{c}") AS "{c}"' for c in columns)
     selected = ", ".join(f'a."{c}"' for c in columns)
+    warm = by_lake_table(tier)
+    if warm.stored_in:  # 1m: stored buckets, or a per-minute day's raw rows (never both)
+        rows = minute_rows(
+            lambda p: f"{p}user_id = w.user_id AND {p}metric = w.metric", "w.lo", "w.hi"
+        )
+    else:
+        rows = (
+            f"(SELECT * FROM {warm.warm_table} s WHERE s.user_id = w.user_id "  # noqa: S608
+            "AND s.metric = w.metric AND s.ts >= w.lo AND s.ts < w.hi)"
+        )
     # array_agg keeps the index order (metric, ts); every column sees the rows in one order.
     return (
         f"SELECT w.idx, {selected} FROM stratum_export_windows w "  # noqa: S608 (constants)
-        f"CROSS JOIN LATERAL (SELECT {aggregates} FROM {by_lake_table(tier).warm_table} s "
-        "WHERE s.user_id = w.user_id AND s.metric = w.metric AND s.ts >= w.lo AND s.ts < w.hi"
-        f") a WHERE w.tier = '{tier}' AND a.ts IS NOT NULL"
+        f"CROSS JOIN LATERAL (SELECT {aggregates} FROM {rows} s) a "
+        f"WHERE w.tier = '{tier}' AND a.ts IS NOT NULL"
     )
 
 

@@ -266,6 +266,11 @@ def _refresh_batch(conn: psycopg.Connection, batch_days: int) -> tuple[int, dict
         return int(count[0]), written
 
 
+def _day_bounds(day: date) -> dict[str, object]:
+    lo = datetime.combine(day, datetime.min.time(), UTC)
+    return {"day": day, "lo": lo, "hi": lo + timedelta(days=1)}
+
+
 def _fill_windows(conn: psycopg.Connection) -> dict[str, int]:
     """Compute every tier of the batch's windows; buckets written per tier."""
     written = dict.fromkeys(_REPORTED, 0)
@@ -274,13 +279,9 @@ def _fill_windows(conn: psycopg.Connection) -> dict[str, int]:
         # Unprepared: each statement is planned with its day's bounds as constants.
         return max(conn.execute(statement.encode(), bounds, prepare=False).rowcount, 0)
 
-    def day_bounds(day: date) -> dict[str, object]:
-        lo = datetime.combine(day, datetime.min.time(), UTC)
-        return {"day": day, "lo": lo, "hi": lo + timedelta(days=1)}
-
     stored_days: set[date] = set()
     for (day,) in conn.execute("SELECT DISTINCT day FROM refresh_window ORDER BY 1").fetchall():
-        bounds = day_bounds(day)
+        bounds = _day_bounds(day)
         marked = [m for (m,) in conn.execute(_MARK.encode(), bounds, prepare=False).fetchall()]
         if any(marked):
             run(_HOURS_FROM_RAW, bounds)
@@ -292,7 +293,7 @@ def _fill_windows(conn: psycopg.Connection) -> dict[str, int]:
         conn.execute(_FORGET_DEMOTED)
         stored_days |= demoted
     steps: list[tuple[dict[str, object] | None, tuple[str, str]]] = [
-        (day_bounds(day), step) for day in sorted(stored_days) for step in _STORED_STEPS
+        (_day_bounds(day), step) for day in sorted(stored_days) for step in _STORED_STEPS
     ]
     steps += [(None, step) for step in _BATCH_STEPS]
     for params, (reported, statement) in steps:
@@ -304,18 +305,36 @@ def _fill_windows(conn: psycopg.Connection) -> dict[str, int]:
     return written
 
 
+# The windows of one day that hold rows in a hypertable (constant day bounds: TimescaleDB
+# plans only that day's chunks and, when compressed, reads batch metadata by segment).
+_HOLDING = """
+SELECT w.user_id, w.metric, w.lo, w.hi FROM refresh_window w
+WHERE w.day = %(day)s AND EXISTS (
+    SELECT 1 FROM {target} s WHERE s.user_id = w.user_id AND s.metric = w.metric
+    AND s.ts >= %(lo)s AND s.ts < %(hi)s
+)
+"""
+
+
 def _delete_windows(conn: psycopg.Connection, target: str) -> None:
     """Delete the buckets of every refresh window from `target`.
 
     A hypertable's compressed chunks decompress what a DELETE's conditions select: one
     statement joined to refresh_window, or one with bound parameters under a generic plan,
     gives TimescaleDB no constants to select batches by, and it decompresses every batch of
-    every compressed chunk. So hypertables get one statement per window, sent unprepared
-    (each planned with its own values) in one pipeline; plain tables, one join."""
+    every compressed chunk. So hypertables get one statement per window that holds rows, sent
+    unprepared (each planned with its own values) in one pipeline; plain tables, one join.
+    Each such statement cost ~7 ms on compressed chunks: a per-minute series' windows, which
+    hold no stored rows, took 12.3 of a 15.3 s refresh before they were skipped."""
     if target not in timescale.HYPERTABLES:
         conn.execute(f"DELETE FROM {target} s USING refresh_window w WHERE {_IN_WINDOW}")  # noqa: S608
         return
-    windows = conn.execute("SELECT user_id, metric, lo, hi FROM refresh_window").fetchall()
+    holding = _HOLDING.format(target=target).encode()
+    windows = [
+        window
+        for (day,) in conn.execute("SELECT DISTINCT day FROM refresh_window").fetchall()
+        for window in conn.execute(holding, _day_bounds(day), prepare=False).fetchall()
+    ]
     delete = (
         f"DELETE FROM {target} WHERE user_id = %s AND metric = %s "  # noqa: S608
         "AND ts >= %s AND ts < %s"

@@ -50,9 +50,15 @@ def engine(flavour_url: str, lake: Lake, tmp_path: Path) -> Iterator[Engine]:
 
 
 def ask(
-    engine: Engine, first: date, hours: int, resolution: str, users: str = "1", **more: str
+    engine: Engine,
+    first: date,
+    hours: int,
+    resolution: str,
+    users: str = "1",
+    at: int = 0,
+    **more: str,
 ) -> tuple[Answer, list[dict[str, Any]]]:
-    start = datetime(first.year, first.month, first.day, tzinfo=UTC)
+    start = datetime(first.year, first.month, first.day, at, tzinfo=UTC)
     params = {
         "user_id": [users],
         "metric": ["heart_rate"],
@@ -68,9 +74,11 @@ def ask(
     return answer, rows
 
 
-def truth(url: str, first: date, hours: int, resolution: str, users: tuple[int, ...] = (1,)):
+def truth(
+    url: str, first: date, hours: int, resolution: str, users: tuple[int, ...] = (1,), at: int = 0
+):
     """The answer computed from raw rows alone (invariants 1 and 2)."""
-    start = datetime(first.year, first.month, first.day, tzinfo=UTC)
+    start = datetime(first.year, first.month, first.day, at, tzinfo=UTC)
     span = (list(users), start, start + timedelta(hours=hours))
     where = "user_id = ANY(%s) AND metric = 'heart_rate' AND ts >= %s AND ts < %s"
     if resolution == "raw":
@@ -107,6 +115,29 @@ def test_a_small_warm_answer_is_one_statement_and_exact(
     assert direct(answer), answer.times.describe()
     assert answer.plan.sources == ["warm"]
     assert rows and rows == truth(flavour_url, first, hours, resolution)
+
+
+def test_a_1m_answer_across_stored_and_per_minute_days_is_exact(
+    engine: Engine, flavour_url: str
+) -> None:
+    # A row off the minute makes the day before LAST store its 1m buckets (and the lake's copy
+    # of it stale: both days are read warm); LAST stays per-minute, read from raw.
+    before = LAST - timedelta(days=1)
+    ingest_rows(flavour_url, [(f"{before}T23:00:30Z", 1, "heart_rate", 77.0)])
+    refresh_rollups(flavour_url)
+    with psycopg.connect(flavour_url) as conn:
+        per_minute = conn.execute(
+            "SELECT day FROM raw_minute_days WHERE user_id = 1 AND metric = 'heart_rate' "
+            "AND day >= %s ORDER BY day",
+            (before,),
+        ).fetchall()
+    assert per_minute == [(LAST,)]
+    for hours, one_statement in ((8, True), (30, False)):  # 30 h: over DIRECT_ROWS
+        ask(engine, before, hours, "1m", at=20)
+        answer, rows = ask(engine, before, hours, "1m", at=20)
+        assert direct(answer) == one_statement, answer.times.describe()
+        assert rows == truth(flavour_url, before, hours, "1m", at=20)
+        assert any(row["count"] == 2 for row in rows)  # the stored bucket of the late row
 
 
 def test_a_span_the_lake_serves_is_read_from_the_lake(

@@ -18,7 +18,7 @@ import pytest
 from api.cli import main
 from engine.errors import ConfigurationError
 from lake import Lake
-from sync import timescale
+from sync import schema, timescale
 from sync.rollups import refresh_rollups
 from sync.schema import init_schema
 from tests.conftest import Servers, installed_flavours
@@ -175,3 +175,36 @@ def test_an_ingest_into_a_dropped_chunk_rehydrates_the_day(
     assert_lake_equals_source(url, lake, before=FIRST_DAY + timedelta(days=1))
     tier(url, lake)
     assert FIRST_DAY not in chunk_days(url, "raw_data")  # and it goes again, whole
+
+
+@pytest.mark.parametrize("empty_database", installed_flavours(), indirect=True)
+def test_a_database_made_before_per_minute_records_keeps_its_1m_rows(
+    empty_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Migration 013 renames data_1m (a hypertable on TimescaleDB, maybe compressed) to
+    # data_1m_stored and puts the data_1m view in its place: no row may be lost or doubled.
+    url = empty_database
+    with monkeypatch.context() as before_013:
+        older = [m for m in schema.migration_files() if m[0] < 13]
+        before_013.setattr(schema, "migration_files", lambda: older)
+        before_013.setattr(timescale, "HYPERTABLES", ("raw_data", "data_1m"))
+        made = init_schema(url)
+    moment = datetime(2024, 1, 2, 3, 4, tzinfo=UTC)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO data_1m (ts, user_id, metric, count, sum, min, max) "
+            "VALUES (%s, 1, 'heart_rate', 2, 121.0, 60.0, 61.0)",
+            (moment,),
+        )
+        if made.timescaledb:
+            for (chunk,) in conn.execute("SELECT show_chunks('data_1m')").fetchall():
+                conn.execute("SELECT compress_chunk(%s)", (chunk,))
+
+    result = init_schema(url)
+
+    assert result.applied == ["013_minute_series.sql"]
+    assert result.hypertables == (sorted(timescale.HYPERTABLES) if made.timescaledb else [])
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT ts, user_id, metric, count, sum, min, max FROM data_1m")
+        assert rows.fetchall() == [(moment, 1, "heart_rate", 2, 121.0, 60.0, 61.0)]
+    assert index_names(url) == {(t, f"{t}_pkey") for t in timescale.HYPERTABLES}

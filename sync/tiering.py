@@ -199,7 +199,8 @@ def _tier_batch(conn: psycopg.Connection, lake: Lake, batch: list[Pair], tally: 
         if good:
             _delete_rows(conn, good)
             _mark_tiered(conn, good)
-            _count_tiered(tally, [day for day in locked if day.pair in set(good)])
+            kept = set(good)
+            _count_tiered(tally, [day for day in locked if day.pair in kept])
 
 
 def _verified(

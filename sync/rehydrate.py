@@ -4,8 +4,8 @@ After tiering, the lake holds the only copy of a day's raw and 1m rows. A late w
 such a day must not leave the warm store with just the new rows: the rollup refresh would
 then rebuild the day from a fragment, and the next sync would overwrite the lake with it.
 So, inside the ingest transaction and before the day's change number moves, the day's rows
-are read back from the lake into raw_data and data_1m (rows already there - the new ones -
-win) and the tiered mark is cleared.
+are read back from the lake into raw_data and data_1m_stored (rows already there - the new
+ones - win) and the tiered mark is cleared.
 """
 
 from __future__ import annotations

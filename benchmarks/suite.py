@@ -7,7 +7,8 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from benchmarks.workloads import (
 )
 from engine.settings import Settings
 from sync import timescale
+from sync.localdb import stop_local_postgres
 
 BACKEND_ORDER = (
     "warm_raw",
@@ -165,7 +167,7 @@ def run_suite(
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "target_minutes": preset.minutes,
     }
-    with progress_bar() as progress:
+    with progress_bar() as progress, _server_stopped_after(home):
         dataset = _stage(stages, "dataset", lambda: open_dataset(preset, home, progress, rebuild))
         results["dataset"] = {
             "home": str(dataset.home),
@@ -292,6 +294,16 @@ def run_suite(
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     write_report(results, out_dir)
     return out_dir
+
+
+@contextmanager
+def _server_stopped_after(home: Path) -> Iterator[None]:
+    """Stop the dataset's private PostgreSQL when the run ends, however it ends: a command
+    leaves no server behind (the next run starts it again, in about a second)."""
+    try:
+        yield
+    finally:
+        stop_local_postgres(home)
 
 
 def _explorer(dataset: Dataset, server: ServerProcess | None, server_note: str) -> dict[str, Any]:

@@ -29,21 +29,33 @@ def test_cli_scales_are_the_presets() -> None:
 
 
 @pytest.fixture(scope="module")
-def ci_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict]]:
+def ci_home() -> Iterator[Path]:
     # The private server's home lives outside pytest's 0700 temp tree: when we run as root,
     # the postgres account must reach it (as in tests/conftest.py).
     home = Path(tempfile.mkdtemp(prefix="stratum-test-bench-"))
     os.chmod(home, 0o755)
+    try:
+        yield home
+    finally:
+        stop_local_postgres(home / "bench-ci")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ci_run(ci_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict]]:
     out = tmp_path_factory.mktemp("bench") / "out"
     mp = pytest.MonkeyPatch()
-    mp.setenv("STRATUM_HOME", str(home))
+    mp.setenv("STRATUM_HOME", str(ci_home))
     try:
         assert main(["bench", "--scale", "ci", "--out", str(out)]) == 0
         yield out, json.loads((out / "results.json").read_text())
     finally:
         mp.undo()
-        stop_local_postgres(home / "bench-ci")
-        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_the_bench_stops_the_server_it_started(ci_run: tuple[Path, dict], ci_home: Path) -> None:
+    # Its dataset's private PostgreSQL is started for the run, and found again by the next.
+    assert not (ci_home / "bench-ci" / "pg" / "postmaster.pid").exists()
 
 
 def test_report_has_every_section_and_plot(ci_run: tuple[Path, dict]) -> None:

@@ -67,6 +67,47 @@ def assert_day_counts(conn: psycopg.Connection, raw: dict) -> None:
     assert actual == {k: (len(v[0]), len(v[1]), len(v[2])) for k, v in expected.items()}
 
 
+Truth = dict[tuple[int, str, datetime], float]
+
+
+def deliver(
+    url: str,
+    conn: psycopg.Connection,
+    batches: list[list[tuple]],
+    refresh_between: list[bool],
+    compress_between: list[bool],
+) -> Truth:
+    """Empty the warm store, ingest the batches (refreshing and compressing between them as
+    told), refresh; the raw rows as they now stand."""
+    conn.execute(
+        "TRUNCATE raw_data, data_1m_stored, raw_minute_days, data_1h, data_1d, "
+        "day_state, day_counts"
+    )
+    conn.execute("SET timezone = 'UTC'")
+    truth: Truth = {}
+    for batch, refresh, compress in zip(batches, refresh_between, compress_between, strict=False):
+        ingest_tables(url, [raw_table(batch, BASE)])
+        for user, metric, seconds, value in batch:  # later copies replace earlier ones
+            truth[(user, metric, BASE + timedelta(seconds=seconds))] = value
+        if refresh:  # later deliveries then land in days that were already refreshed
+            refresh_rollups(url)
+        if compress:  # TimescaleDB: and into compressed chunks (plain PostgreSQL: no-op)
+            compress_warm_store(url, datetime(2100, 1, 1, tzinfo=UTC))
+    refresh_rollups(url)
+    return truth
+
+
+def assert_rollups_exact(conn: psycopg.Connection, truth: Truth) -> None:
+    assert_same(stored(conn, "data_1m"), expected_buckets(truth, "minute"))
+    assert_same(stored(conn, "data_1h"), expected_buckets(truth, "hour"))
+    assert_same(stored(conn, "data_1d"), expected_buckets(truth, "day"))
+    assert_day_counts(conn, truth)
+    pending = conn.execute(
+        "SELECT count(*) FROM day_state WHERE change_seq > refreshed_seq"
+    ).fetchone()
+    assert pending == (0,)
+
+
 @settings(
     max_examples=40,
     deadline=None,
@@ -84,31 +125,8 @@ def test_rollups_equal_direct_buckets(
     compress_between: list[bool],
 ) -> None:
     with psycopg.connect(flavour_url, autocommit=True) as conn:
-        conn.execute(
-            "TRUNCATE raw_data, data_1m_stored, raw_minute_days, data_1h, data_1d, "
-            "day_state, day_counts"
-        )
-        conn.execute("SET timezone = 'UTC'")
-        truth: dict[tuple[int, str, datetime], float] = {}
-        for batch, refresh, compress in zip(
-            batches, refresh_between, compress_between, strict=False
-        ):
-            ingest_tables(flavour_url, [raw_table(batch, BASE)])
-            for user, metric, seconds, value in batch:  # later copies replace earlier ones
-                truth[(user, metric, BASE + timedelta(seconds=seconds))] = value
-            if refresh:  # later deliveries then land in days that were already refreshed
-                refresh_rollups(flavour_url)
-            if compress:  # TimescaleDB: and into compressed chunks (plain PostgreSQL: no-op)
-                compress_warm_store(flavour_url, datetime(2100, 1, 1, tzinfo=UTC))
-        refresh_rollups(flavour_url)
-        assert_same(stored(conn, "data_1m"), expected_buckets(truth, "minute"))
-        assert_same(stored(conn, "data_1h"), expected_buckets(truth, "hour"))
-        assert_same(stored(conn, "data_1d"), expected_buckets(truth, "day"))
-        assert_day_counts(conn, truth)
-        pending = conn.execute(
-            "SELECT count(*) FROM day_state WHERE change_seq > refreshed_seq"
-        ).fetchone()
-        assert pending == (0,)
+        truth = deliver(flavour_url, conn, batches, refresh_between, compress_between)
+        assert_rollups_exact(conn, truth)
 
 
 def test_refresh_is_idempotent(flavour_url: str) -> None:
@@ -168,27 +186,8 @@ def test_per_minute_series_are_exact_and_store_no_minute_rows(
     compress_between: list[bool],
 ) -> None:
     with psycopg.connect(flavour_url, autocommit=True) as conn:
-        conn.execute(
-            "TRUNCATE raw_data, data_1m_stored, raw_minute_days, data_1h, data_1d, "
-            "day_state, day_counts"
-        )
-        conn.execute("SET timezone = 'UTC'")
-        truth: dict[tuple[int, str, datetime], float] = {}
-        for batch, refresh, compress in zip(
-            batches, refresh_between, compress_between, strict=False
-        ):
-            ingest_tables(flavour_url, [raw_table(batch, BASE)])
-            for user, metric, seconds, value in batch:
-                truth[(user, metric, BASE + timedelta(seconds=seconds))] = value
-            if refresh:
-                refresh_rollups(flavour_url)
-            if compress:
-                compress_warm_store(flavour_url, datetime(2100, 1, 1, tzinfo=UTC))
-        refresh_rollups(flavour_url)
-        assert_same(stored(conn, "data_1m"), expected_buckets(truth, "minute"))
-        assert_same(stored(conn, "data_1h"), expected_buckets(truth, "hour"))
-        assert_same(stored(conn, "data_1d"), expected_buckets(truth, "day"))
-        assert_day_counts(conn, truth)
+        truth = deliver(flavour_url, conn, batches, refresh_between, compress_between)
+        assert_rollups_exact(conn, truth)
         off_minute = {(u, m, ts.date()) for (u, m, ts) in truth if ts.second}
         windows = {(u, m, ts.date()) for (u, m, ts) in truth}
         assert stored_forms(conn) == (off_minute, windows - off_minute)

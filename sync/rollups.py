@@ -247,8 +247,9 @@ def _refresh_batch(conn: psycopg.Connection, batch_days: int) -> tuple[int, dict
         if not count or not count[0]:
             return 0, {}
         conn.execute(timescale.ALLOW_COLUMNSTORE_WRITES)
+        days = [d for (d,) in conn.execute("SELECT DISTINCT day FROM refresh_window ORDER BY 1")]
         for tier in (MINUTE, HOUR, DAY):
-            _delete_windows(conn, tier.write_table)
+            _delete_windows(conn, tier.write_table, days)
         conn.execute(_HOURS)
         for table in (RAW_MINUTE_DAYS, "day_counts"):
             conn.execute(
@@ -256,7 +257,7 @@ def _refresh_batch(conn: psycopg.Connection, batch_days: int) -> tuple[int, dict
                 "WHERE c.user_id = w.user_id AND c.metric = w.metric AND c.day = w.day"
             )
         t0 = time.perf_counter()
-        written = _fill_windows(conn)
+        written = _fill_windows(conn, days)
         log.debug("refresh: %s rows in %.2fs", written, time.perf_counter() - t0)
         conn.execute("SELECT nextval('catalog_seq')")  # the router's coverage changed
         conn.execute(
@@ -271,8 +272,8 @@ def _day_bounds(day: date) -> dict[str, object]:
     return {"day": day, "lo": lo, "hi": lo + timedelta(days=1)}
 
 
-def _fill_windows(conn: psycopg.Connection) -> dict[str, int]:
-    """Compute every tier of the batch's windows; buckets written per tier."""
+def _fill_windows(conn: psycopg.Connection, days: list[date]) -> dict[str, int]:
+    """Compute every tier of the batch's windows (of `days`); buckets written per tier."""
     written = dict.fromkeys(_REPORTED, 0)
 
     def run(statement: str, bounds: dict[str, object] | None) -> int:
@@ -280,7 +281,7 @@ def _fill_windows(conn: psycopg.Connection) -> dict[str, int]:
         return max(conn.execute(statement.encode(), bounds, prepare=False).rowcount, 0)
 
     stored_days: set[date] = set()
-    for (day,) in conn.execute("SELECT DISTINCT day FROM refresh_window ORDER BY 1").fetchall():
+    for day in days:
         bounds = _day_bounds(day)
         marked = [m for (m,) in conn.execute(_MARK.encode(), bounds, prepare=False).fetchall()]
         if any(marked):
@@ -316,7 +317,7 @@ WHERE w.day = %(day)s AND EXISTS (
 """
 
 
-def _delete_windows(conn: psycopg.Connection, target: str) -> None:
+def _delete_windows(conn: psycopg.Connection, target: str, days: list[date]) -> None:
     """Delete the buckets of every refresh window from `target`.
 
     A hypertable's compressed chunks decompress what a DELETE's conditions select: one
@@ -332,7 +333,7 @@ def _delete_windows(conn: psycopg.Connection, target: str) -> None:
     holding = _HOLDING.format(target=target).encode()
     windows = [
         window
-        for (day,) in conn.execute("SELECT DISTINCT day FROM refresh_window").fetchall()
+        for day in days
         for window in conn.execute(holding, _day_bounds(day), prepare=False).fetchall()
     ]
     delete = (

@@ -82,9 +82,8 @@ ORDER BY user_id, 2
 # lag raw ('stale').
 # A participant's catalog entry cached under `horizon` may be out of date: a catalog change
 # committed at or after it, or the entry was loaded below the floor of pruned changes (their
-# records may be gone). `user_id` and `horizon` name SQL expressions of the caller's query;
-# engine/direct.py asks the same in its own statement.
-ENTRY_OUTDATED = (
+# records may be gone). `user_id` and `horizon` name SQL expressions of the caller's query.
+_ENTRY_OUTDATED = (
     "{horizon} < (SELECT below FROM catalog_changes_floor) OR EXISTS (SELECT 1 FROM "
     "catalog_changes c WHERE c.user_id = {user_id} AND c.xact_id >= ({horizon}::text)::xid8)"
 )
@@ -94,7 +93,7 @@ SELECT 'horizon' AS kind, NULL::int, NULL::date, NULL::date,
 UNION ALL
 SELECT 'changed', p.user_id, NULL, NULL, NULL
 FROM unnest(%(cached)s::int[], %(horizons)s::bigint[]) AS p(user_id, horizon)
-WHERE {ENTRY_OUTDATED.format(user_id="p.user_id", horizon="p.horizon")}
+WHERE {_ENTRY_OUTDATED.format(user_id="p.user_id", horizon="p.horizon")}
 UNION ALL
 SELECT kind, user_id, min(day), max(day), NULL FROM (
     SELECT kind, user_id, day,

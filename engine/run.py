@@ -336,15 +336,14 @@ class Engine:
         with times.stage("plan"):
             if query in self._too_long:
                 return None
-            route = direct.route(query, self.catalogs, warm_rollup_rows)
-            if route is None:
+            if not direct.route(query, warm_rollup_rows):
                 return None
             plan = direct.plan(query)
         # Held until the answer is rendered: at most `limit` rows are read.
         reservation = self.budget.reserve(self._estimate(plan, direct.limit(query)))
         try:
             with times.stage("warm_fetch"):
-                read = self._read(lambda conn: direct.read(conn, route), lambda: None)
+                read = self._read(lambda conn: direct.read(conn, query), lambda: None)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
             read = None
         except BaseException:

@@ -442,7 +442,8 @@ SETTINGS: tuple[Setting, ...] = (
         "keeps those tiers for every day; an index scan there beats opening lake files); "
         "larger ones read the lake, which is faster beyond ~10-20k rows (the warm store costs "
         "~3 us a row, the lake's few large rollup files little more per row than per file). "
-        "0: the lake wherever it holds the days",
+        "Small raw and 1m answers (up to 2,048 rows) come from the warm store too while it "
+        "holds their days. 0: the lake wherever it holds the days, for every resolution",
         field="query.warm_rollup_rows",
     ),
     Setting(

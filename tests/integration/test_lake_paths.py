@@ -33,8 +33,10 @@ def engine(warm_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
         warm_url, generate_cohort(3, 6, date(2024, 5, 1), seed=3, metrics=metrics, every_s=120)
     )
     refresh_rollups(warm_url)
-    # DuckDB for every answer; small ones are compared with it below.
-    engine = Engine(load_settings({"STRATUM_HOME": str(tmp_path)}), warm_url, DUCKDB_ONLY)
+    # DuckDB for every answer; small ones are compared with it below. The lake wherever it
+    # holds the days (small answers are otherwise the warm store's while it holds them too).
+    settings = load_settings({"STRATUM_HOME": str(tmp_path), "STRATUM_WARM_ROLLUP_ROWS": "0"})
+    engine = Engine(settings, warm_url, DUCKDB_ONLY)
     # One day per batch: one file per participant-day, as the nightly sync leaves them until
     # a month is compacted, so the strategies have many files to order and chunk.
     sync_to_lake(warm_url, engine.lake, grace_days=1, batch_days=1, today=date(2024, 5, 6))
@@ -151,11 +153,8 @@ def test_small_answers_read_with_pyarrow_equal_duckdbs(
     if compacted:  # as the nightly job leaves settled months: one file per participant-month
         assert maintain_job(warm_url, engine.settings.lake).status == "ok"
         assert len(engine.lake.files("raw", [1], DAY_ONE, DAY_ONE + timedelta(days=7)).files) == 1
-    # Hourly answers from the lake too (small ones are otherwise the warm store's), and
-    # everything counts as small: every answer below is read file by file with pyarrow.
-    settings = load_settings(
-        {"STRATUM_HOME": str(engine.settings.database.home), "STRATUM_WARM_ROLLUP_ROWS": "0"}
-    )
+    # Everything counts as small: every answer below is read file by file with pyarrow.
+    settings = engine.settings
     duck = Engine(settings, warm_url, DUCKDB_ONLY)
     small = Engine(settings, warm_url, ScanTuning(small_rows=10**9, small_files=10**6))
     asked = [

@@ -18,8 +18,8 @@ days) turns this path off.
 
 Only answers of at most DIRECT_ROWS rows: psycopg decodes rows one by one, so past some
 length the general path's columnar reads win. Timestamps are read as their wire integers
-and rows converted a column at a time (about 1.2 us a row with the read, against 3.6 for
-datetimes converted as structs). A raw or 1m answer's size is not known beforehand: the
+and rows converted a column at a time: 1,340 raw rows took 2.4 ms read and converted, against
+5.0 as datetimes converted as structs. A raw or 1m answer's size is not known beforehand: the
 statement reads at most DIRECT_ROWS + 1 rows, and a longer answer takes the general path
 (and its shape is remembered: the next one takes it at once).
 """
@@ -112,7 +112,8 @@ def route(query: DataQuery, warm_rollup_rows: int) -> bool:
 
 
 def plan(query: DataQuery) -> Plan:
-    """The plan the planner makes for such an answer: one warm segment, every user."""
+    """The plan of such an answer: one warm segment, every user (`GET /plan` shows the
+    general path's, which may read some of these days from the lake)."""
     tier = TIERS[query.resolution]
     segment = Segment(
         "warm", query.resolution, tier.warm_table, query.users, query.start, query.end

@@ -73,28 +73,34 @@ class Direct:
 
 
 class TooLong:
-    """Shapes of answers found too long for this path (participants, metrics, resolution,
-    days, whole or paged): a repeated question takes the general path at once instead of
-    after a refused statement. Bounded: the oldest shapes are forgotten first."""
+    """Answers found too long for this path, by shape (participants, metrics, resolution,
+    whole or paged) and the fewest days found too long: a repeated question, or one over
+    more days, takes the general path at once instead of after a refused statement (a
+    longer span of the same series holds at least as many rows). Bounded: the oldest
+    shapes are forgotten first."""
 
     def __init__(self, size: int = 4_096) -> None:
         self._size = size
-        self._shapes: OrderedDict[Hashable, None] = OrderedDict()
+        self._days: OrderedDict[Hashable, int] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
-    def shape(query: DataQuery) -> Hashable:
+    def _shape(query: DataQuery) -> tuple[Hashable, int]:
         first, last = query.days
-        return (query.users, query.metrics, query.resolution, (last - first).days, _whole(query))
+        return (query.users, query.metrics, query.resolution, _whole(query)), (last - first).days
 
     def __contains__(self, query: DataQuery) -> bool:
-        return self.shape(query) in self._shapes
+        shape, days = self._shape(query)
+        fewest = self._days.get(shape)
+        return fewest is not None and days >= fewest
 
     def add(self, query: DataQuery) -> None:
+        shape, days = self._shape(query)
         with self._lock:
-            self._shapes[self.shape(query)] = None
-            while len(self._shapes) > self._size:
-                self._shapes.popitem(last=False)
+            self._days[shape] = min(days, self._days.get(shape, days))
+            self._days.move_to_end(shape)
+            while len(self._days) > self._size:
+                self._days.popitem(last=False)
 
 
 def route(query: DataQuery, warm_rollup_rows: int) -> bool:

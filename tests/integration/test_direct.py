@@ -242,6 +242,10 @@ def test_an_answer_too_long_for_one_statement_is_tried_once(
     assert rows == truth(flavour_url, FIRST_DAY, WHOLE, "raw")
     answer, again = ask(engine, FIRST_DAY, WHOLE, "raw")
     assert "direct_refused" not in answer.times.counts and again == rows
+    # A longer span of the same series is too long as well: not tried either.
+    answer, longer = ask(engine, FIRST_DAY - timedelta(days=1), WHOLE + DAY, "raw")
+    assert "direct_refused" not in answer.times.counts
+    assert longer == truth(flavour_url, FIRST_DAY - timedelta(days=1), WHOLE + DAY, "raw")
 
 
 def test_pages_of_a_long_answer_are_one_statement_each(engine: Engine, flavour_url: str) -> None:

@@ -30,6 +30,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -37,7 +38,7 @@ import pyarrow as pa
 from psycopg.types.numeric import Int8BinaryLoader
 
 from engine.plan import Plan, Segment
-from engine.query import DataQuery, from_us
+from engine.query import DataQuery, from_us, to_us
 from engine.shapes import TS, schema_for
 from engine.tiers import TIERED, TIERS, minute_rows
 
@@ -46,7 +47,7 @@ DIRECT_ROWS = 2048
 # timestamptz on the wire (binary) is int8 microseconds since 2000-01-01 UTC: read as that
 # integer by psycopg's int8 loader (its C one, which psycopg registers in its place), not as
 # a datetime (a Python object per row, and pyarrow asks each one its UTC offset).
-_WIRE_EPOCH_US = 946_684_800_000_000
+_WIRE_EPOCH_US = to_us(datetime(2000, 1, 1, tzinfo=UTC))
 
 # No day of the span may have rollups lagging raw (1m, 1h, 1d), nor, for raw and 1m, rows
 # tiered out of the warm store: one probe of day_state by its key, run once (a one-time filter

@@ -153,10 +153,10 @@ def test_small_answers_read_with_pyarrow_equal_duckdbs(
     if compacted:  # as the nightly job leaves settled months: one file per participant-month
         assert maintain_job(warm_url, engine.settings.lake).status == "ok"
         assert len(engine.lake.files("raw", [1], DAY_ONE, DAY_ONE + timedelta(days=7)).files) == 1
-    # Everything counts as small: every answer below is read file by file with pyarrow.
-    settings = engine.settings
-    duck = Engine(settings, warm_url, DUCKDB_ONLY)
-    small = Engine(settings, warm_url, ScanTuning(small_rows=10**9, small_files=10**6))
+    # Fresh engines after the compaction; `small` counts everything as small: every answer
+    # below is read file by file with pyarrow.
+    duck = Engine(engine.settings, warm_url, DUCKDB_ONLY)
+    small = Engine(engine.settings, warm_url, ScanTuning(small_rows=10**9, small_files=10**6))
     asked = [
         {"resolution": resolution},  # three participants, three metrics: sorted
         {"resolution": resolution, "metric": "steps"},  # one metric: file order

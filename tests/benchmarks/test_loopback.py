@@ -71,3 +71,13 @@ def test_a_connection_closed_by_the_server_is_opened_again(base_url: str) -> Non
             assert body.startswith(b"/close?")
     finally:
         client.close()
+
+
+def test_a_body_is_read_as_it_arrives_and_drained(base_url: str) -> None:
+    client = Loopback(base_url, "k1")
+    try:
+        for _ in range(2):  # the connection serves the next request after a partial read
+            headers, first = client.read("/data", {}, lambda body: body.read(5))
+            assert first == b"/data" and headers["content-length"].isdigit()
+    finally:
+        client.close()

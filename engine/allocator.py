@@ -23,7 +23,14 @@ import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
-_M_ARENA_MAX = -8  # mallopt's parameter number in glibc's malloc.h
+# mallopt's parameter numbers in glibc's malloc.h
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+# Allocations up to this size come from the arenas (glibc's largest mmap threshold on 64-bit).
+MMAP_THRESHOLD_BYTES = 32 * 2**20
+# Free memory at a heap's top beyond this is given back at once (malloc_trim gives back all).
+TRIM_THRESHOLD_BYTES = 64 * 2**20
 
 
 @functools.cache
@@ -46,6 +53,26 @@ def limit_arenas(arenas: int) -> None:
     libc = _glibc()
     if libc is not None and not libc.mallopt(_M_ARENA_MAX, max(arenas, 1)):
         log.warning("could not limit malloc arenas to %d", arenas)
+
+
+def reuse_freed_chunks() -> None:
+    """Serve allocations of up to 32 MiB from the arenas, and keep up to 64 MiB free at a
+    heap's top, instead of mapping and unmapping them.
+
+    glibc maps each allocation above its threshold (which follows the largest block freed)
+    afresh, and gives a heap's top back once twice that is free. A streamed answer frees and
+    allocates blocks of 1-4 MB a chunk at a time (an Arrow message, its framed copy, a JSON
+    chunk's text), so every chunk came on new pages, faulted in one at a time. Side by side,
+    one participant-year raw (16 MB) as Arrow over HTTP took 58-68 ms before, 47-56 after.
+    What stays resident is given back by `give_back_freed_memory` on the budget's cadence:
+    malloc_trim gives back whatever the threshold."""
+    libc = _glibc()
+    if libc is None:
+        return
+    if not libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES):
+        log.warning("could not set malloc's mmap threshold to %d", MMAP_THRESHOLD_BYTES)
+    if not libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES):
+        log.warning("could not set malloc's trim threshold to %d", TRIM_THRESHOLD_BYTES)
 
 
 def give_back_freed_memory() -> None:

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from engine import calendarcache, direct, paging, planner
 from engine.access import Principal, authenticate, cursor_secret, hash_key, live_principals
-from engine.allocator import limit_arenas
+from engine.allocator import limit_arenas, reuse_freed_chunks
 from engine.audit import AuditEntry, write_entry
 from engine.budget import (
     QUERY_OVERHEAD_BYTES,
@@ -97,6 +97,7 @@ class Engine:
         # Before DuckDB starts its threads: each thread's own arena would keep its own freed
         # memory outside the budget's sight.
         limit_arenas(os.cpu_count() or 1)
+        reuse_freed_chunks()
         duckdb_bytes, admission_bytes = split_budget(settings.memory.budget_bytes, resident_bytes())
         self.duck = connect_duckdb(settings.memory, duckdb_bytes)
         self.budget = MemoryBudget(admission_bytes)

@@ -901,7 +901,7 @@ def render(results: dict[str, Any], plot: Path | None) -> str:
         "every other backend's time is end to end. The HTTP backends read with the standard "
         "library's http.client over a kept-alive connection (httpx took 1.6-2.6x longer to "
         "read a 13.6 MB chunked body on loopback: it would time the client library, not the "
-        "server)."
+        "server); the Arrow backend reads the stream message by message as it arrives."
     )
     lines.append("")
     lines.append("Backends:")

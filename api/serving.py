@@ -20,7 +20,9 @@ import asyncio
 import logging
 from typing import Any
 
+import h11
 import uvicorn
+from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from engine.settings import ServerSettings
@@ -32,6 +34,28 @@ log = logging.getLogger(__name__)
 SEND_PROGRESS_BYTES = 64 * 1024
 
 
+# A body chunk at least this large is written as it is, after its framing.
+_PASSTHROUGH_BYTES = 64 * 1024
+
+
+class _PassthroughConnection(h11.Connection):
+    """h11's connection, except that a large body chunk's framing and bytes are written to
+    the transport as they are: h11's `send` joins them into one new copy of every chunk.
+    One participant-year raw as Arrow over HTTP (16 MB), side by side: 57-60 ms with the
+    join, 54-57 without."""
+
+    transport: asyncio.Transport | None = None
+
+    def send(self, event: Any) -> bytes | None:  # type: ignore[override]  # h11 overloads it
+        if self.transport is None or type(event) is not h11.Data:
+            return super().send(event)
+        if len(event.data) < _PASSTHROUGH_BYTES:
+            return super().send(event)
+        for piece in self.send_with_data_passthrough(event) or ():
+            self.transport.write(piece)
+        return b""  # uvicorn writes what send returns: nothing more
+
+
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a send timeout and an idle timeout (set by `protocol_for`)."""
 
@@ -40,6 +64,12 @@ class GuardedH11Protocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        limit = self.config.h11_max_incomplete_event_size  # as uvicorn made its own
+        self._passthrough = _PassthroughConnection(
+            h11.SERVER,
+            DEFAULT_MAX_INCOMPLETE_EVENT_SIZE if limit is None else limit,
+        )
+        self.conn = self._passthrough
         self._idle_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
         self._buffered_at_check = 0
@@ -48,6 +78,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
+        self._passthrough.transport = self.transport
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:

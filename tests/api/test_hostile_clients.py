@@ -6,6 +6,7 @@ runs), an address over its limit gets 429, and silent connections are closed."""
 from __future__ import annotations
 
 import gc
+import http.client
 import json
 import uuid
 from collections.abc import Iterator
@@ -15,12 +16,16 @@ from typing import Any
 
 import httpx
 import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
 import pytest
 from litestar import Litestar
 
 from api.app import create_app
 from api.errors import retry_after
 from engine.errors import ClientBusy
+from engine.shapes import TS
 from sync.generate import generate_cohort
 from sync.ingest import ingest_tables
 from sync.localdb import LocalPostgres
@@ -91,6 +96,42 @@ def test_a_stalled_reader_loses_its_reservation_after_the_send_timeout(
             sock.close()
         # Others are served as before.
         assert httpx.get(f"http://{HOST}:{port}{SMALL}").status_code == 200
+
+
+def test_a_long_arrow_stream_arrives_whole_and_framed_on_a_kept_alive_connection(
+    dense_url: str, tmp_path: Path
+) -> None:
+    # Its chunks (megabytes each) are written past h11's join (api/serving.py): the chunked
+    # framing must stay exact, or the body would not parse, nor the next request after it.
+    app = hostile_app(dense_url, tmp_path)
+    arrow = EVERYTHING.replace("format=ndjson", "format=arrow")
+    with psycopg.connect(dense_url) as conn:
+        stored = {
+            user: pa.array(
+                [
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT ts FROM raw_data WHERE user_id = %s ORDER BY ts", [user]
+                    )
+                ],
+                TS,
+            )
+            for user in (1, 2)
+        }
+    with served(app) as port:
+        connection = http.client.HTTPConnection(HOST, port, timeout=60)
+        try:
+            for _ in range(2):
+                connection.request("GET", arrow)
+                response = connection.getresponse()
+                assert response.status == 200
+                table = ipc.open_stream(response).read_all()
+                assert response.read() == b""  # the stream's end is the body's end
+                for user in (1, 2):
+                    rows = table.filter(pc.equal(table["user_id"], user))
+                    assert rows["ts"].combine_chunks().equals(stored[user])
+        finally:
+            connection.close()
 
 
 def test_a_client_that_goes_away_releases_its_reservation_without_the_gc(

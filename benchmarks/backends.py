@@ -25,7 +25,7 @@ from engine.query import build_query
 from engine.run import Engine
 from engine.tiers import TIERS, minute_rows
 from engine.timings import StageTimes
-from lake import Lake, scan_sql
+from lake import Lake, in_utc, scan_sql
 
 Timed = Callable[[], int]
 
@@ -173,8 +173,7 @@ class _Lake(Backend):
         if not dataset.lake_synced:
             raise NotApplicable(dataset.sync_note or "the lake is empty")
         self.lake = Lake(dataset.lake_path)
-        self.duck = duckdb.connect()
-        self.duck.execute("SET TimeZone = 'UTC'")
+        self.duck = in_utc(duckdb.connect())
         self.lake_end = dataset.lake_end
 
     def _files(self, tier: str, case: Case) -> tuple[str, dict[str, Any]]:
@@ -249,8 +248,7 @@ class Limit(Backend):
         if not dataset.lake_synced:
             raise NotApplicable(dataset.sync_note or "the lake is empty")
         self.files = open_limit(dataset)
-        self.duck = duckdb.connect()
-        self.duck.execute("SET TimeZone = 'UTC'")
+        self.duck = in_utc(duckdb.connect())
         self.lake_end = dataset.lake_end
 
     def prepare(self, case: Case) -> Timed:

@@ -24,7 +24,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from benchmarks.dataset import Dataset
-from lake import TIERS, Lake, scan_sql
+from lake import TIERS, Lake, in_utc, scan_sql
 
 LIMIT_DIR = "limit"
 STAMP_FILE = "limit.json"
@@ -83,8 +83,7 @@ def _build(lake: Lake, root: Path) -> tuple[dict[str, Any], list[int]]:
     began = time.perf_counter()
     build: dict[str, Any] = {"built_at": datetime.now(UTC).isoformat(timespec="seconds")}
     everyone: set[int] = set()
-    duck = duckdb.connect()
-    duck.execute("SET TimeZone = 'UTC'")
+    duck = in_utc(duckdb.connect())
     try:
         for tier in TIERS:
             if lake.version(tier) is None:

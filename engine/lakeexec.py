@@ -25,7 +25,7 @@ from engine.query import Key, from_us, to_us
 from engine.settings import MemorySettings
 from engine.shapes import TS, conform, schema_for
 from engine.timestamps import midnight
-from lake import LakeFile, LakeFiles, LakeStorage, lake_scan, read_measures
+from lake import LakeFile, LakeFiles, LakeStorage, in_utc, lake_scan, read_measures
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +62,15 @@ DEFAULT_TUNING = ScanTuning()
 def connect_duckdb(memory: MemorySettings, limit_bytes: int) -> duckdb.DuckDBPyConnection:
     """One in-process DuckDB for all queries: its memory_limit is shared by all of them."""
     Path(memory.spill_path).mkdir(parents=True, exist_ok=True)
-    return duckdb.connect(
-        config={
-            "memory_limit": _megabytes(limit_bytes),
-            "temp_directory": str(memory.spill_path),
-            "threads": memory.duckdb_threads,
-            "preserve_insertion_order": True,
-        }
+    return in_utc(
+        duckdb.connect(
+            config={
+                "memory_limit": _megabytes(limit_bytes),
+                "temp_directory": str(memory.spill_path),
+                "threads": memory.duckdb_threads,
+                "preserve_insertion_order": True,
+            }
+        )
     )
 
 

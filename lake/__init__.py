@@ -1,7 +1,7 @@
 """The historic store: Delta Lake tables per tier (storage format only; imports nothing of ours)."""
 
 from lake.checksum import day_checksums
-from lake.duck import lake_relation, lake_scan, scan_sql
+from lake.duck import in_utc, lake_relation, lake_scan, scan_sql
 from lake.layout import TIERS, partition_columns, partition_of, tier_schema
 from lake.maintenance import CompactResult, VacuumResult
 from lake.read import read_measures
@@ -18,6 +18,7 @@ __all__ = [
     "LakeStorage",
     "VacuumResult",
     "day_checksums",
+    "in_utc",
     "lake_relation",
     "lake_scan",
     "partition_columns",

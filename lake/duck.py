@@ -39,6 +39,18 @@ _DUCK_TYPES = {
 _PARAMETER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+def in_utc(conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """`conn` and every cursor made from it work in UTC; returns `conn`.
+
+    DuckDB takes its time zone from the machine's: date_trunc of a TIMESTAMPTZ buckets in
+    local days (on a Europe/Berlin machine, 2024-01-01 23:30Z fell in the day of 2024-01-02),
+    and Arrow results carry that zone (`Etc/UTC` even on a UTC machine, so every batch was
+    cast to the answers' `UTC`). A cursor starts from the global settings: a plain SET on the
+    connection does not reach it."""
+    conn.execute("SET GLOBAL TimeZone = 'UTC'")
+    return conn
+
+
 def duckdb_types(tier: str) -> dict[str, str]:
     """Column name -> DuckDB type of a tier's rows as the scan returns them."""
     return {field.name: _DUCK_TYPES[field.type] for field in tier_schema(tier)}

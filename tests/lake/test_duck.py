@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pytest
 
-from lake import TIERS, Lake, LakeFiles, lake_relation, lake_scan, scan_sql
+from lake import TIERS, Lake, LakeFiles, in_utc, lake_relation, lake_scan, scan_sql
 from lake.duck import duckdb_types
 from lake.layout import partition_columns, tier_schema
 from tests.lake.builders import ALL_TIME, JAN1, days_from, tier_rows
@@ -89,3 +90,16 @@ def test_lake_scan_ends_cleanly_when_a_result_is_left_unread(lake: Lake) -> None
         assert conn.execute("SELECT 1").fetchone() == (1,)
         names = conn.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
         assert not [n for (n,) in names if n.startswith("lake_files_")]
+
+
+def test_in_utc_reaches_every_cursor_whatever_the_machine_zone() -> None:
+    conn = duckdb.connect()
+    try:
+        conn.execute("SET GLOBAL TimeZone = 'Europe/Berlin'")  # as on a machine in Berlin
+        cursor = in_utc(conn).cursor()  # a cursor starts from the global settings
+        late = "SELECT date_trunc('day', TIMESTAMPTZ '2024-01-01 23:30:00+00') AS day"
+        day = cursor.sql(late).to_arrow_table()["day"]
+        assert day.type == pa.timestamp("us", tz="UTC")  # the answers' type: no cast needed
+        assert day[0].as_py() == datetime(2024, 1, 1, tzinfo=UTC)  # Berlin's day: 2 January
+    finally:
+        conn.close()

@@ -47,9 +47,8 @@ class _PassthroughConnection(h11.Connection):
     transport: asyncio.Transport | None = None
 
     def send(self, event: Any) -> bytes | None:  # type: ignore[override]  # h11 overloads it
-        if self.transport is None or type(event) is not h11.Data:
-            return super().send(event)
-        if len(event.data) < _PASSTHROUGH_BYTES:
+        large = type(event) is h11.Data and len(event.data) >= _PASSTHROUGH_BYTES
+        if self.transport is None or not large:
             return super().send(event)
         for piece in self.send_with_data_passthrough(event) or ():
             self.transport.write(piece)

@@ -65,6 +65,7 @@ def reuse_freed_chunks() -> None:
     chunk's text), so every chunk came on new pages, faulted in one at a time. Side by side,
     one participant-year raw (16 MB) as Arrow over HTTP took 58-69 ms before, 47-59 after
     (uvicorn on uvloop both sides).
+
     What stays resident is given back by `give_back_freed_memory` on the budget's cadence:
     malloc_trim gives back whatever the threshold."""
     libc = _glibc()

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
-from lake import Lake, scan_sql
+from lake import Lake, in_utc, scan_sql
 from lake.layout import data_schema
 from lake.snapshot import Snapshot
 
@@ -118,7 +118,7 @@ def state(root: Path, label: str, users: int, days: int, per_day: int) -> None:
         "raw", [1], datetime(2024, 1, 1, tzinfo=UTC), datetime(2025, 1, 1, tzinfo=UTC)
     )
     sql, params = scan_sql(year)
-    with duckdb.connect() as conn:
+    with in_utc(duckdb.connect()) as conn:
         query = f"SELECT count(*), avg(value) FROM {sql} WHERE metric = 'heart_rate'"  # noqa: S608
         scan = median_time(lambda: conn.execute(query, params).fetchall())
         # The columns the limit file holds: compare layouts, not projections.
@@ -144,7 +144,7 @@ def limit(root: Path) -> None:
     )
     sql, params = scan_sql(year)
     path = root / "limit-user-1-2024.parquet"
-    with duckdb.connect() as conn:
+    with in_utc(duckdb.connect()) as conn:
         rows = conn.sql(
             f"SELECT metric, ts, value FROM {sql} WHERE ts < '2025-01-01' ORDER BY metric, ts",  # noqa: S608
             params=params,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 from engine.tiers import Resolution
@@ -58,3 +59,25 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
         return batch
     arrays = [batch.column(i).cast(field.type) for i, field in enumerate(schema)]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def with_series(
+    batch: pa.RecordBatch, schema: pa.Schema, user_id: int, metric: str
+) -> pa.RecordBatch:
+    """A batch of one series' columns after (user_id, metric) as the answer's, those two
+    added as constants: a scan of one series need not read or convert them (one
+    participant-year raw: 30 ms of DuckDB's CPU instead of 51)."""
+    rows = batch.num_rows
+    data = metric.encode()
+    if rows * len(data) >= 2**31 - 1:  # beyond 32-bit string offsets: the general way
+        metrics = pa.repeat(pa.scalar(metric, pa.string()), rows)
+    else:  # from buffers: a sixth of pa.repeat's time
+        offsets = np.arange(rows + 1, dtype=np.int32) * np.int32(len(data))
+        buffers = [None, pa.py_buffer(offsets), pa.py_buffer(data * rows)]
+        metrics = pa.Array.from_buffers(pa.string(), rows, buffers)
+    users = pa.array(np.full(rows, user_id, dtype=np.int32))
+    rest = [
+        column if column.type == field.type else column.cast(field.type)
+        for column, field in zip(batch.columns, list(schema)[2:], strict=True)
+    ]
+    return pa.RecordBatch.from_arrays([users, metrics, *rest], schema=schema)

@@ -1,0 +1,58 @@
+"""One series' batches with user_id and metric added as constants (shapes.with_series)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from engine.shapes import RAW, ROLLUP, TS, with_series
+
+
+def _expected(schema: pa.Schema, user_id: int, metric: str, rest: pa.RecordBatch) -> pa.RecordBatch:
+    rows = rest.num_rows
+    columns = [pa.array([user_id] * rows, pa.int32()), pa.array([metric] * rows, pa.string())]
+    columns += [rest.column(i).cast(field.type) for i, field in enumerate(list(schema)[2:])]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 3, 131_072])
+@pytest.mark.parametrize("metric", ["heart_rate", "spo2", "höhe_µ"])
+def test_raw_rows_get_the_series_as_constant_columns(rows: int, metric: str) -> None:
+    rest = pa.record_batch(
+        {
+            "ts": pa.array(range(rows), pa.timestamp("us", tz="UTC")),
+            "value": pa.array([float(i) / 3 for i in range(rows)]),
+        }
+    )
+    batch = with_series(rest, RAW, 2_000_000_001, metric)
+    batch.validate(full=True)
+    assert batch.equals(_expected(RAW, 2_000_000_001, metric, rest))
+    assert batch.schema.equals(RAW, check_metadata=True)
+
+
+def test_columns_in_another_type_are_cast_to_the_answers() -> None:
+    # DuckDB may hand the timestamps in another zone's type, the count as int32.
+    rest = pa.record_batch(
+        {
+            "ts": pa.array([0, 3_600_000_000], pa.timestamp("us", tz="Europe/Berlin")),
+            "count": pa.array([60, 59], pa.int32()),
+            "sum": pa.array([3600.0, 3540.0]),
+            "min": pa.array([50.0, 51.0]),
+            "max": pa.array([70.0, 71.0]),
+            "avg": pa.array([60.0, 60.0]),
+        }
+    )
+    batch = with_series(rest, ROLLUP, 7, "steps")
+    assert batch.schema.equals(ROLLUP, check_metadata=True)
+    assert batch.column(2).type == TS
+    assert batch.to_pylist()[1] == {
+        "user_id": 7,
+        "metric": "steps",
+        "ts": batch.column(2)[1].as_py(),
+        "count": 59,
+        "sum": 3540.0,
+        "min": 51.0,
+        "max": 71.0,
+        "avg": 60.0,
+    }
+    assert batch.equals(_expected(ROLLUP, 7, "steps", rest))

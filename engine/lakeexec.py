@@ -23,7 +23,7 @@ from engine.m4 import M4, duckdb_sql
 from engine.plan import Segment
 from engine.query import Key, from_us, to_us
 from engine.settings import MemorySettings
-from engine.shapes import TS, conform, schema_for, with_series
+from engine.shapes import TS, conform, schema_for, with_constants
 from engine.timestamps import midnight
 from lake import LakeFile, LakeFiles, LakeStorage, in_utc, lake_scan, read_measures
 
@@ -82,13 +82,22 @@ def set_memory_limit(duck: duckdb.DuckDBPyConnection, limit_bytes: int) -> None:
     duck.execute(f"SET memory_limit = '{_megabytes(limit_bytes)}'")
 
 
-def _columns(segment: Segment, one_series: bool = False) -> str:
-    """The answer's columns; of one series, those after (user_id, metric), which are then
-    added as constants (shapes.with_series)."""
-    series = "" if one_series else "user_id, metric, "
-    if segment.resolution == "raw":
-        return series + "ts, value"
-    return series + "ts, count, sum, min, max, sum / count AS avg"
+def _columns(segment: Segment, constants: dict[str, int | str]) -> str:
+    """The answer's columns but those the query fixes (added as constants afterwards)."""
+    names = ["user_id", "metric", "ts", "value"]
+    if segment.resolution != "raw":
+        names = ["user_id", "metric", "ts", "count", "sum", "min", "max", "sum / count AS avg"]
+    return ", ".join(name for name in names if name not in constants)
+
+
+def _fixed(users: tuple[int, ...], metrics: tuple[str, ...]) -> dict[str, int | str]:
+    """The columns every row of the answer holds the same value in."""
+    fixed: dict[str, int | str] = {}
+    if len(users) == 1:
+        fixed["user_id"] = users[0]
+    if len(metrics) == 1:
+        fixed["metric"] = metrics[0]
+    return fixed
 
 
 def _query(
@@ -138,28 +147,28 @@ def _run(
         )
         params.update({"au": after.user_id, "am": after.metric, "at": from_us(after.ts_us)})
     limit_sql = "" if limit is None else f" LIMIT {int(limit)}"
-    one_series = m4 is None and len(users) == 1 and len(metrics) == 1
+    constants = {} if m4 is not None else _fixed(users, metrics)
     if m4 is not None:
         params.update({"m4_start": m4.start_us, "m4_column": m4.column_us})
-        rows_sql = f"SELECT {_columns(segment)} FROM {scan} AS lake WHERE {where}"  # noqa: S608
+        rows_sql = f"SELECT {_columns(segment, constants)} FROM {scan} AS lake WHERE {where}"  # noqa: S608
         sql = duckdb_sql(rows_sql, after_sql, f"ORDER BY user_id, metric, ts{limit_sql}")
     else:
         # One metric: file order (user, day) is answer order. Several interleave inside a file.
         order = "" if len(metrics) == 1 else " ORDER BY user_id, metric, ts"
         sql = (
-            f"SELECT {_columns(segment, one_series)} FROM {scan} AS lake "  # noqa: S608
+            f"SELECT {_columns(segment, constants)} FROM {scan} AS lake "  # noqa: S608
             f"WHERE {where} AND {after_sql}{order}{limit_sql}"
         )
     reader = cursor.sql(sql, params=params).to_arrow_reader(BATCH_ROWS)
     schema = schema_for(segment.resolution)
     try:
         for batch in reader:
-            if not batch.num_rows:
-                continue
-            if one_series:
-                yield with_series(batch, schema, users[0], metrics[0])
-            else:
-                yield conform(batch, schema)
+            if batch.num_rows:
+                yield (
+                    with_constants(batch, schema, constants)
+                    if constants
+                    else conform(batch, schema)
+                )
     finally:
         reader.close()  # a page stops early: the scan's dataset can then be dropped
 

@@ -1,11 +1,11 @@
-"""One series' batches with user_id and metric added as constants (shapes.with_series)."""
+"""Batches with the columns a query fixes added as constants (shapes.with_constants)."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 import pytest
 
-from engine.shapes import RAW, ROLLUP, TS, with_series
+from engine.shapes import RAW, ROLLUP, TS, with_constants
 
 
 def _expected(schema: pa.Schema, user_id: int, metric: str, rest: pa.RecordBatch) -> pa.RecordBatch:
@@ -24,7 +24,7 @@ def test_raw_rows_get_the_series_as_constant_columns(rows: int, metric: str) -> 
             "value": pa.array([float(i) / 3 for i in range(rows)]),
         }
     )
-    batch = with_series(rest, RAW, 2_000_000_001, metric)
+    batch = with_constants(rest, RAW, {"user_id": 2_000_000_001, "metric": metric})
     batch.validate(full=True)
     assert batch.equals(_expected(RAW, 2_000_000_001, metric, rest))
     assert batch.schema.equals(RAW, check_metadata=True)
@@ -42,7 +42,7 @@ def test_columns_in_another_type_are_cast_to_the_answers() -> None:
             "avg": pa.array([60.0, 60.0]),
         }
     )
-    batch = with_series(rest, ROLLUP, 7, "steps")
+    batch = with_constants(rest, ROLLUP, {"user_id": 7, "metric": "steps"})
     assert batch.schema.equals(ROLLUP, check_metadata=True)
     assert batch.column(2).type == TS
     assert batch.to_pylist()[1] == {
@@ -56,3 +56,19 @@ def test_columns_in_another_type_are_cast_to_the_answers() -> None:
         "avg": 60.0,
     }
     assert batch.equals(_expected(ROLLUP, 7, "steps", rest))
+
+
+def test_only_the_fixed_columns_are_added() -> None:
+    # Several participants, one metric: user_id comes from the scan.
+    rest = pa.record_batch(
+        {
+            "user_id": pa.array([1, 1, 2], pa.int32()),
+            "ts": pa.array([0, 1, 0], pa.timestamp("us", tz="UTC")),
+            "value": pa.array([1.0, 2.0, 3.0]),
+        }
+    )
+    batch = with_constants(rest, RAW, {"metric": "spo2"})
+    assert batch.schema.equals(RAW, check_metadata=True)
+    assert batch.column("user_id").to_pylist() == [1, 1, 2]
+    assert batch.column("metric").to_pylist() == ["spo2"] * 3
+    assert batch.column("value").to_pylist() == [1.0, 2.0, 3.0]

@@ -23,7 +23,7 @@ from engine.m4 import M4, duckdb_sql
 from engine.plan import Segment
 from engine.query import Key, from_us, to_us
 from engine.settings import MemorySettings
-from engine.shapes import TS, conform, schema_for, with_constants
+from engine.shapes import TS, conform, fixed_columns, schema_for, with_constants
 from engine.timestamps import midnight
 from lake import LakeFile, LakeFiles, LakeStorage, in_utc, lake_scan, read_measures
 
@@ -90,16 +90,6 @@ def _columns(segment: Segment, constants: dict[str, int | str]) -> str:
     return ", ".join(name for name in names if name not in constants)
 
 
-def _fixed(users: tuple[int, ...], metrics: tuple[str, ...]) -> dict[str, int | str]:
-    """The columns every row of the answer holds the same value in."""
-    fixed: dict[str, int | str] = {}
-    if len(users) == 1:
-        fixed["user_id"] = users[0]
-    if len(metrics) == 1:
-        fixed["metric"] = metrics[0]
-    return fixed
-
-
 def _query(
     duck: duckdb.DuckDBPyConnection,
     storage: LakeStorage,
@@ -147,7 +137,7 @@ def _run(
         )
         params.update({"au": after.user_id, "am": after.metric, "at": from_us(after.ts_us)})
     limit_sql = "" if limit is None else f" LIMIT {int(limit)}"
-    constants = {} if m4 is not None else _fixed(users, metrics)
+    constants = {} if m4 is not None else fixed_columns(users, metrics)
     if m4 is not None:
         params.update({"m4_start": m4.start_us, "m4_column": m4.column_us})
         rows_sql = f"SELECT {_columns(segment, constants)} FROM {scan} AS lake WHERE {where}"  # noqa: S608

@@ -61,6 +61,17 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
+def fixed_columns(users: tuple[int, ...], metrics: tuple[str, ...]) -> dict[str, int | str]:
+    """The columns every row of an answer over `users` and `metrics` holds the same value
+    in: a reader need not read them (with_constants adds them)."""
+    fixed: dict[str, int | str] = {}
+    if len(users) == 1:
+        fixed["user_id"] = users[0]
+    if len(metrics) == 1:
+        fixed["metric"] = metrics[0]
+    return fixed
+
+
 def with_constants(
     batch: pa.RecordBatch, schema: pa.Schema, constants: dict[str, int | str]
 ) -> pa.RecordBatch:

@@ -14,6 +14,7 @@ import psycopg
 import pyarrow as pa
 import pytest
 
+from engine import direct as direct_path
 from engine.access import LOCAL_ADMIN
 from engine.direct import DIRECT_ROWS
 from engine.query import build_query
@@ -246,6 +247,28 @@ def test_an_answer_too_long_for_one_statement_is_tried_once(
     answer, longer = ask(engine, FIRST_DAY - timedelta(days=1), WHOLE + DAY, "raw")
     assert "direct_refused" not in answer.times.counts
     assert longer == truth(flavour_url, FIRST_DAY - timedelta(days=1), WHOLE + DAY, "raw")
+
+
+def test_a_1h_answer_longer_than_a_raw_one_may_be_is_one_statement_up_to_the_setting(
+    engine: Engine, flavour_url: str, lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 1h answer holds at most a row per bucket: its length is known beforehand, so the
+    # raw answers' cap (DIRECT_ROWS, lowered here to stay a small cohort) does not apply.
+    monkeypatch.setattr(direct_path, "DIRECT_ROWS", 100)
+    truth_rows = truth(flavour_url, FIRST_DAY, WHOLE, "1h", (1, 2))
+    assert len(truth_rows) > 100
+    answer, rows = ask(engine, FIRST_DAY, WHOLE, "1h", users="1,2")
+    assert direct(answer), answer.times.describe()
+    assert rows == truth_rows
+    # A raw answer of the same length is refused after reading 101 rows.
+    answer, rows = ask(engine, LAST, 3, "raw")
+    assert len(rows) > 100 and answer.times.counts.get("direct_refused") == 1
+    # Beyond STRATUM_WARM_ROLLUP_ROWS rows, the general path.
+    for few in _engine(
+        flavour_url, lake, tmp_path, STRATUM_WARM_ROLLUP_ROWS=str(len(truth_rows) - 1)
+    ):
+        answer, rows = ask(few, FIRST_DAY, WHOLE, "1h", users="1,2")
+        assert not direct(answer) and rows == truth_rows
 
 
 def test_pages_of_a_long_answer_are_one_statement_each(engine: Engine, flavour_url: str) -> None:

@@ -230,5 +230,5 @@ def _table(rows: list[tuple[Any, ...]], schema: pa.Schema, fixed: dict[str, int 
         else pa.array(column, type=field.type)
         for field, column in zip(fields, columns, strict=True)
     ]
-    read = pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
-    return pa.Table.from_batches([with_constants(read, schema, fixed)], schema=schema)
+    fetched = pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+    return pa.Table.from_batches([with_constants(fetched, schema, fixed)], schema=schema)

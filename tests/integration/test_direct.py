@@ -260,7 +260,7 @@ def test_a_1h_answer_longer_than_a_raw_one_may_be_is_one_statement_up_to_the_set
     answer, rows = ask(engine, FIRST_DAY, WHOLE, "1h", users="1,2")
     assert direct(answer), answer.times.describe()
     assert rows == truth_rows
-    # A raw answer of the same length is refused after reading 101 rows.
+    # A raw answer over 100 rows is still refused, after reading 101 of them.
     answer, rows = ask(engine, LAST, 3, "raw")
     assert len(rows) > 100 and answer.times.counts.get("direct_refused") == 1
     # Beyond STRATUM_WARM_ROLLUP_ROWS rows, the general path.

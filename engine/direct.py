@@ -42,7 +42,7 @@ from psycopg.types.numeric import Int8BinaryLoader
 
 from engine.plan import Plan, Segment
 from engine.query import DataQuery, from_us, to_us
-from engine.shapes import TS, fixed_columns, schema_for, with_constants
+from engine.shapes import TS, fixed_columns, schema_for, select_list, with_constants
 from engine.tiers import TIERED, TIERS, minute_rows
 
 DIRECT_ROWS = 2048
@@ -151,14 +151,10 @@ def _whole(query: DataQuery) -> bool:
     return query.page_size == 0 or query.page_size > most_rows(query)
 
 
-def _sql(query: DataQuery) -> str:
+def _sql(query: DataQuery, fixed: dict[str, int | str]) -> str:
     tier = TIERS[query.resolution]
-    names = ["user_id", "metric", "ts", "value"]
-    if tier.resolution != "raw":
-        names = ["user_id", "metric", "ts", "count", "sum", "min", "max", "sum / count"]
     # Not the columns the query fixes: psycopg would decode them row by row.
-    fixed = fixed_columns(query.users, query.metrics)
-    columns = ", ".join(name for name in names if name not in fixed)
+    columns = select_list(query.resolution, fixed)
     after = _AFTER if query.after is not None else ""
     source = tier.warm_table  # table names are the tier's constants
     if tier.stored_in:  # 1m: the records of per-minute days filtered like the rows
@@ -188,6 +184,7 @@ def read(conn: psycopg.Connection, query: DataQuery) -> Direct:
     """Run the statement. Rows None: the general path must answer (a day of the span is
     stale or tiered, the answer is empty, or longer than this path reads)."""
     first, last = query.days
+    fixed = fixed_columns(query.users, query.metrics)  # not read: added as constants
     params: dict[str, Any] = {
         "users": list(query.users),
         "metrics": list(query.metrics),
@@ -207,13 +204,12 @@ def read(conn: psycopg.Connection, query: DataQuery) -> Direct:
     # index range (27 ms against 2.5 planned with the values). Planning costs ~0.1-0.2 ms.
     with conn.cursor(binary=True) as cur:
         cur.adapters.register_loader("timestamptz", Int8BinaryLoader)  # this cursor's only
-        cur.execute(_sql(query).encode(), params, prepare=False)
+        cur.execute(_sql(query, fixed).encode(), params, prepare=False)
         found = cur.fetchall()
     if not found:  # a day of the span is blocked, or the answer is empty
         return Direct(None)
     if _whole(query) and len(found) > most_rows(query):
         return Direct(None, too_long=True)
-    fixed = fixed_columns(query.users, query.metrics)
     return Direct(_table(found, schema_for(query.resolution), fixed))
 
 

@@ -23,7 +23,7 @@ from engine.m4 import M4, duckdb_sql
 from engine.plan import Segment
 from engine.query import Key, from_us, to_us
 from engine.settings import MemorySettings
-from engine.shapes import TS, conform, fixed_columns, schema_for, with_constants
+from engine.shapes import TS, conform, fixed_columns, schema_for, select_list, with_constants
 from engine.timestamps import midnight
 from lake import LakeFile, LakeFiles, LakeStorage, in_utc, lake_scan, read_measures
 
@@ -82,14 +82,6 @@ def set_memory_limit(duck: duckdb.DuckDBPyConnection, limit_bytes: int) -> None:
     duck.execute(f"SET memory_limit = '{_megabytes(limit_bytes)}'")
 
 
-def _columns(segment: Segment, constants: dict[str, int | str]) -> str:
-    """The answer's columns but those the query fixes (added as constants afterwards)."""
-    names = ["user_id", "metric", "ts", "value"]
-    if segment.resolution != "raw":
-        names = ["user_id", "metric", "ts", "count", "sum", "min", "max", "sum / count AS avg"]
-    return ", ".join(name for name in names if name not in constants)
-
-
 def _query(
     duck: duckdb.DuckDBPyConnection,
     storage: LakeStorage,
@@ -138,15 +130,16 @@ def _run(
         params.update({"au": after.user_id, "am": after.metric, "at": from_us(after.ts_us)})
     limit_sql = "" if limit is None else f" LIMIT {int(limit)}"
     constants = {} if m4 is not None else fixed_columns(users, metrics)
+    columns = select_list(segment.resolution, constants)
     if m4 is not None:
         params.update({"m4_start": m4.start_us, "m4_column": m4.column_us})
-        rows_sql = f"SELECT {_columns(segment, constants)} FROM {scan} AS lake WHERE {where}"  # noqa: S608
+        rows_sql = f"SELECT {columns} FROM {scan} AS lake WHERE {where}"  # noqa: S608
         sql = duckdb_sql(rows_sql, after_sql, f"ORDER BY user_id, metric, ts{limit_sql}")
     else:
         # One metric: file order (user, day) is answer order. Several interleave inside a file.
         order = "" if len(metrics) == 1 else " ORDER BY user_id, metric, ts"
         sql = (
-            f"SELECT {_columns(segment, constants)} FROM {scan} AS lake "  # noqa: S608
+            f"SELECT {columns} FROM {scan} AS lake "  # noqa: S608
             f"WHERE {where} AND {after_sql}{order}{limit_sql}"
         )
     reader = cursor.sql(sql, params=params).to_arrow_reader(BATCH_ROWS)
@@ -154,11 +147,7 @@ def _run(
     try:
         for batch in reader:
             if batch.num_rows:
-                yield (
-                    with_constants(batch, schema, constants)
-                    if constants
-                    else conform(batch, schema)
-                )
+                yield with_constants(batch, schema, constants)
     finally:
         reader.close()  # a page stops early: the scan's dataset can then be dropped
 

@@ -72,6 +72,12 @@ def fixed_columns(users: tuple[int, ...], metrics: tuple[str, ...]) -> dict[str,
     return fixed
 
 
+def select_list(resolution: Resolution, fixed: dict[str, int | str]) -> str:
+    """The answer's columns as SQL, but the `fixed` ones (avg as every backend computes it)."""
+    names = (name for name in schema_for(resolution).names if name not in fixed)
+    return ", ".join("sum / count AS avg" if name == "avg" else name for name in names)
+
+
 def with_constants(
     batch: pa.RecordBatch, schema: pa.Schema, constants: dict[str, int | str]
 ) -> pa.RecordBatch:
@@ -79,6 +85,8 @@ def with_constants(
     the columns a query fixes (one participant, one metric) are added as constants. A scan
     need not read or convert them: one participant-year raw took 30 ms of DuckDB's CPU
     instead of 51 without them."""
+    if not constants:
+        return conform(batch, schema)
     rows = batch.num_rows
     read = iter(batch.columns)
     arrays = []

@@ -92,14 +92,15 @@ def with_constants(
     arrays = []
     for field in schema:
         if field.name in constants:
-            arrays.append(_constant(constants[field.name], field.type, rows))
+            arrays.append(constant(constants[field.name], field.type, rows))
             continue
         column = next(read)
         arrays.append(column if column.type == field.type else column.cast(field.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def _constant(value: int | str, kind: pa.DataType, rows: int) -> pa.Array:
+def constant(value: int | str, kind: pa.DataType, rows: int) -> pa.Array:
+    """`rows` times `value`."""
     if not pa.types.is_string(kind):
         return pa.array(np.full(rows, value, dtype=kind.to_pandas_dtype()))
     data = str(value).encode()

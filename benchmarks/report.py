@@ -890,8 +890,10 @@ def render(results: dict[str, Any], plot: Path | None) -> str:
     )
     lines.append("")
     lines.append(
-        "Method: each workload warms every backend up once, then runs them interleaved "
-        "(A B C … A B C …) until each has at least the minimum runs and has spent the time "
+        "Method: each workload warms every backend up once, then runs them interleaved, "
+        "each round in an order of its own (A B C, C A B, B C A …: the backend after the "
+        "heaviest is not always the same) until each has at least the minimum runs and has "
+        "spent the time "
         "budget, or the maximum runs. p95 is nearest-rank: with few runs it is the slowest. "
         "`÷ bare DuckDB` divides by DuckDB over the lake's exact file list of the answer's tier "
         "; `÷ limit` by DuckDB over the same rows compacted into one file per participant "

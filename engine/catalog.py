@@ -440,6 +440,20 @@ class CatalogSource:
             entries, fresh.unsynced, fresh.stale, versions, ahead, warm_available=True
         )
 
+    def guess(self, users: Sequence[int]) -> Catalog | None:
+        """What `load` would return if the warm store has nothing new for these participants
+        (their cached entries, no days written since their last sync, no stale rollups), or
+        None when one of them is not cached. No I/O: a plan from it is a guess that `load`'s
+        must confirm (engine/run.py starts a lake scan on it meanwhile)."""
+        with self._lock:
+            entries = {u: self._participants.get(u) for u in users}
+        known = {u: e for u, e in entries.items() if e is not None}
+        if len(known) < len(entries):
+            return None
+        versions = self._versions()
+        ahead = self._days_ahead(None, known, versions)
+        return self._catalog(known, Coverage(), Coverage(), versions, ahead, warm_available=True)
+
     def _versions(self) -> dict[str, int | None]:
         return {table: self.lake.version(table) for table in LAKE_TABLES}
 

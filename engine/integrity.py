@@ -30,6 +30,16 @@ class FileChecker:
         self.lake = lake
         self.verified = VerifiedFiles(lake.storage)
 
+    def all_known_good(self, plan: Plan) -> bool:
+        """Whether this process verified every lake file of the plan and none changed since:
+        `damaged` would find nothing without reading a record."""
+        return all(
+            self.verified.known_good(f.path)
+            for segment in plan.segments
+            if segment.backend == "lake"
+            for f in segment.files
+        )
+
     def damaged(self, plan: Plan, records: Records) -> dict[str, dict[DayKey, str]]:
         """Per lake table, the (user, day)s of the plan's lake files that are not intact,
         with the file and the reason."""

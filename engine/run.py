@@ -9,12 +9,14 @@ answer  = take(merge_sorted(streams), skip, limit)
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
@@ -82,6 +84,29 @@ class Answer:
     times: StageTimes = field(default_factory=StageTimes)  # complete once batches are read
 
 
+@dataclass
+class _Guess:
+    """A plan from the cached catalog, and the rows read from it while the warm store was
+    asked whether it holds."""
+
+    plan: Plan
+    first: list[pa.RecordBatch]
+    rest: Iterator[pa.RecordBatch]
+    reservation: int
+    failed: Exception | None = None  # reading the first rows failed so (a damaged file)
+
+    def drop(self, budget: MemoryBudget) -> None:
+        close = getattr(self.rest, "close", None)
+        if close is not None:
+            close()  # ends the DuckDB query
+        budget.release(self.reservation)
+
+
+def _limit(query: DataQuery) -> int | None:
+    """Rows the stream reads at most: a page and one more (has_more), or all."""
+    return None if query.page_size == 0 else query.page_size + 1
+
+
 class Engine:
     """Owns the long-lived parts: DuckDB, warm-store pools, catalog cache, memory budget."""
 
@@ -111,6 +136,10 @@ class Engine:
         self._principals: dict[bytes, Principal] = {}  # last known scope per key hash
         self._cursor_secret: bytes | None = None
         self._too_long = direct.TooLong()  # shapes the one-statement path refused for length
+        # Catalog statements sent while a guessed lake plan is read (_run_guessed).
+        self._confirming = ThreadPoolExecutor(
+            max_workers=settings.database.pool_size, thread_name_prefix="catalog"
+        )
 
     # -- warm-store connections ------------------------------------------------------------
 
@@ -195,6 +224,7 @@ class Engine:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
+        self._confirming.shutdown(wait=True)
         if self._pool is not None:
             self._pool.close()
         if self._warm is not None:
@@ -264,12 +294,13 @@ class Engine:
         return replace(result, timings=times.describe())
 
     def checked_plan(
-        self, query: DataQuery, times: StageTimes | None = None
+        self, query: DataQuery, times: StageTimes | None = None, catalog: Catalog | None = None
     ) -> tuple[Plan, Catalog]:
         """The plan, with every lake file it reads verified first: days of a damaged file
-        are planned again from the warm store (or refused with LakeDamaged)."""
+        are planned again from the warm store (or refused with LakeDamaged). `catalog`: one
+        just loaded for the query."""
         times = times or StageTimes()
-        catalog = self.catalog(query, times)
+        catalog = catalog or self.catalog(query, times)
         plan = self.plan(query, catalog, times)
         with times.stage("check_files"):
             damaged = self.files.damaged(plan, self._file_records)
@@ -289,42 +320,118 @@ class Engine:
         answered = self._run_direct(query, times)
         if answered is not None:
             return answered
-        plan, catalog = self.checked_plan(query, times)
+        guessed = self._run_guessed(query, times)
+        if isinstance(guessed, Answer):
+            return guessed
+        plan, catalog = self.checked_plan(query, times, guessed)
         if plan.needs_warm and not catalog.warm_available:
             raise WarmStoreUnavailable(
                 "the warm store is unreachable and this span needs it; spans already in "
                 "the lake are still served"
             )
-        need = self._estimate(plan)
-        self._refuse_pages_beyond_the_budget(plan, need)
-        if query.page_size == 0:
-            # A stream's needs do not grow with its length: it always shares the budget, so
-            # a stalled one cannot hold the small queries' lane.
-            need = min(need, self.budget.largest_bytes)
-        reservation = self.budget.reserve(need)
+        reservation = self._admit(plan)
         try:
             with times.stage("locate_page"):
                 after, skip = self._start(plan, catalog, times)
-            if query.page_size == 0:
-                stream = self._stream(plan, after, skip, None, times)
-                return Answer(
-                    plan=plan,
-                    schema=schema_for(plan.resolution),
-                    batches=self._released(stream, reservation),
-                    has_more=False,
-                    next_cursor=None,
-                    rows=None,
-                    times=times,
-                )
-            page = list(self._stream(plan, after, skip, query.page_size + 1, times))
-            answer = self._paged(plan, page)
-            answer.times = times
+            rows = self._stream(plan, after, skip, _limit(query), times)
+            return self._answer(plan, rows, reservation, times)
         except BaseException:
             self.budget.release(reservation)
             raise
-        # The reservation covers the page until the caller has rendered (consumed) it.
+
+    def _admit(self, plan: Plan) -> int:
+        """The query's reservation of the memory budget (waits for room, or refuses)."""
+        need = self._estimate(plan)
+        self._refuse_pages_beyond_the_budget(plan, need)
+        if plan.query.page_size == 0:
+            # A stream's needs do not grow with its length: it always shares the budget, so
+            # a stalled one cannot hold the small queries' lane.
+            need = min(need, self.budget.largest_bytes)
+        return self.budget.reserve(need)
+
+    def _answer(
+        self, plan: Plan, rows: Iterator[pa.RecordBatch], reservation: int, times: StageTimes
+    ) -> Answer:
+        """The answer of `rows`: streamed as they are read, or the page read now. The
+        reservation is released once the caller has read (rendered) them; on an error here
+        the caller releases it."""
+        if plan.query.page_size == 0:
+            return Answer(
+                plan=plan,
+                schema=schema_for(plan.resolution),
+                batches=self._released(rows, reservation),
+                has_more=False,
+                next_cursor=None,
+                rows=None,
+                times=times,
+            )
+        answer = self._paged(plan, list(rows))
+        answer.times = times
         answer.batches = self._released(answer.batches, reservation)
         return answer
+
+    def _run_guessed(self, query: DataQuery, times: StageTimes) -> Answer | Catalog | None:
+        """A lake answer begun on a guess while the warm store confirms it. The catalog
+        statement (a round trip, 0.6-2 ms) runs on another thread while this one plans from
+        the cached catalog (CatalogSource.guess) and DuckDB reads the first rows of that plan.
+        Its rows are answered only if the catalog the warm store returns plans the same
+        segments; otherwise they are dropped, and the general path plans from that catalog
+        (returned). None: no guess was made (a participant not cached, a deep page, M4)."""
+        if query.after is not None or query.offset or query.m4_width is not None:
+            return None
+        if self.database_url is None or time.monotonic() < self._warm_down_until:
+            return None
+        cached = self.catalogs.guess(query.users)
+        if cached is None:
+            return None
+        confirm_times = StageTimes()
+        confirming = self._confirming.submit(self.catalog, query, confirm_times)
+        guess = None
+        try:
+            guess = self._begin(query, cached, times)
+            catalog = confirming.result()
+            times.merge(confirm_times)
+            if guess is None:
+                return catalog
+            confirmed = guess.plan  # the plan is a function of the query and the catalog
+            if catalog != cached:
+                with times.stage("plan"):
+                    confirmed = planner.plan(query, catalog, self.settings.query.warm_rollup_rows)
+            if confirmed.segments != guess.plan.segments:
+                guess.drop(self.budget)
+                times.count("guess_dropped")
+                return catalog
+            if guess.failed is not None:
+                raise guess.failed
+            plan = replace(confirmed, timings=times.describe())
+            rows = itertools.chain(guess.first, guess.rest)
+            return self._answer(plan, rows, guess.reservation, times)
+        except BaseException:
+            if guess is not None:
+                guess.drop(self.budget)
+            raise
+
+    def _begin(self, query: DataQuery, catalog: Catalog, times: StageTimes) -> _Guess | None:
+        """The guessed plan's first rows, read (None: the guess is not worth reading: it
+        needs the warm store, or a file this process has not verified, or it failed)."""
+        with times.stage("plan"):
+            plan = planner.plan(query, catalog, self.settings.query.warm_rollup_rows)
+        with times.stage("check_files"):
+            if plan.needs_warm or not plan.segments or not self.files.all_known_good(plan):
+                return None
+        try:
+            reservation = self._admit(plan)
+        except Exception:  # the general path decides (and says why) with the real plan
+            return None
+        rows = self._stream(plan, None, 0, _limit(query), times)
+        try:
+            first = list(itertools.islice(rows, 1))  # DuckDB reads meanwhile
+        except Exception as exc:  # raised as the general path would, if the plan holds
+            return _Guess(plan, [], iter(()), reservation, failed=exc)
+        except BaseException:
+            self.budget.release(reservation)
+            raise
+        return _Guess(plan, first, rows, reservation)
 
     def _run_direct(self, query: DataQuery, times: StageTimes) -> Answer | None:
         """The answer by one warm-store statement, when the warm store alone may give it

@@ -5,7 +5,10 @@ Stages: `catalog` (the warm-store statements that load it), `plan` (pure routing
 counts), `warm_fetch` (warm-store statements and their Arrow results), `lake_scan` (DuckDB:
 set-up, scan and batches), `merge` (merging and slicing the segments' streams). Counts:
 `warm_statements`, statements sent to the warm store, whose round trips dominate short spans on
-a busy machine and, unlike milliseconds, do not depend on load; `direct_refused`, a one-statement
+a busy machine and, unlike milliseconds, do not depend on load; `guess_dropped`, a lake read
+begun on the cached catalog that the fresh catalog did not confirm (engine/run.py; while such a
+read runs, the `catalog` stage runs on another thread, so the stages add up to more than the
+request took); `direct_refused`, a one-statement
 answer (engine/direct.py) the warm store declined, so the general path answered after it. A
 one-statement answer has no `catalog` stage: its statement's time is `warm_fetch`.
 """
@@ -32,6 +35,13 @@ class StageTimes:
 
     def count(self, name: str, n: int = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + n
+
+    def merge(self, other: StageTimes) -> None:
+        """Add `other`'s milliseconds and counts (stages another thread ran for the request)."""
+        for stage, ms in other.ms.items():
+            self.ms[stage] = self.ms.get(stage, 0.0) + ms
+        for name, n in other.counts.items():
+            self.count(name, n)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

@@ -413,15 +413,20 @@ class Engine:
 
     def _begin(self, query: DataQuery, catalog: Catalog, times: StageTimes) -> _Guess | None:
         """The guessed plan's first rows, read (None: the guess is not worth reading: it
-        needs the warm store, or a file this process has not verified, or it failed)."""
-        with times.stage("plan"):
-            plan = planner.plan(query, catalog, self.settings.query.warm_rollup_rows)
+        needs the warm store or a file this process has not verified, or the fresh catalog
+        must decide: a refusal from the cached one, lost days or a page too large, may not
+        hold)."""
+        try:
+            with times.stage("plan"):
+                plan = planner.plan(query, catalog, self.settings.query.warm_rollup_rows)
+        except (LakeDamaged, InvalidParameter):
+            return None
         with times.stage("check_files"):
             if plan.needs_warm or not plan.segments or not self.files.all_known_good(plan):
                 return None
         try:
             reservation = self._admit(plan)
-        except Exception:  # the general path decides (and says why) with the real plan
+        except InvalidParameter:
             return None
         rows = self._stream(plan, None, 0, _limit(query), times)
         try:

@@ -186,10 +186,9 @@ def limit(query: DataQuery) -> int:
     return most_rows(query) + 1
 
 
-def statement(query: DataQuery) -> tuple[bytes, dict[str, Any]]:
-    """The statement's text and parameters."""
+def statement(query: DataQuery, fixed: dict[str, int | str]) -> tuple[bytes, dict[str, Any]]:
+    """The statement's text and parameters; `fixed`: the query's fixed_columns."""
     first, last = query.days
-    fixed = fixed_columns(query.users, query.metrics)
     params: dict[str, Any] = {
         "users": list(query.users),
         "metrics": list(query.metrics),
@@ -210,7 +209,8 @@ def statement(query: DataQuery) -> tuple[bytes, dict[str, Any]]:
 def read(conn: psycopg.Connection, query: DataQuery) -> Direct:
     """Run the statement. Rows None: the general path must answer (a day of the span is
     stale or tiered, the answer is empty, or longer than this path reads)."""
-    sql, params = statement(query)
+    fixed = fixed_columns(query.users, query.metrics)  # not read: added as constants
+    sql, params = statement(query, fixed)
     # Never a prepared (generic) plan: it knows neither the span nor the participants. Over a
     # hypertable it cannot exclude chunks and, with a LIMIT, probes every chunk (25 ms
     # instead of 0.7 for a day); data_1h's for 10 participants x 1 week sorted its whole
@@ -223,8 +223,6 @@ def read(conn: psycopg.Connection, query: DataQuery) -> Direct:
         return Direct(None)
     if _whole(query) and len(found) > most_rows(query):
         return Direct(None, too_long=True)
-    # The columns the query fixes were not read: added as constants.
-    fixed = fixed_columns(query.users, query.metrics)
     return Direct(_table(found, schema_for(query.resolution), fixed))
 
 

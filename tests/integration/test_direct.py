@@ -21,6 +21,7 @@ from engine.direct import DIRECT_ROWS
 from engine.query import build_query
 from engine.run import Answer, Engine
 from engine.settings import load_settings
+from engine.shapes import fixed_columns
 from lake import Lake
 from sync.catalog_changes import prune_catalog_changes
 from sync.rollups import refresh_rollups
@@ -311,7 +312,7 @@ def test_one_series_is_read_by_its_index_alone(
         "page_size": ["0"],
     }
     query = build_query(params, engine.settings.query, principal=LOCAL_ADMIN)
-    sql, values = direct_path.statement(query)
+    sql, values = direct_path.statement(query, fixed_columns(query.users, query.metrics))
     with psycopg.connect(flavour_url, autocommit=True) as conn:
         conn.execute("ANALYZE")
         explained = conn.execute(b"EXPLAIN (ANALYZE, FORMAT JSON) " + sql, values).fetchone()

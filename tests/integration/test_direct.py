@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 import pyarrow as pa
 import pytest
@@ -89,12 +90,18 @@ def ask(
 
 
 def truth(
-    url: str, first: date, hours: int, resolution: str, users: tuple[int, ...] = (1,), at: int = 0
+    url: str,
+    first: date,
+    hours: int,
+    resolution: str,
+    users: tuple[int, ...] = (1,),
+    at: int = 0,
+    metrics: tuple[str, ...] = ("heart_rate",),
 ):
     """The answer computed from raw rows alone (invariants 1 and 2)."""
     start = datetime(first.year, first.month, first.day, at, tzinfo=UTC)
-    span = (list(users), start, start + timedelta(hours=hours))
-    where = "user_id = ANY(%s) AND metric = 'heart_rate' AND ts >= %s AND ts < %s"
+    span = (list(users), list(metrics), start, start + timedelta(hours=hours))
+    where = "user_id = ANY(%s) AND metric = ANY(%s) AND ts >= %s AND ts < %s"
     if resolution == "raw":
         sql = f"SELECT user_id, metric, ts, value FROM raw_data WHERE {where} ORDER BY 1, 2, 3"
     else:
@@ -307,6 +314,65 @@ def _all_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def _conditions(nodes: Iterator[dict[str, Any]]) -> list[str]:
     return [n[k] for n in nodes for k in ("Index Cond", "Recheck Cond", "Filter") if k in n]
+
+
+@pytest.mark.parametrize(
+    ("resolution", "hours", "columns"),
+    [("raw", 6, True), ("1m", 6, True), ("1h", DAY, False), ("1h", 4 * DAY, True)],
+)
+def test_several_series_come_as_columns_or_as_rows_and_exact(
+    engine: Engine, flavour_url: str, resolution: str, hours: int, columns: bool
+) -> None:
+    """Two participants' two metrics: an answer that may hold COLUMNS_FROM rows or more comes
+    as a column per array (the participants' int4[] and the metrics' text[] among them),
+    a shorter one as rows; both exact."""
+    first = LAST - timedelta(days=max(hours // DAY, 1) - 1)
+    params = {
+        "user_id": ["1,2"],
+        "metric": ["heart_rate,steps"],
+        "start": [datetime(first.year, first.month, first.day, tzinfo=UTC).isoformat()],
+        "end": [
+            (
+                datetime(first.year, first.month, first.day, tzinfo=UTC) + timedelta(hours=hours)
+            ).isoformat()
+        ],
+        "resolution": [resolution],
+        "page_size": ["0"],
+    }
+    query = build_query(params, engine.settings.query, principal=LOCAL_ADMIN)
+    sql, _ = direct_path.statement(query, fixed_columns(query.users, query.metrics))
+    assert (b"array_agg" in sql) == columns
+    answer = engine.run(query)
+    rows = pa.Table.from_batches(list(answer.batches), schema=answer.schema).to_pylist()
+    assert direct(answer), answer.times.describe()
+    expected = truth(flavour_url, first, hours, resolution, (1, 2), metrics=("heart_rate", "steps"))
+    assert len({(row["user_id"], row["metric"]) for row in expected}) == 4
+    assert rows == expected
+
+
+def test_columns_out_of_order_are_found_and_put_in_order() -> None:
+    """An aggregate follows its sorted subquery's order in PostgreSQL, not by the standard:
+    the columns' order is checked, and mended if it ever differs."""
+
+    def columns(users: list[int], metrics: list[str], ts: list[int]) -> dict[str, Any]:
+        return {"user_id": np.array(users, np.int32), "metric": metrics, "ts": np.array(ts)}
+
+    hr, steps = "heart_rate", "steps"
+    assert direct_path._in_order(columns([1, 1, 1, 2], [hr, steps, steps, hr], [9, 1, 2, 0]))
+    assert not direct_path._in_order(columns([2, 1], [hr, hr], [0, 1]))  # participants back
+    assert not direct_path._in_order(columns([1, 1], [steps, hr], [0, 1]))  # metrics back
+    assert not direct_path._in_order(columns([1, 1], [hr, hr], [2, 1]))  # instants back
+    assert not direct_path._in_order({"ts": np.array([1, 2, 2])})  # one instant twice
+    ts = pa.array([3, 1, 2, 1], pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    table = pa.table(
+        {
+            "user_id": pa.array([1, 1, 1, 2], pa.int32()),
+            "metric": ["steps", "steps", "heart_rate", "heart_rate"],
+            "ts": ts,
+            "value": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    assert direct_path._sorted(table).column("value").to_pylist() == [3.0, 2.0, 1.0, 4.0]
 
 
 @pytest.mark.parametrize("resolution", ["raw", "1h"])

@@ -127,7 +127,10 @@ def run_case(
     sampler: RssSampler | None,
 ) -> CaseResult:
     """Warm up every backend, then repeat them interleaved, each round in its own order
-    (A B C, C A B, B C A ...; round_orders)."""
+    (A B C, C A B, B C A ...; round_orders): each backend min_repetitions times, then on
+    up to max_repetitions while within cell_budget_s, and a short one on up to
+    short_repetitions while within short_budget_s (its rounds then hold the short ones:
+    their neighbours are as shuffled as before)."""
     results: dict[str, Measurement] = {}
     ready: dict[str, Timed] = {}
     for key, backend in backends.items():
@@ -173,13 +176,21 @@ def run_case(
                     results[key].note = "1 run: over the time budget, warm-up counted"
                     break
         spent = dict.fromkeys(ready, 0.0)
+
+        def wants_more(key: str) -> bool:
+            if key not in ready or key in slow:
+                return False
+            done = len(results[key].times_s)
+            if done < preset.min_repetitions:
+                return True
+            if done < preset.max_repetitions:
+                return spent[key] < preset.cell_budget_s
+            return done < preset.short_repetitions and spent[key] < preset.short_budget_s
+
         orders = round_orders(list(ready), case.id)
-        for _ in range(preset.max_repetitions):
+        while any(wants_more(key) for key in ready):
             for key in next(orders):
-                if key not in ready or key in slow:
-                    continue
-                done = len(results[key].times_s)
-                if done >= preset.min_repetitions and spent[key] >= preset.cell_budget_s:
+                if not wants_more(key):
                     continue
                 elapsed = timed(key)
                 if elapsed is not None:

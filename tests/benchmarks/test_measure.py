@@ -1,11 +1,18 @@
-"""The bench's rounds: every backend in each, in an order of its own (benchmarks/measure.py)."""
+"""The bench's rounds: every backend in each, in an order of its own, and how
+many (benchmarks/measure.py)."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
 from itertools import islice
 
-from benchmarks.measure import round_orders
+from benchmarks.backends import Backend, Timed
+from benchmarks.measure import round_orders, run_case
+from benchmarks.presets import PRESETS
 from benchmarks.suite import BACKEND_ORDER
+from benchmarks.workloads import Case
 
 
 def _predecessors(orders: list[list[str]], key: str) -> set[str]:
@@ -32,3 +39,49 @@ def test_a_case_gets_the_same_orders_each_time() -> None:
     first = list(islice(round_orders(list(BACKEND_ORDER), "a case"), 5))
     again = list(islice(round_orders(list(BACKEND_ORDER), "a case"), 5))
     assert first == again
+
+
+class _Sleeper(Backend):
+    """A backend whose every run takes `seconds` (time is what the loop budgets)."""
+
+    def __init__(self, key: str, seconds: float) -> None:
+        self.key = key
+        self.seconds = seconds
+
+    def prepare(self, case: Case) -> Timed:
+        def run() -> int:
+            time.sleep(self.seconds)
+            return 1
+
+        return run
+
+
+def test_short_backends_run_more_times_and_long_ones_stop_at_the_maximum() -> None:
+    """5 runs of a 1-3 ms workload left its ratios +-0.2 apart from one bench to the next:
+    a short backend goes on up to short_repetitions runs within short_budget_s, a long one
+    stops at max_repetitions as before."""
+    preset = replace(
+        PRESETS["ci"],
+        warmup=0,
+        min_repetitions=2,
+        max_repetitions=3,
+        cell_budget_s=10.0,
+        short_repetitions=9,
+        short_budget_s=0.1,
+    )
+    case = Case(
+        "span",
+        "1 day",
+        "1",
+        (1,),
+        ("heart_rate",),
+        datetime(2024, 1, 1, tzinfo=UTC),
+        datetime(2024, 1, 2, tzinfo=UTC),
+        "raw",
+        "raw",
+    )
+    backends = {"short": _Sleeper("short", 0.001), "long": _Sleeper("long", 0.06)}
+    result = run_case(case, backends, preset, None)
+    assert len(result.results["short"].times_s) == 9
+    assert len(result.results["long"].times_s) == 3
+    assert all(m.status == "ok" for m in result.results.values())

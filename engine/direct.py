@@ -230,6 +230,10 @@ def limit(query: DataQuery) -> int:
 
 def statement(query: DataQuery, fixed: dict[str, int | str]) -> tuple[bytes, dict[str, Any]]:
     """The statement's text and parameters; `fixed`: the query's fixed_columns."""
+    return _sql(query, fixed, _columnar(query)).encode(), _params(query, fixed)
+
+
+def _params(query: DataQuery, fixed: dict[str, int | str]) -> dict[str, Any]:
     first, last = query.days
     params: dict[str, Any] = {
         "users": list(query.users),
@@ -245,15 +249,15 @@ def statement(query: DataQuery, fixed: dict[str, int | str]) -> tuple[bytes, dic
         params["after_user"] = query.after.user_id
         params["after_metric"] = query.after.metric
         params["after_ts"] = from_us(query.after.ts_us)
-    return _sql(query, fixed, _columnar(query)).encode(), params
+    return params
 
 
 def read(conn: psycopg.Connection, query: DataQuery) -> Direct:
     """Run the statement. Rows None: the general path must answer (a day of the span is
     stale or tiered, the answer is empty, or longer than this path reads)."""
     fixed = fixed_columns(query.users, query.metrics)  # not read: added as constants
-    sql, params = statement(query, fixed)
     columnar = _columnar(query)
+    sql = _sql(query, fixed, columnar).encode()
     # Never a prepared (generic) plan: it knows neither the span nor the participants. Over a
     # hypertable it cannot exclude chunks and, with a LIMIT, probes every chunk (25 ms
     # instead of 0.7 for a day); data_1h's for 10 participants x 1 week sorted its whole
@@ -264,7 +268,7 @@ def read(conn: psycopg.Connection, query: DataQuery) -> Direct:
         if columnar:
             for array_oid in _ARRAY_OIDS:
                 cur.adapters.register_loader(array_oid, _WireBytes)
-        cur.execute(sql, params, prepare=False)
+        cur.execute(sql, _params(query, fixed), prepare=False)
         found = cur.fetchall()
     names = _wire_names(query, fixed)
     columns = _from_arrays(names, found[0]) if columnar else _from_rows(names, found)
@@ -290,8 +294,12 @@ class _WireBytes(Loader):
 _ARRAY_OIDS = tuple(
     postgres.types[name].array_oid for name in ("int4", "int8", "float8", "timestamptz")
 )
-# Each column's element on the wire (big-endian); the others are float8.
-_COLUMN_ELEMENTS = {"user_id": ">i4", "ts": ">i8", "count": ">i8"}
+# Each column's numbers (timestamps: the wire's integers); the others are float8.
+_NUMBERS: dict[str, type[np.generic]] = {"user_id": np.int32, "ts": np.int64, "count": np.int64}
+
+
+def _numbers(name: str) -> np.dtype[Any]:
+    return np.dtype(_NUMBERS.get(name, np.float64))
 
 
 def _from_arrays(names: list[str], arrays: tuple[Any, ...]) -> dict[str, Any] | None:
@@ -309,7 +317,7 @@ def _from_arrays(names: list[str], arrays: tuple[Any, ...]) -> dict[str, Any] | 
         dimensions, has_null = struct.unpack_from(">ii", data)
         if dimensions != 1 or has_null:
             return None
-        element = [("length", ">i4"), ("value", _COLUMN_ELEMENTS.get(name, ">f8"))]
+        element = [("length", ">i4"), ("value", _numbers(name).newbyteorder(">"))]
         columns[name] = np.frombuffer(data, dtype=element, offset=20)["value"]
     return columns
 
@@ -321,8 +329,7 @@ def _from_rows(names: list[str], rows: list[tuple[Any, ...]]) -> dict[str, Any] 
         return None
     columns: dict[str, Any] = {}
     for name, column in zip(names, zip(*rows, strict=True), strict=True):
-        element = _COLUMN_ELEMENTS.get(name, ">f8")
-        columns[name] = column if name == "metric" else np.array(column, dtype=element[1:])
+        columns[name] = column if name == "metric" else np.array(column, dtype=_numbers(name))
     return columns
 
 

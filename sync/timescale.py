@@ -10,7 +10,7 @@ show_chunks, drop_chunks, the columnstore options and compress_chunk (2.18+).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import psycopg
 
@@ -99,6 +99,18 @@ def enable(conn: psycopg.Connection, chunk_interval: str) -> None:
     for table in HYPERTABLES:
         if table not in configured:  # the settings cannot change once chunks are compressed
             conn.execute(f"ALTER TABLE {table} SET ({_COLUMNSTORE})")
+
+
+def longest_chunk(conn: psycopg.Connection) -> timedelta | None:
+    """The longest chunk interval of the hypertables (None without them: plain PostgreSQL)."""
+    if not enabled(conn):
+        return None
+    row = conn.execute(
+        "SELECT max(time_interval) FROM timescaledb_information.dimensions "
+        "WHERE hypertable_name = ANY(%s)",
+        (list(HYPERTABLES),),
+    ).fetchone()
+    return row[0] if row else None
 
 
 def hypertable_names(conn: psycopg.Connection) -> list[str]:

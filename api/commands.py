@@ -69,7 +69,7 @@ def ingest(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def aggregate(args: argparse.Namespace, ctx: Context) -> int:
-    result = refresh_rollups(ctx.url)
+    result = refresh_rollups(ctx.url, workers=ctx.settings.database.refresh_workers)
     rows = ", ".join(f"{table} {count:,}" for table, count in result.rows.items())
     console.print(f"refreshed {result.days} user-days in {result.seconds:.1f}s ({rows})")
     return 0

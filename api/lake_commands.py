@@ -169,7 +169,8 @@ def _progress_callback(description: str) -> tuple[Progress, Callable[[int, int, 
 
 def sync_command(args: argparse.Namespace, ctx: Context) -> int:
     if not args.no_refresh:
-        refreshed = jobs.require_ok(jobs.refresh_job(ctx.url))
+        workers = ctx.settings.database.refresh_workers
+        refreshed = jobs.require_ok(jobs.refresh_job(ctx.url, workers))
         console.print(f"rollups: refreshed {refreshed.days} user-days")
     url = ctx.url  # checked before a progress bar shows
     bar, update = _progress_callback("sync")
@@ -393,6 +394,7 @@ def scheduler_command(args: argparse.Namespace, ctx: Context) -> int:
                 ctx.settings.lake,
                 calendar_cache_rows=ctx.settings.query.calendar_cache_rows,
                 prefill=prefill,
+                refresh_workers=ctx.settings.database.refresh_workers,
             )
         console.print(
             f"nightly job: {result.status}" + (f" ({result.error})" if result.error else "")

@@ -26,7 +26,7 @@ from engine.tiers import LAKE_TABLES, RAW_MINUTE_DAYS, TIERS
 from lake import Lake
 from sync import timescale
 from sync.ingest import ingest_files
-from sync.rollups import refresh_rollups
+from sync.rollups import REFRESH_WORKERS, refresh_rollups
 from sync.schema import init_schema
 
 
@@ -140,6 +140,7 @@ def ingest_and_sync(dataset: Dataset) -> dict[str, Any]:
             "rows": refreshed.rows,
             "seconds": refreshed.seconds,
             "raw_rows_per_s": ingested.rows / refreshed.seconds if refreshed.seconds else None,
+            "workers": REFRESH_WORKERS,
         }
         settings = dataset.settings(STRATUM_DATABASE_URL=url, STRATUM_LAKE_PATH=str(lake_path))
         until = dataset.preset.end + timedelta(days=400)

@@ -73,6 +73,11 @@ def fmt_ratio(r: float | None) -> str:
     return "–" if r is None else f"{r:.2f}x"
 
 
+def _on_connections(workers: int | None) -> str:
+    """How many connections the rollup refresh ran on (not recorded before 2026-11-30)."""
+    return f" (on {workers} connections)" if workers else ""
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -555,7 +560,8 @@ def ingest_section(results: dict[str, Any]) -> list[str]:
     lines.append(
         f"A scratch database ingests `{data.get('file', '?')}` "
         f"({data.get('file_rows', 0):,} rows, {fmt_bytes(data.get('file_bytes'))}), "
-        "refreshes its rollups and syncs it to a scratch lake."
+        f"refreshes its rollups{_on_connections(data.get('rollups', {}).get('workers'))} and "
+        "syncs it to a scratch lake."
     )
     lines.append("")
     lines += _table(["step", "rows", "time", "rows/s"], rows)

@@ -33,6 +33,7 @@ class DatabaseSettings:
     home: Path  # where the private PostgreSQL keeps its data folder
     chunk_interval: str  # TimescaleDB hypertable chunk interval
     pool_size: int
+    refresh_workers: int  # connections one rollup refresh runs its batches on at once
 
 
 @dataclass(frozen=True)
@@ -318,6 +319,14 @@ SETTINGS: tuple[Setting, ...] = (
         parse=integer(minimum=1),
         meaning="connections the API keeps to the warm store",
         field="database.pool_size",
+    ),
+    Setting(
+        name="STRATUM_REFRESH_WORKERS",
+        default="2",
+        parse=integer(minimum=1),
+        meaning="connections a rollup refresh works on at once, each on its own share of the "
+        "changed (user, day) windows (the work is PostgreSQL's: about one core each)",
+        field="database.refresh_workers",
     ),
     Setting(
         name="STRATUM_LAKE_PATH",

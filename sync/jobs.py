@@ -34,7 +34,7 @@ from sync.lakefiles import (
     require_current_log,
 )
 from sync.maintenance import maintain_lake
-from sync.rollups import refresh_rollups
+from sync.rollups import REFRESH_WORKERS, refresh_rollups
 from sync.runs import NIGHTLY_LOCK, JobResult, finish_run, start_run
 from sync.tiering import tier_warm_store
 from sync.verify import repair_lake, verify_lake
@@ -82,9 +82,9 @@ def run_job(url: str, job: str, body: Callable[[], JobResult]) -> JobResult:
         return result
 
 
-def refresh_job(url: str) -> JobResult:
+def refresh_job(url: str, workers: int = REFRESH_WORKERS) -> JobResult:
     def body() -> JobResult:
-        refreshed = refresh_rollups(url)
+        refreshed = refresh_rollups(url, workers=workers)
         return JobResult(
             "refresh",
             days=refreshed.days,
@@ -390,11 +390,12 @@ def nightly_job(
     lake: Lake | None = None,
     calendar_cache_rows: int | None = None,
     prefill: Callable[[], Prefilled] | None = None,
+    refresh_workers: int = REFRESH_WORKERS,
 ) -> JobResult:
-    """Refresh rollups, sync, tier, maintain and verify, each recorded, then prefill the
-    calendar cache (`prefill`, None: not) and prune it to `calendar_cache_rows` (None: left
-    alone); later steps run even when an earlier one failed (each is safe alone). Skipped if
-    another scheduler runs it now.
+    """Refresh rollups (on `refresh_workers` connections), sync, tier, maintain and verify,
+    each recorded, then prefill the calendar cache (`prefill`, None: not) and prune it to
+    `calendar_cache_rows` (None: left alone); later steps run even when an earlier one failed
+    (each is safe alone). Skipped if another scheduler runs it now.
 
     The prefill runs before the pruning, which keeps prefilled entries longest (entries filled
     on demand go first): what the night computed for the first answers is kept.
@@ -412,7 +413,9 @@ def nightly_job(
             return run_job(
                 url,
                 "nightly",
-                lambda: _nightly_steps(url, settings, today, lake, calendar_cache_rows, prefill),
+                lambda: _nightly_steps(
+                    url, settings, today, lake, calendar_cache_rows, prefill, refresh_workers
+                ),
             )
         finally:
             lock.execute("SELECT pg_advisory_unlock(%s)", (NIGHTLY_LOCK,))
@@ -425,10 +428,11 @@ def _nightly_steps(
     lake: Lake,
     calendar_cache_rows: int | None,
     prefill: Callable[[], Prefilled] | None = None,
+    refresh_workers: int = REFRESH_WORKERS,
 ) -> JobResult:
     started = time.perf_counter()
     steps: list[tuple[str, Callable[[], JobResult]]] = [
-        ("refresh", lambda: refresh_job(url)),
+        ("refresh", lambda: refresh_job(url, refresh_workers)),
         ("sync", lambda: sync_job(url, settings, today=today, lake=lake)),
         ("tier", lambda: tiering_job(url, settings, today=today, lake=lake)),
         ("compress", lambda: columnstore_job(url, settings, today=today)),

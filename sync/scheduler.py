@@ -78,6 +78,7 @@ def build_scheduler(
             "lake": Lake(settings.lake.path),
             "calendar_cache_rows": settings.query.calendar_cache_rows,
             "prefill": prefill,
+            "refresh_workers": settings.database.refresh_workers,
         },
         id="nightly",
         name="nightly: refresh, sync, tier, compress, maintain, verify, prefill",
@@ -87,7 +88,7 @@ def build_scheduler(
     scheduler.add_job(
         jobs.refresh_job,
         CronTrigger.from_crontab(HOURLY_REFRESH_CRON, timezone=UTC_ZONE),
-        args=(url,),
+        args=(url, settings.database.refresh_workers),
         id="refresh",
         name="hourly rollup refresh",
         replace_existing=True,

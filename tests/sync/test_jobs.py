@@ -239,7 +239,11 @@ def _started(warm_url: str, settings: Settings, now: datetime) -> BackgroundSche
 
 
 def test_scheduler_wiring(warm_url: str, settings: Settings) -> None:
-    settings = replace(settings, scheduler=replace(settings.scheduler, misfire_grace_s=600))
+    settings = replace(
+        settings,
+        scheduler=replace(settings.scheduler, misfire_grace_s=600),
+        database=replace(settings.database, refresh_workers=3),
+    )
     scheduler = _started(warm_url, settings, now=NOW)
     try:
         nightly, refresh = scheduler.get_job("nightly"), scheduler.get_job("refresh")
@@ -256,7 +260,8 @@ def test_scheduler_wiring(warm_url: str, settings: Settings) -> None:
         assert nightly.func is jobs.nightly_job and nightly.args == (warm_url, settings.lake)
         assert isinstance(nightly.kwargs["lake"], Lake)  # one for every night
         assert nightly.kwargs["calendar_cache_rows"] == settings.query.calendar_cache_rows
-        assert refresh.func is jobs.refresh_job
+        assert nightly.kwargs["refresh_workers"] == 3
+        assert refresh.func is jobs.refresh_job and refresh.args == (warm_url, 3)
         assert nightly.next_run_time == NOW  # no successful run yet: catch up at once
     finally:
         scheduler.shutdown(wait=False)

@@ -86,13 +86,19 @@ def _bucket(unit: str, ts: str) -> str:
 
 # Which of the day's windows have rows, and which look per-minute by their first 60 rows: a
 # 1 Hz or 30 s series shows a row off the minute by its second row. A per-minute series with a
-# stray row further on is caught when its hours are counted (_DEMOTE).
+# stray row further on is caught when its hours are counted (_DEMOTE). A window without rows
+# gets NULL (bool_and of nothing). One reference to the hypertable, bounded by the day alone
+# (the windows' own bounds are the day's): with a second one under EXISTS, and the windows'
+# bounds beside the day's, planning took 0.6-1.6 ms a day against 0.23.
 _MARK = f"""
-UPDATE refresh_window w SET per_minute = NOT EXISTS (
-    SELECT 1 FROM (SELECT s.ts {_RAW_OF_WINDOW} ORDER BY s.ts LIMIT 60) AS first
-    WHERE first.ts <> {_bucket("minute", "first.ts")}
+UPDATE refresh_window w SET per_minute = (
+    SELECT bool_and(first.ts = {_bucket("minute", "first.ts")}) FROM (
+        SELECT s.ts FROM {RAW.warm_table} s
+        WHERE s.user_id = w.user_id AND s.metric = w.metric AND s.ts >= %(lo)s AND s.ts < %(hi)s
+        ORDER BY s.ts LIMIT 60
+    ) AS first
 )
-WHERE w.day = %(day)s AND EXISTS (SELECT 1 {_RAW_OF_WINDOW})
+WHERE w.day = %(day)s
 RETURNING w.per_minute
 """  # noqa: S608 (constants only)
 
@@ -291,6 +297,8 @@ def _refresh_batch(
         conn.execute("SET LOCAL enable_memoize = off")
         conn.execute("SET LOCAL work_mem = '256MB'")
         conn.execute(_PENDING, {"limit": batch_days, **share})
+        # Most statements below take one day's windows: 0.5 ms a day to scan them all.
+        conn.execute("CREATE INDEX ON refresh_window (day)")
         conn.execute("ANALYZE refresh_window")
         count = conn.execute("SELECT count(DISTINCT (user_id, day)) FROM refresh_window").fetchone()
         if not count or not count[0]:
@@ -335,7 +343,11 @@ def _fill_windows(conn: psycopg.Connection, days: list[date]) -> dict[str, int]:
     conn.execute("SET LOCAL enable_sort = off")
     for day in days:
         bounds = _day_bounds(day)
-        marked = [m for (m,) in conn.execute(_MARK.encode(), bounds, prepare=False).fetchall()]
+        marked = [
+            m
+            for (m,) in conn.execute(_MARK.encode(), bounds, prepare=False).fetchall()
+            if m is not None  # a window without rows
+        ]
         if any(marked):
             run(_HOURS_FROM_RAW, bounds)
         if not all(marked):

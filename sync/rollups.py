@@ -50,7 +50,8 @@ SELECT d.user_id, d.day, d.change_seq, m.name AS metric,
 FROM (
     SELECT user_id, day, change_seq FROM day_state
     WHERE change_seq > refreshed_seq
-      AND mod(user_id + %(day_weight)s * (day - DATE '2000-01-01'), %(shares)s) = %(share)s
+      AND mod(abs(user_id::bigint + %(day_weight)s * (day - DATE '2000-01-01')), %(shares)s)
+          = %(share)s
     ORDER BY day, user_id
     LIMIT %(limit)s
 ) AS d
@@ -68,14 +69,12 @@ CREATE TEMPORARY TABLE refresh_hours (
 """
 
 _IN_WINDOW = "s.user_id = w.user_id AND s.metric = w.metric AND s.ts >= w.lo AND s.ts < w.hi"
-_SAME_WINDOW = "s.user_id = w.user_id AND s.metric = w.metric AND s.day = w.day"
 
 # One day of the batch at a time where a hypertable (raw_data, data_1m_stored) is read: bounds
 # on ts that the planner sees as constants let TimescaleDB scan only that day's chunk. Joined
 # to the windows by parameters alone, every window probed every chunk of the hypertable (30
 # per window for a 30-day warm store).
 _DAY = "w.day = %(day)s AND s.ts >= %(lo)s AND s.ts < %(hi)s"
-_RAW_OF_WINDOW = f"FROM {RAW.warm_table} s WHERE {_IN_WINDOW} AND s.ts >= %(lo)s AND s.ts < %(hi)s"
 
 
 def _bucket(unit: str, ts: str) -> str:
@@ -249,7 +248,7 @@ def refresh_rollups(
 @dataclass(frozen=True)
 class RefreshShares:
     """How the pending (user, day) windows are split between a refresh's connections: by
-    mod(user_id + day, count), or by user alone."""
+    |user_id + day| mod count (day: days since 2000-01-01), or by user alone."""
 
     count: int
     by_day: bool  # False: every day of a participant goes to the same share

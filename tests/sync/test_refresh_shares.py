@@ -92,3 +92,11 @@ def test_chunks_longer_than_a_day_keep_a_participants_days_in_one_share(
     left = pending(empty_database)
     assert {u for u, _ in left} == {1, 3}  # user 2's days all in share 0, the others' in 1
     assert len(left) == 2 * DAYS
+
+
+def test_the_largest_participant_number_is_refreshed_too(flavour_url: str) -> None:
+    # Its share's key (user_id + days since 2000) overflowed integer arithmetic.
+    largest = 2**31 - 1
+    ingest_tables(flavour_url, [raw_table([(largest, "steps", 60, 12.0)], BASE)])
+    assert refresh_rollups(flavour_url).days == 1
+    assert pending(flavour_url) == set()

@@ -27,6 +27,7 @@ from lake import Lake
 from sync.catalog_changes import prune_catalog_changes
 from sync.rollups import refresh_rollups
 from sync.tiering import tier_warm_store
+from tests.integration.plans import all_nodes
 from tests.sync.lakesync import FIRST_DAY, TODAY, ingest_rows, load_cohort, run_sync
 
 LAST = TODAY - timedelta(days=1)  # the grace period: warm only
@@ -303,13 +304,7 @@ def _answer_nodes(plan: dict[str, Any], check: bool = False) -> Iterator[dict[st
         if child.get("Parent Relationship") != "InitPlan":
             yield from _answer_nodes(child, check)
         elif check:
-            yield from _all_nodes(child)
-
-
-def _all_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from _all_nodes(child)
+            yield from all_nodes(child)
 
 
 def _conditions(nodes: Iterator[dict[str, Any]]) -> list[str]:

@@ -19,6 +19,7 @@ from engine.timings import StageTimes
 from sync.generate import generate_cohort
 from sync.ingest import ingest_tables
 from sync.rollups import refresh_rollups
+from tests.integration.plans import all_nodes
 
 START = date(2024, 3, 1)
 
@@ -135,16 +136,12 @@ def test_a_deep_pages_counts_are_read_from_the_index_alone(
             plan = conn.execute(b"EXPLAIN (ANALYZE, FORMAT JSON) " + sql, values).fetchone()
             assert plan is not None
             scans = [
-                n for n in _nodes(plan[0][0]["Plan"]) if n.get("Relation Name") == "day_counts"
+                n for n in all_nodes(plan[0][0]["Plan"]) if n.get("Relation Name") == "day_counts"
             ]
             assert scans and all(node["Node Type"] == "Index Only Scan" for node in scans), sql
             for node in scans:
                 assert "ANY" not in node["Index Cond"], sql
                 assert node["Index Cond"].count("=") >= 2 and "Filter" not in node, sql
-
-
-def _nodes(node: dict) -> list[dict]:
-    return [node] + [n for child in node.get("Plans", []) for n in _nodes(child)]
 
 
 def test_fresh_tail_is_computed_from_raw(engine: Engine, warm_url: str) -> None:

@@ -209,3 +209,29 @@ def run_case(
             if m.status == "ok":
                 m.note = (m.note + "; " if m.note else "") + "row counts differ between backends"
     return CaseResult(case, results, peak[0] if sampler is not None else None)
+
+
+def run_pair(case: Case, measured: Backend, reference: Backend, rounds: int) -> dict[str, Any]:
+    """Two backends on one case and nothing else, alternating (A B, B A, A B ...) for
+    `rounds` rounds after a warm-up each: a ratio neither's neighbours decide. In the main
+    table /data Arrow's one participant-year raw ran 5 times among 2-second neighbours
+    (psycopg's fetchall, the JSON pages) and came to 37-78 ms, median 2.17x bare DuckDB;
+    the same two alone, alternating, 1.36-1.42x."""
+    runs = {"measured": measured.prepare(case), "reference": reference.prepare(case)}
+    times: dict[str, list[float]] = {"measured": [], "reference": []}
+    for run in runs.values():
+        run()
+    for round_number in range(rounds):
+        order = ("measured", "reference") if round_number % 2 == 0 else ("reference", "measured")
+        for key in order:
+            started = time.perf_counter()
+            runs[key]()
+            times[key].append(time.perf_counter() - started)
+    medians = {key: statistics.median(values) for key, values in times.items()}
+    return {
+        "case": case.id,
+        "rounds": rounds,
+        "times_s": {key: [round(t, 6) for t in values] for key, values in times.items()},
+        "median_s": medians,
+        "ratio": medians["measured"] / medians["reference"],
+    }

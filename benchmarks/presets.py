@@ -44,6 +44,7 @@ class Preset:
     # short_budget_s spent: 5 runs of a 1-3 ms workload left its ratios +-0.2 apart run to run.
     short_repetitions: int = 21
     short_budget_s: float = 0.25
+    pair_rounds: int = 20  # alternating rounds of each side-by-side pair (run_pair)
     concurrency: int = 8  # analysts issuing /data requests at once
     concurrent_requests: int = 48  # requests in all, per concurrency run
     page_size: int = 10_000  # deep paging and JSON pages

@@ -7,7 +7,7 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,13 +28,14 @@ from benchmarks.extras import (
     json_rendering,
     storage,
 )
-from benchmarks.measure import CaseResult, run_case
+from benchmarks.measure import CaseResult, run_case, run_pair
 from benchmarks.presets import PRESETS, Preset
 from benchmarks.report import write_report
 from benchmarks.server import ServerProcess, proc_status_kib
 from benchmarks.workloads import (
     METRIC,
     PAGING_METRICS,
+    Case,
     concurrency_mix,
     high_rate_cases,
     paging_cases,
@@ -225,6 +226,7 @@ def run_suite(
             stages["queries"] = round(time.perf_counter() - started, 2)
             progress.update(task, description="queries")
             results["cases"] = [r.to_json() for r in done]
+            results["side_by_side"] = _side_by_side(cases, backends, preset)
             results["paging_answer_rows"] = paging_rows
             results["json_rendering"] = (
                 {"status": "not available", "note": server_note}
@@ -294,6 +296,34 @@ def run_suite(
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     write_report(results, out_dir)
     return out_dir
+
+
+# The targets' pairs, each measured alone (run_pair): what the issue compares, without the
+# main table's neighbours. (measured, reference) on one participant's longest raw span.
+SIDE_BY_SIDE = (("http_arrow", "lake_raw"), ("engine", "limit"))
+
+
+def _side_by_side(
+    cases: Sequence[Case], backends: Mapping[str, bk.Backend | str], preset: Preset
+) -> list[dict[str, Any]]:
+    singles = [c for c in cases if c.group == "span" and c.requested == "raw" and len(c.users) == 1]
+    if not singles:
+        return []
+    case = max(singles, key=lambda c: c.span_days)
+    out: list[dict[str, Any]] = []
+    for measured, reference in SIDE_BY_SIDE:
+        first, second = backends[measured], backends[reference]
+        pair = {"measured": measured, "reference": reference}
+        if isinstance(first, str) or isinstance(second, str):
+            note = first if isinstance(first, str) else second
+            out.append({**pair, "status": "not available", "note": note})
+            continue
+        try:
+            measured_pair = run_pair(case, first, second, preset.pair_rounds)
+            out.append({**pair, "status": "ok", **measured_pair})
+        except Exception as exc:  # a broken backend must not stop the suite
+            out.append({**pair, "status": "error", "note": f"{type(exc).__name__}: {exc}"})
+    return out
 
 
 @contextmanager

@@ -135,6 +135,19 @@ def test_side_workloads_have_numbers(ci_run: tuple[Path, dict]) -> None:
         assert explorer["status"] == "ok", explorer
         assert explorer["median_ms"] > 0 and explorer["resolution"] in ("1m", "1h", "1d")
         assert explorer["points"][0] > 0
+    # The targets' pairs, each measured alone, alternating (not asserted: read).
+    report = (out / "report.md").read_text()
+    for pair in results["side_by_side"]:
+        if results["backends"][pair["measured"]]["available"]:
+            assert pair["status"] == "ok", pair
+            assert pair["ratio"] > 0 and len(pair["times_s"]["measured"]) == pair["rounds"]
+    targets = [line for line in report.splitlines() if "side by side |" in line]
+    assert len(targets) == len(results["side_by_side"]), targets
+    assert all(re.search(r"\| \d+\.\d\dx \|", line) for line in targets if "/data" not in line)
+    within = next(line for line in report.splitlines() if "of the fastest backend" in line)
+    assert re.search(r"\| \d+ of \d+ \|", within), within
+    refresh = next(line for line in report.splitlines() if "rollup refresh >=" in line)
+    assert re.search(r"\d[kM]? raw rows/s \|", refresh), refresh
     if results["dataset"]["lake_synced"]:
         assert results["ingest_sync"]["sync"]["ok"]
         assert results["storage"]["lake"]["raw"]["bytes"] > 0

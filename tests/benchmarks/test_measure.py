@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from itertools import islice
 
 from benchmarks.backends import Backend, Timed
-from benchmarks.measure import round_orders, run_case
+from benchmarks.measure import round_orders, run_case, run_pair
 from benchmarks.presets import PRESETS
 from benchmarks.suite import BACKEND_ORDER
 from benchmarks.workloads import Case
@@ -85,3 +85,41 @@ def test_short_backends_run_more_times_and_long_ones_stop_at_the_maximum() -> No
     assert len(result.results["short"].times_s) == 9
     assert len(result.results["long"].times_s) == 3
     assert all(m.status == "ok" for m in result.results.values())
+
+
+class _Recorder(Backend):
+    """A backend that notes each of its runs in a shared log."""
+
+    def __init__(self, key: str, log: list[str]) -> None:
+        self.key = key
+        self.log = log
+
+    def prepare(self, case: Case) -> Timed:
+        def run() -> int:
+            self.log.append(self.key)
+            return 1
+
+        return run
+
+
+def test_a_pair_alternates_which_runs_first_and_times_every_round() -> None:
+    """Side by side, neither backend always runs right after the other: the order flips
+    each round, after one warm-up each."""
+    case = Case(
+        "span",
+        "1 year",
+        "1",
+        (1,),
+        ("heart_rate",),
+        datetime(2024, 1, 1, tzinfo=UTC),
+        datetime(2025, 1, 1, tzinfo=UTC),
+        "raw",
+        "raw",
+    )
+    log: list[str] = []
+    pair = run_pair(case, _Recorder("a", log), _Recorder("b", log), rounds=4)
+    assert log == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
+    assert pair["rounds"] == 4 and pair["case"] == case.id
+    assert len(pair["times_s"]["measured"]) == len(pair["times_s"]["reference"]) == 4
+    medians = pair["median_s"]
+    assert pair["ratio"] == medians["measured"] / medians["reference"]

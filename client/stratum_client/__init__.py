@@ -4,8 +4,8 @@
     with Client("http://127.0.0.1:8000", key="...") as stratum:
         frame = stratum.read([1, 2], ["heart_rate"], "2024-01-01", "2024-02-01")
 
-It depends on pyarrow and httpx only (pandas and polars when their answers are asked for)
-and imports nothing of the server.
+It depends on pyarrow only (pandas and polars when their answers are asked for) and imports
+nothing of the server: requests go through the standard library's http.client.
 """
 
 from stratum_client.client import DEFAULT_RETRIES, Client

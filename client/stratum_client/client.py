@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import io
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -11,11 +13,11 @@ from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from stratum_client.errors import StratumError, from_response
+from stratum_client.transport import Body, Connections
 
 if TYPE_CHECKING:
     import pandas
@@ -58,35 +60,6 @@ def _retry_after_s(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
-
-
-class _ChunkReader(io.RawIOBase):
-    """A readable file over a response's byte chunks, so pyarrow reads the stream as it
-    arrives (one record batch in memory at a time)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._pending = b""
-        self.tail = b""  # the last bytes handed out: a whole stream ends with END_OF_STREAM
-
-    def readable(self) -> bool:
-        return True
-
-    def drain(self) -> None:
-        for _ in self._chunks:
-            pass
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._pending = chunk
-        size = min(len(buffer), len(self._pending))
-        buffer[:size] = self._pending[:size]
-        self.tail = (self.tail + self._pending[:size])[-len(END_OF_STREAM) :]
-        self._pending = self._pending[size:]
-        return size
 
 
 def _interrupted(exc: BaseException) -> StratumError:
@@ -136,7 +109,7 @@ class Client:
         self.retries = retries
         self.max_retry_wait_s = max_retry_wait_s
         self._sleep = sleep  # the wait before a retry (a test observes it)
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+        self._http = Connections(self.url, headers, timeout_s)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -156,63 +129,61 @@ class Client:
 
     # -- requests ------------------------------------------------------------------------
 
-    def _send(self, path: str, params: dict[str, str], accept: str) -> httpx.Response:
-        """An open (streaming) response with a 2xx status, after any retries."""
+    def _send(self, path: str, params: dict[str, str], accept: str) -> http.client.HTTPResponse:
+        """A response with a 2xx status, its body unread, after any retries (give it back
+        with `self._http.done`)."""
         attempt = 0
         while True:
-            request = self._http.build_request(
-                "GET", path, params=params, headers={"Accept": accept}
-            )
             try:
-                response = self._http.send(request, stream=True)
-            except httpx.HTTPError as exc:
+                response = self._http.get(path, params, {"Accept": accept})
+            except (OSError, http.client.HTTPException) as exc:
                 raise StratumError(
                     None, "connection_failed", f"{self.url}{path}: {type(exc).__name__}: {exc}"
                 ) from exc
-            if response.is_success:
+            if 200 <= response.status < 300:
                 return response
             try:
                 body = response.read()
-            except httpx.HTTPError:
+            except (OSError, http.client.HTTPException):
                 body = b""
             finally:
-                response.close()
-            wait = _retry_after_s(response.headers.get("Retry-After"))
-            if response.status_code in RETRIED_STATUSES and attempt < self.retries:
+                self._http.done(response)
+            wait = _retry_after_s(response.getheader("Retry-After"))
+            if response.status in RETRIED_STATUSES and attempt < self.retries:
                 attempt += 1
                 self._sleep(min(self.max_retry_wait_s, 1.0 if wait is None else wait))
                 continue
-            raise from_response(response.status_code, body, wait)
+            raise from_response(response.status, body, wait)
 
     def _json(self, path: str, params: dict[str, str]) -> Any:
         response = self._send(path, params, "application/json")
         try:
-            response.read()
-        except httpx.HTTPError as exc:
+            body = response.read()
+        except (OSError, http.client.HTTPException) as exc:
             raise _interrupted(exc) from exc
         finally:
-            response.close()
-        return response.json()
+            self._http.done(response)
+        return json.loads(body)
 
     def _arrow_batches(self, params: dict[str, str], seen: _Seen) -> Iterator[pa.RecordBatch]:
         """The batches of one /data Arrow answer; its schema and next cursor go to `seen`."""
         response = self._send("/data", params, ARROW_MEDIA_TYPE)
-        seen.next_cursor = response.headers.get("X-Stratum-Next")
-        chunks = _ChunkReader(response.iter_bytes())
+        seen.next_cursor = response.getheader("X-Stratum-Next")
+        body = Body(response, len(END_OF_STREAM))
         try:
-            reader = ipc.open_stream(io.BufferedReader(chunks))
+            reader = ipc.open_stream(io.BufferedReader(body))
             seen.schema = reader.schema
             yield from reader
-            if chunks.tail != END_OF_STREAM:
+            if body.tail != END_OF_STREAM:
                 # pyarrow takes a stream cut between two batches for a whole one.
                 raise _interrupted(EOFError("no end-of-stream marker"))
-            chunks.drain()  # to the body's own end: a chunked body cut after it is an error too
-        except (httpx.HTTPError, pa.ArrowInvalid) as exc:
+            response.read()  # to the body's own end: a chunked body cut after it is an error too
+        except (OSError, http.client.HTTPException, pa.ArrowInvalid) as exc:
             # A server that fails after its 200 went out aborts the connection: the stream
             # ends without its end marker, and a short answer must not pass for a whole one.
             raise _interrupted(exc) from exc
         finally:
-            response.close()
+            self._http.done(response)
 
     @staticmethod
     def _params(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -327,3 +328,22 @@ def test_retry_after_may_be_an_http_date() -> None:
     later = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
     assert 0 < (_retry_after_s(later) or 0) <= 120
     assert _retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # past: at once
+
+
+def test_a_stream_left_half_read_does_not_spoil_the_next_answer(stratum: Client) -> None:
+    """Its unread bytes would be taken for the next answer on a kept-alive connection: the
+    connection of a stream abandoned early is closed, not reused."""
+    expected = stratum.read_arrow(1, "heart_rate", START, END, "1h")
+    batches = stratum.iter_batches(BIG_USER, "heart_rate", START, END, "raw")
+    assert next(batches).num_rows > 0
+    batches.close()  # most of the two days at 1 Hz is still unread
+    assert stratum.read_arrow(1, "heart_rate", START, END, "1h").equals(expected)
+
+
+def test_one_client_serves_threads_at_once(stratum: Client) -> None:
+    expected = stratum.read_arrow(USERS, METRICS, START, END, "1m")
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(
+            pool.map(lambda _: stratum.read_arrow(USERS, METRICS, START, END, "1m"), range(8))
+        )
+    assert all(answer.equals(expected) for answer in answers)

@@ -97,3 +97,20 @@ def test_a_cut_stream_is_an_error_not_a_short_answer(
     with Client(url) as client, pytest.raises(StratumError) as raised:
         client.read_arrow(1, "heart_rate", "2024-01-01", "2024-01-02")
     assert raised.value.status is None and raised.value.code == "stream_interrupted"
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced(
+    answer_with: tuple[str, list[bytes]],
+) -> None:
+    """The server closes each connection after its answer (as one does at its keep-alive
+    timeout) without saying so: the next request finds it closed and is sent again, once,
+    on a new connection."""
+    url, answers = answer_with
+    answers += [
+        chunked(arrow_stream(1), last_chunk=True),
+        chunked(arrow_stream(2), last_chunk=True),
+    ]
+    with Client(url) as client:
+        first = client.read_arrow(1, "heart_rate", "2024-01-01", "2024-01-02")
+        second = client.read_arrow(1, "heart_rate", "2024-01-01", "2024-01-02")
+    assert (first.num_rows, second.num_rows) == (2, 4)

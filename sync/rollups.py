@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 
+from engine.settings import REFRESH_WORKERS
 from engine.tiers import RAW, RAW_MINUTE_DAYS, TIERS, WARM_TABLES
 from sync import timescale
 
@@ -32,10 +33,6 @@ log = logging.getLogger(__name__)
 # Serialises refreshes: two refreshes of one window would both insert its buckets.
 REFRESH_LOCK = 0x524F4C4C5550  # "ROLLUP"
 
-# Connections one refresh uses at once, each on its own share of the pending windows. The
-# work is the database server's (aggregating raw rows), one core per connection: two ran the
-# bench's 2M per-minute rows in 1.28 s against 2.64 s for one, on a 2-core machine.
-REFRESH_WORKERS = 2
 
 # One window per (user, day, metric): with the metric bound, every lookup is a tight range
 # of the (user_id, metric, ts) primary key instead of a scan of the user's whole history.

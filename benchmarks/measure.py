@@ -213,10 +213,10 @@ def run_case(
 
 def run_pair(case: Case, measured: Backend, reference: Backend, rounds: int) -> dict[str, Any]:
     """Two backends on one case and nothing else, alternating (A B, B A, A B ...) for
-    `rounds` rounds after a warm-up each: a ratio neither's neighbours decide. In the main
-    table /data Arrow's one participant-year raw ran 5 times among 2-second neighbours
-    (psycopg's fetchall, the JSON pages) and came to 37-78 ms, median 2.17x bare DuckDB;
-    the same two alone, alternating, 1.36-1.42x."""
+    `rounds` rounds after a warm-up each: the ratio a target names, from as many runs of
+    each, with no third backend's leftovers. In the main table /data Arrow's one
+    participant-year raw gets 5 runs (its time budget), among 2-second neighbours (psycopg's
+    fetchall, the JSON pages): 37-78 ms in one run, against 10 runs of bare DuckDB."""
     runs = {"measured": measured.prepare(case), "reference": reference.prepare(case)}
     times: dict[str, list[float]] = {"measured": [], "reference": []}
     for run in runs.values():

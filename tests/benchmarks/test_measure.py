@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 
 from benchmarks.backends import Backend, Timed
@@ -41,6 +41,12 @@ def test_a_case_gets_the_same_orders_each_time() -> None:
     assert first == again
 
 
+def _raw_case(span: str, length: timedelta) -> Case:
+    """One participant's heart rate, raw, over `length` from 2024-01-01."""
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    return Case("span", span, "1", (1,), ("heart_rate",), start, start + length, "raw", "raw")
+
+
 class _Sleeper(Backend):
     """A backend whose every run takes `seconds` (time is what the loop budgets)."""
 
@@ -69,17 +75,7 @@ def test_short_backends_run_more_times_and_long_ones_stop_at_the_maximum() -> No
         short_repetitions=9,
         short_budget_s=0.1,
     )
-    case = Case(
-        "span",
-        "1 day",
-        "1",
-        (1,),
-        ("heart_rate",),
-        datetime(2024, 1, 1, tzinfo=UTC),
-        datetime(2024, 1, 2, tzinfo=UTC),
-        "raw",
-        "raw",
-    )
+    case = _raw_case("1 day", timedelta(days=1))
     backends = {"short": _Sleeper("short", 0.001), "long": _Sleeper("long", 0.06)}
     result = run_case(case, backends, preset, None)
     assert len(result.results["short"].times_s) == 9
@@ -105,17 +101,7 @@ class _Recorder(Backend):
 def test_a_pair_alternates_which_runs_first_and_times_every_round() -> None:
     """Side by side, neither backend always runs right after the other: the order flips
     each round, after one warm-up each."""
-    case = Case(
-        "span",
-        "1 year",
-        "1",
-        (1,),
-        ("heart_rate",),
-        datetime(2024, 1, 1, tzinfo=UTC),
-        datetime(2025, 1, 1, tzinfo=UTC),
-        "raw",
-        "raw",
-    )
+    case = _raw_case("1 year", timedelta(days=366))
     log: list[str] = []
     pair = run_pair(case, _Recorder("a", log), _Recorder("b", log), rounds=4)
     assert log == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]

@@ -94,6 +94,15 @@ def _median(case: dict[str, Any], key: str) -> float | None:
     return r["median_s"] if r and r["status"] == "ok" else None
 
 
+def _answered(case: dict[str, Any]) -> dict[str, float]:
+    """The median of each backend that answered the case."""
+    return {
+        key: r["median_s"]
+        for key, r in case["results"].items()
+        if r["status"] == "ok" and r["median_s"] is not None
+    }
+
+
 def reference_key(case: dict[str, Any]) -> str:
     """Bare DuckDB over the tier the answer comes at: the practical limit."""
     return "lake_raw" if case["resolution"] == "raw" else "lake_rollups"
@@ -242,11 +251,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             )
     rendering = results.get("json_rendering") or {}
     rate = rendering.get("rows_per_s")
-    add(
+    _million_a_second(
+        add,
         "JSON pages >= 1M rows/s rendered",
         rate,
-        "–" if rate is None else f"{fmt_rate(rate)} rows/s",
-        None if rate is None else rate >= 1e6,
+        "rows/s",
         f"server side, every JSON page of the queries: {rendering['rows']:,} rows"
         if rate is not None
         else rendering.get("note", "not measured"),
@@ -254,11 +263,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     _within_target(results, add)
     rollups = (results.get("ingest_sync") or {}).get("rollups") or {}
     rate = rollups.get("raw_rows_per_s")
-    add(
+    _million_a_second(
+        add,
         "rollup refresh >= 1M raw rows/s on per-minute data",
         rate,
-        "–" if rate is None else f"{fmt_rate(rate)} raw rows/s",
-        None if rate is None else rate >= 1e6,
+        "raw rows/s",
         f"the ingest file's {rollups['rows']['data_1m']:,} minutes"
         f"{_on_connections(rollups.get('workers'))}"
         if rate is not None
@@ -296,6 +305,12 @@ WITHIN = 1.25
 PAIR_BOUNDS = {("http_arrow", "lake_raw"): 1.5, ("engine", "limit"): 1.3}
 
 
+def _million_a_second(add: Add, target: str, rate: float | None, unit: str, where: str) -> None:
+    """A rate target of at least 1M a second (None: not measured)."""
+    shown = "–" if rate is None else f"{fmt_rate(rate)} {unit}"
+    add(target, rate, shown, None if rate is None else rate >= 1e6, where)
+
+
 def _pair_targets(results: dict[str, Any], add: Add) -> None:
     labels = _labels(results)
     for pair in results.get("side_by_side", []):
@@ -320,12 +335,9 @@ def _engine_vs_fastest(results: dict[str, Any]) -> list[tuple[str, float, str]]:
     """Each workload's engine median over the fastest other backend's: (case, ratio, it)."""
     out = []
     for case in results.get("cases", []):
-        engine = _median(case, "engine")
-        others = {
-            key: r["median_s"]
-            for key, r in case["results"].items()
-            if key != "engine" and r["status"] == "ok" and r["median_s"]
-        }
+        medians = _answered(case)
+        engine = medians.pop("engine", None)
+        others = {key: median for key, median in medians.items() if median}
         if engine is None or not others:
             continue
         fastest = min(others, key=others.__getitem__)
@@ -532,11 +544,7 @@ def winners(results: dict[str, Any]) -> list[str]:
     labels = _labels(results)
     rows = []
     for case in results.get("cases", []):
-        timed = sorted(
-            (r["median_s"], k)
-            for k, r in case["results"].items()
-            if r["status"] == "ok" and r["median_s"] is not None
-        )
+        timed = sorted((median, key) for key, median in _answered(case).items())
         if not timed:
             continue
         best_t, best = timed[0]

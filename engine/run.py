@@ -32,6 +32,7 @@ from engine.access import Principal, authenticate, cursor_secret, hash_key, live
 from engine.allocator import limit_arenas, reuse_freed_chunks
 from engine.audit import AuditEntry, write_entry
 from engine.budget import (
+    KEEP_RESIDENT_SHARE,
     QUERY_OVERHEAD_BYTES,
     RENDER_BYTES,
     RENDERED_ROW_BYTES,
@@ -125,7 +126,10 @@ class Engine:
         reuse_freed_chunks()
         duckdb_bytes, admission_bytes = split_budget(settings.memory.budget_bytes, resident_bytes())
         self.duck = connect_duckdb(settings.memory, duckdb_bytes)
-        self.budget = MemoryBudget(admission_bytes)
+        self.budget = MemoryBudget(
+            admission_bytes,
+            keep_resident_bytes=int(settings.memory.budget_bytes * KEEP_RESIDENT_SHARE),
+        )
         self.catalogs = CatalogSource(self.lake)
         self.files = FileChecker(self.lake)
         self.database_url = database_url

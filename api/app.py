@@ -420,7 +420,7 @@ def data(
         chunks = _render_timed(render.json_chunks(answer.batches, meta), service.telemetry)
     else:
         batches = _counted(answer.batches, service.telemetry, format_name, request)
-        chunks = render.stream(format_name, batches, answer.schema)
+        chunks = render.stream(format_name, batches, answer.schema, query.metrics)
     stream = bodies.register(request.scope, _iterate_in_thread(chunks))
     return Stream(stream, media_type=media_type, headers=headers)
 

@@ -309,7 +309,7 @@ def query(args: argparse.Namespace, ctx: Context) -> int:
             print_whole(_answer_table(answer, page))
             console.file.flush()
         else:
-            chunks = render.stream(args.format, answer.batches, answer.schema)
+            chunks = render.stream(args.format, answer.batches, answer.schema, data_query.metrics)
             if args.out is None:
                 for chunk in chunks:
                     sys.stdout.buffer.write(chunk)

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from api import arrow_ipc
 from engine.errors import InvalidParameter
 from engine.timestamps import iso_utc, string_bytes
 
@@ -408,57 +409,6 @@ def _csv(batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> Iterator[bytes
     yield sink.take()
 
 
-# The IPC stream format's end-of-stream marker: a continuation token and a zero length.
-_ARROW_END = b"\xff\xff\xff\xff\x00\x00\x00\x00"
-
-
-def _arrow_batches(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
-    """The answer's batches as the stream's, at most about `rows` rows each: a large batch as
-    it comes (sliced beyond `rows`; an IPC writer takes slices without copying them), runs of
-    small ones put together (a lake page comes as a batch per file: 24 rows of a day of 1h
-    rollups; readers pay per batch). Putting large batches together would cost a copy of
-    the whole answer, for nothing a reader gains."""
-    small: list[pa.RecordBatch] = []
-    held = 0
-    for batch in batches:
-        for offset in range(0, batch.num_rows, rows):
-            piece = batch.slice(offset, rows)
-            if piece.num_rows >= rows // 8:
-                if small:
-                    yield pa.concat_batches(small)
-                    small, held = [], 0
-                yield piece
-                continue
-            small.append(piece)
-            held += piece.num_rows
-            if held >= rows:
-                yield pa.concat_batches(small)
-                small, held = [], 0
-    if small:
-        yield pa.concat_batches(small)
-
-
-def _arrow(batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> Iterator[bytes]:
-    """The IPC stream, message by message: the schema, each batch, the end marker (the same
-    bytes ipc.new_stream writes). A batch is serialized straight into one buffer, copied
-    once into its chunk; a writer on a Python file costs ~3x that in copies and calls."""
-    pending: list[Any] = [schema.serialize()]
-    for batch in batches:
-        if not batch.num_rows:
-            continue
-        if not batch.schema.equals(schema):  # as the IPC writer refuses it: never a torn stream
-            raise pa.ArrowInvalid(
-                f"Tried to write record batch with different schema: {batch.schema} vs {schema}"
-            )
-        # A chunk per message: larger chunks (4-8 MiB) measured slower, sending overlaps
-        # less with rendering.
-        pending.append(batch.serialize())
-        yield b"".join(pending)
-        pending = []
-    pending.append(_ARROW_END)  # (and the schema, for an empty answer)
-    yield b"".join(pending)
-
-
 def _parquet(batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> Iterator[bytes]:
     sink = _Drain()
     with pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema, compression="zstd") as out:
@@ -469,7 +419,7 @@ def _parquet(batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> Iterator[b
     yield sink.take()  # the footer
 
 
-_STREAMS = {"ndjson": _ndjson, "csv": _csv, "arrow": _arrow, "parquet": _parquet}
+_STREAMS = {"ndjson": _ndjson, "csv": _csv, "arrow": arrow_ipc.messages, "parquet": _parquet}
 
 
 # Rows rendered per chunk. Engine batches hold up to ~262k rows; rendering them in slices
@@ -484,7 +434,7 @@ def _sliced(
 ) -> Iterator[pa.RecordBatch]:
     try:
         if format_name == "arrow":
-            yield from _arrow_batches(batches, rows)
+            yield from arrow_ipc.stream_batches(batches, rows)
         else:
             yield from _rechunked(batches, rows)
     finally:
@@ -497,10 +447,15 @@ def stream(
     format_name: str,
     batches: Iterator[pa.RecordBatch],
     schema: pa.Schema,
+    metrics: tuple[str, ...],
     chunk_rows: int | None = None,
 ) -> Iterator[bytes]:
-    """Bytes of a streaming format, a chunk per slice of a batch (empty chunks skipped);
-    `chunk_rows` overrides the format's slice size (CHUNK_ROWS; Arrow's largest batch)."""
+    """Bytes of a streaming format, a chunk per slice of a batch (empty chunks skipped).
+    `metrics`: the query's (Arrow's `metric` dictionary); `chunk_rows` overrides the
+    format's slice size (CHUNK_ROWS; Arrow's largest batch)."""
+    if format_name == "arrow":
+        batches = arrow_ipc.with_metric_codes(batches, schema, metrics)
+        schema = arrow_ipc.answer_schema(schema)
     sliced = _sliced(batches, chunk_rows or CHUNK_ROWS[format_name], format_name)
     for chunk in _STREAMS[format_name](sliced, schema):
         if chunk:

@@ -275,7 +275,8 @@ class Client:
         width: int | None = None,
     ) -> pa.Table:
         """The whole answer as a pyarrow Table (columns as /data's Arrow format names them:
-        user_id, metric, ts, value for raw; count, sum, min, max, avg for rollups)."""
+        user_id, metric, ts, value for raw; count, sum, min, max, avg for rollups). `metric`
+        is dictionary-encoded over the metrics asked (a categorical in pandas and polars)."""
         seen = _Seen()
         params = self._params(users, metrics, start, end, resolution, tz, max_points, width)
         batches = list(self._batches(params, page_size, seen))

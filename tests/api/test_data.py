@@ -233,7 +233,8 @@ def test_streams_render_in_slices_and_still_round_trip(client: TestClient) -> No
 
     def rendered(format_name: str) -> bytes:
         answer = engine.run(query)
-        return b"".join(render.stream(format_name, answer.batches, answer.schema, chunk_rows=97))
+        chunks = render.stream(format_name, answer.batches, answer.schema, query.metrics, 97)
+        return b"".join(chunks)
 
     for format_name in render.STREAMING_FORMATS:
         body = rendered(format_name)

@@ -13,9 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api import render
+from api import arrow_ipc, render
 from engine.shapes import schema_for
 from engine.timestamps import iso_utc
+
+HR = ("heart_rate",)  # the metrics of most answers here
 
 # One batch: whole seconds around a value with a fraction (a device stamping milliseconds).
 TS_US = [1_704_067_200_000_000, 1_704_067_201_250_000, 1_704_067_202_000_000]
@@ -38,7 +40,7 @@ def rendered_ts(format_name: str) -> list[str]:
     if format_name == "json":
         body = json.loads(render.json_page([batch], {}))
         return [row["ts"] for row in body["data"]]
-    text = b"".join(render.stream(format_name, iter([batch]), batch.schema)).decode()
+    text = b"".join(render.stream(format_name, iter([batch]), batch.schema, HR)).decode()
     if format_name == "ndjson":
         return [json.loads(line)["ts"] for line in text.splitlines()]
     return [row["ts"] for row in csv.DictReader(io.StringIO(text))]
@@ -130,7 +132,8 @@ def test_json_text_equals_the_row_by_row_reference(
     lines = [reference_line(row, schema) for b in batches for row in b.to_pylist()]
     page = b"".join(render.json_chunks(iter(batches), {"rows": len(lines)}, chunk_rows))
     assert page == f'{{"data":[{",".join(lines)}],"meta":{{"rows":{len(lines)}}}}}'.encode()
-    ndjson = b"".join(render.stream("ndjson", iter(batches), schema, chunk_rows=chunk_rows))
+    metrics = tuple(sorted({m for b in batches for m in b.column("metric").to_pylist()}))
+    ndjson = b"".join(render.stream("ndjson", iter(batches), schema, metrics, chunk_rows))
     assert ndjson == "".join(line + "\n" for line in lines).encode()
 
 
@@ -169,14 +172,21 @@ def arrow_batches(chunks: list[bytes]) -> list[pa.RecordBatch]:
     return list(ipc.open_stream(b"".join(chunks)))
 
 
+def decoded(batches: list[pa.RecordBatch]) -> pa.Table:
+    """The streamed rows with `metric` as text again."""
+    table = pa.Table.from_batches(batches)
+    index = table.schema.get_field_index("metric")
+    return table.set_column(index, "metric", table.column(index).cast(pa.string()))
+
+
 def test_arrow_streams_large_batches_as_they_come_without_putting_them_together() -> None:
     """Large engine batches are sent as they are (putting them together into chunk-sized
     batches copied the whole answer once more); larger than a chunk, they are sliced."""
     batches = [raw_batch(3_000), raw_batch(3_000, 3_000), raw_batch(9_000, 6_000)]
-    chunks = list(render.stream("arrow", iter(batches), schema_for("raw"), chunk_rows=4_096))
+    chunks = list(render.stream("arrow", iter(batches), schema_for("raw"), HR, 4_096))
     got = arrow_batches(chunks)
     assert [b.num_rows for b in got] == [3_000, 3_000, 4_096, 4_096, 808]
-    assert pa.Table.from_batches(got).equals(pa.Table.from_batches(batches))
+    assert decoded(got).equals(pa.Table.from_batches(batches))
     assert len(chunks) == len(got) + 1  # a chunk per batch; the last also ends the stream
 
 
@@ -184,9 +194,9 @@ def test_arrow_streams_put_runs_of_small_batches_together() -> None:
     """A lake page comes as a batch per file (24 rows of a day of 1h rollups): readers get
     batches of about a chunk's rows, not one per file."""
     batches = [raw_batch(24, 24 * i) for i in range(100)]
-    got = arrow_batches(list(render.stream("arrow", iter(batches), schema_for("raw"), 1_000)))
+    got = arrow_batches(list(render.stream("arrow", iter(batches), schema_for("raw"), HR, 1_000)))
     assert [b.num_rows for b in got] == [1_008, 1_008, 384]
-    assert pa.Table.from_batches(got).equals(pa.Table.from_batches(batches))
+    assert decoded(got).equals(pa.Table.from_batches(batches))
 
 
 def test_arrow_stream_bytes_are_the_ipc_writers() -> None:
@@ -194,17 +204,19 @@ def test_arrow_stream_bytes_are_the_ipc_writers() -> None:
 
     batches = [raw_batch(5_000), raw_batch(5, 5_000).slice(1, 3), raw_batch(7_000, 6_000)]
     sink = pa.BufferOutputStream()
-    with ipc.new_stream(sink, schema_for("raw")) as writer:
-        for batch in render._arrow_batches(iter(batches), 65_536):
+    encoded = arrow_ipc.with_metric_codes(batches, schema_for("raw"), HR)
+    with ipc.new_stream(sink, arrow_ipc.answer_schema(schema_for("raw"))) as writer:
+        for batch in arrow_ipc.stream_batches(encoded, 65_536):
             writer.write_batch(batch)
-    streamed = b"".join(render.stream("arrow", iter(batches), schema_for("raw")))
+    streamed = b"".join(render.stream("arrow", iter(batches), schema_for("raw"), HR))
     assert streamed == sink.getvalue().to_pybytes()
-    empty = b"".join(render.stream("arrow", iter([]), schema_for("raw")))
-    assert ipc.open_stream(empty).read_all().num_rows == 0
+    empty = ipc.open_stream(b"".join(render.stream("arrow", iter([]), schema_for("raw"), HR)))
+    assert empty.read_all().num_rows == 0
+    assert empty.schema.field("metric").type == arrow_ipc.METRIC_TYPE
 
 
 def test_an_arrow_stream_refuses_a_batch_of_another_schema() -> None:
     """Never a stream whose messages do not match its schema (readers would misread it)."""
-    chunks = render.stream("arrow", iter([raw_batch(3), mixed_batch()]), schema_for("1h"))
+    chunks = render.stream("arrow", iter([raw_batch(3), mixed_batch()]), schema_for("1h"), HR)
     with pytest.raises(pa.ArrowInvalid, match="different schema"):
         list(chunks)

@@ -1,0 +1,125 @@
+"""Arrow IPC stream answers: `metric` dictionary-encoded, the stream's batches and its bytes.
+
+`metric` goes out as `dictionary<int8, string>` over the query's metrics (sorted), instead
+of a string per row: pandas reads it as a categorical, polars as a Categorical. A string per
+row was 6.7 of the 16 MB of one participant-year raw; dictionary-encoded the stream is
+10 MB, and /data answered it in 44 ms instead of 51 (bare DuckDB over the same files:
+32-38 ms, same runs). The other formats carry the names as text, Parquet as strings.
+
+The engine's batches each hold one series when the answer is long (it reads series by
+series), so a batch's metric is usually one name: its indices are filled, not looked up
+(a lookup costs ~20 ns a row, the check that a batch holds one name ~2.5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+
+# int8 indices: the registry holds far fewer than 128 metrics (tests check it).
+METRIC_TYPE = pa.dictionary(pa.int8(), pa.string())
+
+# The IPC stream format's end-of-stream marker: a continuation token and a zero length.
+_END = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+
+
+def answer_schema(schema: pa.Schema) -> pa.Schema:
+    """An answer schema as its Arrow streams carry it: `metric` dictionary-encoded."""
+    index = schema.get_field_index("metric")
+    return schema.set(index, pa.field("metric", METRIC_TYPE))
+
+
+def with_metric_codes(
+    batches: Iterable[pa.RecordBatch], schema: pa.Schema, metrics: tuple[str, ...]
+) -> Iterator[pa.RecordBatch]:
+    """The answer's batches (of answer `schema`) with `metric` as indices into `metrics`,
+    every batch the same dictionary (an IPC stream sends it once)."""
+    dictionary = pa.array(metrics, pa.string())
+    codes = {name: code for code, name in enumerate(metrics)}
+    index = schema.get_field_index("metric")
+    encoded = answer_schema(schema)
+    for batch in batches:
+        if not batch.schema.equals(schema):
+            yield batch  # as it is: the stream refuses it (messages)
+            continue
+        column = batch.column(index)
+        rows = batch.num_rows
+        if len(metrics) == 1:  # every row's metric is the one asked (the engine's rows)
+            indices = pa.array(np.zeros(rows, np.int8))
+        elif rows and _all_equal(column, name := column[0].as_py()):
+            indices = pa.array(np.full(rows, codes[name], np.int8))
+        else:
+            indices = pc.index_in(column, value_set=dictionary).cast(pa.int8())
+            if indices.null_count:  # never served as a null: the answer would be wrong
+                raise ValueError(f"a row's metric is not one of the query's: {metrics}")
+        arrays = batch.columns
+        arrays[index] = pa.DictionaryArray.from_arrays(indices, dictionary)
+        yield pa.RecordBatch.from_arrays(arrays, schema=encoded)
+
+
+def _all_equal(column: pa.Array, value: str) -> bool:
+    """Whether every string of `column` is `value` (no nulls): its bytes are the value
+    repeated, and every string is as long as the value."""
+    if column.null_count:
+        return False
+    text = value.encode()
+    rows = len(column)
+    offsets = np.frombuffer(column.buffers()[1], np.int32, rows + 1, column.offset * 4)
+    if int(offsets[-1] - offsets[0]) != rows * len(text):
+        return False
+    data = column.buffers()[2].slice(int(offsets[0]), rows * len(text))
+    return data.equals(pa.py_buffer(text * rows)) and bool((np.diff(offsets) == len(text)).all())
+
+
+def stream_batches(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """The answer's batches as the stream's, at most about `rows` rows each: a large batch as
+    it comes (sliced beyond `rows`; serializing takes slices without copying them), runs of
+    small ones put together (a lake page comes as a batch per file: 24 rows of a day of 1h
+    rollups; readers pay per batch). Putting large batches together would cost a copy of
+    the whole answer, for nothing a reader gains."""
+    small: list[pa.RecordBatch] = []
+    held = 0
+    for batch in batches:
+        for offset in range(0, batch.num_rows, rows):
+            piece = batch.slice(offset, rows)
+            if piece.num_rows >= rows // 8:
+                if small:
+                    yield pa.concat_batches(small)
+                    small, held = [], 0
+                yield piece
+                continue
+            small.append(piece)
+            held += piece.num_rows
+            if held >= rows:
+                yield pa.concat_batches(small)
+                small, held = [], 0
+    if small:
+        yield pa.concat_batches(small)
+
+
+def messages(batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> Iterator[bytes]:
+    """The IPC stream, a chunk per batch: the schema, the dictionary and the first batch
+    (as ipc.new_stream writes them), then each batch serialized straight into one buffer
+    (a writer on a Python file costs ~3x that in copies and calls), then the end marker.
+    A chunk per message: larger chunks (4-8 MiB) measured slower, sending overlaps less
+    with rendering."""
+    started = False
+    for batch in batches:
+        if not batch.num_rows:
+            continue
+        if not batch.schema.equals(schema):  # as the IPC writer refuses it: never a torn stream
+            raise pa.ArrowInvalid(
+                f"Tried to write record batch with different schema: {batch.schema} vs {schema}"
+            )
+        if started:  # the dictionary was sent with the first: every batch has the same
+            yield batch.serialize().to_pybytes()
+            continue
+        sink = pa.BufferOutputStream()
+        ipc.new_stream(sink, schema).write_batch(batch)  # not closed: no end marker yet
+        yield sink.getvalue().to_pybytes()
+        started = True
+    yield _END if started else schema.serialize().to_pybytes() + _END

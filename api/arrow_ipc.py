@@ -107,7 +107,7 @@ def messages(batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> Iterator[b
     (a writer on a Python file costs ~3x that in copies and calls), then the end marker.
     A chunk per message: larger chunks (4-8 MiB) measured slower, sending overlaps less
     with rendering."""
-    started = False
+    sent: list[pa.Array] | None = None  # the dictionaries, sent with the first batch
     for batch in batches:
         if not batch.num_rows:
             continue
@@ -115,11 +115,18 @@ def messages(batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> Iterator[b
             raise pa.ArrowInvalid(
                 f"Tried to write record batch with different schema: {batch.schema} vs {schema}"
             )
-        if started:  # the dictionary was sent with the first: every batch has the same
-            yield batch.serialize().to_pybytes()
+        if sent is None:
+            sink = pa.BufferOutputStream()
+            ipc.new_stream(sink, schema).write_batch(batch)  # not closed: no end marker yet
+            yield sink.getvalue().to_pybytes()
+            sent = _dictionaries(batch)
             continue
-        sink = pa.BufferOutputStream()
-        ipc.new_stream(sink, schema).write_batch(batch)  # not closed: no end marker yet
-        yield sink.getvalue().to_pybytes()
-        started = True
-    yield _END if started else schema.serialize().to_pybytes() + _END
+        # Readers take this batch's indices into the dictionaries sent: never other ones.
+        if not all(a.equals(b) for a, b in zip(_dictionaries(batch), sent, strict=True)):
+            raise pa.ArrowInvalid("a batch's dictionary differs from the one the stream sent")
+        yield batch.serialize().to_pybytes()
+    yield _END if sent is not None else schema.serialize().to_pybytes() + _END
+
+
+def _dictionaries(batch: pa.RecordBatch) -> list[pa.Array]:
+    return [column.dictionary for column in batch.columns if pa.types.is_dictionary(column.type)]

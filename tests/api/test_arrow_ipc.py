@@ -88,3 +88,15 @@ def test_a_batch_whose_bytes_repeat_a_name_is_not_taken_for_that_name() -> None:
     """Rows "ab", "a", "bab" are "ab" three times, in bytes and in length."""
     table = streamed([batch_of(["ab", "a", "bab"])], ("a", "ab", "bab"))
     assert table.column("metric").to_pylist() == ["ab", "a", "bab"]
+
+
+def test_a_batch_with_another_dictionary_is_refused_not_misread() -> None:
+    """A stream sends a dictionary once: a later batch indexing another would be read with
+    the wrong names."""
+    encoded = arrow_ipc.answer_schema(schema_for("raw"))
+    first, second = (
+        next(arrow_ipc.with_metric_codes([batch_of(["ab"])], schema_for("raw"), metrics))
+        for metrics in (("ab", "ba"), ("ab", "zz"))
+    )
+    with pytest.raises(pa.ArrowInvalid, match="dictionary differs"):
+        list(arrow_ipc.messages(iter([first, second]), encoded))

@@ -74,9 +74,10 @@ def test_a_query_of_one_metric_streams_its_every_row_as_it() -> None:
     assert table.column("metric").to_pylist() == ["heart_rate"] * 1_000
 
 
-def test_a_row_of_a_metric_the_query_did_not_ask_is_never_streamed() -> None:
+@pytest.mark.parametrize("names", [["ab", "ba", "zz"], ["zz"] * 3], ids=["mixed", "one name"])
+def test_a_row_of_a_metric_the_query_did_not_ask_is_never_streamed(names: list[str]) -> None:
     with pytest.raises(ValueError, match="not one of the query's"):
-        streamed([batch_of(["ab", "ba", "zz"])], ("ab", "ba"))
+        streamed([batch_of(names)], ("ab", "ba"))
 
 
 def test_the_registry_fits_the_int8_indices() -> None:

@@ -257,17 +257,13 @@ def read(conn: psycopg.Connection, query: DataQuery) -> Direct:
     fixed = fixed_columns(query.users, query.metrics)  # not read: added as constants
     columnar = _columnar(query)
     sql = _sql(query, fixed, columnar).encode()
-    # Never a prepared (generic) plan: it knows neither the span nor the participants. Over a
-    # hypertable it cannot exclude chunks and, with a LIMIT, probes every chunk (25 ms
-    # instead of 0.7 for a day); data_1h's for 10 participants x 1 week sorted its whole
-    # index range (27 ms against 2.5 planned with the values). Planning costs ~0.1-0.2 ms.
     with conn.cursor(binary=True) as cur:
         # This cursor's loaders only: timestamps as wire integers, arrays as their bytes.
         cur.adapters.register_loader("timestamptz", Int8BinaryLoader)
         if columnar:
             for array_oid in _ARRAY_OIDS:
                 cur.adapters.register_loader(array_oid, _WireBytes)
-        cur.execute(sql, _params(query, fixed), prepare=False)
+        cur.execute(sql, _params(query, fixed), prepare=_prepared(query, fixed))
         found = cur.fetchall()
     names = _wire_names(query, fixed)
     columns = _from_arrays(names, found[0]) if columnar else _from_rows(names, found)
@@ -278,6 +274,20 @@ def read(conn: psycopg.Connection, query: DataQuery) -> Direct:
         return Direct(None, too_long=True)
     table = _table(columns, rows, schema_for(query.resolution), fixed)
     return Direct(table if not columnar or _in_order(columns) else _sorted(table))
+
+
+def _prepared(query: DataQuery, fixed: dict[str, int | str]) -> bool:
+    """Whether the statement is prepared (per connection, by psycopg): only one series of a
+    plain table (data_1h, data_1d). Its generic plan, which PostgreSQL takes after five
+    planned runs, is the index range scan any values get (user_id and metric by equality, ts
+    between bounds), and a run then skips planning: 1 participant x 1 week of 1h took 0.27
+    ms prepared against 0.43 planned each time, and 0.36 against 0.99 among the bench's
+    other backends (planning a statement runs cold code). Any other is planned with its
+    values: a generic plan knows neither the span nor the participants, so over a hypertable
+    (raw_data, data_1m's records) it cannot exclude chunks and, with a LIMIT, probed every
+    chunk (25 ms instead of 0.7 for a day), and over data_1h for 10 participants x 1 week it
+    sorted the whole index range (27 ms against 2.5)."""
+    return TIERS[query.resolution] not in TIERED and {"user_id", "metric"} <= fixed.keys()
 
 
 class _WireBytes(Loader):

@@ -6,6 +6,7 @@ exactly. Real PostgreSQL (both flavours), real Delta."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import psycopg
 import pyarrow as pa
 import pytest
+from psycopg import sql as pgsql
 
 from engine import direct as direct_path
 from engine.access import LOCAL_ADMIN
@@ -401,3 +403,79 @@ def test_one_series_is_read_by_its_index_alone(
     checked = _conditions(_answer_nodes(explained[0][0]["Plan"], check=True))
     assert any("day" in c for c in checked), checked
     assert not any("ANY" in c for c in checked), checked
+
+
+def _query(engine: Engine, first: date, hours: int, resolution: str, users: str = "1"):
+    start = datetime(first.year, first.month, first.day, tzinfo=UTC)
+    params = {
+        "user_id": [users],
+        "metric": ["heart_rate"],
+        "start": [start.isoformat()],
+        "end": [(start + timedelta(hours=hours)).isoformat()],
+        "resolution": [resolution],
+        "page_size": ["0"],
+    }
+    return build_query(params, engine.settings.query, principal=LOCAL_ADMIN)
+
+
+def _prepared(conn: psycopg.Connection) -> list[tuple[str, str, int]]:
+    """The connection's prepared statements: (name, text, runs on the generic plan)."""
+    found = conn.execute(
+        "SELECT name, statement, generic_plans FROM pg_prepared_statements", prepare=False
+    ).fetchall()
+    return [(name, text, generic) for name, text, generic in found]
+
+
+def test_one_series_of_a_rollup_runs_on_its_generic_plan_and_stays_exact(
+    engine: Engine, flavour_url: str
+) -> None:
+    """One participant's one metric of 1h (a plain table): the statement is prepared, and
+    after PostgreSQL's five planned runs it runs on the generic plan, which must still be
+    the index range scan by equalities, answer every span exactly, and still see a day
+    whose rollups lag raw (that answer is refused here, and the general path gives it)."""
+    days = [FIRST_DAY + timedelta(days=i) for i in range(3)] * 3
+    with psycopg.connect(flavour_url, autocommit=True) as conn:
+        for first in days:
+            query = _query(engine, first, DAY, "1h")
+            found = direct_path.read(conn, query)
+            assert found.rows is not None
+            exact = truth(flavour_url, first, DAY, "1h")
+            assert found.rows.to_pylist() == exact
+        prepared = _prepared(conn)
+        assert len(prepared) == 1, prepared
+        name, text, generic = prepared[0]
+        assert "data_1h" in text and generic >= len(days) - 5, prepared
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        sql, values = direct_path.statement(query, fixed_columns(query.users, query.metrics))
+        order = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql.decode())))  # psycopg's $n
+        arguments = pgsql.SQL(", ").join(pgsql.Literal(values[key]) for key in order)
+        explained = conn.execute(
+            pgsql.SQL("EXPLAIN (FORMAT JSON) EXECUTE {}({})").format(
+                pgsql.Identifier(name), arguments
+            ),
+            prepare=False,
+        ).fetchone()
+        assert explained is not None
+        conditions = _conditions(_answer_nodes(explained[0][0]["Plan"]))
+        assert any("metric = $" in c and "user_id = $" in c for c in conditions), conditions
+        conn.execute("RESET plan_cache_mode")
+        late = datetime(days[0].year, days[0].month, days[0].day, 4, 0, 30, tzinfo=UTC)
+        ingest_rows(flavour_url, [(late.isoformat(), 1, "heart_rate", 500.0)])  # not refreshed
+        assert direct_path.read(conn, _query(engine, days[0], DAY, "1h")).rows is None
+        refresh_rollups(flavour_url)
+        found = direct_path.read(conn, _query(engine, days[0], DAY, "1h"))
+        assert found.rows is not None
+        assert found.rows.to_pylist() == truth(flavour_url, days[0], DAY, "1h")
+
+
+@pytest.mark.parametrize(("resolution", "users"), [("raw", "1"), ("1m", "1"), ("1h", "1,2")])
+def test_other_statements_are_planned_with_their_values(
+    engine: Engine, flavour_url: str, resolution: str, users: str
+) -> None:
+    """A hypertable's (raw, 1m's records) or several participants': a generic plan could
+    not exclude chunks, or would sort the whole index range; they are never prepared."""
+    with psycopg.connect(flavour_url, autocommit=True) as conn:
+        for i in range(7):
+            query = _query(engine, FIRST_DAY + timedelta(days=i % 3), 6, resolution, users)
+            assert direct_path.read(conn, query).rows is not None
+        assert _prepared(conn) == []

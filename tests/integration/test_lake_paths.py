@@ -117,7 +117,8 @@ def test_deep_pages_of_several_metrics_read_series_from_their_day(
                 page, _ = run(costly, page_size="700", page_number=str(number))
             # (The span starts at 03:00: a deep page first counts that day's rows, in one
             # query over its files; the page itself is the last scan.)
-            assert caplog.records[-1].getMessage().endswith("series by series")
+            scans = [r.getMessage() for r in caplog.records if "lake scan" in r.getMessage()]
+            assert scans[-1].endswith("series by series")
             assert page == whole[(number - 1) * 700 : number * 700]
         assert walk(costly, 1_234) == whole
     finally:
@@ -177,6 +178,40 @@ def test_small_answers_read_with_pyarrow_equal_duckdbs(
     finally:
         small.close()
         duck.close()
+
+
+@pytest.mark.parametrize("resolution", ["raw", "1h"])
+def test_streamed_queries_equal_those_run_to_the_end(
+    engine: Engine, warm_url: str, resolution: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A query of few rows runs to the end before its first batch (ScanTuning's
+    materialize_rows); the same queries streamed as DuckDB reads them give the same answers,
+    pages and walks."""
+    streamed = Engine(engine.settings, warm_url, ScanTuning(small_rows=0, materialize_rows=0))
+    asked = [
+        {"resolution": resolution},
+        {"resolution": resolution, "metric": "steps"},
+        {"resolution": resolution, "user_id": "2", "start": "2024-05-02T13:17:05Z"},
+    ]
+    try:
+        for extra in asked:
+            caplog.clear()
+            with caplog.at_level(logging.DEBUG, logger="engine.lakeexec"):
+                whole, _ = run(engine, page_size="0", **extra)
+            assert "DuckDB query run to the end" in caplog.text
+            assert "DuckDB query streamed" not in caplog.text
+            caplog.clear()
+            with caplog.at_level(logging.DEBUG, logger="engine.lakeexec"):
+                assert run(streamed, page_size="0", **extra)[0] == whole
+            assert "DuckDB query streamed" in caplog.text
+            assert "DuckDB query run to the end" not in caplog.text
+            assert len(whole) > 100
+            for number in (1, 4):
+                page, _ = run(streamed, page_size="89", page_number=str(number), **extra)
+                assert page == whole[(number - 1) * 89 : number * 89]
+            assert walk_with(streamed, 307, extra) == whole == walk_with(engine, 307, extra)
+    finally:
+        streamed.close()
 
 
 def walk_with(engine: Engine, page_size: int, extra: dict[str, str]) -> list[dict]:

@@ -186,7 +186,8 @@ def _materialized(
     # DuckDB warns that a DB-API result's Arrow is a copy of its rows: of a small answer,
     # which costs less than binding the statement a second time (see materialize_rows).
     table = cursor.to_arrow_table()
-    yield from table.combine_chunks().to_batches(BATCH_ROWS)
+    if table is not None:  # (None only once a result was read; this one is fresh)
+        yield from table.combine_chunks().to_batches(BATCH_ROWS)
 
 
 def _rows_in_days(segment: Segment, files: tuple[LakeFile, ...]) -> float | None:

@@ -21,7 +21,7 @@ from psycopg import sql as pgsql
 from engine import direct as direct_path
 from engine.access import LOCAL_ADMIN
 from engine.direct import DIRECT_ROWS
-from engine.query import build_query
+from engine.query import DataQuery, build_query
 from engine.run import Answer, Engine
 from engine.settings import load_settings
 from engine.shapes import fixed_columns
@@ -67,7 +67,7 @@ def lake_first(flavour_url: str, lake: Lake, tmp_path: Path) -> Iterator[Engine]
     yield from _engine(flavour_url, lake, tmp_path, STRATUM_WARM_ROLLUP_ROWS="0")
 
 
-def ask(
+def query_of(
     engine: Engine,
     first: date,
     hours: int,
@@ -75,7 +75,8 @@ def ask(
     users: str = "1",
     at: int = 0,
     **more: str,
-) -> tuple[Answer, list[dict[str, Any]]]:
+) -> DataQuery:
+    """Participants' heart rate over `hours` from `at` o'clock of `first`, whole."""
     start = datetime(first.year, first.month, first.day, at, tzinfo=UTC)
     params = {
         "user_id": [users],
@@ -86,8 +87,19 @@ def ask(
         "page_size": ["0"],
         **{name: [value] for name, value in more.items()},
     }
-    query = build_query(params, engine.settings.query, principal=LOCAL_ADMIN)
-    answer = engine.run(query)
+    return build_query(params, engine.settings.query, principal=LOCAL_ADMIN)
+
+
+def ask(
+    engine: Engine,
+    first: date,
+    hours: int,
+    resolution: str,
+    users: str = "1",
+    at: int = 0,
+    **more: str,
+) -> tuple[Answer, list[dict[str, Any]]]:
+    answer = engine.run(query_of(engine, first, hours, resolution, users, at, **more))
     rows = pa.Table.from_batches(list(answer.batches), schema=answer.schema).to_pylist()
     return answer, rows
 
@@ -405,19 +417,6 @@ def test_one_series_is_read_by_its_index_alone(
     assert not any("ANY" in c for c in checked), checked
 
 
-def _query(engine: Engine, first: date, hours: int, resolution: str, users: str = "1"):
-    start = datetime(first.year, first.month, first.day, tzinfo=UTC)
-    params = {
-        "user_id": [users],
-        "metric": ["heart_rate"],
-        "start": [start.isoformat()],
-        "end": [(start + timedelta(hours=hours)).isoformat()],
-        "resolution": [resolution],
-        "page_size": ["0"],
-    }
-    return build_query(params, engine.settings.query, principal=LOCAL_ADMIN)
-
-
 def _prepared(conn: psycopg.Connection) -> list[tuple[str, str, int]]:
     """The connection's prepared statements: (name, text, runs on the generic plan)."""
     found = conn.execute(
@@ -436,7 +435,7 @@ def test_one_series_of_a_rollup_runs_on_its_generic_plan_and_stays_exact(
     days = [FIRST_DAY + timedelta(days=i) for i in range(3)] * 3
     with psycopg.connect(flavour_url, autocommit=True) as conn:
         for first in days:
-            query = _query(engine, first, DAY, "1h")
+            query = query_of(engine, first, DAY, "1h")
             found = direct_path.read(conn, query)
             assert found.rows is not None
             exact = truth(flavour_url, first, DAY, "1h")
@@ -461,9 +460,9 @@ def test_one_series_of_a_rollup_runs_on_its_generic_plan_and_stays_exact(
         conn.execute("RESET plan_cache_mode")
         late = datetime(days[0].year, days[0].month, days[0].day, 4, 0, 30, tzinfo=UTC)
         ingest_rows(flavour_url, [(late.isoformat(), 1, "heart_rate", 500.0)])  # not refreshed
-        assert direct_path.read(conn, _query(engine, days[0], DAY, "1h")).rows is None
+        assert direct_path.read(conn, query_of(engine, days[0], DAY, "1h")).rows is None
         refresh_rollups(flavour_url)
-        found = direct_path.read(conn, _query(engine, days[0], DAY, "1h"))
+        found = direct_path.read(conn, query_of(engine, days[0], DAY, "1h"))
         assert found.rows is not None
         assert found.rows.to_pylist() == truth(flavour_url, days[0], DAY, "1h")
 
@@ -476,6 +475,6 @@ def test_other_statements_are_planned_with_their_values(
     not exclude chunks, or would sort the whole index range; they are never prepared."""
     with psycopg.connect(flavour_url, autocommit=True) as conn:
         for i in range(7):
-            query = _query(engine, FIRST_DAY + timedelta(days=i % 3), 6, resolution, users)
+            query = query_of(engine, FIRST_DAY + timedelta(days=i % 3), 6, resolution, users)
             assert direct_path.read(conn, query).rows is not None
         assert _prepared(conn) == []

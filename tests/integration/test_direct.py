@@ -336,19 +336,7 @@ def test_several_series_come_as_columns_or_as_rows_and_exact(
     as a column per array (the participants' int4[] and the metrics' text[] among them),
     a shorter one as rows; both exact."""
     first = LAST - timedelta(days=max(hours // DAY, 1) - 1)
-    params = {
-        "user_id": ["1,2"],
-        "metric": ["heart_rate,steps"],
-        "start": [datetime(first.year, first.month, first.day, tzinfo=UTC).isoformat()],
-        "end": [
-            (
-                datetime(first.year, first.month, first.day, tzinfo=UTC) + timedelta(hours=hours)
-            ).isoformat()
-        ],
-        "resolution": [resolution],
-        "page_size": ["0"],
-    }
-    query = build_query(params, engine.settings.query, principal=LOCAL_ADMIN)
+    query = query_of(engine, first, hours, resolution, "1,2", metric="heart_rate,steps")
     sql, _ = direct_path.statement(query, fixed_columns(query.users, query.metrics))
     assert (b"array_agg" in sql) == columns
     answer = engine.run(query)
@@ -392,15 +380,7 @@ def test_one_series_is_read_by_its_index_alone(
     one value is no equality to the planner: under the LIMIT it scanned the participant's
     every metric and filtered (issue 13's 1 participant-day raw on `medium`; this small
     cohort is planned well either way, so the conditions are checked too)."""
-    params = {
-        "user_id": ["1"],
-        "metric": ["heart_rate"],
-        "start": [datetime(LAST.year, LAST.month, LAST.day, tzinfo=UTC).isoformat()],
-        "end": [datetime(TODAY.year, TODAY.month, TODAY.day, tzinfo=UTC).isoformat()],
-        "resolution": [resolution],
-        "page_size": ["0"],
-    }
-    query = build_query(params, engine.settings.query, principal=LOCAL_ADMIN)
+    query = query_of(engine, LAST, DAY, resolution)  # the last day, whole
     sql, values = direct_path.statement(query, fixed_columns(query.users, query.metrics))
     with psycopg.connect(flavour_url, autocommit=True) as conn:
         conn.execute("ANALYZE")

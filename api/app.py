@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -38,6 +38,7 @@ from api.admission import ADMISSION, client_slots, key_slots
 from api.auth import AUTHENTICATION, admin_only, principal_of
 from api.errors import EXCEPTION_HANDLERS, retry_after
 from api.head import answer_head
+from api.pump import ChunkPump
 from api.telemetry import Telemetry
 from engine.access import Principal
 from engine.audit import AuditEntry
@@ -348,49 +349,6 @@ def _counted(
     return rest()
 
 
-# A trip to a worker thread gathers chunks up to this many bytes, or for this long: each
-# trip is two thread hand-offs, and DuckDB streams a participant-year in 13 batches.
-GATHER_BYTES = 1 << 20
-GATHER_S = 0.005
-
-
-def _gather(chunks: Iterator[bytes]) -> list[bytes]:
-    """The next chunks: at least one (none once the stream has ended), then more while they
-    are under GATHER_BYTES and come within GATHER_S (a slow producer's first bytes are not
-    held back for long)."""
-    gathered: list[bytes] = []
-    size = 0
-    deadline = time.monotonic() + GATHER_S
-    for chunk in chunks:
-        gathered.append(chunk)
-        size += len(chunk)
-        if size >= GATHER_BYTES or time.monotonic() >= deadline:
-            break
-    return gathered
-
-
-async def _iterate_in_thread(chunks: Iterator[bytes]) -> AsyncGenerator[bytes, None]:
-    """Pull the chunks in a worker thread (the engine and the renderers block), a few per
-    trip (_gather)."""
-    try:
-        while True:
-            gathered = await anyio.to_thread.run_sync(_gather, chunks)
-            if not gathered:
-                return
-            for chunk in gathered:
-                yield chunk
-    except Exception:
-        # Headers are gone: the connection is aborted so the client sees a truncated body,
-        # never a silently short one.
-        log.exception("stream failed after the response started")
-        raise
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(close)
-
-
 def _query(
     request: Request[Any, Any, Any], service: Service, params: dict[str, list[str]], shape: str
 ) -> DataQuery:
@@ -444,8 +402,8 @@ def data(
     else:
         batches = _counted(answer.batches, service.telemetry, format_name, request)
         chunks = render.stream(format_name, batches, answer.schema, query.metrics)
-    stream = bodies.register(request.scope, _iterate_in_thread(chunks))
-    return Stream(stream, media_type=media_type, headers=headers)
+    pump = bodies.register(request.scope, ChunkPump(chunks))  # starts making chunks now
+    return Stream(pump.body(), media_type=media_type, headers=headers)
 
 
 # -- /plan, /catalog ---------------------------------------------------------------------

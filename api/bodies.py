@@ -4,15 +4,16 @@ are closed when the request ends, whatever way it ends.
 Litestar's Stream does not close its iterator when a send fails or the client disconnects
 (it cancels the send loop and drops the iterator), so an async generator's `finally` would
 run only when the garbage collector finds it, and the memory reservation it releases would
-stay taken until then. Handlers register such bodies in the request's scope; the wrapper
-around the whole app closes each one when the app returns.
+stay taken until then. Handlers register such bodies (anything with `aclose`: an async
+generator, a ChunkPump) in the request's scope; the wrapper around the whole app closes
+each one when the app returns.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from litestar.types import ASGIApp, Receive, Scope, Send
@@ -22,7 +23,14 @@ log = logging.getLogger(__name__)
 _BODIES = "stratum.bodies"
 
 
-def register(scope: Any, body: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+class Closable(Protocol):
+    def aclose(self) -> Awaitable[None]: ...
+
+
+B = TypeVar("B", bound=Closable)
+
+
+def register(scope: Any, body: B) -> B:
     """Have `body` closed when this request ends; returns it."""
     scope.setdefault(_BODIES, []).append(body)
     return body
@@ -33,7 +41,7 @@ def wrap(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, send)
         finally:
-            bodies: list[AsyncGenerator[bytes, None]] = scope.pop(_BODIES, [])  # type: ignore[misc]
+            bodies: list[Closable] = scope.pop(_BODIES, [])  # type: ignore[misc]
             with anyio.CancelScope(shield=True):
                 for body in bodies:
                     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import functools
 import hashlib
 import hmac
 import json
@@ -76,7 +77,7 @@ class DataQuery:
     # answer, the principal and the position, so it cannot be forged or used by another key.
     cursor_secret: bytes = field(default=b"", repr=False, compare=False)
 
-    @property
+    @functools.cached_property  # asked several times per answer (routing, paging, planning)
     def days(self) -> tuple[date, date]:
         """First and last UTC day that [start, end) touches."""
         return self.start.date(), (self.end - timedelta(microseconds=1)).date()

@@ -199,12 +199,14 @@ def _stream_reader(
     to run it, and binding read_parquet opens the files. DuckDB 2's relations submit
     through its private `_seam.submit`; used directly, a participant-year (13 files) starts
     1.5-1.8 ms sooner (16.3 against 18.1 ms to its last batch, in process). Where that
-    function is missing or takes other arguments (another DuckDB), the relation it is."""
+    function is missing or takes other arguments (another DuckDB release), the stream comes
+    from a relation, for the rest of the process."""
     global _submit
     if _submit is not None:
         try:
             return _submit(cursor, sql, params, "stream", BATCH_ROWS).arrow_reader()
-        except (TypeError, AttributeError):  # not the API this was written for
+        except (TypeError, AttributeError):  # not the API this was written for: SQL and
+            # its values fail as duckdb.Error, which the relation would raise alike
             log.warning("DuckDB's _seam.submit is not as expected: streaming via relations")
             _submit = None
     return cursor.sql(sql, params=params).to_arrow_reader(BATCH_ROWS)

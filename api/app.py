@@ -402,7 +402,8 @@ def data(
     else:
         batches = _counted(answer.batches, service.telemetry, format_name, request)
         chunks = render.stream(format_name, batches, answer.schema, query.metrics)
-    pump = bodies.register(request.scope, ChunkPump(chunks))  # starts making chunks now
+    # Starts making chunks now; the answer's memory counts until the last bytes have left.
+    pump = bodies.register(request.scope, ChunkPump(chunks, on_close=answer.hold_reservation()))
     return Stream(pump.body(), media_type=media_type, headers=headers)
 
 

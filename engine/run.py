@@ -84,6 +84,74 @@ class Answer:
     rows: int | None  # known for pages; None while a whole-answer stream is unread
     times: StageTimes = field(default_factory=StageTimes)  # complete once batches are read
 
+    def hold_reservation(self) -> Callable[[], None]:
+        """Take over the release of the answer's memory reservation: it is no longer released
+        when the batches end, but by the function returned (a server sends the last bytes
+        after its batches have ended; they count until then). A no-op for answers that
+        hold none."""
+        if isinstance(self.batches, ReservedBatches):
+            return self.batches.hold()
+        return _nothing
+
+
+def _nothing() -> None:
+    return None
+
+
+class ReservedBatches:
+    """An answer's batches and the memory reservation they hold, released once they end (read
+    to the end, failed, closed or dropped), or by whoever took it over (`hold`). The bytes
+    answered (the give-back cadence, engine/budget.py) are counted at the budget's bytes per
+    row: a batch's `nbytes` walks its buffers, 14 us a call for a 168-row answer."""
+
+    def __init__(
+        self,
+        stream: Iterator[pa.RecordBatch],
+        budget: MemoryBudget,
+        nbytes: int,
+        bytes_per_row: int,
+    ) -> None:
+        self._stream = stream
+        self._budget = budget
+        self._nbytes = nbytes
+        self._row_bytes = bytes_per_row
+        self._rows = 0
+        self._held = False
+        self._released = False
+
+    def __iter__(self) -> ReservedBatches:
+        return self
+
+    def __next__(self) -> pa.RecordBatch:
+        try:
+            batch = next(self._stream)
+        except BaseException:  # StopIteration, or the stream failed: it is over
+            if not self._held:
+                self.release()
+            raise
+        self._rows += batch.num_rows
+        return batch
+
+    def close(self) -> None:
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            close()  # ends a DuckDB query or warm cursor early
+        if not self._held:
+            self.release()
+
+    def hold(self) -> Callable[[], None]:
+        self._held = True
+        return self.release
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._budget.release(self._nbytes, self._rows * self._row_bytes)
+
+    def __del__(self) -> None:  # dropped unread (a consumer that stopped early, unclosed)
+        if not self._held:
+            self.release()
+
 
 @dataclass
 class _Guess:
@@ -920,17 +988,8 @@ class Engine:
 
     def _released(
         self, stream: Iterator[pa.RecordBatch], reservation: int, resolution: Resolution
-    ) -> Iterator[pa.RecordBatch]:
-        """`stream`, its reservation released when it ends. The bytes answered (the give-back
-        cadence, engine/budget.py) are counted at the budget's bytes per row: a batch's
-        `nbytes` walks its buffers, 14 us a call for a 168-row answer."""
-        rows = 0
-        try:
-            for batch in stream:
-                rows += batch.num_rows
-                yield batch
-        finally:
-            self.budget.release(reservation, rows * row_bytes(resolution))
+    ) -> ReservedBatches:
+        return ReservedBatches(stream, self.budget, reservation, row_bytes(resolution))
 
     def _paged(self, plan: Plan, batches: list[pa.RecordBatch]) -> Answer:
         schema = schema_for(plan.resolution)

@@ -114,3 +114,20 @@ def test_closing_waits_for_the_chunk_being_made_then_closes_the_source() -> None
     asyncio.run(close_while_making())
     assert source.closed
     assert source.made == 1  # the chunk under way, and no other
+
+
+@pytest.mark.parametrize("read_whole", [True, False])
+def test_on_close_runs_once_the_source_is_closed_however_the_body_ends(read_whole: bool) -> None:
+    """`on_close` (the answer's memory reservation) runs after the source is closed, not
+    when the source ends: the chunks made ahead count until the body is over."""
+    source = Source(count=5)
+    calls: list[bool] = []
+    pump = ChunkPump(source.chunks(), on_close=lambda: calls.append(source.closed))
+    idle(pump)
+    assert source.made == 5 and source.closed  # made ahead to its end...
+    assert calls == []  # ...yet not released while the chunks wait to be sent
+    if read_whole:
+        assert len(asyncio.run(read_all(pump))) == 5
+    else:
+        asyncio.run(pump.aclose())
+    assert calls == [True]

@@ -344,7 +344,7 @@ def _counted(
         finally:
             close = getattr(batches, "close", None)
             if close is not None:
-                close()  # releases the engine's memory reservation now, not at GC
+                close()  # ends the DuckDB query or warm cursor now, not at GC
 
     return rest()
 

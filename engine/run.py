@@ -126,8 +126,7 @@ class ReservedBatches:
         try:
             batch = next(self._stream)
         except BaseException:  # StopIteration, or the stream failed: it is over
-            if not self._held:
-                self.release()
+            self._over()
             raise
         self._rows += batch.num_rows
         return batch
@@ -136,8 +135,7 @@ class ReservedBatches:
         close = getattr(self._stream, "close", None)
         if close is not None:
             close()  # ends a DuckDB query or warm cursor early
-        if not self._held:
-            self.release()
+        self._over()
 
     def hold(self) -> Callable[[], None]:
         self._held = True
@@ -149,6 +147,10 @@ class ReservedBatches:
             self._budget.release(self._nbytes, self._rows * self._row_bytes)
 
     def __del__(self) -> None:  # dropped unread (a consumer that stopped early, unclosed)
+        self._over()
+
+    def _over(self) -> None:
+        """The batches are over: the reservation goes back, unless someone took it over."""
         if not self._held:
             self.release()
 

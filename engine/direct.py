@@ -30,8 +30,10 @@ of them come this way (most_rows).
 
 from __future__ import annotations
 
+import functools
 import struct
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -50,7 +52,7 @@ from psycopg.types.numeric import Int8BinaryLoader
 from engine.plan import Plan, Segment
 from engine.query import DataQuery, from_us, to_us
 from engine.shapes import constant, fixed_columns, schema_for
-from engine.tiers import TIERED, TIERS, minute_rows
+from engine.tiers import TIERED, TIERS, Resolution, minute_rows
 
 DIRECT_ROWS = 2048
 
@@ -86,7 +88,7 @@ class Direct:
     """What the statement read: the rows, or None when a day of the span needs the
     general path."""
 
-    rows: pa.Table | None
+    rows: pa.RecordBatch | None
     too_long: bool = False  # refused for its length: the same shape will be too
 
 
@@ -182,11 +184,11 @@ def _user(fixed: dict[str, int | str]) -> str:
     return "= %(user_id)s" if "user_id" in fixed else "= ANY(%(users)s)"
 
 
-def _wire_names(query: DataQuery, fixed: dict[str, int | str]) -> list[str]:
+def _wire_names(resolution: Resolution, fixed: dict[str, int | str]) -> tuple[str, ...]:
     """The columns the statement sends: not those the query fixes (psycopg would decode them
     row by row), nor avg (sum / count, divided here as every backend does)."""
-    names = schema_for(query.resolution).names
-    return [name for name in names if name not in fixed and name != "avg"]
+    names = schema_for(resolution).names
+    return tuple(name for name in names if name not in fixed and name != "avg")
 
 
 def _columnar(query: DataQuery) -> bool:
@@ -198,25 +200,74 @@ def _columnar(query: DataQuery) -> bool:
     return rows >= COLUMNS_FROM
 
 
-def _sql(query: DataQuery, fixed: dict[str, int | str], columnar: bool) -> str:
-    tier = TIERS[query.resolution]
-    names = _wire_names(query, fixed)  # our constants, never input
-    after = _AFTER if query.after is not None else ""
+@dataclass(frozen=True)
+class _Statement:
+    """A statement's text, the columns it sends and whether it is prepared: the same for
+    every query of one shape, so made once per shape (made afresh, its text took ~25 us of a
+    ~1 ms answer just after a DuckDB scan)."""
+
+    sql: bytes
+    names: tuple[str, ...]
+    columnar: bool
+    prepared: bool
+
+
+def _statement_of(query: DataQuery, fixed: dict[str, int | str]) -> _Statement:
+    return _shaped(
+        query.resolution,
+        "user_id" in fixed,
+        "metric" in fixed,
+        query.after is not None,
+        _columnar(query),
+    )
+
+
+@functools.lru_cache(maxsize=64)  # 4 resolutions x fixed or not (2 x 2) x after x columnar
+def _shaped(
+    resolution: Resolution, one_user: bool, one_metric: bool, after: bool, columnar: bool
+) -> _Statement:
+    fixed = dict.fromkeys(("user_id",) * one_user + ("metric",) * one_metric, 0)
+    return _Statement(
+        _sql(resolution, fixed, after, columnar),
+        _wire_names(resolution, fixed),
+        columnar,
+        _prepared(resolution, one_user, one_metric),
+    )
+
+
+def _prepared(resolution: Resolution, one_user: bool, one_metric: bool) -> bool:
+    """Whether the statement is prepared (per connection, by psycopg): only one series of a
+    plain table (data_1h, data_1d). Its generic plan, which PostgreSQL takes after five
+    planned runs, is the index range scan any values get (user_id and metric by equality, ts
+    between bounds), and a run then skips planning: 1 participant x 1 week of 1h took 0.27
+    ms prepared against 0.43 planned each time, and 0.36 against 0.99 among the bench's
+    other backends (planning a statement runs cold code). Any other is planned with its
+    values: a generic plan knows neither the span nor the participants, so over a hypertable
+    (raw_data, data_1m's records) it cannot exclude chunks and, with a LIMIT, probed every
+    chunk (25 ms instead of 0.7 for a day), and over data_1h for 10 participants x 1 week it
+    sorted the whole index range (27 ms against 2.5)."""
+    return TIERS[resolution] not in TIERED and one_user and one_metric
+
+
+def _sql(resolution: Resolution, fixed: dict[str, int | str], after: bool, columnar: bool) -> bytes:
+    tier = TIERS[resolution]
+    names = _wire_names(resolution, fixed)  # our constants, never input
     source = tier.warm_table  # table names are the tier's constants
     if tier.stored_in:  # 1m: the records of per-minute days filtered like the rows
         source = minute_rows(lambda p: _series(p, fixed), "%(start)s", "%(end)s")
     rows = (
         f"SELECT {', '.join(names)} FROM {source} m "  # noqa: S608
-        f"WHERE {_series('', fixed)} AND ts >= %(start)s AND ts < %(end)s {after}"
+        f"WHERE {_series('', fixed)} AND ts >= %(start)s AND ts < %(end)s "
+        f"{_AFTER if after else ''}"
         f"AND {_SERVABLE.format(user=_user(fixed), blocking=_BLOCKING[tier in TIERED])} "
         "ORDER BY user_id, metric, ts LIMIT %(limit)s"
     )
     if not columnar:
-        return rows
+        return rows.encode()
     # Aggregated in the order the sorted subquery gives (PostgreSQL's documented way, with
     # nothing in between to reorder it); _in_order checks it all the same.
     arrays = ", ".join(f"array_agg({name})" for name in names)
-    return f"SELECT {arrays} FROM ({rows}) r"  # noqa: S608
+    return f"SELECT {arrays} FROM ({rows}) r".encode()  # noqa: S608
 
 
 def limit(query: DataQuery) -> int:
@@ -229,7 +280,7 @@ def limit(query: DataQuery) -> int:
 
 def statement(query: DataQuery, fixed: dict[str, int | str]) -> tuple[bytes, dict[str, Any]]:
     """The statement's text and parameters; `fixed`: the query's fixed_columns."""
-    return _sql(query, fixed, _columnar(query)).encode(), _params(query, fixed)
+    return _statement_of(query, fixed).sql, _params(query, fixed)
 
 
 def _params(query: DataQuery, fixed: dict[str, int | str]) -> dict[str, Any]:
@@ -255,39 +306,42 @@ def read(conn: psycopg.Connection, query: DataQuery) -> Direct:
     """Run the statement. Rows None: the general path must answer (a day of the span is
     stale or tiered, the answer is empty, or longer than this path reads)."""
     fixed = fixed_columns(query.users, query.metrics)  # not read: added as constants
-    columnar = _columnar(query)
-    sql = _sql(query, fixed, columnar).encode()
-    with conn.cursor(binary=True) as cur:
-        # This cursor's loaders only: timestamps as wire integers, arrays as their bytes.
-        cur.adapters.register_loader("timestamptz", Int8BinaryLoader)
-        if columnar:
-            for array_oid in _ARRAY_OIDS:
-                cur.adapters.register_loader(array_oid, _WireBytes)
-        cur.execute(sql, _params(query, fixed), prepare=_prepared(query, fixed))
-        found = cur.fetchall()
-    names = _wire_names(query, fixed)
-    columns = _from_arrays(names, found[0]) if columnar else _from_rows(names, found)
+    shape = _statement_of(query, fixed)
+    cur = _cursor(conn)
+    cur.execute(shape.sql, _params(query, fixed), prepare=shape.prepared)
+    found = cur.fetchall()
+    if shape.columnar:
+        columns = _from_arrays(shape.names, found[0])
+    else:
+        columns = _from_rows(shape.names, found)
     if columns is None:  # a day of the span is blocked, or the answer is empty
         return Direct(None)
     rows = len(columns["ts"])
     if _whole(query) and rows > most_rows(query):
         return Direct(None, too_long=True)
     table = _table(columns, rows, schema_for(query.resolution), fixed)
-    return Direct(table if not columnar or _in_order(columns) else _sorted(table))
+    return Direct(table if not shape.columnar or _in_order(columns) else _sorted(table))
 
 
-def _prepared(query: DataQuery, fixed: dict[str, int | str]) -> bool:
-    """Whether the statement is prepared (per connection, by psycopg): only one series of a
-    plain table (data_1h, data_1d). Its generic plan, which PostgreSQL takes after five
-    planned runs, is the index range scan any values get (user_id and metric by equality, ts
-    between bounds), and a run then skips planning: 1 participant x 1 week of 1h took 0.27
-    ms prepared against 0.43 planned each time, and 0.36 against 0.99 among the bench's
-    other backends (planning a statement runs cold code). Any other is planned with its
-    values: a generic plan knows neither the span nor the participants, so over a hypertable
-    (raw_data, data_1m's records) it cannot exclude chunks and, with a LIMIT, probed every
-    chunk (25 ms instead of 0.7 for a day), and over data_1h for 10 participants x 1 week it
-    sorted the whole index range (27 ms against 2.5)."""
-    return TIERS[query.resolution] not in TIERED and {"user_id", "metric"} <= fixed.keys()
+# One cursor per pooled connection, its loaders registered once (a connection is used by one
+# thread at a time, so is its cursor): a cursor made and set up per statement took ~40 us of a
+# ~1 ms answer just after a DuckDB scan. It goes with its connection.
+_CURSORS: weakref.WeakKeyDictionary[psycopg.Connection, psycopg.Cursor[Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _cursor(conn: psycopg.Connection) -> psycopg.Cursor[Any]:
+    cur = _CURSORS.get(conn)
+    if cur is None or cur.closed:
+        cur = conn.cursor(binary=True)
+        # This cursor's loaders only: timestamps as wire integers, arrays as their bytes
+        # (only the columnar statement sends arrays).
+        cur.adapters.register_loader("timestamptz", Int8BinaryLoader)
+        for array_oid in _ARRAY_OIDS:
+            cur.adapters.register_loader(array_oid, _WireBytes)
+        _CURSORS[conn] = cur
+    return cur
 
 
 class _WireBytes(Loader):
@@ -311,7 +365,7 @@ def _numbers(name: str) -> np.dtype[Any]:
     return np.dtype(_NUMBERS.get(name, np.float64))
 
 
-def _from_arrays(names: list[str], arrays: tuple[Any, ...]) -> dict[str, Any] | None:
+def _from_arrays(names: tuple[str, ...], arrays: tuple[Any, ...]) -> dict[str, Any] | None:
     """The columns from their arrays (None: no row, or a NULL, which no warm table holds).
     An array's binary form: its dimensions, a flag set when it holds a NULL, its element
     type, each dimension's length and lower bound, then each element's length and bytes.
@@ -331,7 +385,7 @@ def _from_arrays(names: list[str], arrays: tuple[Any, ...]) -> dict[str, Any] | 
     return columns
 
 
-def _from_rows(names: list[str], rows: list[tuple[Any, ...]]) -> dict[str, Any] | None:
+def _from_rows(names: tuple[str, ...], rows: list[tuple[Any, ...]]) -> dict[str, Any] | None:
     """The columns of the rows (None: no row), a column at a time (a third of the time of
     one conversion of the tuples as structs): numbers through numpy, one C loop over each."""
     if not rows:
@@ -344,7 +398,7 @@ def _from_rows(names: list[str], rows: list[tuple[Any, ...]]) -> dict[str, Any] 
 
 def _table(
     columns: dict[str, Any], rows: int, schema: pa.Schema, fixed: dict[str, int | str]
-) -> pa.Table:
+) -> pa.RecordBatch:
     """The answer's table: the columns read (numpy arrays; timestamps as wire integers), the
     `fixed` ones as constants, avg as sum / count."""
     arrays = []
@@ -362,7 +416,7 @@ def _table(
             arrays.append(_numbers_array(field.type, wire + _WIRE_EPOCH_US))
         else:
             arrays.append(_numbers_array(field.type, columns[name]))
-    return pa.Table.from_arrays(arrays, schema=schema)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 def _numbers_array(kind: pa.DataType, values: np.ndarray) -> pa.Array:
@@ -389,5 +443,5 @@ def _in_order(columns: dict[str, Any]) -> bool:
     return bool(later.all())
 
 
-def _sorted(table: pa.Table) -> pa.Table:
+def _sorted(table: pa.RecordBatch) -> pa.RecordBatch:
     return table.sort_by([(name, "ascending") for name in ("user_id", "metric", "ts")])

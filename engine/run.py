@@ -545,9 +545,9 @@ class Engine:
             return None
         plan = replace(plan, timings=times.describe())
         if query.page_size == 0:
-            answer = Answer(plan, read.rows.schema, iter(read.rows.to_batches()), False, None, None)
+            answer = Answer(plan, read.rows.schema, iter((read.rows,)), False, None, None)
         else:
-            answer = self._paged(plan, read.rows.to_batches())
+            answer = self._paged(plan, [read.rows])
         answer.times = times
         answer.batches = self._released(answer.batches, reservation, plan.resolution)
         return answer

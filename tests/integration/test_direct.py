@@ -447,6 +447,40 @@ def test_one_series_of_a_rollup_runs_on_its_generic_plan_and_stays_exact(
         assert found.rows.to_pylist() == truth(flavour_url, days[0], DAY, "1h")
 
 
+def test_statements_of_every_shape_share_a_connections_cursor_and_stay_exact(
+    engine: Engine, flavour_url: str
+) -> None:
+    """A pooled connection keeps one cursor, its loaders set once: rows and columns, one
+    series and several, prepared and not, each after the other on it, all exact."""
+    two = {"users": (1, 2), "metrics": ("heart_rate", "steps")}
+    shapes = [
+        (query_of(engine, LAST, 6, "raw"), (LAST, 6, "raw"), {}),  # columns
+        (query_of(engine, LAST, DAY, "1h"), (LAST, DAY, "1h"), {}),  # rows, prepared
+        (
+            query_of(engine, LAST, 6, "1m", "1,2", metric="heart_rate,steps"),  # columns
+            (LAST, 6, "1m"),
+            two,
+        ),
+        (query_of(engine, LAST, DAY, "1h", "1,2"), (LAST, DAY, "1h"), {"users": (1, 2)}),  # rows
+    ]
+    with psycopg.connect(flavour_url, autocommit=True) as conn:
+        cursor = direct_path._cursor(conn)
+        sent = [
+            direct_path.statement(q, fixed_columns(q.users, q.metrics))[0] for q, _, _ in shapes
+        ]
+        assert [b"array_agg" in sql for sql in sent] == [True, False, True, False]
+        for _ in range(2):
+            for query, (first, hours, resolution), more in shapes:
+                found = direct_path.read(conn, query)
+                assert found.rows is not None
+                assert found.rows.to_pylist() == truth(
+                    flavour_url, first, hours, resolution, **more
+                )
+                assert direct_path._cursor(conn) is cursor
+    with psycopg.connect(flavour_url, autocommit=True) as other:
+        assert direct_path._cursor(other) is not cursor  # a cursor per connection
+
+
 @pytest.mark.parametrize(("resolution", "users"), [("raw", "1"), ("1m", "1"), ("1h", "1,2")])
 def test_other_statements_are_planned_with_their_values(
     engine: Engine, flavour_url: str, resolution: str, users: str

@@ -87,7 +87,7 @@ DEFAULT_TUNING = ScanTuning()
 def connect_duckdb(memory: MemorySettings, limit_bytes: int) -> duckdb.DuckDBPyConnection:
     """One in-process DuckDB for all queries: its memory_limit is shared by all of them."""
     Path(memory.spill_path).mkdir(parents=True, exist_ok=True)
-    return in_utc(
+    duck = in_utc(
         duckdb.connect(
             config={
                 "memory_limit": _megabytes(limit_bytes),
@@ -97,6 +97,12 @@ def connect_duckdb(memory: MemorySettings, limit_bytes: int) -> duckdb.DuckDBPyC
             }
         )
     )
+    # Footers read once, not per query: lake files are never rewritten in place, and DuckDB
+    # reads a footer again when its file's modification time changed. A participant-year
+    # raw (13 files) took 12.0 ms against 14.2 in process; the cache is an LRU bounded by
+    # DuckDB. Set once the parquet extension is loaded (not settable in `config`).
+    duck.execute("SET GLOBAL parquet_metadata_cache = true")
+    return duck
 
 
 def _megabytes(limit_bytes: int) -> str:

@@ -56,6 +56,10 @@ from engine.tiers import TIERED, TIERS, Resolution, minute_rows
 
 DIRECT_ROWS = 2048
 
+# The resolutions whose days tiering removes from the warm store (raw and 1m), by name: a
+# Tier compared with `in` is compared field by field, a dozen times per answer.
+_TIERED = frozenset(name for name, tier in TIERS.items() if tier in TIERED)
+
 # Answers that may hold this many rows or more come as a column per array (array_agg), not
 # as rows: psycopg then loads one value per column instead of one per cell, and numpy reads
 # each array's bytes at once. 1 participant-day raw (1,340 rows) was read and converted in
@@ -128,7 +132,7 @@ def route(query: DataQuery, warm_rollup_rows: int) -> bool:
     statement checks the days)."""
     if query.calendar is not None or query.m4_width is not None or query.offset:
         return False
-    if TIERS[query.resolution] in TIERED:  # the statement reads at most DIRECT_ROWS + 1 rows
+    if query.resolution in _TIERED:  # the statement reads at most DIRECT_ROWS + 1 rows
         return warm_rollup_rows > 0
     return _buckets(query) <= warm_rollup_rows
 
@@ -147,7 +151,7 @@ def most_rows(query: DataQuery) -> int:
     1d answer holds at most a row per bucket, and route() sends it here up to
     STRATUM_WARM_ROLLUP_ROWS: 3,650 1d rows of 10 participants took 11.1 ms this way and
     12.2 on the general path (ADBC), 7,133 1h rows 16.7 against 20.3."""
-    if TIERS[query.resolution] in TIERED:
+    if query.resolution in _TIERED:
         return DIRECT_ROWS
     return _buckets(query)
 
@@ -195,7 +199,7 @@ def _columnar(query: DataQuery) -> bool:
     """Whether the statement sends each column as one array: for answers that may hold
     COLUMNS_FROM rows or more (a page, or a rollup's buckets, may hold fewer)."""
     rows = limit(query)
-    if TIERS[query.resolution] not in TIERED:
+    if query.resolution not in _TIERED:
         rows = min(rows, _buckets(query))
     return rows >= COLUMNS_FROM
 
@@ -246,7 +250,7 @@ def _prepared(resolution: Resolution, one_user: bool, one_metric: bool) -> bool:
     (raw_data, data_1m's records) it cannot exclude chunks and, with a LIMIT, probed every
     chunk (25 ms instead of 0.7 for a day), and over data_1h for 10 participants x 1 week it
     sorted the whole index range (27 ms against 2.5)."""
-    return TIERS[resolution] not in TIERED and one_user and one_metric
+    return resolution not in _TIERED and one_user and one_metric
 
 
 def _sql(resolution: Resolution, fixed: dict[str, int | str], after: bool, columnar: bool) -> bytes:
@@ -358,11 +362,16 @@ _ARRAY_OIDS = tuple(
     postgres.types[name].array_oid for name in ("int4", "int8", "float8", "timestamptz")
 )
 # Each column's numbers (timestamps: the wire's integers); the others are float8.
-_NUMBERS: dict[str, type[np.generic]] = {"user_id": np.int32, "ts": np.int64, "count": np.int64}
+_NUMBERS: dict[str, np.dtype[Any]] = {
+    "user_id": np.dtype(np.int32),
+    "ts": np.dtype(np.int64),
+    "count": np.dtype(np.int64),
+}
+_FLOAT8 = np.dtype(np.float64)
 
 
 def _numbers(name: str) -> np.dtype[Any]:
-    return np.dtype(_NUMBERS.get(name, np.float64))
+    return _NUMBERS.get(name, _FLOAT8)
 
 
 def _from_arrays(names: tuple[str, ...], arrays: tuple[Any, ...]) -> dict[str, Any] | None:
@@ -399,34 +408,32 @@ def _from_rows(names: tuple[str, ...], rows: list[tuple[Any, ...]]) -> dict[str,
 def _table(
     columns: dict[str, Any], rows: int, schema: pa.Schema, fixed: dict[str, int | str]
 ) -> pa.RecordBatch:
-    """The answer's table: the columns read (numpy arrays; timestamps as wire integers), the
-    `fixed` ones as constants, avg as sum / count."""
+    """The answer's batch: the columns read (numpy arrays; timestamps as wire integers), the
+    `fixed` ones as constants, avg as sum / count. Each column's kind is known by its name
+    (the tiers' schemas), so none is asked of pyarrow: with that, 167 rows of 1h took 0.136
+    ms instead of 0.170 just after a DuckDB scan (cold caches, as a server meets them
+    between requests)."""
     arrays = []
     for field in schema:
         name = field.name
         if name in fixed:
             arrays.append(constant(fixed[name], field.type, rows))
-        elif pa.types.is_string(field.type):
+        elif name == "metric":
             arrays.append(pa.array(columns[name], type=field.type))
-        elif name == "avg":
-            avg = columns["sum"].astype(np.float64) / columns["count"].astype(np.float64)
-            arrays.append(_numbers_array(field.type, avg))
+        elif name == "avg":  # numpy divides as float64 whatever the count's integer type
+            arrays.append(_numbers_array(field.type, columns["sum"] / columns["count"], "avg"))
         elif name == "ts":  # numpy adds the epoch to all at once
-            wire = columns["ts"].astype(np.int64)
-            arrays.append(_numbers_array(field.type, wire + _WIRE_EPOCH_US))
+            arrays.append(_numbers_array(field.type, columns["ts"] + _WIRE_EPOCH_US, "ts"))
         else:
-            arrays.append(_numbers_array(field.type, columns[name]))
+            arrays.append(_numbers_array(field.type, columns[name], name))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def _numbers_array(kind: pa.DataType, values: np.ndarray) -> pa.Array:
-    """`values` (numbers of `kind`'s width, timestamps as int64 microseconds) as an Arrow
-    array over their buffer, in native order. pa.array's checks cost more than this wrap:
-    with the kept constant columns (engine/shapes.py), a 168-row 1h answer's columns and
-    table took 0.11 ms instead of 0.14 just after a DuckDB scan (cold caches, as a server
-    meets them between requests)."""
-    dtype = np.int64 if pa.types.is_timestamp(kind) else kind.to_pandas_dtype()
-    native = np.ascontiguousarray(values, dtype=dtype)
+def _numbers_array(kind: pa.DataType, values: np.ndarray, name: str) -> pa.Array:
+    """`values` (column `name`'s numbers; timestamps as int64 microseconds) as an Arrow
+    array of `kind` over their buffer, in native order (a copy only of a strided or
+    big-endian column). pa.array's checks cost more than this wrap."""
+    native = np.ascontiguousarray(values, dtype=_numbers(name))
     return pa.Array.from_buffers(kind, len(native), [None, pa.py_buffer(native)])
 
 

@@ -69,25 +69,25 @@ def hash_key(key_text: str) -> bytes:
     return hashlib.sha256(key_text.encode()).digest()
 
 
-_KEY = (
-    "SELECT name, admin, cohorts, metrics FROM api_keys WHERE key_hash = %s "
-    "AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
+# A key's principal in one statement: for a key of cohorts, its participants come along as an
+# array (a second round trip per request otherwise). Admin keys see everyone: no array.
+_PRINCIPAL = (
+    "name, admin, metrics, CASE WHEN admin THEN NULL ELSE ARRAY("
+    "SELECT DISTINCT user_id FROM cohort_members WHERE cohort = ANY(k.cohorts)) END"
 )
-_LIVE_KEYS = (
-    "SELECT key_hash, name, admin, cohorts, metrics FROM api_keys "
-    "WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
-)
+_LIVE = "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
+_KEY = f"SELECT {_PRINCIPAL} FROM api_keys k WHERE key_hash = %s AND {_LIVE}"  # noqa: S608
+_LIVE_KEYS = f"SELECT key_hash, {_PRINCIPAL} FROM api_keys k WHERE {_LIVE}"  # noqa: S608
 _MEMBERS = "SELECT DISTINCT user_id FROM cohort_members WHERE cohort = ANY(%s)"
 
 
 def _principal(
-    conn: psycopg.Connection, name: str, admin: bool, cohorts: list[str], metrics: list[str] | None
+    name: str, admin: bool, metrics: list[str] | None, users: list[int] | None
 ) -> Principal:
-    users = None if admin else frozenset(r[0] for r in conn.execute(_MEMBERS, (list(cohorts),)))
     return Principal(
         name=name,
         admin=admin,
-        users=users,
+        users=None if admin else frozenset(users or ()),
         metrics=None if metrics is None else frozenset(metrics),
     )
 
@@ -107,7 +107,7 @@ def live_principals(conn: psycopg.Connection) -> dict[bytes, Principal]:
     """Every live key's principal by key hash: what the server falls back on if the warm
     store goes down (loaded at start-up, like the lake coverage)."""
     rows = conn.execute(_LIVE_KEYS).fetchall()
-    return {bytes(digest): _principal(conn, *rest) for digest, *rest in rows}
+    return {bytes(digest): _principal(*rest) for digest, *rest in rows}
 
 
 def authenticate(conn: psycopg.Connection, key_text: str) -> Principal:
@@ -119,7 +119,7 @@ def authenticate(conn: psycopg.Connection, key_text: str) -> Principal:
             "the key is not valid (unknown, expired or revoked); send Authorization: "
             "Bearer <key> with a live key"
         )
-    return _principal(conn, *row)
+    return _principal(*row)
 
 
 _NEW_SECRET = (

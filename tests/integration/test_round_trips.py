@@ -16,11 +16,12 @@ import psycopg_pool
 import pyarrow as pa
 import pytest
 
-from engine.access import LOCAL_ADMIN
+from engine.access import LOCAL_ADMIN, hash_key
 from engine.query import build_query
 from engine.run import Answer, Engine
 from engine.settings import load_settings
 from engine.warm import WarmPool
+from sync.access import add_members, create_cohort, create_key, remove_members
 from sync.generate import generate_cohort
 from sync.ingest import ingest_tables
 from sync.rollups import refresh_rollups
@@ -125,3 +126,32 @@ def test_a_deep_page_counts_the_statements_that_locate_it(engine: Engine) -> Non
     assert len(CountingConnection.sent) == 3, CountingConnection.sent
     assert answer.times.counts == {"warm_statements": 4}
     assert "locate_page" in answer.times.ms
+
+
+def test_a_key_of_cohorts_is_checked_in_one_statement(engine: Engine, warm_url: str) -> None:
+    """Its participants come with the key (they used to take a second round trip per
+    request), as they are at each request: a change of membership acts at once."""
+    create_cohort(warm_url, "pair", [1, 2])
+    create_cohort(warm_url, "third", [3])
+    key_text = create_key(
+        warm_url,
+        "pair-key",
+        admin=False,
+        cohorts=("pair", "third"),
+        metrics=["heart_rate"],
+        expires_in=None,
+    )
+    CountingConnection.sent.clear()
+    principal = engine.authenticate(key_text)
+    assert len(CountingConnection.sent) == 1, CountingConnection.sent
+    assert (principal.name, principal.admin) == ("pair-key", False)
+    assert principal.users == {1, 2, 3} and principal.metrics == {"heart_rate"}
+    remove_members(warm_url, "pair", [2])
+    add_members(warm_url, "third", [4])
+    assert engine.authenticate(key_text).users == {1, 3, 4}
+    remove_members(warm_url, "third", [3, 4])
+    remove_members(warm_url, "pair", [1])
+    assert engine.authenticate(key_text).users == frozenset()
+    admin = create_key(warm_url, "all", admin=True, cohorts=(), metrics=None, expires_in=None)
+    assert engine.authenticate(admin).users is None
+    assert set(engine._principals) == {hash_key(key_text), hash_key(admin)}

@@ -230,7 +230,10 @@ def _statement_of(query: DataQuery, fixed: dict[str, int | str]) -> _Statement:
 def _shaped(
     resolution: Resolution, one_user: bool, one_metric: bool, after: bool, columnar: bool
 ) -> _Statement:
-    fixed = dict.fromkeys(("user_id",) * one_user + ("metric",) * one_metric, 0)
+    # Only the names matter to the text: the values travel as parameters.
+    fixed: dict[str, int | str] = dict.fromkeys(
+        ("user_id",) * one_user + ("metric",) * one_metric, 0
+    )
     return _Statement(
         _sql(resolution, fixed, after, columnar),
         _wire_names(resolution, fixed),

@@ -71,14 +71,15 @@ def hash_key(key_text: str) -> bytes:
 
 # A key's principal in one statement: for a key of cohorts, its participants come along as an
 # array (a second round trip per request otherwise). Admin keys see everyone: no array.
+_MEMBERS_OF = "SELECT DISTINCT user_id FROM cohort_members WHERE cohort = ANY({})"
+_MEMBERS = _MEMBERS_OF.format("%s")  # a cohort's participants, as a key of it sees them
 _PRINCIPAL = (
-    "name, admin, metrics, CASE WHEN admin THEN NULL ELSE ARRAY("
-    "SELECT DISTINCT user_id FROM cohort_members WHERE cohort = ANY(k.cohorts)) END"
+    "name, admin, metrics, CASE WHEN admin THEN NULL ELSE "
+    f"ARRAY({_MEMBERS_OF.format('k.cohorts')}) END"
 )
 _LIVE = "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
 _KEY = f"SELECT {_PRINCIPAL} FROM api_keys k WHERE key_hash = %s AND {_LIVE}"  # noqa: S608
 _LIVE_KEYS = f"SELECT key_hash, {_PRINCIPAL} FROM api_keys k WHERE {_LIVE}"  # noqa: S608
-_MEMBERS = "SELECT DISTINCT user_id FROM cohort_members WHERE cohort = ANY(%s)"
 
 
 def _principal(

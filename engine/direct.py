@@ -266,7 +266,7 @@ def _sql(resolution: Resolution, fixed: dict[str, int | str], after: bool, colum
         f"SELECT {', '.join(names)} FROM {source} m "  # noqa: S608
         f"WHERE {_series('', fixed)} AND ts >= %(start)s AND ts < %(end)s "
         f"{_AFTER if after else ''}"
-        f"AND {_SERVABLE.format(user=_user(fixed), blocking=_BLOCKING[tier in TIERED])} "
+        f"AND {_SERVABLE.format(user=_user(fixed), blocking=_BLOCKING[resolution in _TIERED])} "
         "ORDER BY user_id, metric, ts LIMIT %(limit)s"
     )
     if not columnar:

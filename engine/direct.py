@@ -266,15 +266,20 @@ def _sql(resolution: Resolution, fixed: dict[str, int | str], after: bool, colum
         f"SELECT {', '.join(names)} FROM {source} m "  # noqa: S608
         f"WHERE {_series('', fixed)} AND ts >= %(start)s AND ts < %(end)s "
         f"{_AFTER if after else ''}"
-        f"AND {_SERVABLE.format(user=_user(fixed), blocking=_BLOCKING[resolution in _TIERED])} "
         "ORDER BY user_id, metric, ts LIMIT %(limit)s"
     )
+    # The days' check gates the whole read once, outside the LIMIT: inside, PostgreSQL put a
+    # gate on each chunk's scan (58 for `small`'s page of 58 days: planning 1.58 -> 1.34 ms,
+    # execution 1.26 -> 0.91).
+    servable = _SERVABLE.format(user=_user(fixed), blocking=_BLOCKING[resolution in _TIERED])
     if not columnar:
-        return rows.encode()
+        order = ", ".join(key for key in ("user_id", "metric", "ts") if key in names)
+        return f"SELECT * FROM ({rows}) r WHERE {servable} ORDER BY {order}".encode()  # noqa: S608
     # Aggregated in the order the sorted subquery gives (PostgreSQL's documented way, with
-    # nothing in between to reorder it); _in_order checks it all the same.
+    # nothing in between to reorder it: the gate only runs it or not); _in_order checks it
+    # all the same.
     arrays = ", ".join(f"array_agg({name})" for name in names)
-    return f"SELECT {arrays} FROM ({rows}) r".encode()  # noqa: S608
+    return f"SELECT {arrays} FROM ({rows}) r WHERE {servable}".encode()  # noqa: S608
 
 
 def limit(query: DataQuery) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, timedelta
+from typing import TypeVar
 
 import psycopg
 import pyarrow as pa
@@ -22,6 +23,8 @@ from engine.catalog import Coverage
 from engine.query import DataQuery, Key, to_us
 from engine.timestamps import midnight
 from engine.timings import StageTimes
+
+_Rows = TypeVar("_Rows", pa.Table, pa.RecordBatch)  # a page is cut from either
 
 SeriesDays = Callable[[int, str], Sequence[tuple[date, int]]]  # (user, metric) -> rows per day
 # Rows per (user, metric) the answer holds in [start, end): how partial days are counted.
@@ -54,7 +57,7 @@ def count_statements(resolution: str) -> tuple[bytes, bytes]:
     return totals, days
 
 
-def cut_page(query: DataQuery, rows: pa.Table) -> tuple[pa.Table, bool, str | None]:
+def cut_page(query: DataQuery, rows: _Rows) -> tuple[_Rows, bool, str | None]:
     """(at most `page_size` of `rows`, whether more follow, the cursor after the page's last
     row). Readers ask for one row beyond the page: its presence is what `has_more` says."""
     has_more = rows.num_rows > query.page_size
@@ -62,10 +65,12 @@ def cut_page(query: DataQuery, rows: pa.Table) -> tuple[pa.Table, bool, str | No
     if not has_more:
         return page, False, None
     last = page.num_rows - 1
+    # The timestamp's own integer (microseconds): casting the column to read one value cost
+    # 0.1 ms of a 4.5 ms page, cold.
     key = Key(
         int(page.column("user_id")[last].as_py()),
         str(page.column("metric")[last].as_py()),
-        int(page.column("ts").cast(pa.int64())[last].as_py()),
+        int(page.column("ts")[last].value),
     )
     return page, True, query.cursor_after(key)
 

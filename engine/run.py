@@ -1002,15 +1002,21 @@ class Engine:
 
     def _paged(self, plan: Plan, batches: list[pa.RecordBatch]) -> Answer:
         schema = schema_for(plan.resolution)
-        rows = pa.Table.from_batches(batches, schema=schema)
-        table, has_more, next_cursor = cut_page(plan.query, rows)
+        if len(batches) == 1:  # the direct path's one batch: no table around it
+            page, has_more, next_cursor = cut_page(plan.query, batches[0])
+            pages = [page]
+        else:
+            table, has_more, next_cursor = cut_page(
+                plan.query, pa.Table.from_batches(batches, schema=schema)
+            )
+            pages = table.to_batches()
         return Answer(
             plan=plan,
             schema=schema,
-            batches=iter(table.to_batches()),
+            batches=iter(pages),
             has_more=has_more,
             next_cursor=next_cursor,
-            rows=table.num_rows,
+            rows=sum(page.num_rows for page in pages),
         )
 
 

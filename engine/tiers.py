@@ -81,9 +81,9 @@ def minute_rows(series: Callable[[str], str], lo: str, hi: str) -> str:
     each export window (sync 6.6x slower at 2,114 records). `lo` and `hi` are timestamptz
     SQL expressions; everything here is our constants."""
 
-    # The UTC days the window touches (hi is exclusive: a window ending at midnight does
-    # not touch the day it ends on), carried to the records so only theirs are hashed.
-    def days(prefix: str) -> str:
+    # The series' records of the UTC days the window touches (hi is exclusive: a window
+    # ending at midnight does not touch the day it ends on), so only theirs are hashed.
+    def in_window(prefix: str) -> str:
         return (
             f"{series(prefix)} AND {prefix}day >= ({lo} AT TIME ZONE 'UTC')::date AND "
             f"{prefix}day <= (({hi} - interval '1 microsecond') AT TIME ZONE 'UTC')::date"
@@ -91,11 +91,11 @@ def minute_rows(series: Callable[[str], str], lo: str, hi: str) -> str:
 
     records = (
         f"SELECT 1 FROM {RAW_MINUTE_DAYS} d WHERE d.user_id = r.user_id "  # noqa: S608
-        f"AND d.metric = r.metric AND d.day = (r.ts AT TIME ZONE 'UTC')::date AND {days('d.')}"
+        f"AND d.metric = r.metric AND d.day = (r.ts AT TIME ZONE 'UTC')::date AND {in_window('d.')}"
     )
     # Whether the window holds a per-minute day at all, asked once (an InitPlan): driven
     # from the raw rows alone, PostgreSQL scanned a 1 Hz day of raw to find none per-minute.
-    any_record = f"SELECT 1 FROM {RAW_MINUTE_DAYS} WHERE {days('')}"  # noqa: S608
+    any_record = f"SELECT 1 FROM {RAW_MINUTE_DAYS} WHERE {in_window('')}"  # noqa: S608
     minute = TIERS["1m"]
     return (
         f"(SELECT ts, user_id, metric, count, sum, min, max FROM {minute.write_table} "  # noqa: S608

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import functools
+import threading
+from collections import OrderedDict
 
 import numpy as np
 import pyarrow as pa
@@ -101,24 +102,59 @@ def with_constants(
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-# A short constant column is made once and shared (Arrow arrays are immutable): answers of
-# one participant's one metric repeat the same two. Made afresh just after a DuckDB scan
-# (cold caches), the two of a 168-row answer took ~40 us of its ~1 ms. Bounded: at most
-# _KEPT columns of at most _KEPT_ROWS rows (~3 MB with 20-character names).
-_KEPT = 64
-_KEPT_ROWS = 2_048
+# A constant column is made once and handed out as slices (Arrow arrays are immutable, a
+# slice costs no copy): answers of one participant's one metric repeat the same two, in every
+# batch. Made afresh just after a DuckDB scan (cold caches), the two of a 168-row answer took
+# ~40 us of its ~1 ms; those of a participant-year raw's 13 batches of ~37k rows, ~1 ms of its
+# ~11 (a string per row of the metric's name, the user id per row).
+_KEPT_BYTES = 16 * 2**20  # all columns kept, at most
+_KEPT_ROWS = 131_072  # a column longer than this is made for its answer alone
+
+
+class _ConstantColumns:
+    """The longest column made so far per (value, type), least recently used dropped first
+    once they hold more than `limit_bytes`. Thread-safe: batches are made in several threads."""
+
+    def __init__(self, limit_bytes: int, longest: int) -> None:
+        self._limit_bytes = limit_bytes
+        self._longest = longest
+        self._lock = threading.Lock()
+        self._kept: OrderedDict[tuple[int | str, pa.DataType], pa.Array] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, value: int | str, kind: pa.DataType, rows: int) -> pa.Array:
+        if rows > self._longest:
+            return _constant(value, kind, rows)
+        key = (value, kind)
+        with self._lock:
+            kept = self._kept.get(key)
+            if kept is not None and len(kept) >= rows:
+                self._kept.move_to_end(key)
+                return kept.slice(0, rows)
+        # At least a short answer's worth, so the rows of a few batches do not each grow it.
+        made = _constant(value, kind, max(rows, 2_048))
+        with self._lock:
+            replaced = self._kept.pop(key, None)
+            if replaced is not None:
+                self._bytes -= replaced.nbytes
+            self._kept[key] = made
+            self._bytes += made.nbytes
+            while self._bytes > self._limit_bytes and len(self._kept) > 1:
+                _, dropped = self._kept.popitem(last=False)
+                self._bytes -= dropped.nbytes
+        return made.slice(0, rows)
+
+    def kept_bytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+
+_CONSTANTS = _ConstantColumns(_KEPT_BYTES, _KEPT_ROWS)
 
 
 def constant(value: int | str, kind: pa.DataType, rows: int) -> pa.Array:
     """`rows` times `value`."""
-    if rows <= _KEPT_ROWS:
-        return _kept_constant(value, kind, rows)
-    return _constant(value, kind, rows)
-
-
-@functools.lru_cache(maxsize=_KEPT)
-def _kept_constant(value: int | str, kind: pa.DataType, rows: int) -> pa.Array:
-    return _constant(value, kind, rows)
+    return _CONSTANTS.get(value, kind, rows)
 
 
 def _constant(value: int | str, kind: pa.DataType, rows: int) -> pa.Array:

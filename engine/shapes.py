@@ -107,7 +107,9 @@ def with_constants(
 # batch. Made afresh just after a DuckDB scan (cold caches), the two of a 168-row answer took
 # ~40 us of its ~1 ms; those of a participant-year raw's 13 batches of ~37k rows, ~1 ms of its
 # ~11 (a string per row of the metric's name, the user id per row).
-_KEPT_BYTES = 16 * 2**20  # all columns kept, at most
+# All columns kept, at most: memory outside the budget's accounting, so a few answers' worth
+# (a participant-year's two columns of ~37k rows take 0.7 MiB).
+_KEPT_BYTES = 4 * 2**20
 _KEPT_ROWS = 131_072  # a column longer than this is made for its answer alone
 
 

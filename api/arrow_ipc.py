@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
+from engine.shapes import constant
+
 # int8 indices: the registry holds far fewer than 128 metrics (tests check it).
 METRIC_TYPE = pa.dictionary(pa.int8(), pa.string())
 
@@ -51,24 +53,24 @@ def with_metric_codes(
 
 
 class _MetricCodes:
-    """One stream's `metric` columns as indices. Per name, its text repeated and its index
-    filled are kept at the largest batch's length, a batch using their first rows: built
-    per batch, they cost a third of the encoding's time (3 participants x 4 metrics x 1
-    year raw, 184 batches of ~21k rows)."""
+    """One stream's `metric` columns as indices. Per name, its text repeated is kept at the
+    largest batch's length, and its index filled comes from the engine's kept constant
+    columns (shapes.constant), a batch using their first rows: built per batch, they cost a
+    third of the encoding's time (3 participants x 4 metrics x 1 year raw, 184 batches of
+    ~21k rows)."""
 
     def __init__(self, metrics: tuple[str, ...]) -> None:
         self.metrics = metrics
         self.dictionary = pa.array(metrics, pa.string())
         self.codes = {name: code for code, name in enumerate(metrics)}
         self._texts: dict[str, pa.Buffer] = {}
-        self._filled: dict[int, pa.Array] = {}
 
     def of(self, column: pa.Array) -> pa.DictionaryArray:
         rows = len(column)
         if len(self.metrics) == 1:  # every row's metric is the one asked (the engine's rows)
-            indices = self._fill(0, rows)
+            indices = constant(0, pa.int8(), rows)
         elif rows and self._all(column, name := column[0].as_py()):
-            indices = self._fill(self._code(name), rows)
+            indices = constant(self._code(name), pa.int8(), rows)
         else:
             indices = pc.index_in(column, value_set=self.dictionary).cast(pa.int8())
             if indices.null_count:
@@ -84,12 +86,6 @@ class _MetricCodes:
     def _not_asked(self) -> ValueError:
         # Never served as a null or as another name: the answer would be wrong.
         return ValueError(f"a row's metric is not one of the query's: {self.metrics}")
-
-    def _fill(self, code: int, rows: int) -> pa.Array:
-        kept = self._filled.get(code)
-        if kept is None or len(kept) < rows:
-            kept = self._filled[code] = pa.array(np.full(rows, code, np.int8))
-        return kept.slice(0, rows)
 
     def _all(self, column: pa.Array, name: str) -> bool:
         """Whether every string of `column` is `name` (no nulls): its bytes are the name

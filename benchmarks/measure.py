@@ -42,6 +42,9 @@ class Measurement:
     status: str  # ok | n/a | not available | error
     note: str = ""
     times_s: list[float] = field(default_factory=list)
+    # The round each of times_s ran in (None: before the rounds, a warm-up counted): ratios
+    # compare two backends over the rounds both ran (benchmarks.report.ratio_in_case).
+    rounds: list[int | None] = field(default_factory=list)
     rows: int | None = None
     stages: dict[str, Any] | None = None  # the engine's per-stage medians (engine.timings)
 
@@ -65,6 +68,7 @@ class Measurement:
             "note": self.note,
             "runs": len(self.times_s),
             "times_s": [round(t, 6) for t in self.times_s],
+            "rounds": self.rounds,
             "median_s": self.median_s,
             "p95_s": self.p95_s,
             "min_s": min(self.times_s) if self.times_s else None,
@@ -173,6 +177,7 @@ def run_case(
                     # size, so the warm-up is the one measured run.
                     slow.add(key)
                     results[key].times_s.append(elapsed)
+                    results[key].rounds.append(None)
                     results[key].note = "1 run: over the time budget, warm-up counted"
                     break
         spent = dict.fromkeys(ready, 0.0)
@@ -188,6 +193,7 @@ def run_case(
             return done < preset.short_repetitions and spent[key] < preset.short_budget_s
 
         orders = round_orders(list(ready), case.id)
+        round_number = 0
         while any(wants_more(key) for key in ready):
             for key in next(orders):
                 if not wants_more(key):
@@ -195,7 +201,9 @@ def run_case(
                 elapsed = timed(key)
                 if elapsed is not None:
                     results[key].times_s.append(elapsed)
+                    results[key].rounds.append(round_number)
                     spent[key] += elapsed
+            round_number += 1
     finally:
         if window is not None:
             window.__exit__(None, None, None)

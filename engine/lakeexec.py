@@ -133,7 +133,7 @@ def _query(
         with lake_scan(cursor, lake_files, storage) as (scan, file_params):
             constants = {} if m4 is not None else fixed_columns(users, metrics)
             sql, params = _statement(
-                segment, scan, file_params, users, metrics, constants, after, limit, m4
+                segment, scan, file_params, users, metrics, constants, after, limit, m4, files
             )
             schema = schema_for(segment.resolution)
             log.debug("DuckDB query %s", "run to the end" if materialize else "streamed")
@@ -155,15 +155,18 @@ def _statement(
     after: Key | None,
     limit: int | None,
     m4: M4 | None,
+    files: tuple[LakeFile, ...],
 ) -> tuple[str, dict[str, object]]:
     """The query's text and parameters (user text only ever as parameters)."""
     params: dict[str, object] = dict(file_params)
     params.update({f"u{i}": u for i, u in enumerate(users)})
     params.update({f"m{i}": m for i, m in enumerate(metrics)})
-    params.update({"start": segment.start, "end": segment.end})
     user_list = ", ".join(f"$u{i}" for i in range(len(users)))
     metric_list = ", ".join(f"$m{i}" for i in range(len(metrics)))
-    where = f"user_id IN ({user_list}) AND metric IN ({metric_list}) AND ts >= $start AND ts < $end"
+    where = f"user_id IN ({user_list}) AND metric IN ({metric_list})"
+    if not within_span(segment, files):
+        params.update({"start": segment.start, "end": segment.end})
+        where += " AND ts >= $start AND ts < $end"
     after_sql = "true"
     if after is not None:
         after_sql = (
@@ -184,6 +187,19 @@ def _statement(
             f"WHERE {where} AND {after_sql}{order}{limit_sql}"
         )
     return sql, params
+
+
+def within_span(segment: Segment, files: tuple[LakeFile, ...]) -> bool:
+    """Whether every row of `files` lies in the segment's span: a file's rows lie in its days
+    (UTC; the writer dates each row by its ts), so when its days do, DuckDB need not test
+    each row's ts. It tests them even where a row group's statistics show every row passes:
+    a participant-year raw (13 whole months) took 9.5 ms and 15.8 ms of CPU with the test,
+    8.3 and 13.9 without."""
+    first = segment.start.date()  # the first day wholly in the span...
+    if segment.start > midnight(first):
+        first += timedelta(days=1)
+    last = segment.end.date() - timedelta(days=1)  # ...and the last (the end is exclusive)
+    return all(first <= f.first_day and f.last_day <= last for f in files)
 
 
 def _streamed(

@@ -93,6 +93,10 @@ def connect_duckdb(memory: MemorySettings, limit_bytes: int) -> duckdb.DuckDBPyC
                 "memory_limit": _megabytes(limit_bytes),
                 "temp_directory": str(memory.spill_path),
                 "threads": memory.duckdb_threads,
+                # DuckDB 2 starts 8 async I/O threads by default, each woken ~3 times a
+                # request; over page-cached files they only compete with the workers (one
+                # participant-year as Arrow over HTTP: 0.4-1.8 ms sooner without, 2 cores).
+                "async_threads": memory.duckdb_async_threads,
                 "preserve_insertion_order": True,
             }
         )

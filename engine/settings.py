@@ -58,6 +58,7 @@ class MemorySettings:
     budget_bytes: int
     duckdb_threads: int
     spill_path: Path
+    duckdb_async_threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -410,6 +411,14 @@ SETTINGS: tuple[Setting, ...] = (
         meaning="DuckDB worker threads",
         field="memory.duckdb_threads",
         shown="CPU count",
+    ),
+    Setting(
+        name="STRATUM_DUCKDB_ASYNC_THREADS",
+        default="0",
+        parse=integer(minimum=0),
+        meaning="DuckDB threads that keep file reads in flight (0: its workers read); raise it "
+        "for a lake on a network filesystem",
+        field="memory.duckdb_async_threads",
     ),
     Setting(
         name="STRATUM_SPILL_PATH",

@@ -172,7 +172,13 @@ def _statement(
         params.update({"start": segment.start, "end": segment.end})
         where += " AND ts >= $start AND ts < $end"
     after_sql = "true"
-    if after is not None:
+    if after is not None and users == (after.user_id,) and metrics == (after.metric,):
+        # `after`'s own series: its key reduces to the time, which DuckDB tests in the scan
+        # (the whole key is a filter after it: page 1,000 of 10 participants' year, 3.0
+        # against 2.3 ms for its statement).
+        after_sql = "ts > $at"
+        params["at"] = from_us(after.ts_us)
+    elif after is not None:
         after_sql = (
             "(user_id > $au OR (user_id = $au AND (metric > $am OR (metric = $am AND ts > $at))))"
         )

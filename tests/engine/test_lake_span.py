@@ -1,12 +1,14 @@
 """The lake's DuckDB statement tests each row's ts only where a file's days reach outside
-the span (engine/lakeexec.py: within_span)."""
+the span (engine/lakeexec.py: within_span), and a page resumed inside one series tests
+only the time (which DuckDB can test in the scan)."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-from engine.lakeexec import within_span
+from engine.lakeexec import _statement, within_span
 from engine.plan import Segment
+from engine.query import Key, to_us
 from lake import LakeFile
 
 
@@ -38,3 +40,19 @@ def test_a_file_reaching_outside_the_span_needs_it() -> None:
         datetime(2024, 5, 1, tzinfo=UTC), datetime(2024, 6, 30, 23, 59, tzinfo=UTC)
     )
     assert not within_span(mid_day_end, (MAY, JUNE))
+
+
+def _where(after: Key, users: tuple[int, ...], metrics: tuple[str, ...]) -> str:
+    segment = _segment(datetime(2024, 5, 1, tzinfo=UTC), datetime(2024, 7, 1, tzinfo=UTC))
+    sql, params = _statement(segment, "lake", {}, users, metrics, {}, after, 10, None, (MAY,))
+    assert set(params) >= {"at"}
+    return sql.split(" WHERE ", 1)[1]
+
+
+def test_a_page_resumed_inside_its_series_tests_only_the_time() -> None:
+    after = Key(1, "heart_rate", to_us(datetime(2024, 5, 20, tzinfo=UTC)))
+    where = _where(after, (1,), ("heart_rate",))
+    assert "ts > $at" in where and "$au" not in where and "$am" not in where
+    # Several series: the whole key decides which rows come after it.
+    assert "$au" in _where(after, (1, 2), ("heart_rate",))
+    assert "$am" in _where(after, (1,), ("heart_rate", "steps"))

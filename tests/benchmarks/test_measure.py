@@ -65,7 +65,8 @@ class _Sleeper(Backend):
 def test_short_backends_run_more_times_and_long_ones_stop_at_the_maximum() -> None:
     """5 runs of a 1-3 ms workload left its ratios +-0.2 apart from one bench to the next:
     a short backend goes on up to short_repetitions runs within short_budget_s, a long one
-    stops at max_repetitions as before."""
+    stops at max_repetitions as before. Each run notes its round (runs of one round share
+    its number), so a ratio can compare the rounds both backends ran."""
     preset = replace(
         PRESETS["ci"],
         warmup=0,
@@ -81,6 +82,8 @@ def test_short_backends_run_more_times_and_long_ones_stop_at_the_maximum() -> No
     assert len(result.results["short"].times_s) == 9
     assert len(result.results["long"].times_s) == 3
     assert all(m.status == "ok" for m in result.results.values())
+    assert result.results["short"].rounds == list(range(9))
+    assert result.to_json()["results"]["long"]["rounds"] == [0, 1, 2]
 
 
 class _Recorder(Backend):
@@ -109,23 +112,3 @@ def test_a_pair_alternates_which_runs_first_and_times_every_round() -> None:
     assert len(pair["times_s"]["measured"]) == len(pair["times_s"]["reference"]) == 4
     medians = pair["median_s"]
     assert pair["ratio"] == medians["measured"] / medians["reference"]
-
-
-def test_each_run_notes_its_round() -> None:
-    """Runs of different backends in one round share its number, so a ratio can compare
-    the rounds both ran."""
-    preset = replace(
-        PRESETS["ci"],
-        warmup=0,
-        min_repetitions=2,
-        max_repetitions=3,
-        cell_budget_s=10.0,
-        short_repetitions=9,
-        short_budget_s=0.1,
-    )
-    case = _raw_case("1 day", timedelta(days=1))
-    backends = {"short": _Sleeper("short", 0.001), "long": _Sleeper("long", 0.06)}
-    result = run_case(case, backends, preset, None)
-    assert result.results["short"].rounds == list(range(9))
-    assert result.results["long"].rounds == [0, 1, 2]
-    assert result.to_json()["results"]["long"]["rounds"] == [0, 1, 2]

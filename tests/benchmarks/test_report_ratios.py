@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 from pytest import approx
@@ -11,9 +12,7 @@ from benchmarks.report import ratio_in_case, targets
 
 def _ok(times_ms: list[float], rounds: list[int | None] | None) -> dict[str, Any]:
     times = [t / 1000 for t in times_ms]
-    ordered = sorted(times)
-    middle = len(ordered) // 2
-    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    median = statistics.median(times)
     out: dict[str, Any] = {"status": "ok", "times_s": times, "median_s": median, "rows": 1}
     if rounds is not None:
         out["rounds"] = rounds
